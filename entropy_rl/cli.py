@@ -1,0 +1,44 @@
+"""`entropy-rl <command> [args]`: one entry point, each command implemented in its own module.
+
+Commands are imported lazily so `entropy-rl --help` starts instantly and a command only pays
+for the libraries it uses.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> ("module", "function taking argv and returning an exit code", "one-line help")
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "train": ("entropy_rl.train.cli", "main", "run RL training (built-in STAPO default, or a YAML config)"),
+    "eval": ("entropy_rl.eval.cli", "main", "avg@k / pass@k on the math benchmarks or the built-in task"),
+    "plot": ("entropy_rl.eval.plot", "main", "PNG figures of one or more run directories"),
+    "rank": ("entropy_rl.ranking", "main", "rank a dataset by semantic entropy (SENT curriculum input)"),
+    "export": ("entropy_rl.train.export", "main", "write a checkpoint's policy as an HF checkpoint"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: entropy-rl <command> [args]", "", "commands:"]
+    lines += [f"  {name:<8} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "`entropy-rl <command> --help` for the options of one command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"entropy-rl: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, function_name, _ = COMMANDS[command]
+    run = getattr(importlib.import_module(module_name), function_name)
+    return int(run(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
