@@ -1,0 +1,56 @@
+"""`SamplingConfig`: every number that decides how responses are sampled."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How `generate` samples responses.
+
+    Attributes:
+      max_new_tokens: response length limit (tokens generated per row, stop token included).
+      temperature: logits are divided by it; 0 means greedy (argmax, log-prob 0).
+      top_p: nucleus sampling: keep the smallest set of most likely tokens whose probability
+        (after temperature and top-k) is >= top_p; 1.0 keeps everything.
+      top_k: keep the k most likely tokens (ties with the k-th kept too); 0 = off.
+      n: samples per prompt; the n rows of one prompt are adjacent in the `Rollout`.
+      stop_token_ids: a row stops after emitting any of these (the stop token is kept in the
+        response and its mask).
+      pad_token_id: fills prompt left-padding and the response after a row stops.
+      prompt_bucket: the padded prompt length is rounded up to a multiple of this.
+      response_bucket: the KV cache reserves max_new_tokens rounded up to a multiple of this,
+        so nearby max_new_tokens values share one compiled program.
+      progress_chunk: with `progress=True`, decode steps per compiled call between two
+        updates of the progress bar.
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    n: int = 1
+    stop_token_ids: tuple[int, ...] = ()
+    pad_token_id: int = 0
+    prompt_bucket: int = 64
+    response_bucket: int = 64
+    progress_chunk: int = 64
+
+    def __post_init__(self):
+        # YAML lists arrive as lists; the config must stay hashable.
+        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        checks = [
+            (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
+            (self.temperature >= 0.0, "temperature must be >= 0 (0 = greedy)"),
+            (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
+            (self.top_k >= 0, "top_k must be >= 0 (0 = off)"),
+            (self.n >= 1, "n must be >= 1"),
+            (self.pad_token_id >= 0, "pad_token_id must be >= 0"),
+            (self.prompt_bucket >= 1, "prompt_bucket must be >= 1"),
+            (self.response_bucket >= 1, "response_bucket must be >= 1"),
+            (self.progress_chunk >= 1, "progress_chunk must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"SamplingConfig: {message}, got {self}")

@@ -1,0 +1,246 @@
+"""`generate`: batched sampling with a preallocated KV cache, compiled per bucketed shape.
+
+Two compiled programs per (batch, prompt bucket, response bucket, sampling transform):
+
+    prefill: cache <- model(prompt);  y_0 ~ pi(. | prompt)
+    decode:  while step < stop_step and not all rows stopped:
+                 logits, cache <- model(y_{step-1}, cache);  y_step ~ pi(. | ...)
+
+The model is split with `nnx.split` into (graphdef, state) at the jit boundary: graphdef is
+static (part of the jit cache key), state is the very parameter arrays the trainer updates,
+passed by reference (no copy, never donated). The decode state (cache, token buffers) is
+donated to each decode call so XLA updates it in place. `stop_step` is a traced argument, so
+the same decode program runs the whole response, or chunks of it between progress-bar
+updates.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+from jax.sharding import PartitionSpec
+
+from entropy_rl.model import KVCache
+from entropy_rl.parallel import batch_sharding
+from entropy_rl.rollout.batching import left_pad_prompts, round_up
+from entropy_rl.rollout.config import SamplingConfig
+from entropy_rl.rollout.result import Rollout, assemble_rollout
+from entropy_rl.rollout.sampling import sample_tokens
+
+# Number of times each compiled program was traced (= compiled) in this process.
+_TRACE_COUNTS: collections.Counter = collections.Counter()
+
+
+def compile_counts() -> dict[str, int]:
+    """{"prefill": k, "decode": m}: how many programs of each kind this process compiled."""
+    return {"prefill": _TRACE_COUNTS["prefill"], "decode": _TRACE_COUNTS["decode"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Program:
+    """The static part of a generation: everything that selects a compiled program."""
+
+    response_slots: int
+    temperature: float
+    top_k: int
+    top_p: float
+    stop_token_ids: tuple[int, ...]
+    pad_token_id: int
+    batch_axes: tuple[str, ...] | None  # mesh axes of the batch dim, None without a mesh
+    mesh: jax.sharding.Mesh | None
+
+    @classmethod
+    def from_config(cls, config: SamplingConfig, mesh) -> "_Program":
+        return cls(
+            response_slots=round_up(config.max_new_tokens, config.response_bucket),
+            temperature=float(config.temperature),
+            top_k=config.top_k,
+            top_p=float(config.top_p),
+            stop_token_ids=config.stop_token_ids,
+            pad_token_id=config.pad_token_id,
+            batch_axes=None if mesh is None else _batch_axes(mesh),
+            mesh=mesh,
+        )
+
+    def sample(self, logits: jax.Array, keys: jax.Array):
+        return sample_tokens(logits, keys, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+
+    def is_stop(self, tokens: jax.Array) -> jax.Array:
+        return jnp.isin(tokens, jnp.asarray(self.stop_token_ids or (-1,), jnp.int32))
+
+    def shard(self, x: jax.Array, batch_dim: int = 0) -> jax.Array:
+        """Constrain dim `batch_dim` of x to the mesh's batch axes (no-op without a mesh)."""
+        if self.mesh is None:
+            return x
+        spec = [PartitionSpec.UNCONSTRAINED] * x.ndim
+        spec[batch_dim] = self.batch_axes
+        return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(self.mesh, PartitionSpec(*spec)))
+
+
+@struct.dataclass
+class DecodeState:
+    """Loop carry. B rows, R = response slots.
+
+    cache: KVCache of prompt + response slots; last_tokens [B] int32 (fed next step);
+    tokens [B, R] int32 and logprobs [B, R] float32 (written at column `step`);
+    lengths [B] int32; stopped [B] bool; step int32 scalar (tokens generated so far);
+    row_keys [B] PRNG keys (row r's step-s key is fold_in(row_keys[r], s)).
+    """
+
+    cache: KVCache
+    last_tokens: jax.Array
+    tokens: jax.Array
+    logprobs: jax.Array
+    lengths: jax.Array
+    stopped: jax.Array
+    step: jax.Array
+    row_keys: jax.Array
+
+
+def _batch_axes(mesh) -> tuple[str, ...]:
+    axes = batch_sharding(mesh).spec[0]
+    return (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+def _step_keys(row_keys: jax.Array, step: jax.Array) -> jax.Array:
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
+
+
+def _record(state: DecodeState, program: _Program, tokens: jax.Array, logprobs: jax.Array) -> DecodeState:
+    """Write the step's tokens (pad for rows already stopped) and advance the step."""
+    tokens = jnp.where(state.stopped, program.pad_token_id, tokens)
+    logprobs = jnp.where(state.stopped, 0.0, logprobs)
+    return state.replace(
+        last_tokens=tokens,
+        tokens=jax.lax.dynamic_update_slice_in_dim(state.tokens, tokens[:, None], state.step, axis=1),
+        logprobs=jax.lax.dynamic_update_slice_in_dim(state.logprobs, logprobs[:, None], state.step, axis=1),
+        lengths=state.lengths + (~state.stopped).astype(jnp.int32),
+        stopped=state.stopped | program.is_stop(tokens),
+        step=state.step + 1,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "program"))
+def _prefill(graphdef, params, prompt_ids, prompt_mask, rng, *, program: _Program) -> DecodeState:
+    """Fill the cache with the prompts [B, P] and sample the first response token."""
+    _TRACE_COUNTS["prefill"] += 1
+    model = nnx.merge(graphdef, params)
+    batch, prompt_length = prompt_ids.shape
+    cache = model.init_cache(batch, prompt_length + program.response_slots)
+    cache = cache.replace(k=program.shard(cache.k, 1), v=program.shard(cache.v, 1), valid=program.shard(cache.valid))
+    logits, cache = model(prompt_ids, prompt_mask, cache=cache)
+    row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(batch))
+    state = DecodeState(
+        cache=cache,
+        last_tokens=program.shard(jnp.zeros((batch,), jnp.int32)),
+        tokens=program.shard(jnp.full((batch, program.response_slots), program.pad_token_id, jnp.int32)),
+        logprobs=program.shard(jnp.zeros((batch, program.response_slots), jnp.float32)),
+        lengths=program.shard(jnp.zeros((batch,), jnp.int32)),
+        stopped=program.shard(jnp.zeros((batch,), bool)),
+        step=jnp.zeros((), jnp.int32),
+        row_keys=row_keys,
+    )
+    first_tokens, first_logprobs = program.sample(logits[:, -1], _step_keys(row_keys, state.step))
+    return _record(state, program, first_tokens, first_logprobs)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "program"), donate_argnames=("state",))
+def _decode(graphdef, params, state: DecodeState, stop_step, *, program: _Program) -> DecodeState:
+    """Decode one token per row per step until step == stop_step or every row stopped."""
+    _TRACE_COUNTS["decode"] += 1
+    model = nnx.merge(graphdef, params)
+
+    def running(s: DecodeState):
+        return (s.step < stop_step) & ~jnp.all(s.stopped)
+
+    def step(s: DecodeState):
+        ones = jnp.ones((s.last_tokens.shape[0], 1), jnp.int32)
+        logits, cache = model(s.last_tokens[:, None], ones, cache=s.cache)
+        tokens, logprobs = program.sample(logits[:, 0], _step_keys(s.row_keys, s.step))
+        return _record(s.replace(cache=cache), program, tokens, logprobs)
+
+    return jax.lax.while_loop(running, step, state)
+
+
+def generate(
+    model: nnx.Module,
+    prompts: Sequence[Sequence[int]],
+    config: SamplingConfig,
+    rng: jax.Array,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    progress: bool = False,
+) -> Rollout:
+    """Sample config.n responses for each prompt (token-id lists of any lengths).
+
+    Prompts are left-padded to a multiple of config.prompt_bucket; with a mesh the batch is
+    split over its ("data", "fsdp") axes (rows padded to a multiple of that size) and the
+    model's parameters are used where they live (shard them with `shard_model`). rng is a
+    PRNG key; row r (0 <= r < len(prompts) * n) draws from fold_in(rng, r), so its sample
+    does not depend on the batch it is in. progress=True shows a tqdm bar updated every
+    config.progress_chunk tokens. Returns a host-side `Rollout`.
+    """
+    program = _Program.from_config(config, mesh)
+    row_multiple = 1 if mesh is None else math.prod(mesh.shape[a] for a in program.batch_axes)
+    prompt_ids, prompt_mask = left_pad_prompts(
+        prompts, n=config.n, pad_token_id=config.pad_token_id, prompt_bucket=config.prompt_bucket, row_multiple=row_multiple
+    )
+    _check_vocab(model, prompt_ids)
+    graphdef, params = nnx.split(model)
+    ids, mask = _to_device(prompt_ids, mesh), _to_device(prompt_mask, mesh)
+    state = _prefill(graphdef, params, ids, mask, rng, program=program)
+    state = _decode_all(graphdef, params, state, program, config, progress)
+    tokens, logprobs, lengths, stopped = jax.device_get((state.tokens, state.logprobs, state.lengths, state.stopped))
+    return assemble_rollout(
+        prompt_tokens=prompt_ids,
+        prompt_mask=prompt_mask,
+        tokens=tokens,
+        logprobs=logprobs,
+        lengths=lengths,
+        stopped=stopped,
+        num_rows=len(prompts) * config.n,
+        n=config.n,
+        max_new_tokens=config.max_new_tokens,
+        pad_token_id=config.pad_token_id,
+    )
+
+
+def _decode_all(graphdef, params, state, program, config, progress) -> DecodeState:
+    """Run the decode program to max_new_tokens: in one call, or in chunks with a tqdm bar."""
+    if not progress:
+        return _decode(graphdef, params, state, jnp.int32(config.max_new_tokens), program=program)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=config.max_new_tokens, desc="rollout", unit="tok") as bar:
+        done_steps = 1
+        bar.update(done_steps)
+        while done_steps < config.max_new_tokens:
+            stop_step = min(done_steps + config.progress_chunk, config.max_new_tokens)
+            state = _decode(graphdef, params, state, jnp.int32(stop_step), program=program)
+            step, all_stopped = jax.device_get((state.step, jnp.all(state.stopped)))
+            bar.update(int(step) - done_steps)
+            done_steps = int(step)
+            if all_stopped:
+                break
+    return state
+
+
+def _to_device(array: np.ndarray, mesh) -> jax.Array:
+    return jnp.asarray(array) if mesh is None else jax.device_put(array, batch_sharding(mesh))
+
+
+def _check_vocab(model, prompt_ids: np.ndarray) -> None:
+    vocab_size = model.config.vocab_size
+    if prompt_ids.min() < 0 or prompt_ids.max() >= vocab_size:
+        raise ValueError(
+            f"generate: prompt token ids must lie in [0, {vocab_size}) for this model, "
+            f"got min {prompt_ids.min()} max {prompt_ids.max()} (pad_token_id included)"
+        )
