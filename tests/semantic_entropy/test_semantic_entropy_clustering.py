@@ -57,19 +57,18 @@ def test_cluster_entropy_rejects_mismatched_logprobs():
 def test_verifier_is_not_called_for_identical_strings_and_is_cached(monkeypatch):
     calls = []
 
-    def counting(a, b, *, timeout_s):
-        calls.append((a, b))
-        return a in ("1/2", "0.5") and b in ("1/2", "0.5")
+    def counting(pairs, *, timeout_s):
+        calls.extend(pairs)
+        return np.array([set(pair) == {"1/2", "0.5"} for pair in pairs])
 
-    monkeypatch.setattr(se, "answers_equivalent", counting)
-    se._equivalent_sorted.cache_clear()
-    answers = ["0.5", "1/2", "0.5", " 0.5", "1/2", None, None]
-    ids = se.cluster_extracted_answers(answers)
-    assert ids == [0, 0, 0, 0, 0, 1, 2]
+    monkeypatch.setattr(se, "answers_equivalent_batch", counting)
+    se.clear_equivalence_cache()
+    answers = ["0.5", "1/2", "0.5", " 0.5", "1/2", None, None, "", "$0.5$"]
+    assert se.cluster_answer_groups([answers]) == [[0, 0, 0, 0, 0, 1, 2, 3, 0]]
     assert len(calls) == 1  # one pair of distinct normalised strings
-    se.cluster_extracted_answers(["1/2", "0.5"])
+    se.cluster_answer_groups([["1/2", "0.5"], ["0.5", "1/2"]])
     assert len(calls) == 1  # cached, symmetric
-    se._equivalent_sorted.cache_clear()
+    se.clear_equivalence_cache()
 
 
 def test_group_semantic_entropy_matches_per_group_entropy():
