@@ -1,0 +1,36 @@
+"""Prompt formatting: the text a policy is conditioned on for one problem.
+
+Styles: "plain" = the problem (then the instruction on a new line); "chat" = the same text as
+one user message in the tokenizer's chat template, ending with the assistant header.
+The instruction defaults to the Qwen2.5-Math one; pass `instruction=""` for none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from entropy_rl.data.problem import Problem
+
+INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+STYLES = ("plain", "chat")
+
+
+def format_prompt(
+    problem: Problem | str, tokenizer: Any = None, *, style: str = "chat", instruction: str = INSTRUCTION, **template_kwargs: Any
+) -> str:
+    """The prompt text of `problem`.
+
+    plain: `"{problem}\\n{instruction}"` (just the problem when instruction is "").
+    chat:  `tokenizer.apply_chat_template([{"role": "user", "content": <plain text>}],
+           add_generation_prompt=True, **template_kwargs)` (e.g. `enable_thinking=False`).
+    """
+    text = problem.problem if isinstance(problem, Problem) else str(problem)
+    content = f"{text}\n{instruction}" if instruction else text
+    if style == "plain":
+        return content
+    if style == "chat":
+        if tokenizer is None:
+            raise ValueError("style='chat' needs a tokenizer (its chat template)")
+        messages = [{"role": "user", "content": content}]
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, **template_kwargs)
+    raise ValueError(f"unknown prompt style {style!r}; known: {STYLES}")

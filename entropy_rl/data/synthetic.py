@@ -1,0 +1,112 @@
+"""The built-in verifiable task: short arithmetic and linear-equation problems generated from a
+seed, with integer answers expected in `\\boxed{}` (verifier "synthetic").
+
+Levels (easy to hard):
+  add1    `3+5`          one-digit addition
+  add2    `47+38`        two-digit addition
+  sub2    `83-47`        two-digit subtraction (non-negative result)
+  mul1    `7*8`          one-digit multiplication
+  add3    `482+359`      three-digit addition
+  linear  `3x+4=19`      a*x+b=c with a in 2..9, x in 0..12, b in 1..20
+
+Held-out split: every problem belongs to exactly one split by a stable hash of its text
+(1 in 5 go to "test"), so `split="test"` problems never appear with `split="train"`,
+whatever the seeds. Generation is deterministic per (seed, split, levels).
+Each problem carries `meta["solution"]` = `\\boxed{<answer>}`, the target of a warm start.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Callable, Sequence
+
+import numpy as np
+
+from entropy_rl.data.problem import Problem
+
+DEFAULT_LEVELS = ("add2", "sub2", "mul1", "add3", "linear")
+SPLITS = ("train", "test")
+_TEST_FRACTION_DENOMINATOR = 5  # 1 in 5 problem texts are held out
+
+
+def _add1(rng: np.random.Generator) -> tuple[str, int]:
+    a, b = rng.integers(0, 10, size=2)
+    return f"{a}+{b}", int(a + b)
+
+
+def _add2(rng: np.random.Generator) -> tuple[str, int]:
+    a, b = rng.integers(10, 100, size=2)
+    return f"{a}+{b}", int(a + b)
+
+
+def _sub2(rng: np.random.Generator) -> tuple[str, int]:
+    a, b = sorted(rng.integers(10, 100, size=2), reverse=True)
+    return f"{a}-{b}", int(a - b)
+
+
+def _mul1(rng: np.random.Generator) -> tuple[str, int]:
+    a, b = rng.integers(2, 10, size=2)
+    return f"{a}*{b}", int(a * b)
+
+
+def _add3(rng: np.random.Generator) -> tuple[str, int]:
+    a, b = rng.integers(100, 1000, size=2)
+    return f"{a}+{b}", int(a + b)
+
+
+def _linear(rng: np.random.Generator) -> tuple[str, int]:
+    a, x, b = int(rng.integers(2, 10)), int(rng.integers(0, 13)), int(rng.integers(1, 21))
+    return f"{a}x+{b}={a * x + b}", x
+
+
+LEVELS: dict[str, Callable[[np.random.Generator], tuple[str, int]]] = {
+    "add1": _add1,
+    "add2": _add2,
+    "sub2": _sub2,
+    "mul1": _mul1,
+    "add3": _add3,
+    "linear": _linear,
+}
+
+
+def problem_text(expression: str) -> str:
+    """The statement shown to the model: `"Solve 3x+4=19."` or `"Compute 47+38."`."""
+    return f"Solve {expression}." if "=" in expression else f"Compute {expression}."
+
+
+def split_of(text: str) -> str:
+    """"test" for 1 in 5 problem texts (stable crc32 hash), else "train"."""
+    return "test" if zlib.crc32(text.encode()) % _TEST_FRACTION_DENOMINATOR == 0 else "train"
+
+
+def synthetic_problems(
+    num: int, *, seed: int, levels: Sequence[str] = DEFAULT_LEVELS, split: str = "train"
+) -> list[Problem]:
+    """`num` problems of the built-in task, levels drawn uniformly from `levels`.
+
+    Deterministic in (num's prefix, seed, split, levels): the first k problems of a call with
+    num > k equal a call with num = k. Problems may repeat (small levels have few problems).
+    """
+    unknown = [level for level in levels if level not in LEVELS]
+    if unknown or not levels:
+        raise ValueError(f"unknown synthetic levels {unknown or list(levels)}; known: {list(LEVELS)}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    rng = np.random.default_rng([seed, SPLITS.index(split)])
+    problems = []
+    while len(problems) < num:
+        level = levels[int(rng.integers(len(levels)))]
+        expression, answer = LEVELS[level](rng)
+        text = problem_text(expression)
+        if split_of(text) != split:
+            continue
+        problems.append(
+            Problem(
+                id=f"synthetic-{split}-{seed}-{len(problems)}",
+                problem=text,
+                answer=str(answer),
+                source="synthetic",
+                meta={"level": level, "solution": f"\\boxed{{{answer}}}"},
+            )
+        )
+    return problems

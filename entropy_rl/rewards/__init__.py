@@ -1,0 +1,40 @@
+"""Answer extraction and verifiable rewards.
+
+- `extract_boxed(text)`: the last complete `\\boxed{...}` answer.
+- `math_rewards(responses, ground_truths, timeout_s=5.0)`: math-verify equivalence in worker
+  processes with a deadline per item -> `RewardResult` (rewards, num_errors, num_timeouts).
+- `answers_equivalent(a, b)`: equivalence of two extracted answers (semantic entropy).
+- A verifier registry: `get_verifier("math" | "synthetic")`, `register_verifier(name)`.
+"""
+
+from entropy_rl.rewards.extract import extract_boxed, normalize_answer
+from entropy_rl.rewards.math_verifier import (
+    answers_equivalent,
+    answers_equivalent_batch,
+    math_reward,
+    math_rewards,
+    math_verifier,
+)
+from entropy_rl.rewards.pool import VerifierPool, close_all_pools, shared_pool
+from entropy_rl.rewards.registry import RewardResult, Verifier, get_verifier, register_verifier, verifier_names
+from entropy_rl.rewards.synthetic import parse_integer, synthetic_rewards
+
+__all__ = [
+    "RewardResult",
+    "Verifier",
+    "VerifierPool",
+    "answers_equivalent",
+    "answers_equivalent_batch",
+    "close_all_pools",
+    "extract_boxed",
+    "get_verifier",
+    "math_reward",
+    "math_rewards",
+    "math_verifier",
+    "normalize_answer",
+    "parse_integer",
+    "register_verifier",
+    "shared_pool",
+    "synthetic_rewards",
+    "verifier_names",
+]
