@@ -1,0 +1,219 @@
+"""`evaluate`: sample n responses per problem, verify them, and summarise avg@k / pass@k.
+
+Problems of a benchmark are cut into fixed chunks of `batch_size` prompts; one `generate`
+call samples the n responses of a whole chunk (batch_size * n rows). The PRNG key of a chunk
+depends only on (seed, benchmark name, chunk index), so an evaluation resumed from its
+results file samples exactly what an uninterrupted one would have: chunks whose problems
+are all recorded are skipped, the others are sampled again and only their missing rows
+written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from entropy_rl.data import Problem, format_prompt
+from entropy_rl.eval import metrics
+from entropy_rl.eval.results import append_results, read_jsonl, results_by_benchmark
+from entropy_rl.rewards import get_verifier
+from entropy_rl.rollout import Rollout, SamplingConfig, generate
+
+SYNTHETIC_BENCHMARK = "synthetic"
+
+
+def default_verifier(benchmark: str) -> str:
+    """Verifier name for a benchmark: "synthetic" for the built-in task, "math" otherwise."""
+    return "synthetic" if benchmark == SYNTHETIC_BENCHMARK else "math"
+
+
+def chunk_key(seed: int, benchmark: str, chunk_index: int) -> jax.Array:
+    """PRNG key of one chunk: fold_in(fold_in(key(seed), crc32(benchmark)), chunk_index)."""
+    benchmark_id = zlib.crc32(benchmark.encode()) & 0x7FFFFFFF
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), benchmark_id), chunk_index)
+
+
+def decode_responses(rollout: Rollout, tokenizer, stop_token_ids: Sequence[int]) -> list[str]:
+    """Response texts of a rollout, [N] strings, without the trailing stop token."""
+    stops = set(int(t) for t in stop_token_ids)
+    texts = []
+    for row, length in zip(rollout.tokens, rollout.lengths):
+        ids = [int(t) for t in row[: int(length)]]
+        if ids and ids[-1] in stops:
+            ids = ids[:-1]
+        texts.append(tokenizer.decode(ids))
+    return texts
+
+
+def correct_from_rewards(rewards: np.ndarray) -> np.ndarray:
+    """0/1 correctness per response: a verifier gives 1.0 to a correct answer."""
+    return (np.asarray(rewards) >= 1.0).astype(np.int64)
+
+
+def _problem_rows(
+    benchmark: str, problems: Sequence[Problem], rollout: Rollout, responses: list[str], correct: np.ndarray, n: int, *,
+    save_responses: bool,
+) -> list[dict]:
+    """One results row per problem; the n rows of problem i are rollout rows [i n, (i+1) n)."""
+    rows = []
+    for index, problem in enumerate(problems):
+        samples = slice(index * n, (index + 1) * n)
+        row = {
+            "benchmark": benchmark,
+            "id": str(problem.id),
+            "n": n,
+            "num_correct": int(correct[samples].sum()),
+            "correct": [int(c) for c in correct[samples]],
+            "answer": problem.answer,
+            "response_lengths": [int(x) for x in rollout.lengths[samples]],
+            "num_truncated": int(np.sum(~np.asarray(rollout.stopped[samples], bool))),
+        }
+        if save_responses:
+            row["responses"] = responses[samples]
+        rows.append(row)
+    return rows
+
+
+def _sample_chunk(model, tokenizer, benchmark, problems, *, sampling, key, verifier, prompt_style, mesh, save_responses):
+    """Generate sampling.n responses for each problem of a chunk and verify them -> rows."""
+    prompts = [tokenizer.encode(format_prompt(p, tokenizer, style=prompt_style)) for p in problems]
+    rollout = generate(model, prompts, sampling, key, mesh=mesh)
+    responses = decode_responses(rollout, tokenizer, sampling.stop_token_ids)
+    answers = [p.answer for p in problems for _ in range(sampling.n)]
+    correct = correct_from_rewards(get_verifier(verifier)(responses, answers).rewards)
+    return _problem_rows(benchmark, problems, rollout, responses, correct, sampling.n, save_responses=save_responses)
+
+
+def _check_settings(results_path: Path, settings: dict) -> None:
+    """Keep a results file to one sampling setting: write it beside the file, or compare with it."""
+    settings_path = results_path.with_name(results_path.stem + ".settings.json")
+    if not settings_path.exists():
+        settings_path.parent.mkdir(parents=True, exist_ok=True)
+        settings_path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        return
+    recorded = json.loads(settings_path.read_text())
+    differing = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
+    if differing:
+        details = ", ".join(f"{k}: recorded {old!r}, now {new!r}" for k, (old, new) in differing.items())
+        raise ValueError(
+            f"{results_path} holds results sampled with other settings ({details}); "
+            "give another results path to start a new evaluation"
+        )
+
+
+def _recorded_rows(benchmark, problems, recorded, n, results_path) -> dict[str, dict]:
+    """The recorded rows of this benchmark's problems, checked to have n samples."""
+    rows = {}
+    for problem in problems:
+        row = recorded.get(str(problem.id))
+        if row is None:
+            continue
+        if row["n"] != n:
+            raise ValueError(
+                f"{results_path}: problem {problem.id!r} of {benchmark} has n = {row['n']} recorded, "
+                f"but this evaluation asks for n = {n}"
+            )
+        rows[str(problem.id)] = row
+    return rows
+
+
+def evaluate(
+    model,
+    tokenizer,
+    problems_by_benchmark: Mapping[str, Sequence[Problem]],
+    *,
+    n: int | Mapping[str, int],
+    sampling: SamplingConfig,
+    seed: int = 0,
+    batch_size: int = 64,
+    ks: Sequence[int] = metrics.DEFAULT_KS,
+    prompt_style: str = "qwen-boxed",
+    verifiers: Mapping[str, str] | None = None,
+    results_path: str | Path | None = None,
+    save_responses: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+    progress: bool = False,
+) -> dict:
+    """Evaluate a policy on several benchmarks: avg@k and unbiased pass@k per benchmark.
+
+    Args:
+      model: a `Qwen` policy (what `entropy_rl.rollout.generate` accepts).
+      tokenizer: encodes prompts and decodes responses (`entropy_rl.data.load_tokenizer`).
+      problems_by_benchmark: {benchmark name: problems}; a trainer passes a subset.
+      n: samples per problem, one int or {benchmark: n} (e.g. 32 for AIME, 4 for MATH500).
+      sampling: temperature, top-p/k, max_new_tokens, stop tokens; its `n` is replaced by `n`.
+      seed: the chunks' keys derive from it (see `chunk_key`).
+      batch_size: prompts per `generate` call (batch_size * n sequences).
+      ks: k values of avg@k / pass@k; those above a benchmark's n are left out.
+      prompt_style: passed to `entropy_rl.data.format_prompt`.
+      verifiers: {benchmark: verifier name}; default "synthetic" for the built-in task, else "math".
+      results_path: jsonl of per-problem rows; when given, problems already recorded there
+        are not sampled again and new rows are appended chunk by chunk.
+      save_responses: also store the response texts in the results rows.
+      mesh: passed to `generate`.
+      progress: show a progress bar per benchmark.
+
+    Returns:
+      {"benchmarks": {name: {"num_problems", "n", "accuracy", "avg@k", "pass@k",
+      "mean_response_length", "truncated_fraction"}}, "average": the macro-average of the
+      scores all benchmarks share, "settings": the sampling settings}.
+    """
+    n_of = {name: (n if isinstance(n, int) else int(n[name])) for name in problems_by_benchmark}
+    verifiers = dict(verifiers or {})
+    settings = {
+        "seed": seed, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
+        "max_new_tokens": sampling.max_new_tokens, "prompt_style": prompt_style,
+    }
+    results_path = Path(results_path) if results_path is not None else None
+    recorded = {}
+    if results_path is not None:
+        _check_settings(results_path, settings)
+        recorded = results_by_benchmark(read_jsonl(results_path))
+    per_benchmark = {}
+    for benchmark, problems in problems_by_benchmark.items():
+        bench_sampling = dataclasses.replace(sampling, n=n_of[benchmark])
+        rows = _recorded_rows(benchmark, problems, recorded.get(benchmark, {}), n_of[benchmark], results_path)
+        bar = tqdm(total=len(problems), desc=benchmark, disable=not progress, initial=len(rows))
+        for chunk_index, start in enumerate(range(0, len(problems), batch_size)):
+            chunk = problems[start : start + batch_size]
+            if all(str(p.id) in rows for p in chunk):
+                continue
+            new_rows = _sample_chunk(
+                model, tokenizer, benchmark, chunk, sampling=bench_sampling, key=chunk_key(seed, benchmark, chunk_index),
+                verifier=verifiers.get(benchmark, default_verifier(benchmark)), prompt_style=prompt_style, mesh=mesh,
+                save_responses=save_responses,
+            )
+            new_rows = [row for row in new_rows if row["id"] not in rows]
+            if results_path is not None:
+                append_results(results_path, new_rows)
+            rows.update((row["id"], row) for row in new_rows)
+            bar.update(len(new_rows))
+        bar.close()
+        per_benchmark[benchmark] = _benchmark_summary([rows[str(p.id)] for p in problems], ks)
+    return {"benchmarks": per_benchmark, "average": metrics.average_metrics(per_benchmark), "settings": settings}
+
+
+def _benchmark_summary(rows: Sequence[dict], ks: Sequence[int]) -> dict[str, float]:
+    """Scores of one benchmark plus its mean response length and truncated fraction."""
+    summary = metrics.benchmark_metrics([row["correct"] for row in rows], ks)
+    lengths = [length for row in rows for length in row["response_lengths"]]
+    summary["mean_response_length"] = float(np.mean(lengths))
+    summary["truncated_fraction"] = sum(row["num_truncated"] for row in rows) / len(lengths)
+    return summary
+
+
+def write_summary(summary: dict, output_dir: str | Path) -> tuple[Path, Path]:
+    """Write `summary.json` and `summary.md` (the markdown table) into output_dir; return both paths."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = output_dir / "summary.json", output_dir / "summary.md"
+    json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    md_path.write_text(metrics.markdown_table(summary["benchmarks"], summary["average"]))
+    return json_path, md_path
