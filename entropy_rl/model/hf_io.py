@@ -1,0 +1,218 @@
+"""Hugging Face checkpoint I/O for Qwen: safetensors in, safetensors + config.json out.
+
+Reading uses the safetensors numpy API (no torch) and fetches, per device, only the slice
+of each tensor that device holds (jax.make_array_from_callback), so with a mesh no host
+materialises parameters it does not own. transformers stores Linear weights [out, in] with
+heads flattened; our kernels are [in, out] with heads as their own axis, hence `_Layout`:
+
+    ours = transpose(split(hf), perm)   where split turns dim `split_dim` (n*head_dim)
+                                         into (n, head_dim)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from entropy_rl.model.config import QwenConfig, dtype_name
+from entropy_rl.model.qwen import Qwen
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """How one of our parameters is stored in a transformers checkpoint."""
+
+    hf_name: str
+    perm: tuple = (0,)
+    split_dim: int | None = None
+    head_dim: int = 0
+
+    def _split_shape(self, hf_shape: tuple) -> tuple:
+        if self.split_dim is None:
+            return tuple(hf_shape)
+        d = self.split_dim
+        return hf_shape[:d] + (hf_shape[d] // self.head_dim, self.head_dim) + hf_shape[d + 1:]
+
+    def to_ours(self, hf: np.ndarray) -> np.ndarray:
+        return hf.reshape(self._split_shape(hf.shape)).transpose(self.perm)
+
+    def to_hf(self, ours: np.ndarray) -> np.ndarray:
+        split = ours.transpose(np.argsort(self.perm))
+        if self.split_dim is None:
+            return split
+        d = self.split_dim
+        return split.reshape(split.shape[:d] + (-1,) + split.shape[d + 2:])
+
+    def read(self, tensor_slice, hf_shape: tuple, index: tuple) -> np.ndarray:
+        """Our block `index` (slices into our shape), reading only the hf rows it needs."""
+        split_shape = self._split_shape(tuple(hf_shape))
+        split_index = [slice(None)] * len(split_shape)
+        for ours_dim, split_dim in enumerate(self.perm):
+            start, stop, _ = index[ours_dim].indices(split_shape[split_dim])
+            split_index[split_dim] = slice(start, stop)
+        if self.split_dim is None:
+            block = tensor_slice[tuple(split_index)]
+        else:
+            d, hd = self.split_dim, self.head_dim
+            heads = split_index[d]
+            hf_index = split_index[:d] + [slice(heads.start * hd, heads.stop * hd)] + split_index[d + 2:]
+            block = tensor_slice[tuple(hf_index)]
+            block = block.reshape(self._split_shape(block.shape))
+            block = block[(slice(None),) * (d + 1) + (split_index[d + 1],)]
+        return block.transpose(self.perm)
+
+
+def _layouts(config: QwenConfig) -> dict[tuple, _Layout]:
+    """Our state path -> its layout in a transformers Qwen2/Qwen3 checkpoint."""
+    hd = config.head_dim
+    layouts = {("embed_tokens",): _Layout("model.embed_tokens.weight", (0, 1)),
+               ("norm", "weight"): _Layout("model.norm.weight")}
+    if not config.tie_word_embeddings:
+        layouts[("lm_head",)] = _Layout("lm_head.weight", (0, 1))
+    for i in range(config.num_hidden_layers):
+        hf = f"model.layers.{i}."
+        ours = {
+            ("self_attn", "q_proj"): _Layout(hf + "self_attn.q_proj.weight", (2, 0, 1), 0, hd),
+            ("self_attn", "k_proj"): _Layout(hf + "self_attn.k_proj.weight", (2, 0, 1), 0, hd),
+            ("self_attn", "v_proj"): _Layout(hf + "self_attn.v_proj.weight", (2, 0, 1), 0, hd),
+            ("self_attn", "o_proj"): _Layout(hf + "self_attn.o_proj.weight", (1, 2, 0), 1, hd),
+            ("mlp", "gate_proj"): _Layout(hf + "mlp.gate_proj.weight", (1, 0)),
+            ("mlp", "up_proj"): _Layout(hf + "mlp.up_proj.weight", (1, 0)),
+            ("mlp", "down_proj"): _Layout(hf + "mlp.down_proj.weight", (1, 0)),
+            ("input_layernorm", "weight"): _Layout(hf + "input_layernorm.weight"),
+            ("post_attention_layernorm", "weight"): _Layout(hf + "post_attention_layernorm.weight"),
+        }
+        if config.attention_bias:
+            for p in "qkv":
+                ours[("self_attn", f"{p}_bias")] = _Layout(hf + f"self_attn.{p}_proj.bias", (0, 1), 0, hd)
+        if config.qk_norm:
+            for p in "qk":
+                ours[("self_attn", f"{p}_norm", "weight")] = _Layout(hf + f"self_attn.{p}_norm.weight")
+        layouts.update({("layers", i) + path: layout for path, layout in ours.items()})
+    return layouts
+
+
+def _weight_files(path: str) -> dict[str, str]:
+    """hf tensor name -> safetensors file, from the index or the single file."""
+    index = os.path.join(path, INDEX_FILE)
+    if os.path.exists(index):
+        with open(index) as f:
+            weight_map = json.load(f).get("weight_map")
+        if not weight_map:
+            raise ValueError(f"{index}: no 'weight_map'")
+        return {name: os.path.join(path, file) for name, file in weight_map.items()}
+    single = os.path.join(path, SINGLE_FILE)
+    if not os.path.exists(single):
+        raise FileNotFoundError(f"{path}: neither {INDEX_FILE} nor {SINGLE_FILE} found")
+    with safe_open(single, framework="numpy") as f:
+        return {name: single for name in f.keys()}
+
+
+def load_hf(path: str, *, dtype=jnp.float32, param_dtype=None, mesh: jax.sharding.Mesh | None = None,
+            **config_overrides) -> Qwen:
+    """A Qwen model with the weights of the local HF checkpoint directory `path`.
+
+    dtype: compute dtype; param_dtype: storage dtype (default: dtype). With `mesh`, every
+    parameter is created directly in its NamedSharding (entropy_rl.parallel rules), each
+    device reading only its own slice. `config_overrides` set other QwenConfig fields
+    (e.g. remat=True).
+    """
+    from entropy_rl.parallel.sharding import variable_sharding
+
+    param_dtype = dtype if param_dtype is None else param_dtype
+    config = QwenConfig.from_hf(path, dtype=dtype_name(dtype), param_dtype=dtype_name(param_dtype),
+                                **config_overrides)
+    target_dtype = jnp.dtype(config.param_dtype)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Qwen(config, rngs=nnx.Rngs(0))))
+    files = _weight_files(path)
+    layouts = _layouts(config)
+    with contextlib.ExitStack() as stack:
+        handles = {f: stack.enter_context(safe_open(f, framework="numpy"))
+                   for f in sorted(set(files.values()))}
+        flat = nnx.to_flat_state(state)
+        for var_path, variable in flat:
+            layout = layouts[var_path]
+            if layout.hf_name not in files:
+                raise KeyError(f"{path}: checkpoint has no tensor {layout.hf_name!r}")
+            tensor = handles[files[layout.hf_name]].get_slice(layout.hf_name)
+            hf_shape = tuple(tensor.get_shape())
+            shape = variable.get_value().shape
+            if layout.to_ours(np.empty(hf_shape, np.int8)).shape != shape:
+                raise ValueError(f"{path}: tensor {layout.hf_name!r} has shape {hf_shape}, "
+                                 f"which does not fit the config (expects {shape})")
+
+            def read(index, layout=layout, tensor=tensor, hf_shape=hf_shape):
+                return layout.read(tensor, hf_shape, index).astype(target_dtype)
+
+            if mesh is None:
+                value = jnp.asarray(read((slice(None),) * len(shape)))
+            else:
+                value = jax.make_array_from_callback(shape, variable_sharding(variable, mesh), read)
+            variable.set_value(value)
+        state = nnx.from_flat_state(flat)
+    return nnx.merge(graphdef, state)
+
+
+def _host_array(x: jax.Array) -> np.ndarray:
+    """The full value of a (possibly multi-host sharded) array as numpy on this host."""
+    if not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x))
+
+
+def save_hf(model: Qwen, path: str, *, max_shard_bytes: int = 2 * 1024 ** 3) -> None:
+    """Writes `model` as a transformers checkpoint: config.json, safetensors shard(s), index.
+
+    Tensors keep the parameter dtype. A single file when it fits in `max_shard_bytes`,
+    else model-0000i-of-0000n.safetensors + model.safetensors.index.json. In a multi-host
+    run every process must call it; process 0 writes.
+    """
+    config = model.config
+    layouts = _layouts(config)
+    tensors = {}
+    for var_path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        layout = layouts[var_path]
+        tensors[layout.hf_name] = np.ascontiguousarray(layout.to_hf(_host_array(variable.get_value())))
+    if jax.process_index() != 0:
+        return
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config.to_hf_dict(), f, indent=2)
+    shards = _split_shards(tensors, max_shard_bytes)
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(path, SINGLE_FILE), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, os.path.join(path, name), metadata={"format": "pt"})
+        weight_map.update({tensor_name: name for tensor_name in shard})
+    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
+             "weight_map": weight_map}
+    with open(os.path.join(path, INDEX_FILE), "w") as f:
+        json.dump(index, f, indent=2)
+
+
+def _split_shards(tensors: dict[str, np.ndarray], max_shard_bytes: int) -> list[dict]:
+    """Tensors in order, grouped greedily into shards of at most max_shard_bytes (>= 1 tensor)."""
+    shards, size = [{}], 0
+    for name, tensor in tensors.items():
+        if shards[-1] and size + tensor.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += tensor.nbytes
+    return shards

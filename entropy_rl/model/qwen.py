@@ -1,0 +1,133 @@
+"""Qwen: the Qwen2 / Qwen2.5 / Qwen3 dense decoder as a Flax NNX module.
+
+    h_0 = embed[input_ids];  h_l = DecoderLayer_l(h_{l-1});  logits = RMSNorm(h_L) @ W_unembed^T
+
+Positions default to cumsum(attention_mask) - 1 (clipped at 0), which is right for left
+padding (generation), right padding (training) and a left-padded prompt followed by a
+right-padded response. With a KVCache (see cache.py) they default to the number of valid
+cache slots before each token.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from entropy_rl.model.cache import KVCache
+from entropy_rl.model.config import QwenConfig
+from entropy_rl.model.layers import DecoderLayer, RMSNorm, init_param, rope_tables
+
+
+def default_positions(attention_mask: jax.Array) -> jax.Array:
+    """max(cumsum(mask) - 1, 0) [B, T]: the index of each token among the real tokens."""
+    chex.assert_rank(attention_mask, 2)
+    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def causal_padding_mask(attention_mask: jax.Array) -> jax.Array:
+    """bool [B, T, T]: query t sees key s iff s <= t and key s is a real token."""
+    chex.assert_rank(attention_mask, 2)
+    length = attention_mask.shape[1]
+    causal = jnp.tril(jnp.ones((length, length), bool))
+    return causal[None] & attention_mask.astype(bool)[:, None, :]
+
+
+def _run_layer(layer, x, cos, sin, mask):
+    return layer(x, cos, sin, mask)[0]
+
+
+class Qwen(nnx.Module):
+    """Qwen dense decoder. See `__call__`, `hidden_states`, `unembedding`, `init_cache`."""
+
+    def __init__(self, config: QwenConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        pd = jnp.dtype(config.param_dtype)
+        self.embed_tokens = init_param(rngs, (config.vocab_size, config.hidden_size),
+                                       ("vocab", "embed"), pd)
+        self.layers = nnx.List([DecoderLayer(config, rngs=rngs)
+                                for _ in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, axis="norm", param_dtype=pd)
+        if not config.tie_word_embeddings:
+            self.lm_head = init_param(rngs, (config.vocab_size, config.hidden_size),
+                                      ("vocab", "embed"), pd)
+
+    @property
+    def dtype(self):
+        return jnp.dtype(self.config.dtype)
+
+    def unembedding(self) -> jax.Array:
+        """[V, D] output projection: lm_head, or the token embedding when tied."""
+        weight = self.embed_tokens if self.config.tie_word_embeddings else self.lm_head
+        return weight[...]
+
+    def init_cache(self, batch_size: int, max_length: int) -> KVCache:
+        """An empty KVCache with `max_length` slots (prompt + response) per row."""
+        c = self.config
+        return KVCache.zeros(c.num_hidden_layers, batch_size, max_length, c.num_key_value_heads,
+                             c.head_dim, self.dtype)
+
+    def _embed(self, input_ids):
+        chex.assert_rank(input_ids, 2)
+        return jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)
+
+    def _rope(self, positions):
+        return rope_tables(positions, self.config.head_dim, self.config.rope_theta)
+
+    def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
+                      positions: jax.Array | None = None) -> jax.Array:
+        """Final RMS-normed hidden states [B, T, D] (compute dtype) for input_ids [B, T].
+
+        logits = hidden_states @ unembedding().T; the chunked losses use this to avoid
+        materialising [B, T, V] at once.
+        """
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+        if positions is None:
+            positions = default_positions(attention_mask)
+        cos, sin = self._rope(positions)
+        mask = causal_padding_mask(attention_mask)
+        run_layer = nnx.remat(_run_layer) if self.config.remat else _run_layer
+        x = self._embed(input_ids)
+        for layer in self.layers:
+            x = run_layer(layer, x, cos, sin, mask)
+        return self.norm(x)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """float32 logits [B, T, V] from final hidden states [B, T, D]."""
+        chex.assert_rank(hidden, 3)
+        return jnp.einsum("btd,vd->btv", hidden, self.unembedding().astype(self.dtype),
+                          preferred_element_type=jnp.float32)
+
+    def _decode_with_cache(self, input_ids, attention_mask, positions, cache: KVCache):
+        length = input_ids.shape[1]
+        valid = cache.write_mask(attention_mask)
+        query_slots = cache.length + jnp.arange(length)
+        if positions is None:
+            valid_before = jnp.cumsum(valid, axis=-1, dtype=jnp.int32) - valid
+            positions = jax.lax.dynamic_slice_in_dim(valid_before, cache.length, length, axis=1)
+        cos, sin = self._rope(positions)
+        mask = (jnp.arange(cache.max_length)[None, :] <= query_slots[:, None])[None] & valid[:, None, :]
+        x = self._embed(input_ids)
+        k_all, v_all = cache.k, cache.v
+        for i, layer in enumerate(self.layers):
+            x, (k_i, v_i) = layer(x, cos, sin, mask, (k_all[i], v_all[i], cache.length))
+            k_all = k_all.at[i].set(k_i)
+            v_all = v_all.at[i].set(v_i)
+        new_cache = KVCache(k=k_all, v=v_all, valid=valid, length=cache.length + length)
+        return self.norm(x), new_cache
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
+                 positions: jax.Array | None = None, cache: KVCache | None = None):
+        """float32 logits [B, T, V] for input_ids [B, T] (int32), attention_mask [B, T] (1 = token).
+
+        With `cache`: writes the T tokens at slots [cache.length, cache.length + T) and
+        returns (logits, new_cache); the caller keeps cache.length + T <= max_length.
+        """
+        if cache is None:
+            return self.logits(self.hidden_states(input_ids, attention_mask, positions=positions))
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+        hidden, new_cache = self._decode_with_cache(input_ids, attention_mask, positions, cache)
+        return self.logits(hidden), new_cache
