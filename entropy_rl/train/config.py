@@ -29,59 +29,13 @@ from typing import Any, Optional
 
 import yaml
 
-try:  # the loss library owns every policy-loss knob; nest its config as-is
-    from entropy_rl.losses import PolicyLossConfig
-except ImportError:  # pragma: no cover - until entropy_rl.losses lands (issue 2)
+from entropy_rl.data.prompts import STYLES as PROMPT_STYLES
+from entropy_rl.losses import ADVANTAGE_ESTIMATORS, AGG_MODES, KL_KINDS, PolicyLossConfig, policy_loss_names
+from entropy_rl.losses.policy import SENT_VARIANTS
+from entropy_rl.parallel import MeshConfig
 
-    @dataclasses.dataclass(frozen=True)
-    class PolicyLossConfig:
-        """Stand-in with the field names and defaults agreed in issue 2."""
-
-        clip_low: float = 0.2
-        clip_high: float = 0.2
-        dual_clip_c: Optional[float] = 3.0
-        loss_agg_mode: str = "token-mean"
-        horizon: Optional[int] = None
-        stapo_prob_threshold: float = 0.002
-        stapo_entropy_quantile: float = 0.8
-        sent_variant: str = "code"
-        sent_low_entropy_ratio: float = 0.8
-        sent_cov_ratio: float = 2e-4
-        sent_beta: float = 0.1
-        sent_high_mult: float = 2.0
-        sent_low_mult: float = 0.5
-        sent_kl_kind: str = "k3"
-        kl_cov_ratio: float = 2e-4
-        kl_cov_beta: float = 1.0
-        clip_cov_ratio: float = 2e-4
-        clip_cov_lb: float = 1.0
-        clip_cov_ub: float = 5.0
-        entropy_top_ratio: float = 0.2
-        ref_kl_coef: float = 0.0
-        ref_kl_kind: str = "k3"
-        entropy_coef: float = 0.0
-
-
-try:  # the mesh shape is the parallel package's MeshConfig
-    from entropy_rl.parallel import MeshConfig
-except ImportError:  # pragma: no cover - until entropy_rl.parallel lands (issue 4)
-
-    @dataclasses.dataclass(frozen=True)
-    class MeshConfig:
-        """Stand-in with the agreed fields: mesh axis sizes, -1 = all remaining devices."""
-
-        data: int = 1
-        fsdp: int = -1
-        tensor: int = 1
-
-
-POLICY_LOSSES = ("ppo_clip", "stapo", "sent", "kl_cov", "clip_cov", "entropy_topk")
-ADVANTAGE_ESTIMATORS = ("grpo", "drgrpo", "rloo")
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-KL_KINDS = ("k1", "abs", "k2", "k3", "low_var_kl")
 SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "bfloat16", "float16")
-PROMPT_STYLES = ("plain", "chat", "instruct", "chat-instruct")
 ON_BAD_ROW = ("error", "skip")
 BENCHMARKS = ("aime24", "aime25", "amc23", "math500", "minerva", "olympiadbench")
 
@@ -144,7 +98,8 @@ class DataConfig:
     answer_key: Optional[str] = None
     verifier: str = "synthetic"  # "synthetic" | "math" | a registered verifier
     reward_timeout_s: float = 5.0
-    prompt_style: str = "plain"
+    prompt_style: str = "plain"  # "plain" | "chat" (the tokenizer's chat template)
+    instruction: Optional[str] = None  # appended to each problem; None = the \\boxed{} default, "" = none
     batch_size: int = 16
     on_bad_row: str = "error"  # "skip" drops bad rows and counts them
     curriculum: CurriculumConfig = dataclasses.field(default_factory=CurriculumConfig)
@@ -403,7 +358,10 @@ def _build(base: Any, values: Mapping[str, Any], prefix: str) -> Any:
     try:
         return dataclasses.replace(base, **kwargs)
     except (TypeError, ValueError) as e:  # a nested class's own __post_init__ checks
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {e}") from None
+        check = _SECTION_CHECKS.get(type(base))
+        values = types.SimpleNamespace(**(dataclasses.asdict(base) | kwargs))
+        errors = check(values) if check else []  # our messages name the key and the closest choice
+        raise ConfigError("\n".join(errors) or f"{prefix.rstrip('.') or 'config'}: {e}") from None
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -600,9 +558,9 @@ def _rollout_errors(r: RolloutConfig) -> list[str]:
 
 def _loss_errors(loss: PolicyLossConfig) -> list[str]:
     k = "algorithm.loss."
-    errors = _choice(k + "loss_agg_mode", loss.loss_agg_mode, LOSS_AGG_MODES)
+    errors = _choice(k + "loss_agg_mode", loss.loss_agg_mode, AGG_MODES)
     errors += _choice(k + "ref_kl_kind", loss.ref_kl_kind, KL_KINDS) + _choice(k + "sent_kl_kind", loss.sent_kl_kind, KL_KINDS)
-    errors += _choice(k + "sent_variant", loss.sent_variant, ("code", "paper"))
+    errors += _choice(k + "sent_variant", loss.sent_variant, SENT_VARIANTS)
     errors += _positive(k + "clip_low", loss.clip_low, allow_zero=True)
     errors += _positive(k + "clip_high", loss.clip_high, allow_zero=True)
     if loss.clip_low >= 1:
@@ -610,6 +568,7 @@ def _loss_errors(loss: PolicyLossConfig) -> list[str]:
     if loss.dual_clip_c is not None and loss.dual_clip_c <= 1:
         errors.append(f"{k}dual_clip_c: must be > 1 or none, got {loss.dual_clip_c}")
     errors += _positive(k + "horizon", loss.horizon, allow_none=True)
+    errors += _positive(k + "clip_cov_clip_ratio", loss.clip_cov_clip_ratio, allow_zero=True)
     for name in ("stapo_prob_threshold", "stapo_entropy_quantile", "sent_low_entropy_ratio", "sent_cov_ratio",
                  "kl_cov_ratio", "clip_cov_ratio", "entropy_top_ratio"):
         errors += _fraction(k + name, getattr(loss, name))
@@ -620,8 +579,11 @@ def _loss_errors(loss: PolicyLossConfig) -> list[str]:
     return errors
 
 
+_SECTION_CHECKS = {PolicyLossConfig: _loss_errors}
+
+
 def _algorithm_errors(a: AlgorithmConfig, data: DataConfig, rollout: RolloutConfig) -> list[str]:
-    errors = _choice("algorithm.name", a.name, POLICY_LOSSES)
+    errors = _choice("algorithm.name", a.name, policy_loss_names())
     errors += _choice("algorithm.advantage_estimator", a.advantage_estimator, ADVANTAGE_ESTIMATORS)
     errors += _positive("algorithm.advantage_eps", a.advantage_eps, allow_zero=True)
     errors += _positive("algorithm.max_sampling_rounds", a.max_sampling_rounds)
