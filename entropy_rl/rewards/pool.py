@@ -1,112 +1,74 @@
 """Persistent verifier worker processes with a hard deadline on every item.
 
 A check that hangs (sympy on adversarial LaTeX), eats memory or crashes costs that one item,
-never the run: each worker bounds an item with its own interval timer, and the parent kills
-and replaces a worker that has not answered `grace_s` after the item's deadline (a hang in C
-code the timer cannot interrupt) or whose pipe broke (a crash). Workers come from the
-'forkserver' context, so starting one never forks the trainer (safe beside JAX's threads)
-and a replacement starts in milliseconds from a server that has math-verify imported.
-Every pool is closed at interpreter exit; workers also die with their fork server.
+never the run: each worker bounds an item with its own interval timer (worker.py), and the
+parent kills and replaces a worker that has not answered `grace_s` after the item's deadline
+(a hang in C code the timer cannot interrupt) or whose pipe broke (a crash). Workers are
+fresh interpreters running `entropy_rl.rewards.worker.main`, never forks of the caller, so they
+are safe beside JAX's threads and never re-import the caller's `__main__`. A replacement
+starts in the background and takes items once it reports ready. Every pool is closed at
+interpreter exit; workers also die with the parent (PR_SET_PDEATHSIG) or on EOF.
 """
 
 from __future__ import annotations
 
 import atexit
 import collections
-import ctypes
-import importlib
-import multiprocessing
 import multiprocessing.connection
 import os
-import resource
-import signal
+import pathlib
+import subprocess
+import sys
 import threading
 import time
 import weakref
+from multiprocessing.connection import Connection
 from typing import Any, Sequence
 
-OK, ERROR, TIMEOUT = "ok", "error", "timeout"
-PRELOAD_MODULES = ("entropy_rl.rewards.math_check",)
-_PR_SET_PDEATHSIG = 1
+from entropy_rl.rewards.worker import ERROR, OK, TIMEOUT
 
+__all__ = ["ERROR", "OK", "TIMEOUT", "VerifierPool", "close_all_pools", "shared_pool"]
 
-class _ItemTimeout(BaseException):
-    """Raised by the worker's timer. A BaseException so library `except Exception` blocks
-    (sympy, math-verify) cannot swallow it."""
-
-
-def _raise_item_timeout(signum, frame):
-    raise _ItemTimeout()
-
-
-def _resolve(target: str):
-    """`"package.module:function"` -> the function."""
-    module_name, function_name = target.split(":")
-    return getattr(importlib.import_module(module_name), function_name)
-
-
-def _run_item(target: str, args: tuple, timeout_s: float) -> tuple[str, Any]:
-    """One item under an interval timer -> (status, value or error text)."""
-    try:
-        signal.setitimer(signal.ITIMER_REAL, timeout_s)
-        try:
-            value = _resolve(target)(*args)
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        return OK, value
-    except _ItemTimeout:
-        return TIMEOUT, None
-    except Exception as error:  # noqa: BLE001 - any failure of a check is one counted error
-        return ERROR, f"{type(error).__name__}: {str(error)[:200]}"
-
-
-def _worker_main(conn, memory_limit_mb: int | None) -> None:
-    """Worker loop: receive (target, args, timeout_s), answer (status, value); None stops."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    signal.signal(signal.SIGALRM, _raise_item_timeout)
-    try:  # die with the fork server, which exits when the parent does
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-    if memory_limit_mb:
-        limit = memory_limit_mb * 2**20
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, OSError):
-            return
-        if task is None:
-            return
-        conn.send(_run_item(*task))
+# The directory holding the `entropy_rl` package, so workers import this very copy.
+_PACKAGE_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
+_STARTUP_TIMEOUT_S = 120.0
+_WORKER_COMMAND = "import sys; from entropy_rl.rewards.worker import main; sys.exit(main(sys.argv[1:]))"
 
 
 class _Worker:
-    """One worker process and the parent's end of its pipe."""
+    """One worker process and the parent's ends of its pipes; `ready` once it said so."""
 
-    def __init__(self, context, memory_limit_mb: int | None):
-        self.conn, child_conn = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child_conn, memory_limit_mb), daemon=True)
-        self.process.start()
-        child_conn.close()
+    def __init__(self, memory_limit_mb: int | None):
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+            [_PACKAGE_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _WORKER_COMMAND, str(memory_limit_mb or 0)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
+        )
+        self.sender = Connection(os.dup(self.process.stdin.fileno()), readable=False)
+        self.receiver = Connection(os.dup(self.process.stdout.fileno()), writable=False)
+        self.process.stdin.close()
+        self.process.stdout.close()
+        self.ready = False
+        self.started_at = time.monotonic()
 
     def kill(self) -> None:
         self.process.kill()
-        self.process.join()
-        self.conn.close()
-        self.process.close()
+        self._reap()
 
     def stop(self, wait_s: float = 2.0) -> None:
+        """Close its input (the worker exits on EOF); kill it if it does not."""
+        self.sender.close()
         try:
-            self.conn.send(None)
-        except OSError:
-            pass
-        self.process.join(wait_s)
-        if self.process.is_alive():
+            self.process.wait(wait_s)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.join()
-        self.conn.close()
-        self.process.close()
+        self._reap()
+
+    def _reap(self) -> None:
+        self.process.wait()
+        for connection in (self.sender, self.receiver):
+            connection.close()
 
 
 _OPEN_POOLS: "weakref.WeakSet[VerifierPool]" = weakref.WeakSet()
@@ -116,81 +78,94 @@ class VerifierPool:
     """A fixed number of persistent worker processes running checks with per-item deadlines.
 
     `pool.map(target, args_list, timeout_s=5)` runs `target(*args)` for each args tuple
-    (`target` is `"module:function"`) and returns one `(status, value)` per item, status in
-    {"ok", "error", "timeout"}. Items are spread over the workers as they free up. Use as a
-    context manager or call `close()`; pools left open are closed at exit.
+    (`target` is `"module:function"`, importable by the workers) and returns one
+    `(status, value)` per item, status in {"ok", "error", "timeout"}. Items go to workers as
+    they free up. An item takes at most `timeout_s + grace_s` once a worker has it. Workers
+    start on first use. Use as a context manager or call `close()`; open pools close at exit.
     """
 
-    def __init__(
-        self,
-        num_workers: int | None = None,
-        *,
-        grace_s: float = 1.0,
-        memory_limit_mb: int | None = 4096,
-        preload: Sequence[str] = PRELOAD_MODULES,
-    ):
+    def __init__(self, num_workers: int | None = None, *, grace_s: float = 1.0, memory_limit_mb: int | None = 4096):
         self.num_workers = num_workers or len(os.sched_getaffinity(0))
         self.grace_s = grace_s
         self.memory_limit_mb = memory_limit_mb
-        self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(list(preload))
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
         _OPEN_POOLS.add(self)
 
     @property
     def pids(self) -> list[int]:
-        """Process ids of the live workers (empty before first use and after close)."""
+        """Process ids of the current workers (empty before first use and after close)."""
         return [worker.process.pid for worker in self._workers]
-
-    def _start(self) -> None:
-        if not self._workers:
-            self._workers = [_Worker(self._context, self.memory_limit_mb) for _ in range(self.num_workers)]
 
     def _replace(self, slot: int) -> None:
         self._workers[slot].kill()
-        self._workers[slot] = _Worker(self._context, self.memory_limit_mb)
+        self._workers[slot] = _Worker(self.memory_limit_mb)
 
-    def _submit(self, slot: int, task: tuple) -> None:
+    def _mark_ready(self, slot: int) -> None:
+        """Read a starting worker's hello; a worker that cannot even start is a real error."""
+        worker = self._workers[slot]
         try:
-            self._workers[slot].conn.send(task)
-        except OSError:  # the worker died while idle
+            hello = worker.receiver.recv()
+        except (EOFError, OSError):
+            hello = None
+        if hello != "ready":
+            raise RuntimeError(f"verifier worker failed to start (exit code {worker.process.poll()}); see its stderr")
+        worker.ready = True
+
+    def _receive(self, slot: int) -> tuple[str, Any]:
+        try:
+            return self._workers[slot].receiver.recv()
+        except (EOFError, OSError):  # crashed mid-item (segfault, memory limit, os._exit)
             self._replace(slot)
-            self._workers[slot].conn.send(task)
+            return ERROR, "worker process died"
 
     def map(self, target: str, args_list: Sequence[tuple], *, timeout_s: float = 5.0) -> list[tuple[str, Any]]:
         """Run `target(*args)` for every args tuple; one (status, value) per item, in order."""
         outcomes: list[tuple[str, Any]] = [(ERROR, None)] * len(args_list)
         queue = collections.deque(range(len(args_list)))
         with self._lock:
-            if queue:
-                self._start()
+            if queue and not self._workers:
+                self._workers = [_Worker(self.memory_limit_mb) for _ in range(self.num_workers)]
             busy: dict[int, tuple[int, float]] = {}  # slot -> (item index, kill deadline)
             while queue or busy:
-                for slot in range(self.num_workers):
-                    if slot not in busy and queue:
-                        index = queue.popleft()
-                        self._submit(slot, (target, tuple(args_list[index]), timeout_s))
-                        busy[slot] = (index, time.monotonic() + timeout_s + self.grace_s)
-                wait_s = max(0.0, min(deadline for _, deadline in busy.values()) - time.monotonic())
-                ready = multiprocessing.connection.wait([self._workers[slot].conn for slot in busy], wait_s)
-                for slot, (index, deadline) in list(busy.items()):
-                    if self._workers[slot].conn in ready:
-                        outcomes[index] = self._receive(slot)
-                    elif time.monotonic() > deadline:  # stuck where the timer cannot reach
-                        outcomes[index] = (TIMEOUT, None)
-                        self._replace(slot)
+                self._dispatch(queue, busy, args_list, target, timeout_s)
+                deadlines = [deadline for _, deadline in busy.values()]
+                deadlines += [w.started_at + _STARTUP_TIMEOUT_S for w in self._workers if not w.ready]
+                watched = {self._workers[slot].receiver: slot for slot in range(self.num_workers)
+                           if slot in busy or not self._workers[slot].ready}
+                ready = multiprocessing.connection.wait(list(watched), max(0.0, min(deadlines) - time.monotonic()))
+                for slot in sorted(watched[connection] for connection in ready):
+                    if not self._workers[slot].ready:
+                        self._mark_ready(slot)
                     else:
-                        continue
-                    del busy[slot]
+                        outcomes[busy.pop(slot)[0]] = self._receive(slot)
+                self._expire(busy, outcomes)
         return outcomes
 
-    def _receive(self, slot: int) -> tuple[str, Any]:
-        try:
-            return self._workers[slot].conn.recv()
-        except (EOFError, OSError):  # crashed mid-item (segfault, memory limit, os._exit)
-            self._replace(slot)
-            return ERROR, "worker process died"
+    def _dispatch(self, queue, busy, args_list, target: str, timeout_s: float) -> None:
+        """Give the next items to ready idle workers."""
+        for slot, worker in enumerate(self._workers):
+            if queue and worker.ready and slot not in busy:
+                index = queue.popleft()
+                try:
+                    worker.sender.send((target, tuple(args_list[index]), timeout_s))
+                except OSError:  # died while idle: replace it, the item goes back to the queue
+                    queue.appendleft(index)
+                    self._replace(slot)
+                    continue
+                busy[slot] = (index, time.monotonic() + timeout_s + self.grace_s)
+
+    def _expire(self, busy, outcomes) -> None:
+        """Kill and replace workers past their item's deadline; check startup deadlines."""
+        now = time.monotonic()
+        for slot, (index, deadline) in list(busy.items()):
+            if now > deadline:  # stuck where the worker's timer cannot reach
+                outcomes[index] = (TIMEOUT, None)
+                del busy[slot]
+                self._replace(slot)
+        for worker in self._workers:
+            if not worker.ready and now > worker.started_at + _STARTUP_TIMEOUT_S:
+                raise RuntimeError(f"verifier worker did not start within {_STARTUP_TIMEOUT_S:.0f} s")
 
     def close(self) -> None:
         """Stop every worker and wait for it; idempotent."""

@@ -10,7 +10,7 @@ import numpy as np
 from entropy_rl.rewards.extract import extract_boxed
 from entropy_rl.rewards.registry import RewardResult, register_verifier
 
-_INTEGER = re.compile(r"[+-]?\d{1,30}")
+_INTEGER = re.compile(r"[+-]?[0-9]{1,30}")
 
 
 def parse_integer(answer: str | None) -> int | None:

@@ -1,0 +1,106 @@
+"""The verifier pool under adversarial inputs: every item gets a verdict within its deadline
+plus the kill grace, hangs and crashes are counted and their workers replaced, and no
+process outlives the pool."""
+
+import os
+import pathlib
+
+import pytest
+
+from entropy_rl.rewards import VerifierPool, math_rewards
+from entropy_rl.rewards.math_verifier import EQUIVALENCE_CHECK
+
+CHECKS = "tests.rewards.hanging_checks"
+
+
+def _children() -> set[int]:
+    """Live (non-zombie) child processes of this process, from /proc."""
+    children = set()
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+            children.add(int(entry.name))
+    return children
+
+
+@pytest.fixture(scope="module")
+def pool():
+    before = _children()
+    seen = set()
+    with VerifierPool(2, grace_s=0.3) as pool:
+        pool.seen_pids = seen
+        yield pool
+        seen.update(pool.pids)
+    assert pool.pids == []
+    assert not (seen & _children()), "a worker outlived the pool"
+    assert _children() <= before
+
+
+def _map(pool, target, args_list, timeout_s):
+    outcomes = pool.map(target, args_list, timeout_s=timeout_s)
+    pool.seen_pids.update(pool.pids)
+    return outcomes
+
+
+def test_timer_interrupts_python_hang_and_worker_survives(pool):
+    _map(pool, f"{CHECKS}:echo", [(0,)], 5.0)  # start-up
+    pids = pool.pids
+    outcomes = _map(pool, f"{CHECKS}:sleep_in_python", [(60,), (0,)], 0.3)
+    assert outcomes == [("timeout", None), ("ok", True)]
+    assert pool.pids == pids  # the timer fired inside the worker: nothing was killed
+
+
+def test_hang_past_timer_is_killed_and_replaced(pool):
+    _map(pool, f"{CHECKS}:echo", [(0,)], 5.0)
+    pids = pool.pids
+    outcomes = _map(pool, f"{CHECKS}:hang_past_timer", [(60,), (60,)], 0.2)
+    assert outcomes == [("timeout", None), ("timeout", None)]
+    assert not set(pool.pids) & set(pids)
+    assert _map(pool, f"{CHECKS}:echo", [(i,) for i in range(6)], 5.0) == [("ok", i) for i in range(6)]
+    assert not set(pids) & _children()  # the killed workers were reaped
+
+
+def test_crash_and_exception_are_errors(pool):
+    outcomes = _map(pool, f"{CHECKS}:crash", [(3,)], 5.0) + _map(pool, f"{CHECKS}:raise_error", [("bad",)], 5.0)
+    assert outcomes[0] == ("error", "worker process died")
+    assert outcomes[1][0] == "error" and "ValueError: bad" in outcomes[1][1]
+    assert _map(pool, f"{CHECKS}:echo", [("after",)], 5.0) == [("ok", "after")]
+
+
+def test_mixed_batch_keeps_order(pool):
+    tasks = [("echo", (1,)), ("hang_past_timer", (60,)), ("echo", (2,)), ("crash", (1,)), ("echo", (3,))]
+    outcomes = [_map(pool, f"{CHECKS}:{name}", [args], 0.3)[0] for name, args in tasks]
+    assert [status for status, _ in outcomes] == ["ok", "timeout", "ok", "error", "ok"]
+
+
+ADVERSARIAL = [
+    "10^{10^{10^{10}}}",  # a power tower: sympy evaluates it in C
+    "\\sin(10^{1000000})",
+    "{" * 3000 + "1" + "}" * 3000,  # deeply nested braces
+    "\\frac{" * 500 + "1" + "}{2}" * 500,
+    bytes(range(256)).decode("latin-1") * 4,  # binary garbage
+    "\ud800\x00\\\\\\",
+]
+
+
+def test_sympy_adversarial_answers_get_a_verdict(pool):
+    outcomes = _map(pool, EQUIVALENCE_CHECK, [("5", answer) for answer in ADVERSARIAL], 1.0)
+    # None of them equals 5: each is rejected, times out, or errors, and nothing hangs the pool.
+    assert all(outcome == ("ok", False) or outcome[0] in ("timeout", "error") for outcome in outcomes)
+    assert _map(pool, EQUIVALENCE_CHECK, [("\\frac{1}{2}", "0.5")], 5.0) == [("ok", True)]
+
+
+def test_math_rewards_on_adversarial_responses():
+    responses = [f"\\boxed{{{answer}}}" for answer in ADVERSARIAL] + [
+        "x" * 1_000_000 + "\\boxed{5}",  # 1 MB response, right answer
+        "\\boxed{" * 200_000,  # 1.4 MB of unclosed boxes
+        "\\boxed{5}",
+    ]
+    result = math_rewards(responses, ["5"] * len(responses), timeout_s=1.0, num_workers=2)
+    assert result.rewards.tolist() == [0.0] * len(ADVERSARIAL) + [1.0, 0.0, 1.0]
+    assert result.num_errors + result.num_timeouts <= len(ADVERSARIAL)
