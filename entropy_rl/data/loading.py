@@ -111,13 +111,14 @@ def _problem_from_row(row: Any, row_number: int, stem: str, keys: dict[str, Any]
         raise ValueError(f"no problem column (looked for {keys['problem'] or PROBLEM_KEYS})")
     answer_key, answer_value = _first(row, [keys["answer"]] if keys["answer"] else ANSWER_KEYS)
     if answer_key is None:
+        # MATH layout: the answer is the last box of the worked solution, which stays in meta.
         solution_key, solution = _first(row, [keys["solution"]] if keys["solution"] else SOLUTION_KEYS)
-        answer_key, answer_value = solution_key, extract_boxed(solution) if isinstance(solution, str) else None
+        answer_value = extract_boxed(solution) if isinstance(solution, str) else None
         if answer_value is None:
             raise ValueError(f"no answer column and no \\boxed{{}} answer in a solution column (looked for {ANSWER_KEYS + SOLUTION_KEYS})")
     answer = _answer_text(answer_value)
     if not answer:
-        raise ValueError(f"empty answer in column {answer_key!r}")
+        raise ValueError(f"empty answer in column {answer_key or solution_key!r}")
     id_key, id_value = _first(row, ID_KEYS)
     source_key, source = _first(row, SOURCE_KEYS)
     used = {problem_key, answer_key, id_key, source_key}
