@@ -1,7 +1,7 @@
 """`evaluate`: sample n responses per problem, verify them, and summarise avg@k / pass@k.
 
-Problems of a benchmark are cut into fixed chunks of `batch_size` prompts; one `generate`
-call samples the n responses of a whole chunk (batch_size * n rows). The PRNG key of a chunk
+Problems of a benchmark are cut into fixed chunks of max(1, batch_size // n) prompts; one
+`generate` call samples the n responses of every problem of a chunk (about batch_size rows). The PRNG key of a chunk
 depends only on (seed, benchmark name, chunk index), so an evaluation resumed from its
 results file samples exactly what an uninterrupted one would have: chunks whose problems
 are all recorded are skipped, the others are sampled again and only their missing rows
@@ -40,16 +40,9 @@ def chunk_key(seed: int, benchmark: str, chunk_index: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), benchmark_id), chunk_index)
 
 
-def decode_responses(rollout: Rollout, tokenizer, stop_token_ids: Sequence[int]) -> list[str]:
-    """Response texts of a rollout, [N] strings, without the trailing stop token."""
-    stops = set(int(t) for t in stop_token_ids)
-    texts = []
-    for row, length in zip(rollout.tokens, rollout.lengths):
-        ids = [int(t) for t in row[: int(length)]]
-        if ids and ids[-1] in stops:
-            ids = ids[:-1]
-        texts.append(tokenizer.decode(ids))
-    return texts
+def decode_responses(rollout: Rollout, tokenizer) -> list[str]:
+    """Response texts of a rollout, [N] strings, special tokens (the stop token) left out."""
+    return [tokenizer.decode(row[: int(length)], skip_special_tokens=True) for row, length in zip(rollout.tokens, rollout.lengths)]
 
 
 def correct_from_rewards(rewards: np.ndarray) -> np.ndarray:
@@ -85,7 +78,7 @@ def _sample_chunk(model, tokenizer, benchmark, problems, *, sampling, key, verif
     """Generate sampling.n responses for each problem of a chunk and verify them -> rows."""
     prompts = [tokenizer.encode(format_prompt(p, tokenizer, style=prompt_style)) for p in problems]
     rollout = generate(model, prompts, sampling, key, mesh=mesh)
-    responses = decode_responses(rollout, tokenizer, sampling.stop_token_ids)
+    responses = decode_responses(rollout, tokenizer)
     answers = [p.answer for p in problems for _ in range(sampling.n)]
     correct = correct_from_rewards(get_verifier(verifier)(responses, answers).rewards)
     return _problem_rows(benchmark, problems, rollout, responses, correct, sampling.n, save_responses=save_responses)
@@ -106,6 +99,17 @@ def _check_settings(results_path: Path, settings: dict) -> None:
             f"{results_path} holds results sampled with other settings ({details}); "
             "give another results path to start a new evaluation"
         )
+
+
+def _check_problems(problems_by_benchmark: Mapping[str, Sequence[Problem]]) -> None:
+    """Every benchmark needs problems, with distinct ids (results rows are keyed by id)."""
+    for benchmark, problems in problems_by_benchmark.items():
+        if not problems:
+            raise ValueError(f"benchmark {benchmark!r} has no problems")
+        ids = [str(p.id) for p in problems]
+        if len(set(ids)) != len(ids):
+            duplicate = next(i for i in ids if ids.count(i) > 1)
+            raise ValueError(f"benchmark {benchmark!r} has problem id {duplicate!r} more than once")
 
 
 def _recorded_rows(benchmark, problems, recorded, n, results_path) -> dict[str, dict]:
@@ -132,9 +136,9 @@ def evaluate(
     n: int | Mapping[str, int],
     sampling: SamplingConfig,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int = 256,
     ks: Sequence[int] = metrics.DEFAULT_KS,
-    prompt_style: str = "qwen-boxed",
+    prompt_style: str = "chat",
     verifiers: Mapping[str, str] | None = None,
     results_path: str | Path | None = None,
     save_responses: bool = False,
@@ -149,8 +153,10 @@ def evaluate(
       problems_by_benchmark: {benchmark name: problems}; a trainer passes a subset.
       n: samples per problem, one int or {benchmark: n} (e.g. 32 for AIME, 4 for MATH500).
       sampling: temperature, top-p/k, max_new_tokens, stop tokens; its `n` is replaced by `n`.
+        Empty stop_token_ids mean the tokenizer's `stop_token_ids` (and its pad token).
       seed: the chunks' keys derive from it (see `chunk_key`).
-      batch_size: prompts per `generate` call (batch_size * n sequences).
+      batch_size: sequences per `generate` call: max(1, batch_size // n) problems of n samples.
+        Resuming with another batch_size is valid but not sample-for-sample identical.
       ks: k values of avg@k / pass@k; those above a benchmark's n are left out.
       prompt_style: passed to `entropy_rl.data.format_prompt`.
       verifiers: {benchmark: verifier name}; default "synthetic" for the built-in task, else "math".
@@ -166,6 +172,11 @@ def evaluate(
       scores all benchmarks share, "settings": the sampling settings}.
     """
     n_of = {name: (n if isinstance(n, int) else int(n[name])) for name in problems_by_benchmark}
+    _check_problems(problems_by_benchmark)
+    if not sampling.stop_token_ids:
+        sampling = dataclasses.replace(
+            sampling, stop_token_ids=tuple(tokenizer.stop_token_ids), pad_token_id=tokenizer.pad_token_id
+        )
     verifiers = dict(verifiers or {})
     settings = {
         "seed": seed, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
@@ -181,8 +192,9 @@ def evaluate(
         bench_sampling = dataclasses.replace(sampling, n=n_of[benchmark])
         rows = _recorded_rows(benchmark, problems, recorded.get(benchmark, {}), n_of[benchmark], results_path)
         bar = tqdm(total=len(problems), desc=benchmark, disable=not progress, initial=len(rows))
-        for chunk_index, start in enumerate(range(0, len(problems), batch_size)):
-            chunk = problems[start : start + batch_size]
+        chunk_size = max(1, batch_size // n_of[benchmark])
+        for chunk_index, start in enumerate(range(0, len(problems), chunk_size)):
+            chunk = problems[start : start + chunk_size]
             if all(str(p.id) in rows for p in chunk):
                 continue
             new_rows = _sample_chunk(
