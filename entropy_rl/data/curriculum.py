@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from entropy_rl.data.iterator import problems_fingerprint
+
 RANKING_FIELDS = ("id", "semantic_entropy", "n_clusters", "accuracy")
 
 
@@ -109,6 +111,8 @@ class CurriculumIterator:
         self._problems = [p for p in problems if str(p.id) in entropy_by_id]
         ids = [str(p.id) for p in self._problems]
         self._stages = split_into_stages(ids, entropy_by_id, num_stages)
+        # hash of the ids in curriculum order: same problems AND same ranking order
+        self._fingerprint = problems_fingerprint([self._problems[i] for stage in self._stages for i in stage])
         self._stage_entropies = [[entropy_by_id[ids[i]] for i in stage] for stage in self._stages]
         self.batch_size = batch_size
         self.seed = seed
@@ -178,6 +182,12 @@ class CurriculumIterator:
             self._offset += len(take)
         return batch
 
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[Any]:
+        return self.next_batch()
+
     # -- checkpointing -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """JSON-able position: stage, epoch and position within that epoch's shuffle."""
@@ -190,11 +200,17 @@ class CurriculumIterator:
             "seed": self.seed,
             "batch_size": self.batch_size,
             "stage_sizes": [len(s) for s in self._stages],
+            "fingerprint": self._fingerprint,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a ``state_dict``; refuses one taken from a different curriculum."""
-        expected = {"seed": self.seed, "batch_size": self.batch_size, "stage_sizes": [len(s) for s in self._stages]}
+        expected = {
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "stage_sizes": [len(s) for s in self._stages],
+            "fingerprint": self._fingerprint,
+        }
         found = {key: state.get(key) for key in expected}
         if found != expected:
             raise ValueError(f"curriculum state does not match this curriculum: state has {found}, expected {expected}")

@@ -1,0 +1,309 @@
+"""`entropy-rl rank`: rank a dataset by semantic entropy under a policy (SENT curriculum input).
+
+For every problem, K responses are sampled with the rollout engine (many prompts per call),
+their boxed answers clustered (``entropy_rl.semantic_entropy``), and one jsonl row written:
+
+    {"id": ..., "semantic_entropy": SE, "n_clusters": C, "accuracy": fraction of correct samples}
+
+Resumable: rows are appended (flushed and fsynced) one batch of prompts at a time, and a
+restarted run skips every batch whose prompts are all in the file. A batch's samples depend
+only on (seed, batch index, the batch's prompts), never on what ran before, so an
+interrupted and resumed run writes the same numbers as an uninterrupted one. The run's
+settings are stored beside the file (``<output>.meta.json``); resuming with different ones is
+refused. Several hosts (``jax.process_count() > 1``) each rank every process_count-th problem
+into their own part file on local devices; host 0 merges the parts once all are done. The
+final, complete ranking is also written sorted by entropy (``--sorted``).
+
+    entropy-rl rank --policy runs/warm/ --data synthetic --output ranking.jsonl
+    entropy-rl rank --policy Qwen3-1.7B/ --data math_train.jsonl --samples 8 --max-new-tokens 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from entropy_rl.data import Problem, format_prompt, load_problems, load_tokenizer, synthetic_problems
+from entropy_rl.data.curriculum import parse_ranking_line
+from entropy_rl.rewards import extract_boxed, get_verifier
+from entropy_rl.rollout import SamplingConfig, generate
+from entropy_rl.semantic_entropy import cluster_answer_groups, cluster_entropy
+
+
+@dataclasses.dataclass(frozen=True)
+class RankingSettings:
+    """Everything that decides a ranking's numbers (stored in ``<output>.meta.json``)."""
+
+    samples: int = 8
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    batch_prompts: int = 64
+    weighting: str = "discrete"  # "discrete" | "likelihood"
+    verifier: str = "math"
+    prompt_style: str = "plain"
+    exact_match_only: bool = False
+    prompt_bucket: int = 64
+    response_bucket: int = 64
+
+    def __post_init__(self):
+        if self.weighting not in ("discrete", "likelihood"):
+            raise ValueError(f"weighting must be 'discrete' or 'likelihood', got {self.weighting!r}")
+        if self.samples < 1 or self.batch_prompts < 1:
+            raise ValueError(f"samples and batch_prompts must be >= 1, got {self.samples}, {self.batch_prompts}")
+
+
+# -- the ranking file ----------------------------------------------------------------------
+def read_finished_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows already in a (possibly interrupted) ranking file.
+
+    A last line without its newline was cut by a kill mid-write: it is dropped and the file
+    truncated to the last complete row. Any other bad line is an error naming the line.
+    """
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) < len(data):
+        with open(path, "r+b") as file:
+            file.truncate(len(complete))
+    lines = complete.decode("utf-8").splitlines()
+    return [parse_ranking_line(line, path=path, line_number=n) for n, line in enumerate(lines, 1) if line.strip()]
+
+
+def append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Append rows as jsonl in one write, then flush and fsync (survives a kill right after)."""
+    with open(path, "a", encoding="utf-8") as file:
+        file.write("".join(json.dumps(row) + "\n" for row in rows))
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def write_sorted(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """All rows sorted by (semantic_entropy, id), written atomically."""
+    ordered = sorted(rows, key=lambda row: (row["semantic_entropy"], row["id"]))
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("".join(json.dumps(row) + "\n" for row in ordered), encoding="utf-8")
+    temporary.replace(path)
+
+
+def check_settings(meta_path: Path, meta: dict[str, Any]) -> None:
+    """Write the run's settings beside the output, or refuse to resume under different ones."""
+    if meta_path.exists():
+        stored = json.loads(meta_path.read_text())
+        if stored != meta:
+            changed = sorted(key for key in meta.keys() | stored.keys() if stored.get(key) != meta.get(key))
+            raise ValueError(
+                f"{meta_path}: the existing ranking was made with different settings ({changed}); "
+                "use the same settings to resume, or a new --output"
+            )
+    else:
+        meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
+# -- ranking -------------------------------------------------------------------------------
+def score_batch(
+    model,
+    tokenizer,
+    problems: Sequence[Problem],
+    settings: RankingSettings,
+    rng: jax.Array,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+) -> list[dict[str, Any]]:
+    """Sample K responses per problem (one ``generate`` call) and score each problem."""
+    sampling = SamplingConfig(
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        top_k=settings.top_k,
+        n=settings.samples,
+        stop_token_ids=tuple(tokenizer.stop_token_ids),
+        pad_token_id=tokenizer.pad_token_id,
+        prompt_bucket=settings.prompt_bucket,
+        response_bucket=settings.response_bucket,
+    )
+    prompts = [tokenizer.encode(format_prompt(p, tokenizer, style=settings.prompt_style)) for p in problems]
+    rollout = generate(model, prompts, sampling, rng, mesh=mesh)
+    texts = [tokenizer.decode(row[:length], skip_special_tokens=True) for row, length in zip(rollout.tokens, rollout.lengths)]
+    truths = [p.answer for p in problems for _ in range(settings.samples)]
+    correct = np.asarray(get_verifier(settings.verifier)(texts, truths).rewards).reshape(len(problems), settings.samples)
+    answers = [extract_boxed(text) for text in texts]
+    groups = [answers[i * settings.samples : (i + 1) * settings.samples] for i in range(len(problems))]
+    clusters = cluster_answer_groups(groups, exact_match_only=settings.exact_match_only)
+    sequence_logprobs = rollout.logprobs.sum(axis=1).reshape(len(problems), settings.samples)
+    rows = []
+    for i, problem in enumerate(problems):
+        weights = sequence_logprobs[i] if settings.weighting == "likelihood" else None
+        rows.append(
+            {
+                "id": str(problem.id),
+                "semantic_entropy": cluster_entropy(clusters[i], sequence_logprobs=weights),
+                "n_clusters": int(max(clusters[i]) + 1),
+                "accuracy": float(correct[i].mean()),
+            }
+        )
+    return rows
+
+
+def rank_problems(
+    model,
+    tokenizer,
+    problems: Sequence[Problem],
+    output: str | Path,
+    settings: RankingSettings,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    run_info: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Rank ``problems`` into the jsonl file ``output`` (resuming it); returns all its rows.
+
+    Batch b holds problems [b * batch_prompts, (b + 1) * batch_prompts) and samples with
+    fold_in(PRNGKey(seed), b); a batch with every id already in the file is skipped, one
+    with some ids missing is re-sampled whole (same numbers) and only the missing ids written.
+    ``run_info`` (e.g. policy and data paths) is stored with the settings in the meta file.
+    """
+    ids = [str(p.id) for p in problems]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"problem ids are not unique ({len(ids) - len(set(ids))} duplicates); ranking needs unique ids")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    check_settings(output.with_name(output.name + ".meta.json"), {**dataclasses.asdict(settings), **(run_info or {})})
+    rows = read_finished_rows(output)
+    finished = {row["id"] for row in rows}
+    key = jax.random.PRNGKey(settings.seed)
+    size = settings.batch_prompts
+    with tqdm(total=len(problems), initial=len(finished & set(ids)), unit="prompt", disable=not progress, desc="rank") as bar:
+        for start in range(0, len(problems), size):
+            batch = problems[start : start + size]
+            missing = [p for p in batch if str(p.id) not in finished]
+            if not missing:
+                continue
+            scored = score_batch(model, tokenizer, batch, settings, jax.random.fold_in(key, start // size), mesh=mesh)
+            new_rows = [row for row in scored if row["id"] not in finished]
+            append_rows(output, new_rows)
+            rows += new_rows
+            finished.update(row["id"] for row in new_rows)
+            bar.update(len(new_rows))
+    return rows
+
+
+# -- command line --------------------------------------------------------------------------
+def load_policy(path: str, mesh: jax.sharding.Mesh | None):
+    """An HF checkpoint directory (has config.json), else a trainer run directory."""
+    if (Path(path) / "config.json").exists():
+        from entropy_rl.model import load_hf
+
+        return load_hf(path, mesh=mesh)
+    from entropy_rl.train.checkpoint import load_policy as load_run_policy  # the trainer sits above us
+
+    return load_run_policy(path, mesh=mesh)
+
+
+def load_dataset(args: argparse.Namespace) -> list[Problem]:
+    """The built-in synthetic task ("synthetic") or any file/directory ``load_problems`` reads."""
+    if args.data == "synthetic":
+        return synthetic_problems(args.num_synthetic, seed=args.data_seed, split=args.split)
+    return load_problems(args.data, problem_key=args.problem_key, answer_key=args.answer_key)
+
+
+def local_mesh(spec: str | None) -> jax.sharding.Mesh | None:
+    """A ("data", "fsdp", "tensor") mesh over this host's devices, or None for "none"."""
+    from entropy_rl.parallel import MeshConfig, make_mesh
+
+    if spec == "none":
+        return None
+    sizes = dict(zip(("data", "fsdp", "tensor"), (int(s) for s in spec.split(",")))) if spec else {}
+    return make_mesh(MeshConfig(**sizes), devices=jax.local_devices())
+
+
+def host_output(output: Path, process_index: int, process_count: int) -> Path:
+    """This host's part file (the output itself on a single host)."""
+    if process_count == 1:
+        return output
+    return output.with_name(f"{output.name}.part-{process_index:05d}-of-{process_count:05d}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="entropy-rl rank", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--policy", required=True, help="HF checkpoint directory or a trainer run directory")
+    parser.add_argument("--data", default="synthetic", help='"synthetic" or a dataset file/directory (load_problems)')
+    parser.add_argument("--output", required=True, help="jsonl ranking file (appended, resumable)")
+    parser.add_argument("--sorted", default=None, help="sorted copy of the final ranking (default: <output>.sorted.jsonl)")
+    parser.add_argument("--tokenizer", default=None, help='"builtin" or a directory (default: the policy dir if it has one)')
+    parser.add_argument("--problem-key", default=None)
+    parser.add_argument("--answer-key", default=None)
+    parser.add_argument("--num-synthetic", type=int, default=20000, help="size of the synthetic training set")
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic training set")
+    parser.add_argument("--split", default="train", help="synthetic split")
+    parser.add_argument("--limit", type=int, default=None, help="rank only the first N problems")
+    parser.add_argument("--verifier", default=None, help='"math" | "synthetic" | ... (default by --data)')
+    parser.add_argument("--mesh", default=None, help='"data,fsdp,tensor" sizes over local devices, or "none"')
+    parser.add_argument("--no-progress", action="store_true")
+    defaults = RankingSettings()
+    for field in dataclasses.fields(RankingSettings):
+        if field.name == "verifier":
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if field.type == "bool":
+            parser.add_argument(flag, action="store_true")
+        else:
+            parser.add_argument(flag, type=type(getattr(defaults, field.name)), default=getattr(defaults, field.name))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    verifier = args.verifier or ("synthetic" if args.data == "synthetic" else "math")
+    settings = RankingSettings(
+        verifier=verifier, **{f.name: getattr(args, f.name) for f in dataclasses.fields(RankingSettings) if f.name != "verifier"}
+    )
+    problems = load_dataset(args)[: args.limit]
+    process_index, process_count = jax.process_index(), jax.process_count()
+    share = problems[process_index::process_count]
+    mesh = local_mesh(args.mesh)
+    model = load_policy(args.policy, mesh)
+    tokenizer_path = args.tokenizer or (args.policy if (Path(args.policy) / "tokenizer_config.json").exists() else "builtin")
+    tokenizer = load_tokenizer(tokenizer_path)
+    output = Path(args.output)
+    run_info = {"policy": str(args.policy), "data": str(args.data), "tokenizer": str(tokenizer_path)}
+    started = time.perf_counter()
+    rows = rank_problems(
+        model,
+        tokenizer,
+        share,
+        host_output(output, process_index, process_count),
+        settings,
+        mesh=mesh,
+        run_info=run_info,
+        progress=not args.no_progress and process_index == 0,
+    )
+    print(f"rank: host {process_index}/{process_count}: {len(rows)} problems ranked ({time.perf_counter() - started:.1f}s)")
+    if process_count > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("entropy_rl.ranking: all parts written")
+        if process_index != 0:
+            return 0
+        rows = [row for i in range(process_count) for row in read_finished_rows(host_output(output, i, process_count))]
+    sorted_path = Path(args.sorted) if args.sorted else output.with_name(output.name.removesuffix(".jsonl") + ".sorted.jsonl")
+    write_sorted(sorted_path, rows)
+    entropies = np.asarray([row["semantic_entropy"] for row in rows])
+    print(
+        f"rank: wrote {sorted_path} ({len(rows)} rows; semantic entropy mean {entropies.mean():.3f}, "
+        f"zero for {np.mean(entropies == 0):.1%}; accuracy mean {np.mean([r['accuracy'] for r in rows]):.3f})"
+    )
+    return 0
