@@ -1,0 +1,165 @@
+"""Orbax checkpoints: bitwise round trip (params, optimizer state, counters, PRNG keys, JSON
+state, config), keep-last-N, restore onto a mesh, and rebuilding the policy from a run."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from entropy_rl.model import save_hf
+from entropy_rl.parallel import MeshConfig, make_mesh, state_shardings
+from entropy_rl.train import checkpoint as ck
+from entropy_rl.train.config import TrainConfig, load_config
+
+SMALL_MODEL = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=2",
+               "model.num_attention_heads=2", "model.num_key_value_heads=1", "model.head_dim=16"]
+
+
+def _config(run_dir, *extra) -> TrainConfig:
+    return load_config(overrides=[f"run_dir={run_dir}", *SMALL_MODEL, *extra])
+
+
+@pytest.fixture(scope="module")
+def policy():
+    """One small built-in policy for the whole module (model building is the slow part)."""
+    return ck.build_policy(_config("unused").model, seed=0)
+
+
+@jax.jit
+def _adamw_step(params, offset):
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3))
+    opt_state = optimizer.init(params)
+    grads = jax.tree.map(lambda x: jnp.sin(x * 3.0 + offset), params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def _run_state(policy_and_tokenizer, seed: int):
+    """(params, train_state) as a training loop holds them: after one AdamW update."""
+    _, params = nnx.split(policy_and_tokenizer[0])
+    params, opt_state = _adamw_step(params, jnp.float32(seed))
+    train_state = {
+        "opt_state": opt_state,
+        "step": jnp.asarray(7 + seed, jnp.int32),
+        "num_skipped": jnp.asarray(seed, jnp.int32),
+        "rng": jax.random.key(100 + seed),
+        "raw_rng": jax.random.PRNGKey(200 + seed),
+    }
+    return params, train_state
+
+
+def _bits(tree):
+    """Every leaf as numpy (PRNG keys as their key data), for bitwise comparison."""
+
+    def leaf(x):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        return np.asarray(x)
+
+    return jax.tree.leaves(jax.tree.map(leaf, tree))
+
+
+def _assert_bitwise_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(_bits(a), _bits(b)):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert x.tobytes() == y.tobytes()
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_round_trip_is_bitwise(tmp_path, async_save, policy):
+    config = _config(tmp_path, "seed=3", "algorithm.name=sent")
+    params, train_state = _run_state(policy, seed=0)
+    data_state = {"epoch": 2, "position": 17, "order_seed": [1, 2, 3], "stage": None}
+    with ck.Checkpointer(tmp_path, max_to_keep=2, async_save=async_save) as saver:
+        assert saver.latest_step() is None
+        saver.save(5, params=params, train_state=train_state, data_state=data_state, config=config)
+
+    other_params, other_state = _run_state(policy, seed=1)  # targets with different values
+    with pytest.raises(AssertionError):
+        _assert_bitwise_equal(params, other_params)
+    with ck.Checkpointer(tmp_path) as loader:
+        restored = loader.restore(params=other_params, train_state=other_state)
+    assert restored.step == 5
+    _assert_bitwise_equal(restored.params, params)
+    _assert_bitwise_equal(restored.train_state, train_state)
+    assert jnp.issubdtype(restored.train_state["rng"].dtype, jax.dtypes.prng_key)
+    assert restored.data_state == data_state
+    assert restored.config == config
+    # the restored key continues the same random stream
+    np.testing.assert_array_equal(jax.random.uniform(restored.train_state["rng"], (4,)),
+                                  jax.random.uniform(train_state["rng"], (4,)))
+
+
+def test_restore_without_checkpoint_is_none(tmp_path, policy):
+    params, train_state = _run_state(policy, seed=0)
+    with ck.Checkpointer(tmp_path) as saver:
+        assert saver.restore(params=params, train_state=train_state) is None
+
+
+def test_keeps_the_last_n_and_restores_the_latest(tmp_path, policy):
+    config = _config(tmp_path)
+    params, train_state = _run_state(policy, seed=0)
+    with ck.Checkpointer(tmp_path, max_to_keep=2) as saver:
+        for step in (1, 2, 3, 4, 5):
+            state = dict(train_state, step=jnp.asarray(step, jnp.int32))
+            saver.save(step, params=params, train_state=state, data_state={"position": step}, config=config)
+    with ck.Checkpointer(tmp_path, max_to_keep=2) as loader:
+        assert loader.all_steps() == [4, 5] and loader.latest_step() == 5
+        restored = loader.restore(params=params, train_state=train_state)
+        assert int(restored.train_state["step"]) == 5 and restored.data_state == {"position": 5}
+        older = loader.restore(params=params, train_state=train_state, step=4)
+        assert int(older.train_state["step"]) == 4 and older.data_state == {"position": 4}
+
+
+def test_restore_takes_the_shardings_of_the_target(tmp_path, policy):
+    config = _config(tmp_path)
+    params, train_state = _run_state(policy, seed=0)
+    with ck.Checkpointer(tmp_path) as saver:  # saved from one device
+        saver.save(1, params=params, train_state=train_state, data_state={}, config=config)
+    mesh = make_mesh(MeshConfig(data=1, fsdp=4, tensor=2))
+    shardings = state_shardings(params, mesh)
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)
+    with ck.Checkpointer(tmp_path) as loader:
+        restored = loader.restore(params=target, train_state=train_state)
+    _assert_bitwise_equal(restored.params, params)
+    for array, sharding in zip(jax.tree.leaves(restored.params), jax.tree.leaves(shardings)):
+        assert array.sharding == sharding
+    assert any(len(a.sharding.device_set) == 8 and a.addressable_shards[0].data.size < a.size
+               for a in jax.tree.leaves(restored.params))  # really distributed
+
+
+def test_load_policy_rebuilds_the_model_from_the_run(tmp_path, policy):
+    config = _config(tmp_path / "run")
+    params, train_state = _run_state(policy, seed=0)
+    with ck.Checkpointer(config.run_dir) as saver:
+        saver.save(3, params=params, train_state=train_state, data_state={}, config=config)
+    model, tokenizer = policy
+    graphdef, _ = nnx.split(model)
+    forward = nnx.jit(lambda m, ids: m(ids))
+    ids = jnp.asarray([tokenizer.encode("12+7=")], jnp.int32)
+    expected = np.asarray(forward(nnx.merge(graphdef, params), ids))
+    for path in (config.run_dir, f"{config.run_dir}/checkpoints", f"{config.run_dir}/checkpoints/3"):
+        loaded, loaded_tokenizer = ck.load_policy(path)
+        assert loaded_tokenizer.vocab_size == tokenizer.vocab_size
+        _assert_bitwise_equal(nnx.state(loaded), params)
+    np.testing.assert_array_equal(np.asarray(forward(loaded, ids)), expected)
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        ck.load_policy(tmp_path / "nowhere")
+
+
+def test_build_policy_from_an_hf_directory_and_with_a_mesh(tmp_path, policy):
+    config = _config(tmp_path)
+    model, tokenizer = policy
+    assert model.config.vocab_size == tokenizer.vocab_size and model.config.qk_norm
+    assert model.config.hidden_size == 32 and model.config.num_hidden_layers == 2
+    save_hf(model, str(tmp_path / "hf"))
+    hf_model = load_config(overrides=[f"model.hf_path={tmp_path / 'hf'}"]).model
+    mesh = make_mesh(MeshConfig(fsdp=8))
+    loaded, _ = ck.build_policy(hf_model, seed=1, mesh=mesh)
+    _assert_bitwise_equal(nnx.state(loaded), nnx.state(model))
+    sharded, _ = ck.build_policy(config.model, seed=0, mesh=mesh)  # same seed: same weights, distributed
+    _assert_bitwise_equal(nnx.state(sharded), nnx.state(model))
+    assert all(len(a.sharding.device_set) == 8 for a in jax.tree.leaves(nnx.state(sharded)))
