@@ -16,7 +16,7 @@ from entropy_rl.eval.metrics import (
 )
 from entropy_rl.eval.results import append_results, read_jsonl, results_by_benchmark
 
-_RUNNER_NAMES = ("evaluate", "write_summary", "SYNTHETIC_BENCHMARK")
+_RUNNER_NAMES = ("evaluate", "benchmark_problems", "write_summary", "SYNTHETIC_BENCHMARK")
 
 
 def __getattr__(name: str):

@@ -21,7 +21,6 @@ from pathlib import Path
 from entropy_rl.eval.metrics import DEFAULT_KS
 
 DEFAULT_BENCHMARKS = "aime24,aime25,amc23,math500,minerva,olympiadbench"
-SYNTHETIC_SEED = 0
 RESULTS_FILE = "results.jsonl"
 
 
@@ -44,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=256, help="sequences per generate call (default 256)")
     parser.add_argument("--prompt-style", default="chat", help="entropy_rl.data.format_prompt style (chat, plain)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-problems", type=int, help="evaluate only the first N problems of each benchmark")
-    parser.add_argument("--synthetic-size", type=int, default=200, help="problems in the 'synthetic' benchmark")
+    parser.add_argument("--max-problems", type=int,
+                        help="evaluate only the first N problems of each benchmark ('synthetic' has 200 by default)")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="compute dtype")
     parser.add_argument("--mesh", default="auto", choices=("auto", "none"),
                         help="auto: shard over all devices (fsdp) when there are several; none: one device")
@@ -69,23 +68,6 @@ def parse_benchmarks(spec: str, default_n: int) -> dict[str, tuple[str, int]]:
     if not benchmarks:
         raise ValueError("--benchmarks is empty")
     return benchmarks
-
-
-def load_benchmark_problems(source: str, *, synthetic_size: int, max_problems: int | None) -> list:
-    """Problems of one benchmark: "synthetic" (test split), a shipped name, or a problem file."""
-    from entropy_rl import data
-    from entropy_rl.eval.runner import SYNTHETIC_BENCHMARK
-
-    if source == SYNTHETIC_BENCHMARK:
-        problems = data.synthetic_problems(synthetic_size, seed=SYNTHETIC_SEED, split="test")
-    elif os.path.exists(source):
-        problems = list(data.load_problems(source))
-    elif source in data.BENCHMARK_FILES:
-        problems = data.load_benchmark(source)
-    else:
-        known = ", ".join(sorted(data.BENCHMARK_FILES))
-        raise ValueError(f"--benchmarks: {source!r} is neither a file nor a benchmark ({known}, synthetic)")
-    return problems[:max_problems] if max_problems else problems
 
 
 def load_checkpoint(path: str, *, tokenizer: str | None, step: int | None, dtype: str, mesh):
@@ -123,12 +105,13 @@ def default_output(args: argparse.Namespace) -> Path:
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from entropy_rl.eval.runner import benchmark_problems
+
     try:
         benchmarks = parse_benchmarks(args.benchmarks, args.n)
         ks = tuple(int(k) for k in args.ks.split(","))
         problems = {
-            name: load_benchmark_problems(source, synthetic_size=args.synthetic_size, max_problems=args.max_problems)
-            for name, (source, _) in benchmarks.items()
+            name: benchmark_problems(source, max_problems=args.max_problems) for name, (source, _) in benchmarks.items()
         }
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))

@@ -11,7 +11,7 @@ grouped into figure families by name, so a new metric shows up without code chan
 | kl | `kl...` |
 | response_length | `response_length...` |
 | eval | `eval/...` |
-| token_fractions | any other key containing "fraction" (masked, penalised, clipped tokens) |
+| token_fractions | any other key containing "frac" (masked, penalised, clipped tokens) |
 | <prefix> | any other `<prefix>/...` key |
 | misc | any other key without a "/" |
 
@@ -41,7 +41,7 @@ FAMILIES: tuple[tuple[str, str, object], ...] = (
     ("kl", "KL divergence", lambda key: key.startswith("kl")),
     ("response_length", "Response length (tokens)", lambda key: key.startswith("response_length")),
     ("eval", "Evaluation scores", lambda key: key.startswith("eval/")),
-    ("token_fractions", "Masked / penalised / clipped token fractions", lambda key: "fraction" in key),
+    ("token_fractions", "Masked / penalised / clipped token fractions", lambda key: "frac" in key),
 )
 NOT_METRICS = ("step", "time", "timestamp", "epoch")
 

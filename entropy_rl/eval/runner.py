@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from entropy_rl import data
 from entropy_rl.data import Problem, format_prompt
 from entropy_rl.eval import metrics
 from entropy_rl.eval.results import append_results, read_jsonl, results_by_benchmark
@@ -27,6 +29,27 @@ from entropy_rl.rewards import get_verifier
 from entropy_rl.rollout import Rollout, SamplingConfig, generate
 
 SYNTHETIC_BENCHMARK = "synthetic"
+SYNTHETIC_SIZE = 200  # problems of the "synthetic" benchmark unless max_problems says otherwise
+SYNTHETIC_SEED = 0
+
+
+def benchmark_problems(source: str, *, max_problems: int | None = None) -> list[Problem]:
+    """Problems of one benchmark, the first max_problems of them when given.
+
+    source: "synthetic" (the built-in task's held-out "test" split, seed 0; SYNTHETIC_SIZE
+    problems by default, any number with max_problems), a shipped benchmark name
+    (`entropy_rl.data.BENCHMARK_FILES`) or a problem file (`entropy_rl.data.load_problems`).
+    """
+    if source == SYNTHETIC_BENCHMARK:
+        return data.synthetic_problems(max_problems or SYNTHETIC_SIZE, seed=SYNTHETIC_SEED, split="test")
+    if os.path.exists(source):
+        problems = list(data.load_problems(source))
+    elif source in data.BENCHMARK_FILES:
+        problems = data.load_benchmark(source)
+    else:
+        known = ", ".join(sorted(data.BENCHMARK_FILES))
+        raise ValueError(f"benchmark {source!r} is neither a file nor a shipped benchmark ({known}) nor 'synthetic'")
+    return problems[:max_problems] if max_problems else problems
 
 
 def default_verifier(benchmark: str) -> str:

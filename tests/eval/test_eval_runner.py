@@ -13,7 +13,7 @@ from entropy_rl.rollout import Rollout, SamplingConfig
 
 TOKENIZER = load_tokenizer("builtin")
 # 12 problems, 4 samples each, 16 sequences per generate call -> chunks of 4 problems.
-EVAL_ARGS = ["--benchmarks", "synthetic", "--synthetic-size", "12", "--n", "4", "--max-new-tokens", "16",
+EVAL_ARGS = ["--benchmarks", "synthetic", "--max-problems", "12", "--n", "4", "--max-new-tokens", "16",
              "--batch-size", "16", "--tokenizer", "builtin", "--dtype", "float32", "--mesh", "none",
              "--save-responses", "--no-progress"]
 
@@ -164,7 +164,33 @@ def test_parse_benchmarks(tmp_path):
         cli.parse_benchmarks("aime24,aime24:4", default_n=4)
     with pytest.raises(ValueError, match="bad sample count"):
         cli.parse_benchmarks("aime24:x", default_n=4)
-    assert len(cli.load_benchmark_problems("aime24", synthetic_size=1, max_problems=None)) == 30
-    assert len(cli.load_benchmark_problems("minerva", synthetic_size=1, max_problems=3)) == 3
-    with pytest.raises(ValueError, match="neither a file nor a benchmark"):
-        cli.load_benchmark_problems("aime2024", synthetic_size=1, max_problems=None)
+
+def test_benchmark_problems():
+    assert len(runner.benchmark_problems("aime24")) == 30
+    assert [p.id for p in runner.benchmark_problems("minerva", max_problems=3)] == [
+        "minerva_math-0", "minerva_math-1", "minerva_math-2"]
+    synthetic = runner.benchmark_problems("synthetic")
+    assert len(synthetic) == runner.SYNTHETIC_SIZE and all(p.source == "synthetic" for p in synthetic)
+    assert runner.benchmark_problems("synthetic", max_problems=500)[:200] == synthetic
+    with pytest.raises(ValueError, match="neither a file nor a shipped benchmark"):
+        runner.benchmark_problems("aime2024")
+
+
+def test_checkpoint_dispatch_hf_directory_or_run_directory(tiny_checkpoint, tmp_path, monkeypatch):
+    from entropy_rl.train import checkpoint
+
+    model, tokenizer = cli.load_checkpoint(str(tiny_checkpoint), tokenizer="builtin", step=None, dtype="float32", mesh=None)
+    assert model.config.vocab_size == TOKENIZER.vocab_size and tokenizer.vocab_size == TOKENIZER.vocab_size
+    calls = []
+
+    def load_policy(path, *, step=None, mesh=None):
+        calls.append((path, step, mesh))
+        return model, "run tokenizer"
+
+    monkeypatch.setattr(checkpoint, "load_policy", load_policy)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    assert cli.load_checkpoint(str(run_dir), tokenizer=None, step=7, dtype="float32", mesh=None) == (model, "run tokenizer")
+    assert calls == [(str(run_dir), 7, None)]
+    _, override = cli.load_checkpoint(str(run_dir), tokenizer="builtin", step=None, dtype="float32", mesh=None)
+    assert override.vocab_size == TOKENIZER.vocab_size
