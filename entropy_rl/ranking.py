@@ -33,8 +33,9 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from entropy_rl.data import Problem, format_prompt, load_problems, load_tokenizer, synthetic_problems
+from entropy_rl.data import Problem, format_prompt, load_problems, synthetic_problems
 from entropy_rl.data.curriculum import parse_ranking_line
+from entropy_rl.eval.cli import load_checkpoint  # HF directory or trainer run directory -> (model, tokenizer)
 from entropy_rl.rewards import extract_boxed, get_verifier
 from entropy_rl.rollout import SamplingConfig, generate
 from entropy_rl.semantic_entropy import cluster_answer_groups, cluster_entropy
@@ -202,17 +203,6 @@ def rank_problems(
 
 
 # -- command line --------------------------------------------------------------------------
-def load_policy(path: str, mesh: jax.sharding.Mesh | None):
-    """An HF checkpoint directory (has config.json), else a trainer run directory."""
-    if (Path(path) / "config.json").exists():
-        from entropy_rl.model import load_hf
-
-        return load_hf(path, mesh=mesh)
-    from entropy_rl.train.checkpoint import load_policy as load_run_policy  # the trainer sits above us
-
-    return load_run_policy(path, mesh=mesh)
-
-
 def load_dataset(args: argparse.Namespace) -> list[Problem]:
     """The built-in synthetic task ("synthetic") or any file/directory ``load_problems`` reads."""
     if args.data == "synthetic":
@@ -243,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default="synthetic", help='"synthetic" or a dataset file/directory (load_problems)')
     parser.add_argument("--output", required=True, help="jsonl ranking file (appended, resumable)")
     parser.add_argument("--sorted", default=None, help="sorted copy of the final ranking (default: <output>.sorted.jsonl)")
-    parser.add_argument("--tokenizer", default=None, help='"builtin" or a directory (default: the policy dir if it has one)')
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step of a run directory (default: latest)")
+    parser.add_argument("--dtype", default="float32", help="compute dtype of an HF checkpoint (float32, bfloat16)")
+    parser.add_argument("--tokenizer", default=None, help="\"builtin\" or a directory (default: the policy's)")
     parser.add_argument("--problem-key", default=None)
     parser.add_argument("--answer-key", default=None)
     parser.add_argument("--num-synthetic", type=int, default=20000, help="size of the synthetic training set")
@@ -275,11 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     process_index, process_count = jax.process_index(), jax.process_count()
     share = problems[process_index::process_count]
     mesh = local_mesh(args.mesh)
-    model = load_policy(args.policy, mesh)
-    tokenizer_path = args.tokenizer or (args.policy if (Path(args.policy) / "tokenizer_config.json").exists() else "builtin")
-    tokenizer = load_tokenizer(tokenizer_path)
+    model, tokenizer = load_checkpoint(args.policy, tokenizer=args.tokenizer, step=args.step, dtype=args.dtype, mesh=mesh)
     output = Path(args.output)
-    run_info = {"policy": str(args.policy), "data": str(args.data), "tokenizer": str(tokenizer_path)}
+    run_info = {"policy": str(args.policy), "step": args.step, "data": str(args.data), "tokenizer": args.tokenizer}
     started = time.perf_counter()
     rows = rank_problems(
         model,

@@ -69,10 +69,13 @@ def test_resume_mid_stage_continues_exactly(ranked):
 
 
 def test_state_from_another_curriculum_is_refused(ranked):
-    problems, _, path = ranked
+    problems, entropies, path = ranked
     state = CurriculumIterator(problems, path, batch_size=4, seed=7).state_dict()
     with pytest.raises(ValueError, match="does not match"):
         CurriculumIterator(problems, path, batch_size=2, seed=7).load_state_dict(state)
+    reversed_ranking = {pid: -value for pid, value in entropies.items()}
+    with pytest.raises(ValueError, match="does not match"):
+        CurriculumIterator(problems, reversed_ranking, batch_size=4, seed=7).load_state_dict(state)
 
 
 def test_unranked_problems_error_or_drop(ranked):

@@ -25,7 +25,7 @@ def tiny_policy(tmp_path_factory):
 def rank_args(policy, output, *extra):
     return ["--policy", policy, "--data", "synthetic", "--num-synthetic", "12", "--output", str(output),
             "--samples", "4", "--batch-prompts", "4", "--max-new-tokens", "8", "--prompt-bucket", "32",
-            "--response-bucket", "8", "--mesh", "1,-1,1", "--no-progress", *extra]
+            "--response-bucket", "8", "--mesh", "1,-1,1", "--tokenizer", "builtin", "--no-progress", *extra]
 
 
 class SimulatedKill(Exception):
