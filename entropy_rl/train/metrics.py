@@ -1,0 +1,182 @@
+"""Metric sinks of a run: RUN_DIR/metrics.jsonl, TensorBoard, wandb and a live progress bar.
+
+The loop hands `MetricsLogger.log(step, metrics)` one flat dict of scalars per step (jax
+arrays, numpy or Python numbers). They are fetched from the devices in ONE `jax.device_get`
+of the whole dict, once per step, so logging adds no host syncs inside the step. Only process
+0 of a multi-host run writes.
+
+Resume: a logger started at `start_step` drops the rows of metrics.jsonl after that step (a
+killed run may have logged steps past its last checkpoint) and TensorBoard purges them, so a
+resumed run's logs read as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from entropy_rl.train.config import LoggingConfig, TrainConfig, config_to_dict, to_yaml
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_SUBDIR = "tensorboard"
+WANDB_ID_FILE = "wandb_id.txt"
+# shown on the progress bar when present (short label, metric name)
+PROGRESS_KEYS: tuple[tuple[str, str], ...] = (
+    ("reward", "reward/mean"),
+    ("acc", "accuracy"),
+    ("H", "entropy/mean"),
+    ("masked", "loss/masked_fraction"),
+    ("len", "response_length/mean"),
+    ("tok/s", "time/tokens_per_s"),
+)
+
+
+def to_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """A dict of Python floats from scalar jax/numpy/Python values: one device->host transfer."""
+    host = jax.device_get(dict(metrics))
+    scalars = {}
+    for name, value in host.items():
+        array = np.asarray(value)
+        if array.size != 1:
+            raise ValueError(f"metric {name!r} is not a scalar (shape {array.shape})")
+        scalars[name] = float(array.reshape(()))
+    return scalars
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of RUN_DIR/metrics.jsonl, in order (empty when there is none)."""
+    path = os.path.join(run_dir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _truncate_after(path: str, step: int) -> None:
+    """Keep only the rows of a metrics.jsonl with row["step"] <= step (a torn last line too is dropped)."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # the half-written line of a killed run
+                continue
+            if row.get("step", -1) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    with open(path, "w") as f:
+        f.writelines(kept)
+
+
+class MetricsLogger:
+    """Writes each step's scalars to every enabled sink; use as a context manager or close().
+
+    logger = MetricsLogger(run_dir, config.logging, total_steps=..., start_step=resumed_step, config=config)
+    logger.log(step, {"reward/mean": r, "entropy/mean": h, ...})   # jax arrays are fine
+    logger.write("a message that does not break the progress bar")
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, logging: LoggingConfig = LoggingConfig(), *,
+                 total_steps: int, start_step: int = 0, config: TrainConfig | None = None,
+                 progress_keys: Sequence[tuple[str, str]] = PROGRESS_KEYS):
+        self.run_dir = os.fspath(run_dir)
+        self.progress_keys = tuple(progress_keys)
+        self.enabled = jax.process_index() == 0
+        self._tensorboard = self._wandb = self._progress = None
+        self._jsonl = None
+        if not self.enabled:
+            return
+        os.makedirs(self.run_dir, exist_ok=True)
+        path = os.path.join(self.run_dir, METRICS_FILE)
+        _truncate_after(path, start_step)
+        self._jsonl = open(path, "a")
+        if logging.tensorboard:
+            self._tensorboard = _open_tensorboard(self.run_dir, start_step, config)
+        if logging.wandb:
+            self._wandb = _open_wandb(self.run_dir, logging, config)
+        if logging.progress_bar:
+            from tqdm.auto import tqdm
+
+            self._progress = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
+        """Write one step's metrics (scalars) to every sink; returns them as Python floats."""
+        scalars = to_scalars(metrics)
+        if not self.enabled:
+            return scalars
+        row = {"step": int(step), "time": time.time(), **scalars}  # NaN/inf as JSON's NaN/Infinity
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+        if self._tensorboard is not None:
+            for name, value in scalars.items():
+                self._tensorboard.add_scalar(name, value, global_step=step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+        if self._progress is not None:
+            shown = {label: f"{scalars[name]:.4g}" for label, name in self.progress_keys if name in scalars}
+            self._progress.set_postfix(shown, refresh=False)
+            self._progress.update(step - self._progress.n)
+        return scalars
+
+    def write(self, text: str) -> None:
+        """Print a line without breaking the progress bar."""
+        if not self.enabled:
+            return
+        if self._progress is not None:
+            self._progress.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        """Flush and close every sink."""
+        if self._progress is not None:
+            self._progress.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+        if self._jsonl is not None:
+            self._jsonl.close()
+        self._tensorboard = self._wandb = self._progress = self._jsonl = None
+
+    def __enter__(self) -> "MetricsLogger":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+def _open_tensorboard(run_dir: str, start_step: int, config: TrainConfig | None):
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(os.path.join(run_dir, TENSORBOARD_SUBDIR), purge_step=start_step + 1 if start_step else None)
+    if config is not None and not start_step:
+        writer.add_text("config", "```\n" + to_yaml(config) + "\n```", global_step=0)
+    return writer
+
+
+def _open_wandb(run_dir: str, logging: LoggingConfig, config: TrainConfig | None):
+    """A wandb run resumed across restarts of the same RUN_DIR; None (with a warning) without wandb."""
+    try:
+        import wandb
+    except ImportError:
+        warnings.warn("logging.wandb=true but wandb is not installed (pip install wandb); not logging to wandb")
+        return None
+    id_path = os.path.join(run_dir, WANDB_ID_FILE)
+    if os.path.exists(id_path):
+        with open(id_path) as f:
+            run_id = f.read().strip()
+    else:
+        run_id = wandb.util.generate_id()
+        with open(id_path, "w") as f:
+            f.write(run_id)
+    return wandb.init(project=logging.wandb_project, entity=logging.wandb_entity, id=run_id, resume="allow",
+                      dir=run_dir, config=config_to_dict(config) if config is not None else None)
