@@ -1,16 +1,17 @@
 """`evaluate`: sample n responses per problem, verify them, and summarise avg@k / pass@k.
 
 Problems of a benchmark are cut into fixed chunks of max(1, batch_size // n) prompts; one
-`generate` call samples the n responses of every problem of a chunk (about batch_size rows). The PRNG key of a chunk
-depends only on (seed, benchmark name, chunk index), so an evaluation resumed from its
-results file samples exactly what an uninterrupted one would have: chunks whose problems
-are all recorded are skipped, the others are sampled again and only their missing rows
-written.
+`generate` call samples the n responses of every problem of a chunk (about batch_size
+rows). The PRNG key of a chunk depends only on (seed, benchmark name, chunk index), so an
+evaluation resumed from its results file samples exactly what an uninterrupted one would
+have: chunks whose problems are all recorded are skipped, the others are sampled again and
+only their missing rows written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import zlib
@@ -65,7 +66,10 @@ def chunk_key(seed: int, benchmark: str, chunk_index: int) -> jax.Array:
 
 def decode_responses(rollout: Rollout, tokenizer) -> list[str]:
     """Response texts of a rollout, [N] strings, special tokens (the stop token) left out."""
-    return [tokenizer.decode(row[: int(length)], skip_special_tokens=True) for row, length in zip(rollout.tokens, rollout.lengths)]
+    return [
+        tokenizer.decode(row[: int(length)], skip_special_tokens=True)
+        for row, length in zip(rollout.tokens, rollout.lengths)
+    ]
 
 
 def correct_from_rewards(rewards: np.ndarray) -> np.ndarray:
@@ -97,7 +101,7 @@ def _problem_rows(
     return rows
 
 
-def _sample_chunk(model, tokenizer, benchmark, problems, *, sampling, key, verifier, prompt_style, mesh, save_responses):
+def _sample_chunk(model, tokenizer, benchmark, problems, *, key, sampling, verifier, prompt_style, mesh, save_responses):
     """Generate sampling.n responses for each problem of a chunk and verify them -> rows."""
     prompts = [tokenizer.encode(format_prompt(p, tokenizer, style=prompt_style)) for p in problems]
     rollout = generate(model, prompts, sampling, key, mesh=mesh)
@@ -194,13 +198,11 @@ def evaluate(
       "mean_response_length", "truncated_fraction"}}, "average": the macro-average of the
       scores all benchmarks share, "settings": the sampling settings}.
     """
-    n_of = {name: (n if isinstance(n, int) else int(n[name])) for name in problems_by_benchmark}
     _check_problems(problems_by_benchmark)
     if not sampling.stop_token_ids:
         sampling = dataclasses.replace(
             sampling, stop_token_ids=tuple(tokenizer.stop_token_ids), pad_token_id=tokenizer.pad_token_id
         )
-    verifiers = dict(verifiers or {})
     settings = {
         "seed": seed, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
         "max_new_tokens": sampling.max_new_tokens, "prompt_style": prompt_style,
@@ -212,25 +214,25 @@ def evaluate(
         recorded = results_by_benchmark(read_jsonl(results_path))
     per_benchmark = {}
     for benchmark, problems in problems_by_benchmark.items():
-        bench_sampling = dataclasses.replace(sampling, n=n_of[benchmark])
-        rows = _recorded_rows(benchmark, problems, recorded.get(benchmark, {}), n_of[benchmark], results_path)
-        bar = tqdm(total=len(problems), desc=benchmark, disable=not progress, initial=len(rows))
-        chunk_size = max(1, batch_size // n_of[benchmark])
-        for chunk_index, start in enumerate(range(0, len(problems), chunk_size)):
-            chunk = problems[start : start + chunk_size]
-            if all(str(p.id) in rows for p in chunk):
-                continue
-            new_rows = _sample_chunk(
-                model, tokenizer, benchmark, chunk, sampling=bench_sampling, key=chunk_key(seed, benchmark, chunk_index),
-                verifier=verifiers.get(benchmark, default_verifier(benchmark)), prompt_style=prompt_style, mesh=mesh,
-                save_responses=save_responses,
-            )
-            new_rows = [row for row in new_rows if row["id"] not in rows]
-            if results_path is not None:
-                append_results(results_path, new_rows)
-            rows.update((row["id"], row) for row in new_rows)
-            bar.update(len(new_rows))
-        bar.close()
+        bench_n = int(n[benchmark]) if isinstance(n, Mapping) else int(n)
+        rows = _recorded_rows(benchmark, problems, recorded.get(benchmark, {}), bench_n, results_path)
+        sample_chunk = functools.partial(
+            _sample_chunk, model, tokenizer, benchmark, sampling=dataclasses.replace(sampling, n=bench_n),
+            verifier=(verifiers or {}).get(benchmark, default_verifier(benchmark)), prompt_style=prompt_style,
+            mesh=mesh, save_responses=save_responses,
+        )
+        chunk_size = max(1, batch_size // bench_n)
+        with tqdm(total=len(problems), desc=benchmark, disable=not progress, initial=len(rows)) as bar:
+            for chunk_index, start in enumerate(range(0, len(problems), chunk_size)):
+                chunk = problems[start : start + chunk_size]
+                if all(str(p.id) in rows for p in chunk):
+                    continue
+                new_rows = sample_chunk(chunk, key=chunk_key(seed, benchmark, chunk_index))
+                new_rows = [row for row in new_rows if row["id"] not in rows]
+                if results_path is not None:
+                    append_results(results_path, new_rows)
+                rows.update((row["id"], row) for row in new_rows)
+                bar.update(len(new_rows))
         per_benchmark[benchmark] = _benchmark_summary([rows[str(p.id)] for p in problems], ks)
     return {"benchmarks": per_benchmark, "average": metrics.average_metrics(per_benchmark), "settings": settings}
 
