@@ -145,7 +145,7 @@ def _grid_columns(num_panels: int, max_columns: int) -> int:
 
 
 def _draw_panel(ax, runs: Mapping[str, Sequence[dict]], key: str, smoothing: float) -> None:
-    for label, rows in runs.items():
+    for run_index, (label, rows) in enumerate(runs.items()):
         steps, values = _series(rows, key)
         if not steps:
             continue
@@ -153,7 +153,8 @@ def _draw_panel(ax, runs: Mapping[str, Sequence[dict]], key: str, smoothing: flo
             values = _ema(values, smoothing)
         # Sparse series (eval every N steps) get markers so single points stay visible.
         marker = "o" if len(steps) < 30 else None
-        ax.plot(steps, values, label=label, marker=marker, markersize=3, linewidth=1.4)
+        # One colour per run in every panel, also where another run lacks the key.
+        ax.plot(steps, values, label=label, color=f"C{run_index % 10}", marker=marker, markersize=3, linewidth=1.4)
     ax.set_title(key, fontsize=11)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)

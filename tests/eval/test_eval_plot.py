@@ -67,6 +67,7 @@ def test_figures_have_one_panel_per_key_and_one_line_per_run(two_runs):
         # each run drew only the fraction it logs
         fraction_ax = figures["token_fractions"].axes[1]
         assert [line.get_label() for line in fraction_ax.get_lines()] == ["stapo"]
+        assert fraction_ax.get_lines()[0].get_color() == entropy_ax.get_lines()[1].get_color()  # same run colour
     finally:
         for fig in figures.values():
             plt.close(fig)
