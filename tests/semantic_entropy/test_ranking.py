@@ -131,3 +131,21 @@ def test_rank_problems_scores_scripted_samples_by_hand(tmp_path, monkeypatch):
     weights = np.exp(-0.5 * lengths)
     p = np.array([weights[:3].sum(), weights[3]]) / weights.sum()
     assert rows[0]["semantic_entropy"] == pytest.approx(float(-(p * np.log(p)).sum()))
+
+
+def test_two_hosts_rank_their_shares_and_host_zero_merges(tiny_policy, tmp_path, monkeypatch):
+    from jax.experimental import multihost_utils
+
+    barriers = []
+    monkeypatch.setattr(multihost_utils, "sync_global_devices", barriers.append)
+    monkeypatch.setattr(ranking.jax, "process_count", lambda: 2)
+    output = tmp_path / "ranking.jsonl"
+    for host in (1, 0):  # host 1 finishes first; host 0 merges after the barrier
+        monkeypatch.setattr(ranking.jax, "process_index", lambda host=host: host)
+        assert ranking.main(rank_args(tiny_policy, output, "--num-synthetic", "16")) == 0
+    parts = [read_rows(tmp_path / f"ranking.jsonl.part-{i:05d}-of-00002") for i in range(2)]
+    assert [r["id"] for r in parts[0]] == [f"synthetic-train-0-{i}" for i in range(0, 16, 2)]
+    assert [r["id"] for r in parts[1]] == [f"synthetic-train-0-{i}" for i in range(1, 16, 2)]
+    assert len(barriers) == 2 and not output.exists()
+    merged = read_rows(tmp_path / "ranking.sorted.jsonl")
+    assert merged == sorted(parts[0] + parts[1], key=lambda r: (r["semantic_entropy"], r["id"]))
