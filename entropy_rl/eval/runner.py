@@ -115,8 +115,9 @@ def _check_settings(results_path: Path, settings: dict) -> None:
     """Keep a results file to one sampling setting: write it beside the file, or compare with it."""
     settings_path = results_path.with_name(results_path.stem + ".settings.json")
     if not settings_path.exists():
-        settings_path.parent.mkdir(parents=True, exist_ok=True)
-        settings_path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        if jax.process_index() == 0:
+            settings_path.parent.mkdir(parents=True, exist_ok=True)
+            settings_path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
         return
     recorded = json.loads(settings_path.read_text())
     differing = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
@@ -188,7 +189,8 @@ def evaluate(
       prompt_style: passed to `entropy_rl.data.format_prompt`.
       verifiers: {benchmark: verifier name}; default "synthetic" for the built-in task, else "math".
       results_path: jsonl of per-problem rows; when given, problems already recorded there
-        are not sampled again and new rows are appended chunk by chunk.
+        are not sampled again and new rows are appended chunk by chunk (by process 0 only;
+        every process reads it, so all hosts skip the same chunks).
       save_responses: also store the response texts in the results rows.
       mesh: passed to `generate`.
       progress: show a progress bar per benchmark.
@@ -229,7 +231,7 @@ def evaluate(
                     continue
                 new_rows = sample_chunk(chunk, key=chunk_key(seed, benchmark, chunk_index))
                 new_rows = [row for row in new_rows if row["id"] not in rows]
-                if results_path is not None:
+                if results_path is not None and jax.process_index() == 0:  # one writer on several hosts
                     append_results(results_path, new_rows)
                 rows.update((row["id"], row) for row in new_rows)
                 bar.update(len(new_rows))
@@ -247,10 +249,15 @@ def _benchmark_summary(rows: Sequence[dict], ks: Sequence[int]) -> dict[str, flo
 
 
 def write_summary(summary: dict, output_dir: str | Path) -> tuple[Path, Path]:
-    """Write `summary.json` and `summary.md` (the markdown table) into output_dir; return both paths."""
+    """Write `summary.json` and `summary.md` (the markdown table) into output_dir; return both paths.
+
+    On several hosts only process 0 writes.
+    """
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = output_dir / "summary.json", output_dir / "summary.md"
+    if jax.process_index() != 0:
+        return json_path, md_path
+    output_dir.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(summary, indent=2) + "\n")
     md_path.write_text(metrics.markdown_table(summary["benchmarks"], summary["average"]))
     return json_path, md_path
