@@ -64,7 +64,8 @@ class Checkpointer:
     """
 
     def __init__(self, run_dir: str | os.PathLike, *, max_to_keep: int = 2, async_save: bool = True):
-        self.directory = os.path.abspath(os.path.join(run_dir, CHECKPOINT_SUBDIR))
+        directory = os.path.join(os.fspath(run_dir), CHECKPOINT_SUBDIR)
+        self.directory = directory if "://" in directory else os.path.abspath(directory)  # gs://... as is
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
         )
@@ -204,7 +205,7 @@ def build_policy(model: ModelConfig, *, seed: int, mesh: jax.sharding.Mesh | Non
     return (policy if mesh is None else shard_model(policy, mesh)), tokenizer
 
 
-def _find_checkpoints(path: str | os.PathLike) -> tuple[str, int | None]:
+def locate_checkpoint(path: str | os.PathLike) -> tuple[str, int | None]:
     """(run dir, step or None) for a run dir, its checkpoints dir, or one step's dir."""
     path = os.path.abspath(path)
     if os.path.isdir(os.path.join(path, CHECKPOINT_SUBDIR)):
@@ -226,7 +227,7 @@ def load_policy(path: str | os.PathLike, *, step: int | None = None, mesh: jax.s
     """
     from flax import nnx
 
-    run_dir, path_step = _find_checkpoints(path)
+    run_dir, path_step = locate_checkpoint(path)
     step = path_step if step is None else step
     checkpointer = Checkpointer(run_dir, async_save=False)
     try:

@@ -24,7 +24,7 @@ import difflib
 import os
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional
 
 import yaml
@@ -377,10 +377,10 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
-def config_from_dict(values: Mapping[str, Any]) -> TrainConfig:
+def config_from_dict(values: Mapping[str, Any], *, check_paths: bool = True) -> TrainConfig:
     """A validated TrainConfig from a nested mapping (missing keys keep their defaults)."""
     config = _build(TrainConfig(), values, "")
-    validate_config(config)
+    validate_config(config, check_paths=check_paths)
     return config
 
 
@@ -453,16 +453,23 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
     return values
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> TrainConfig:
-    """Defaults <- YAML file at `path` (with its `defaults:` bases) <- `key.sub=value` overrides.
+def load_config(paths: str | os.PathLike | Sequence[str | os.PathLike] | None = None, overrides: Iterable[str] = (),
+                *, check_paths: bool = True) -> TrainConfig:
+    """Defaults <- YAML file(s) at `paths`, merged in order (each with its `defaults:` bases)
+    <- `key.sub=value` overrides.
 
     Raises ConfigError (every problem, each naming its key) before anything is computed.
+    check_paths=False skips the checks that model, tokenizer and data paths exist (to
+    validate a config written for another machine).
     """
-    values = _read_yaml(path) if path is not None else {}
+    paths = [] if paths is None else [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    values: dict = {}
+    for path in paths:
+        values = _deep_merge(values, _read_yaml(path))
     try:
-        return config_from_dict(_deep_merge(values, parse_overrides(overrides)))
+        return config_from_dict(_deep_merge(values, parse_overrides(overrides)), check_paths=check_paths)
     except ConfigError as e:
-        where = f" ({path})" if path is not None else ""
+        where = f" ({', '.join(map(os.fspath, paths))})" if paths else ""
         raise ConfigError(f"invalid config{where}:\n{e}") from None
 
 
@@ -505,16 +512,16 @@ def _fraction(key: str, value: float, *, closed: bool = True) -> list[str]:
     return [] if ok else [f"{key}: must be in {'[0, 1]' if closed else '(0, 1]'}, got {value!r}"]
 
 
-def _model_errors(m: ModelConfig) -> list[str]:
+def _model_errors(m: ModelConfig, check_paths: bool) -> list[str]:
     errors = _choice("model.dtype", m.dtype, DTYPES) + _choice("model.param_dtype", m.param_dtype, DTYPES)
+    if m.tokenizer is not None and m.tokenizer != "builtin" and check_paths and not os.path.isdir(m.tokenizer):
+        errors.append(f"model.tokenizer: {m.tokenizer!r} is neither 'builtin' nor a directory")
     if m.hf_path is not None:
-        if not os.path.isdir(m.hf_path):
+        if check_paths and not os.path.isdir(m.hf_path):
             errors.append(f"model.hf_path: {m.hf_path!r} is not a directory (a local HF checkpoint is expected)")
         return errors
     if m.tokenizer is None:
         errors.append("model.tokenizer: must be 'builtin' or a tokenizer directory when model.hf_path is not set")
-    elif m.tokenizer != "builtin" and not os.path.isdir(m.tokenizer):
-        errors.append(f"model.tokenizer: {m.tokenizer!r} is neither 'builtin' nor a directory")
     for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                  "num_key_value_heads", "head_dim", "max_position_embeddings"):
         errors += _positive(f"model.{name}", getattr(m, name))
@@ -528,7 +535,7 @@ def _model_errors(m: ModelConfig) -> list[str]:
     return errors
 
 
-def _data_errors(d: DataConfig) -> list[str]:
+def _data_errors(d: DataConfig, check_paths: bool) -> list[str]:
     errors = _positive("data.batch_size", d.batch_size) + _positive("data.reward_timeout_s", d.reward_timeout_s)
     errors += _choice("data.prompt_style", d.prompt_style, PROMPT_STYLES)
     errors += _choice("data.on_bad_row", d.on_bad_row, ON_BAD_ROW)
@@ -536,11 +543,11 @@ def _data_errors(d: DataConfig) -> list[str]:
         errors += _positive("data.num_synthetic_problems", d.num_synthetic_problems)
         if not d.synthetic_levels:
             errors.append("data.synthetic_levels: must list at least one level")
-    elif not os.path.exists(d.dataset):
+    elif check_paths and not os.path.exists(d.dataset):
         errors.append(f"data.dataset: {d.dataset!r} is neither 'synthetic' nor an existing file or directory")
     c = d.curriculum
     if c.ranking_file is not None:
-        if not os.path.exists(c.ranking_file):
+        if check_paths and not os.path.exists(c.ranking_file):
             errors.append(f"data.curriculum.ranking_file: {c.ranking_file!r} does not exist")
         errors += _positive("data.curriculum.num_stages", c.num_stages)
         errors += _positive("data.curriculum.epochs_per_stage", c.epochs_per_stage)
@@ -655,12 +662,15 @@ def _run_errors(c: TrainConfig) -> list[str]:
     return errors
 
 
-def validate_config(config: TrainConfig) -> None:
-    """Raise ConfigError listing every bad value of `config` (each with its dotted key and why)."""
+def validate_config(config: TrainConfig, *, check_paths: bool = True) -> None:
+    """Raise ConfigError listing every bad value of `config` (each with its dotted key and why).
+
+    check_paths=False skips the existence checks of model, tokenizer, dataset and ranking files.
+    """
     errors = (
         _run_errors(config)
-        + _model_errors(config.model)
-        + _data_errors(config.data)
+        + _model_errors(config.model, check_paths)
+        + _data_errors(config.data, check_paths)
         + _rollout_errors(config.rollout)
         + _algorithm_errors(config.algorithm, config.data, config.rollout)
         + _optimizer_errors(config.optimizer)

@@ -1,0 +1,50 @@
+"""`entropy-rl export RUN_DIR OUT_DIR [--step N]`: a run's policy as a Hugging Face checkpoint.
+
+Writes config.json + safetensors (transformers' Qwen3ForCausalLM / Qwen2ForCausalLM loads
+it) and, when the run used an HF tokenizer, its tokenizer files, so OUT_DIR is a complete
+model directory for transformers, vLLM or `entropy-rl eval`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, step: int | None = None) -> int:
+    """Write checkpoint `step` (default: latest) of `run_dir` to `out_dir`; returns the step."""
+    from entropy_rl.model import save_hf
+    from entropy_rl.train.checkpoint import Checkpointer, locate_checkpoint, load_policy
+
+    run_dir, path_step = locate_checkpoint(run_dir)
+    step = path_step if step is None else step
+    with Checkpointer(run_dir, async_save=False) as checkpointer:
+        step = checkpointer.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{run_dir}: the run has no checkpoint yet")
+    policy, tokenizer = load_policy(run_dir, step=step)
+    save_hf(policy, os.fspath(out_dir))
+    hf_tokenizer = getattr(tokenizer, "tokenizer", None)  # the transformers tokenizer of an HFTokenizer
+    if hf_tokenizer is not None:
+        hf_tokenizer.save_pretrained(os.fspath(out_dir))
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="entropy-rl export", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", help="a training run directory (or its checkpoints/<step>)")
+    parser.add_argument("out_dir", help="where to write the HF checkpoint")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        step = export(args.run_dir, args.out_dir, step=args.step)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"entropy-rl export: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote step {step} of {args.run_dir} to {args.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
