@@ -194,3 +194,30 @@ def test_checkpoint_dispatch_hf_directory_or_run_directory(tiny_checkpoint, tmp_
     assert calls == [(str(run_dir), 7, None)]
     _, override = cli.load_checkpoint(str(run_dir), tokenizer="builtin", step=None, dtype="float32", mesh=None)
     assert override.vocab_size == TOKENIZER.vocab_size
+
+
+def test_evaluate_interrupted_between_chunks_resumes_without_resampling(monkeypatch, tmp_path):
+    from entropy_rl.data import format_prompt
+
+    problems = {"synthetic": synthetic_problems(10, seed=3, split="test")}
+    answers = {tuple(TOKENIZER.encode(format_prompt(p, TOKENIZER))): p.answer for p in problems["synthetic"]}
+    scripted = scripted_generate(answers)
+    calls = []
+
+    def interrupted_generate(model, prompts, config, rng, **kwargs):
+        calls.append(len(prompts))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return scripted(model, prompts, config, rng, **kwargs)
+
+    monkeypatch.setattr(runner, "generate", interrupted_generate)
+    kwargs = dict(n=4, sampling=SamplingConfig(max_new_tokens=32), batch_size=12)  # chunks of 3 problems
+    with pytest.raises(KeyboardInterrupt):
+        runner.evaluate(None, TOKENIZER, problems, results_path=tmp_path / "a.jsonl", **kwargs)
+    assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 3  # the first chunk survived
+    resumed = runner.evaluate(None, TOKENIZER, problems, results_path=tmp_path / "a.jsonl", **kwargs)
+    assert calls == [3, 3, 3, 3, 1]  # chunk 0, interrupted chunk 1, then chunks 1, 2, 3 only
+    monkeypatch.setattr(runner, "generate", scripted)
+    uninterrupted = runner.evaluate(None, TOKENIZER, problems, results_path=tmp_path / "b.jsonl", **kwargs)
+    assert resumed == uninterrupted
+    assert rows_by_id(tmp_path / "a.jsonl") == rows_by_id(tmp_path / "b.jsonl")
