@@ -1,0 +1,325 @@
+"""The pure train step: forward -> token statistics -> policy loss -> gradients -> optax update.
+
+One update batch holds B responses (prompt left-padded to P, response right-padded to T):
+
+    logp, H   = response_logprobs(params, batch)                   [B, T] float32
+    prepared  = prepare_policy_loss(stop_gradient(logp), H, ...)   whole-batch selections
+    grads     = sum_k d/dparams [ numerator_k(params) / denominator ]   over M micro-batches
+    params    <- AdamW(clip_by_global_norm(grads))   unless the loss or grads are non-finite
+
+Every token selection and the loss denominator come from the WHOLE update batch, so the
+M-micro-batch gradient equals the one-pass gradient under every aggregation mode (only the
+summation order differs). The step is compiled once per run by `make_train_step` with
+explicit shardings on the mesh (parameters by their logical axes, the batch split over
+("data", "fsdp")) and donates the old state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+from jax.sharding import NamedSharding, PartitionSpec
+
+from entropy_rl import losses
+from entropy_rl.parallel import batch_sharding, variable_sharding
+
+# Quantiles of the token entropy reported each step.
+ENTROPY_QUANTILES = (0.1, 0.5, 0.9)
+
+
+@struct.dataclass
+class TrainState:
+    """Everything an update changes. graphdef is static (the model's structure).
+
+    params: the model's nnx.State (what `nnx.split(model)` returns); opt_state: optax state;
+    step: int32 scalar, updates attempted; num_skipped: int32 scalar, updates skipped
+    because the loss or a gradient was not finite.
+    """
+
+    graphdef: nnx.GraphDef = struct.field(pytree_node=False)
+    params: nnx.State
+    opt_state: optax.OptState
+    step: jax.Array
+    num_skipped: jax.Array
+
+    def model(self) -> nnx.Module:
+        """The policy as an nnx Module sharing this state's parameter arrays (no copy)."""
+        return nnx.merge(self.graphdef, self.params)
+
+
+@struct.dataclass
+class UpdateBatch:
+    """B responses with their prompts; every leaf has the batch as dim 0.
+
+    prompt_tokens, prompt_mask: int32 [B, P], left-padded; tokens, mask: int32 [B, T],
+    right-padded responses; advantages: float32 [B]; old_logp: float32 [B, T];
+    ref_logp: float32 [B, T] or None (no reference-KL term).
+    """
+
+    prompt_tokens: jax.Array
+    prompt_mask: jax.Array
+    tokens: jax.Array
+    mask: jax.Array
+    advantages: jax.Array
+    old_logp: jax.Array
+    ref_logp: jax.Array | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """The static part of a train step (hashable: it selects the compiled program).
+
+    loss_name: a registered policy loss ("ppo_clip", "stapo", ...); loss: its
+    PolicyLossConfig; temperature: the sampling temperature (log-probs and entropy are those
+    of the sampling distribution); chunk_size: vocabulary rows per chunk of the streamed
+    log-softmax (0 = the whole vocabulary at once); num_micro_batches: M >= 1, dividing B.
+    """
+
+    loss_name: str
+    loss: Any
+    temperature: float = 1.0
+    chunk_size: int = 0
+    num_micro_batches: int = 1
+
+
+# --------------------------------------------------------------------------- optimizer
+
+
+def make_schedule(*, learning_rate: float, warmup_steps: int, total_steps: int, schedule: str = "constant",
+                  min_lr_ratio: float = 0.0) -> optax.Schedule:
+    """Learning rate per optimizer update: linear warm-up to `learning_rate` over
+    `warmup_steps` (first update at lr / (warmup_steps + 1), never 0), then constant or a
+    cosine decay to learning_rate * min_lr_ratio at `total_steps`."""
+    warmup = optax.linear_schedule(learning_rate / (warmup_steps + 1), learning_rate, warmup_steps)
+    if schedule == "constant":
+        after = optax.constant_schedule(learning_rate)
+    elif schedule == "cosine":
+        after = optax.cosine_decay_schedule(learning_rate, max(total_steps - warmup_steps, 1), alpha=min_lr_ratio)
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}; expected 'constant' or 'cosine'")
+    return optax.join_schedules([warmup, after], [warmup_steps])
+
+
+def make_optimizer(optimizer_config, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(AdamW with global-norm clipping, its schedule) from an `OptimizerConfig`.
+
+    total_steps counts optimizer updates (RL steps x PPO epochs x mini-batches).
+    """
+    o = optimizer_config
+    schedule = make_schedule(learning_rate=o.learning_rate, warmup_steps=o.warmup_steps, total_steps=total_steps,
+                             schedule=o.schedule, min_lr_ratio=o.min_lr_ratio)
+    adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
+    if o.grad_clip_norm is None:
+        return adamw, schedule
+    return optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adamw), schedule
+
+
+# --------------------------------------------------------------------------- state and shardings
+
+
+def tree_shardings(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """The tree with each nnx Variable holding its NamedSharding (from its logical axes) and
+    every other leaf (step counters, optimizer counts) replicated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def sharding_of(leaf):
+        if isinstance(leaf, nnx.Variable):
+            return leaf.replace(variable_sharding(leaf, mesh))
+        return replicated
+
+    return jax.tree.map(sharding_of, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def state_sharding(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
+    """NamedShardings of every leaf of `state` (parameters and Adam moments by logical axes)."""
+    return tree_shardings(state, mesh)
+
+
+def create_train_state(model: nnx.Module, optimizer: optax.GradientTransformation,
+                       mesh: jax.sharding.Mesh) -> TrainState:
+    """A fresh TrainState for `model`, every leaf placed on `mesh` by its logical axes."""
+    graphdef, params = nnx.split(model)
+    state = TrainState(graphdef=graphdef, params=params, opt_state=optimizer.init(params),
+                       step=jnp.zeros((), jnp.int32), num_skipped=jnp.zeros((), jnp.int32))
+    return jax.device_put(state, state_sharding(state, mesh))
+
+
+# --------------------------------------------------------------------------- forward
+
+
+def response_logprobs(graphdef: nnx.GraphDef, params: nnx.State, batch: UpdateBatch, *, temperature: float = 1.0,
+                      chunk_size: int = 0) -> tuple[jax.Array, jax.Array]:
+    """(logp, entropy), float32 [B, T], of the response tokens under the model at `temperature`.
+
+    The model reads prompt + response [B, P + T - 1]; the hidden state at position P + j - 1
+    predicts response token j. Log-softmax and entropy stream the vocabulary in chunks of
+    `chunk_size` rows of the unembedding (0 = all at once), never materialising [B, T, V].
+    Values on padding positions are finite but meaningless (mask them).
+    """
+    chex.assert_rank([batch.prompt_tokens, batch.tokens], 2)
+    model = nnx.merge(graphdef, params)
+    prompt_length = batch.prompt_tokens.shape[1]
+    input_ids = jnp.concatenate([batch.prompt_tokens, batch.tokens[:, :-1]], axis=1)
+    attention_mask = jnp.concatenate([batch.prompt_mask, batch.mask[:, :-1]], axis=1)
+    hidden = model.hidden_states(input_ids, attention_mask)[:, prompt_length - 1:]
+    unembedding = model.unembedding()
+    return losses.chunked_logprobs_and_entropy(hidden, unembedding, batch.tokens,
+                                               chunk_size=chunk_size or unembedding.shape[0],
+                                               temperature=temperature or 1.0)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def token_statistics(logp: jax.Array, entropy: jax.Array, advantages: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    """Stop-gradient statistics over the valid tokens of a batch, float32 scalars.
+
+    entropy mean and quantiles (p10/p50/p90), mean entropy on tokens with A > 0 and A < 0,
+    mean logp, and Cui et al.'s Cov(logp, A) = mean_t (logp_t - mean logp)(A_t - mean A).
+    logp, entropy, mask: [B, T]; advantages: [B] (broadcast over tokens).
+    """
+    chex.assert_rank([logp, entropy, mask], 2)
+    chex.assert_rank(advantages, 1)
+    logp, entropy = jax.lax.stop_gradient(logp), jax.lax.stop_gradient(entropy)
+    valid = mask.astype(jnp.float32)
+    token_adv = jnp.broadcast_to(advantages[:, None], mask.shape).astype(jnp.float32)
+
+    def mean_over(selected):
+        return losses.safe_divide(jnp.sum(selected * entropy), jnp.sum(selected))
+
+    stats = {
+        "entropy/mean": mean_over(valid),
+        "entropy/positive_adv": mean_over(valid * (token_adv > 0)),
+        "entropy/negative_adv": mean_over(valid * (token_adv < 0)),
+        "logp/mean": losses.safe_divide(jnp.sum(valid * logp), jnp.sum(valid)),
+        "cov_logp_adv": losses.safe_divide(jnp.sum(losses.centered_covariance(logp, token_adv, valid)),
+                                           jnp.sum(valid)),
+    }
+    for q in ENTROPY_QUANTILES:
+        stats[f"entropy/p{round(q * 100)}"] = losses.masked_quantile(entropy, valid, q)
+    return stats
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def _loss_arrays(batch: UpdateBatch) -> dict[str, jax.Array | None]:
+    """The batch's inputs to the policy losses (advantages broadcast over tokens)."""
+    token_adv = jnp.broadcast_to(batch.advantages[:, None], batch.mask.shape).astype(jnp.float32)
+    return dict(old_logp=batch.old_logp, advantages=token_adv, mask=batch.mask, ref_logp=batch.ref_logp)
+
+
+def _split_micro_batches(tree: Any, num_micro: int) -> Any:
+    """Leaves [B, ...] as [M, B / M, ...] with micro-batch k = rows k, k + M, k + 2M, ...
+
+    (strided, so each device keeps its share of every micro-batch).
+    """
+
+    def split(leaf):
+        rows = leaf.shape[0]
+        return jnp.swapaxes(leaf.reshape(rows // num_micro, num_micro, *leaf.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, tree)
+
+
+def _whole_batch_gradients(params, batch: UpdateBatch, rng, *, graphdef, config: StepConfig):
+    """(loss, grads, loss metrics, logp, entropy) in one forward/backward over the batch."""
+
+    def loss_fn(p):
+        logp, entropy = response_logprobs(graphdef, p, batch, temperature=config.temperature,
+                                          chunk_size=config.chunk_size)
+        loss, metrics = losses.policy_loss(config.loss_name, logp=logp, entropy=entropy, **_loss_arrays(batch),
+                                           config=config.loss, rng=rng)
+        return loss, (metrics, logp, entropy)
+
+    (loss, (metrics, logp, entropy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return loss, grads, metrics, jax.lax.stop_gradient(logp), jax.lax.stop_gradient(entropy)
+
+
+def _accumulated_gradients(params, batch: UpdateBatch, rng, *, graphdef, config: StepConfig):
+    """Like `_whole_batch_gradients`, over M micro-batches with jax.lax.scan.
+
+    A no-grad forward over the whole batch feeds `prepare_policy_loss` (selections and the
+    denominator); each micro-batch adds d(numerator_k / denominator)/dparams.
+    """
+    forward = functools.partial(response_logprobs, graphdef, temperature=config.temperature,
+                                chunk_size=config.chunk_size)
+    logp, entropy = forward(jax.lax.stop_gradient(params), batch)
+    prepared = losses.prepare_policy_loss(config.loss_name, logp=logp, entropy=entropy, **_loss_arrays(batch),
+                                          config=config.loss, rng=rng)
+    denominator = prepared.denominator[0]
+    micro = _split_micro_batches((batch, prepared), config.num_micro_batches)
+
+    def micro_loss(p, micro_batch, micro_prepared):
+        micro_logp, micro_entropy = forward(p, micro_batch)
+        numerator, metric_sums = losses.policy_loss_terms(
+            config.loss_name, micro_prepared, logp=micro_logp, entropy=micro_entropy,
+            **_loss_arrays(micro_batch), config=config.loss)
+        return losses.safe_divide(numerator, denominator), metric_sums
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def body(carry, xs):
+        out = grad_fn(params, *xs)
+        return jax.tree.map(jnp.add, carry, out), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, *first))
+    (loss, metric_sums), grads = jax.lax.scan(body, zeros, micro)[0]
+    metrics = losses.metric_means(metric_sums)
+    return loss, grads, metrics, logp, entropy
+
+
+def train_step(state: TrainState, batch: UpdateBatch, rng: jax.Array, *, optimizer: optax.GradientTransformation,
+               schedule: optax.Schedule, config: StepConfig) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update on `batch` (pure). Skips the update when the loss or the gradient
+    norm is not finite (params and optimizer state unchanged, num_skipped + 1).
+
+    Returns (new state, metrics): loss, grad_norm (before clipping), lr, skipped (0/1),
+    the loss's own metrics (clip and masked fractions, KL, ...) and `token_statistics`.
+    """
+    gradients = _whole_batch_gradients if config.num_micro_batches == 1 else _accumulated_gradients
+    loss, grads, loss_metrics, logp, entropy = gradients(state.params, batch, rng, graphdef=state.graphdef,
+                                                         config=config)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    lr = schedule(state.step - state.num_skipped)  # optax counts only applied updates
+    new_state = state.replace(params=keep_if_finite(params, state.params),
+                              opt_state=keep_if_finite(opt_state, state.opt_state),
+                              step=state.step + 1, num_skipped=state.num_skipped + (~finite).astype(jnp.int32))
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": jnp.asarray(lr, jnp.float32),
+               "skipped": (~finite).astype(jnp.float32)}
+    metrics |= {f"loss/{k}": jnp.asarray(v, jnp.float32) for k, v in loss_metrics.items()}
+    metrics |= token_statistics(logp, entropy, batch.advantages, batch.mask)
+    return new_state, metrics
+
+
+def make_train_step(state: TrainState, mesh: jax.sharding.Mesh, *, optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule, config: StepConfig
+                    ) -> Callable[[TrainState, UpdateBatch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """`train_step` compiled with explicit shardings: state by logical axes (donated), the
+    batch split over ("data", "fsdp"), the PRNG key and the metrics replicated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    shardings = state_sharding(state, mesh)
+    step = functools.partial(train_step, optimizer=optimizer, schedule=schedule, config=config)
+    return jax.jit(step, in_shardings=(shardings, batch_sharding(mesh), replicated),
+                   out_shardings=(shardings, replicated), donate_argnums=0)
+
+
+def make_logprob_fn(state: TrainState, mesh: jax.sharding.Mesh, *, temperature: float, chunk_size: int = 0):
+    """Compiled no-grad `(params, batch) -> (logp, entropy)` [B, T] of `state`'s model on the
+    mesh: the old and reference log-probs of a rollout, one forward each."""
+    forward = functools.partial(response_logprobs, state.graphdef, temperature=temperature, chunk_size=chunk_size)
+    return jax.jit(lambda params, batch: jax.lax.stop_gradient(forward(params, batch)),
+                   in_shardings=(tree_shardings(state.params, mesh), batch_sharding(mesh)),
+                   out_shardings=batch_sharding(mesh))
