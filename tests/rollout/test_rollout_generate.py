@@ -18,7 +18,10 @@ from entropy_rl.rollout import SamplingConfig, compile_counts, generate, samplin
 VOCAB = 128
 PROMPTS = [[5, 17, 99, 3], [42], [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]]
 GREEDY = SamplingConfig(max_new_tokens=8, temperature=0.0, prompt_bucket=16, response_bucket=8)
-SAMPLED = SamplingConfig(max_new_tokens=8, temperature=0.8, top_k=40, top_p=0.9, n=2, prompt_bucket=16, response_bucket=8)
+SAMPLED = SamplingConfig(
+    max_new_tokens=8, temperature=0.8, top_k=40, top_p=0.9, n=2, stop_token_ids=(3, 11, 60), prompt_bucket=16,
+    response_bucket=8,
+)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +85,7 @@ def test_greedy_equals_transformers_generate(model, checkpoint):
 
 
 def test_logprobs_equal_a_forward_pass_over_prompt_and_response(model):
-    config = SamplingConfig(**{**SAMPLED.__dict__, "stop_token_ids": (3, 11, 60)})
+    config = SAMPLED
     rollout = generate(model, PROMPTS, config, jax.random.key(1))
     ids = np.concatenate([rollout.prompt_tokens, rollout.tokens], axis=1)
     mask = np.concatenate([rollout.prompt_mask, rollout.mask], axis=1)
@@ -132,23 +135,23 @@ def test_stop_tokens_end_sequences_and_mask_after_them(model):
 
 
 def test_left_padding_does_not_change_outputs(model):
-    alone = generate(model, PROMPTS[:1], SAMPLED, jax.random.key(3))
-    wide = SamplingConfig(**{**SAMPLED.__dict__, "prompt_bucket": 32})
-    padded = generate(model, PROMPTS[:1] + [list(range(1, 30))], wide, jax.random.key(3))
-    assert padded.prompt_mask[0].sum() == 4 and padded.prompt_tokens.shape[1] == 32
-    np.testing.assert_array_equal(padded.tokens[:2], alone.tokens)
-    np.testing.assert_array_equal(padded.lengths[:2], alone.lengths)
-    np.testing.assert_allclose(padded.logprobs[:2], alone.logprobs, atol=1e-5)
+    narrow = generate(model, PROMPTS, SAMPLED, jax.random.key(3))
+    padded = generate(model, PROMPTS, SamplingConfig(**{**SAMPLED.__dict__, "prompt_bucket": 32}), jax.random.key(3))
+    assert padded.prompt_tokens.shape[1] == 32 and narrow.prompt_tokens.shape[1] == 16
+    np.testing.assert_array_equal(padded.prompt_tokens[:, 16:], narrow.prompt_tokens)
+    np.testing.assert_array_equal(padded.tokens, narrow.tokens)
+    np.testing.assert_array_equal(padded.lengths, narrow.lengths)
+    np.testing.assert_allclose(padded.logprobs, narrow.logprobs, atol=1e-5)
 
 
 def test_n_samples_per_prompt_are_adjacent_and_differ(model):
-    config = SamplingConfig(**{**SAMPLED.__dict__, "n": 4, "temperature": 1.0, "top_k": 0, "top_p": 1.0})
-    rollout = generate(model, PROMPTS[:2], config, jax.random.key(4))
-    np.testing.assert_array_equal(rollout.prompt_index, [0, 0, 0, 0, 1, 1, 1, 1])
-    for group in range(2):
-        rows = slice(4 * group, 4 * group + 4)
-        np.testing.assert_array_equal(rollout.prompt_tokens[rows], rollout.prompt_tokens[4 * group][None].repeat(4, 0))
-        assert len({tuple(t) for t in rollout.tokens[rows]}) == 4
+    rollout = generate(model, PROMPTS, SAMPLED, jax.random.key(4))
+    np.testing.assert_array_equal(rollout.prompt_index, [0, 0, 1, 1, 2, 2])
+    for prompt in range(len(PROMPTS)):
+        first, second = 2 * prompt, 2 * prompt + 1
+        np.testing.assert_array_equal(rollout.prompt_tokens[first], rollout.prompt_tokens[second])
+        assert rollout.prompt_mask[first].sum() == len(PROMPTS[prompt])
+        assert not np.array_equal(rollout.tokens[first], rollout.tokens[second])
 
 
 def test_one_compilation_per_bucket(model):
@@ -175,9 +178,8 @@ def test_sharded_over_8_devices_equals_one_device(model, checkpoint):
     assert jax.device_count() == 8
     mesh = make_mesh(MeshConfig(data=2, fsdp=4))
     sharded_model = load_hf(str(checkpoint[0]), mesh=mesh)
-    config = SamplingConfig(**{**GREEDY.__dict__, "n": 2})
-    single = generate(model, PROMPTS, config, jax.random.key(0))
-    sharded = generate(sharded_model, PROMPTS, config, jax.random.key(0), mesh=mesh)
+    single = _greedy(model)
+    sharded = generate(sharded_model, PROMPTS, GREEDY, jax.random.key(0), mesh=mesh)
     np.testing.assert_array_equal(sharded.tokens, single.tokens)
     np.testing.assert_array_equal(sharded.lengths, single.lengths)
 

@@ -52,8 +52,6 @@ class _Program:
     temperature: float
     top_k: int
     top_p: float
-    stop_token_ids: tuple[int, ...]
-    pad_token_id: int
     batch_axes: tuple[str, ...] | None  # mesh axes of the batch dim, None without a mesh
     mesh: jax.sharding.Mesh | None
 
@@ -64,17 +62,12 @@ class _Program:
             temperature=float(config.temperature),
             top_k=config.top_k,
             top_p=float(config.top_p),
-            stop_token_ids=config.stop_token_ids,
-            pad_token_id=config.pad_token_id,
             batch_axes=None if mesh is None else _batch_axes(mesh),
             mesh=mesh,
         )
 
     def sample(self, logits: jax.Array, keys: jax.Array):
         return sample_tokens(logits, keys, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
-
-    def is_stop(self, tokens: jax.Array) -> jax.Array:
-        return jnp.isin(tokens, jnp.asarray(self.stop_token_ids or (-1,), jnp.int32))
 
     def shard(self, x: jax.Array, batch_dim: int = 0) -> jax.Array:
         """Constrain dim `batch_dim` of x to the mesh's batch axes (no-op without a mesh)."""
@@ -92,7 +85,9 @@ class DecodeState:
     cache: KVCache of prompt + response slots; last_tokens [B] int32 (fed next step);
     tokens [B, R] int32 and logprobs [B, R] float32 (written at column `step`);
     lengths [B] int32; stopped [B] bool; step int32 scalar (tokens generated so far);
-    row_keys [B] PRNG keys (row r's step-s key is fold_in(row_keys[r], s)).
+    row_keys [B] PRNG keys (row r's step-s key is fold_in(row_keys[r], s));
+    stop_token_ids [S] int32 (-1 = unused slot) and pad_token_id int32 scalar are data, not
+    part of the program, so changing them does not recompile.
     """
 
     cache: KVCache
@@ -103,6 +98,8 @@ class DecodeState:
     stopped: jax.Array
     step: jax.Array
     row_keys: jax.Array
+    stop_token_ids: jax.Array
+    pad_token_id: jax.Array
 
 
 def _batch_axes(mesh) -> tuple[str, ...]:
@@ -114,22 +111,22 @@ def _step_keys(row_keys: jax.Array, step: jax.Array) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
 
 
-def _record(state: DecodeState, program: _Program, tokens: jax.Array, logprobs: jax.Array) -> DecodeState:
+def _record(state: DecodeState, tokens: jax.Array, logprobs: jax.Array) -> DecodeState:
     """Write the step's tokens (pad for rows already stopped) and advance the step."""
-    tokens = jnp.where(state.stopped, program.pad_token_id, tokens)
+    tokens = jnp.where(state.stopped, state.pad_token_id, tokens)
     logprobs = jnp.where(state.stopped, 0.0, logprobs)
     return state.replace(
         last_tokens=tokens,
         tokens=jax.lax.dynamic_update_slice_in_dim(state.tokens, tokens[:, None], state.step, axis=1),
         logprobs=jax.lax.dynamic_update_slice_in_dim(state.logprobs, logprobs[:, None], state.step, axis=1),
         lengths=state.lengths + (~state.stopped).astype(jnp.int32),
-        stopped=state.stopped | program.is_stop(tokens),
+        stopped=state.stopped | jnp.isin(tokens, state.stop_token_ids),
         step=state.step + 1,
     )
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "program"))
-def _prefill(graphdef, params, prompt_ids, prompt_mask, rng, *, program: _Program) -> DecodeState:
+def _prefill(graphdef, params, prompt_ids, prompt_mask, rng, stop_token_ids, pad_token_id, *, program: _Program) -> DecodeState:
     """Fill the cache with the prompts [B, P] and sample the first response token."""
     _TRACE_COUNTS["prefill"] += 1
     model = nnx.merge(graphdef, params)
@@ -141,15 +138,17 @@ def _prefill(graphdef, params, prompt_ids, prompt_mask, rng, *, program: _Progra
     state = DecodeState(
         cache=cache,
         last_tokens=program.shard(jnp.zeros((batch,), jnp.int32)),
-        tokens=program.shard(jnp.full((batch, program.response_slots), program.pad_token_id, jnp.int32)),
+        tokens=program.shard(jnp.full((batch, program.response_slots), pad_token_id, jnp.int32)),
         logprobs=program.shard(jnp.zeros((batch, program.response_slots), jnp.float32)),
         lengths=program.shard(jnp.zeros((batch,), jnp.int32)),
         stopped=program.shard(jnp.zeros((batch,), bool)),
         step=jnp.zeros((), jnp.int32),
         row_keys=row_keys,
+        stop_token_ids=stop_token_ids,
+        pad_token_id=pad_token_id,
     )
     first_tokens, first_logprobs = program.sample(logits[:, -1], _step_keys(row_keys, state.step))
-    return _record(state, program, first_tokens, first_logprobs)
+    return _record(state, first_tokens, first_logprobs)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "program"), donate_argnames=("state",))
@@ -165,7 +164,7 @@ def _decode(graphdef, params, state: DecodeState, stop_step, *, program: _Progra
         ones = jnp.ones((s.last_tokens.shape[0], 1), jnp.int32)
         logits, cache = model(s.last_tokens[:, None], ones, cache=s.cache)
         tokens, logprobs = program.sample(logits[:, 0], _step_keys(s.row_keys, s.step))
-        return _record(s.replace(cache=cache), program, tokens, logprobs)
+        return _record(s.replace(cache=cache), tokens, logprobs)
 
     return jax.lax.while_loop(running, step, state)
 
@@ -196,7 +195,7 @@ def generate(
     _check_vocab(model, prompt_ids)
     graphdef, params = nnx.split(model)
     ids, mask = _to_device(prompt_ids, mesh), _to_device(prompt_mask, mesh)
-    state = _prefill(graphdef, params, ids, mask, rng, program=program)
+    state = _prefill(graphdef, params, ids, mask, rng, _stop_token_array(config), jnp.int32(config.pad_token_id), program=program)
     state = _decode_all(graphdef, params, state, program, config, progress)
     tokens, logprobs, lengths, stopped = jax.device_get((state.tokens, state.logprobs, state.lengths, state.stopped))
     return assemble_rollout(
@@ -231,6 +230,12 @@ def _decode_all(graphdef, params, state, program, config, progress) -> DecodeSta
             if all_stopped:
                 break
     return state
+
+
+def _stop_token_array(config: SamplingConfig) -> jax.Array:
+    """int32 [S]: the stop ids padded with -1 to a multiple of 8 (a shape bucket)."""
+    stop_ids = list(config.stop_token_ids)
+    return jnp.asarray(stop_ids + [-1] * (round_up(len(stop_ids), 8) - len(stop_ids)), jnp.int32)
 
 
 def _to_device(array: np.ndarray, mesh) -> jax.Array:
