@@ -18,6 +18,11 @@ from flax import nnx
 from entropy_rl.model.cache import KVCache
 from entropy_rl.model.config import QwenConfig
 from entropy_rl.model.layers import DecoderLayer, RMSNorm, init_param, rope_tables
+from entropy_rl.parallel.sharding import constrain
+
+
+# Activations [B, T, D] are split over the batch only (under jax.set_mesh, see constrain).
+BATCH_ACTIVATION = ("batch", None, None)
 
 
 def default_positions(attention_mask: jax.Array) -> jax.Array:
@@ -70,7 +75,8 @@ class Qwen(nnx.Module):
 
     def _embed(self, input_ids):
         chex.assert_rank(input_ids, 2)
-        return jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)
+        embedded = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)
+        return constrain(embedded, BATCH_ACTIVATION)
 
     def _rope(self, positions):
         return rope_tables(positions, self.config.head_dim, self.config.rope_theta)
@@ -91,14 +97,15 @@ class Qwen(nnx.Module):
         run_layer = nnx.remat(_run_layer) if self.config.remat else _run_layer
         x = self._embed(input_ids)
         for layer in self.layers:
-            x = run_layer(layer, x, cos, sin, mask)
+            x = constrain(run_layer(layer, x, cos, sin, mask), BATCH_ACTIVATION)
         return self.norm(x)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """float32 logits [B, T, V] from final hidden states [B, T, D]."""
         chex.assert_rank(hidden, 3)
-        return jnp.einsum("btd,vd->btv", hidden, self.unembedding().astype(self.dtype),
-                          preferred_element_type=jnp.float32)
+        logits = jnp.einsum("btd,vd->btv", hidden, self.unembedding().astype(self.dtype),
+                            preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", None, "vocab"))
 
     def _decode_with_cache(self, input_ids, attention_mask, positions, cache: KVCache):
         length = input_ids.shape[1]
@@ -113,6 +120,7 @@ class Qwen(nnx.Module):
         k_all, v_all = cache.k, cache.v
         for i, layer in enumerate(self.layers):
             x, (k_i, v_i) = layer(x, cos, sin, mask, (k_all[i], v_all[i], cache.length))
+            x = constrain(x, BATCH_ACTIVATION)
             k_all = k_all.at[i].set(k_i)
             v_all = v_all.at[i].set(v_i)
         new_cache = KVCache(k=k_all, v=v_all, valid=valid, length=cache.length + length)

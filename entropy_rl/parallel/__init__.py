@@ -1,9 +1,9 @@
 """Device mesh, logical-axis sharding rules, multi-host start-up."""
 
 from entropy_rl.parallel.mesh import MESH_AXES, MeshConfig, initialize_distributed, make_mesh
-from entropy_rl.parallel.sharding import (LOGICAL_AXIS_RULES, batch_sharding, logical_to_mesh,
+from entropy_rl.parallel.sharding import (LOGICAL_AXIS_RULES, batch_sharding, constrain, logical_to_mesh,
                                           shard_model, state_shardings, variable_sharding)
 
-__all__ = ["LOGICAL_AXIS_RULES", "MESH_AXES", "MeshConfig", "batch_sharding",
+__all__ = ["LOGICAL_AXIS_RULES", "MESH_AXES", "MeshConfig", "batch_sharding", "constrain",
            "initialize_distributed", "logical_to_mesh", "make_mesh", "shard_model",
            "state_shardings", "variable_sharding"]

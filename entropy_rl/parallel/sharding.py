@@ -10,6 +10,8 @@ import jax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from entropy_rl.parallel.mesh import MESH_AXES
+
 # logical axis -> mesh axis (or tuple of mesh axes, or None = replicated).
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),
@@ -73,3 +75,12 @@ def shard_model(model: nnx.Module, mesh: jax.sharding.Mesh) -> nnx.Module:
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
     """Splits dim 0 (batch) over ("data", "fsdp"); other dims replicated."""
     return NamedSharding(mesh, PartitionSpec(dict(LOGICAL_AXIS_RULES)["batch"]))
+
+
+def constrain(x: jax.Array, axes: tuple) -> jax.Array:
+    """with_sharding_constraint by logical axes when tracing under `jax.set_mesh(mesh)`
+    with our mesh axes; the identity otherwise (single device, no mesh context)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_mesh(axes, mesh, x.shape))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from entropy_rl.model import load_hf
-from tests.model.hf_oracle import hf_logits, make_hf_model, padded_batch
+from tests.model.model_testing import hf_logits, jit_forward, make_hf_model, padded_batch
 
 CASES = {
     "qwen3": dict(model_type="qwen3", head_dim=24),  # head_dim != hidden / heads
@@ -22,7 +22,7 @@ def test_logits_match_transformers_with_left_and_right_padding(case, tmp_path):
     if CASES[case].get("max_shard_size"):
         assert (tmp_path / "model.safetensors.index.json").exists()
     model = load_hf(str(tmp_path))
-    ours = np.asarray(model(input_ids, attention_mask))
+    ours = np.asarray(jit_forward(model)(input_ids, attention_mask))
     expected = hf_logits(hf_model, input_ids, attention_mask)
     real = attention_mask.astype(bool)
     assert ours.dtype == np.float32

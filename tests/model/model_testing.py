@@ -1,8 +1,11 @@
-"""Tiny random transformers Qwen2/Qwen3 checkpoints: the PyTorch parity oracle for tests."""
+"""Test helpers: tiny random transformers Qwen2/Qwen3 checkpoints (the PyTorch parity
+oracle) and a jit-compiled forward (eager op-by-op dispatch is slow on CPU)."""
 
+import jax
 import numpy as np
 import torch
 import transformers
+from flax import nnx
 
 SMALL = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
@@ -57,3 +60,11 @@ def padded_batch(vocab_size: int, *, seed=0):
     attention_mask[3, 7:] = 0
     input_ids[attention_mask == 0] = 0
     return input_ids, attention_mask
+
+
+def jit_forward(model):
+    """model(input_ids, attention_mask, cache=None) compiled with the module split at the
+    jit boundary; returns logits, or (logits, cache) when a cache is passed."""
+    graphdef, state = nnx.split(model)
+    call = jax.jit(lambda s, ids, mask, cache: nnx.merge(graphdef, s)(ids, mask, cache=cache))
+    return lambda ids, mask=None, cache=None: call(state, ids, mask, cache)

@@ -1,0 +1,57 @@
+"""KV-cache decoding reproduces the full forward (left-padded prompts, 1-token steps)."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from entropy_rl.model import KVCache, Qwen, tiny_config
+from tests.model.model_testing import jit_forward
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Qwen(tiny_config(attention_bias=True), rngs=nnx.Rngs(0))  # bias and q/k-norm paths
+
+
+def test_prefill_then_decode_steps_equal_full_forward(model):
+    rng = np.random.default_rng(0)
+    prompt_len, steps = 6, 5
+    prompt = rng.integers(1, 256, (3, prompt_len)).astype(np.int32)
+    prompt_mask = np.ones_like(prompt)
+    prompt_mask[1, :2] = 0  # left padding
+    prompt_mask[2, :5] = 0
+    response = rng.integers(1, 256, (3, steps)).astype(np.int32)
+    response_mask = np.ones_like(response)
+    response_mask[0, 3:] = 0  # row 0 stopped: right-padded response
+    full_ids = np.concatenate([prompt, response], axis=1)
+    full_mask = np.concatenate([prompt_mask, response_mask], axis=1)
+    call = jit_forward(model)
+    full = np.asarray(call(full_ids, full_mask))
+    cache = model.init_cache(3, prompt_len + steps + 2)
+    logits, cache = call(prompt, prompt_mask, cache)
+    real = prompt_mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(logits)[real], full[:, :prompt_len][real], atol=1e-5)
+    for t in range(steps):
+        logits, cache = call(response[:, t:t + 1], response_mask[:, t:t + 1], cache)
+        rows = response_mask[:, t].astype(bool)
+        np.testing.assert_allclose(np.asarray(logits)[rows, 0], full[rows, prompt_len + t],
+                                   atol=1e-5)
+    assert int(cache.length) == prompt_len + steps
+    np.testing.assert_array_equal(np.asarray(cache.valid)[:, :prompt_len + steps], full_mask)
+    assert not np.asarray(cache.valid)[:, prompt_len + steps:].any()
+
+
+def test_cache_layout_and_default_positions(model):
+    cache = model.init_cache(2, 8)
+    c = model.config
+    assert isinstance(cache, KVCache)
+    assert cache.k.shape == (c.num_hidden_layers, 2, 8, c.num_key_value_heads, c.head_dim)
+    assert cache.valid.dtype == jnp.bool_ and cache.length.dtype == jnp.int32
+    # The same tokens left-padded with a cache give the unpadded logits at the real positions.
+    ids = np.array([[0, 0, 7, 8, 9]], np.int32)
+    mask = np.array([[0, 0, 1, 1, 1]], np.int32)
+    call = jit_forward(model)
+    logits, _ = call(ids, mask, model.init_cache(1, 5))
+    unpadded = call(ids[:, 2:])
+    np.testing.assert_allclose(np.asarray(logits)[0, 2:], np.asarray(unpadded)[0], atol=1e-5)
