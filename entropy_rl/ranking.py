@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from entropy_rl.data import Problem, format_prompt, load_problems, synthetic_problems
+from entropy_rl.data import DEFAULT_LEVELS, INSTRUCTION, Problem, format_prompt, load_problems, synthetic_problems
 from entropy_rl.data.curriculum import parse_ranking_line
 from entropy_rl.eval.cli import load_checkpoint  # HF directory or trainer run directory -> (model, tokenizer)
 from entropy_rl.rewards import extract_boxed, get_verifier
@@ -54,7 +54,8 @@ class RankingSettings:
     batch_prompts: int = 64
     weighting: str = "discrete"  # "discrete" | "likelihood"
     verifier: str = "math"
-    prompt_style: str = "plain"
+    prompt_style: str = "plain"  # as the trainer's data.prompt_style; "chat" for instruct models
+    instruction: str = INSTRUCTION  # appended to each problem ("" = none), as format_prompt
     exact_match_only: bool = False
     prompt_bucket: int = 64
     response_bucket: int = 64
@@ -136,7 +137,7 @@ def score_batch(
         prompt_bucket=settings.prompt_bucket,
         response_bucket=settings.response_bucket,
     )
-    prompts = [tokenizer.encode(format_prompt(p, tokenizer, style=settings.prompt_style)) for p in problems]
+    prompts = [tokenizer.encode(format_prompt(p, tokenizer, style=settings.prompt_style, instruction=settings.instruction)) for p in problems]
     rollout = generate(model, prompts, sampling, rng, mesh=mesh)
     texts = [tokenizer.decode(row[:length], skip_special_tokens=True) for row, length in zip(rollout.tokens, rollout.lengths)]
     truths = [p.answer for p in problems for _ in range(settings.samples)]
@@ -206,8 +207,9 @@ def rank_problems(
 def load_dataset(args: argparse.Namespace) -> list[Problem]:
     """The built-in synthetic task ("synthetic") or any file/directory ``load_problems`` reads."""
     if args.data == "synthetic":
-        return synthetic_problems(args.num_synthetic, seed=args.data_seed, split=args.split)
-    return load_problems(args.data, problem_key=args.problem_key, answer_key=args.answer_key)
+        levels = tuple(args.synthetic_levels.split(","))
+        return synthetic_problems(args.num_synthetic, seed=args.data_seed, levels=levels, split=args.split)
+    return load_problems(args.data, problem_key=args.problem_key, answer_key=args.answer_key, on_bad_row=args.on_bad_row)
 
 
 def local_mesh(spec: str | None) -> jax.sharding.Mesh | None:
@@ -240,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--answer-key", default=None)
     parser.add_argument("--num-synthetic", type=int, default=20000, help="size of the synthetic training set")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic training set")
+    parser.add_argument("--synthetic-levels", default=",".join(DEFAULT_LEVELS), help="levels of the synthetic set")
     parser.add_argument("--split", default="train", help="synthetic split")
+    parser.add_argument("--on-bad-row", default="error", help='a dataset row without problem/answer: "error" or "skip"')
     parser.add_argument("--limit", type=int, default=None, help="rank only the first N problems")
     parser.add_argument("--verifier", default=None, help='"math" | "synthetic" | ... (default by --data)')
     parser.add_argument("--mesh", default=None, help='"data,fsdp,tensor" sizes over local devices, or "none"')
@@ -281,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         run_info=run_info,
         progress=not args.no_progress and process_index == 0,
     )
-    print(f"rank: host {process_index}/{process_count}: {len(rows)} problems ranked ({time.perf_counter() - started:.1f}s)")
+    seconds = time.perf_counter() - started
+    print(f"rank: host {process_index}/{process_count}: {len(rows)} problems in the ranking ({seconds:.1f}s this run)")
     if process_count > 1:
         from jax.experimental import multihost_utils
 
