@@ -22,6 +22,7 @@ from entropy_rl.eval.metrics import DEFAULT_KS
 
 DEFAULT_BENCHMARKS = "aime24,aime25,amc23,math500,minerva,olympiadbench"
 RESULTS_FILE = "results.jsonl"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +80,8 @@ def load_checkpoint(path: str, *, tokenizer: str | None, step: int | None, dtype
     if os.path.isfile(os.path.join(path, "config.json")):
         from entropy_rl.model import load_hf
 
+        if tokenizer is None and not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
+            raise FileNotFoundError(f"{path} has no tokenizer ({', '.join(TOKENIZER_FILES)}); pass --tokenizer")
         model = load_hf(path, dtype=getattr(jnp, dtype), mesh=mesh)
         return model, load_tokenizer(tokenizer or path)
     from entropy_rl.train.checkpoint import load_policy  # the trainer only for run directories
@@ -123,20 +126,22 @@ def _run(args: argparse.Namespace, problems: dict, n_by_benchmark: dict[str, int
     from entropy_rl.eval.runner import evaluate, write_summary
     from entropy_rl.rollout import SamplingConfig
 
-    mesh = _mesh(args.mesh)
-    model, tokenizer = load_checkpoint(args.checkpoint, tokenizer=args.tokenizer, step=args.step, dtype=args.dtype, mesh=mesh)
-    sampling = SamplingConfig(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        stop_token_ids=tuple(tokenizer.stop_token_ids), pad_token_id=tokenizer.pad_token_id,
-    )
     output = Path(args.output) if args.output else default_output(args)
     try:
+        mesh = _mesh(args.mesh)
+        model, tokenizer = load_checkpoint(
+            args.checkpoint, tokenizer=args.tokenizer, step=args.step, dtype=args.dtype, mesh=mesh
+        )
+        sampling = SamplingConfig(
+            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+            stop_token_ids=tuple(tokenizer.stop_token_ids), pad_token_id=tokenizer.pad_token_id,
+        )
         summary = evaluate(
             model, tokenizer, problems, n=n_by_benchmark, sampling=sampling, seed=args.seed, batch_size=args.batch_size,
             ks=ks, prompt_style=args.prompt_style, results_path=output / RESULTS_FILE,
             save_responses=args.save_responses, mesh=mesh, progress=not args.no_progress,
         )
-    except ValueError as err:  # results recorded with other settings, bad problem ids
+    except (ValueError, FileNotFoundError) as err:  # no checkpoint, bad sampling values, other settings recorded
         print(f"entropy-rl eval: {err}", file=sys.stderr)
         return 1
     summary["checkpoint"] = os.path.abspath(args.checkpoint)

@@ -221,3 +221,14 @@ def test_evaluate_interrupted_between_chunks_resumes_without_resampling(monkeypa
     uninterrupted = runner.evaluate(None, TOKENIZER, problems, results_path=tmp_path / "b.jsonl", **kwargs)
     assert resumed == uninterrupted
     assert rows_by_id(tmp_path / "a.jsonl") == rows_by_id(tmp_path / "b.jsonl")
+
+
+def test_cli_errors_are_clear(tiny_checkpoint, tmp_path, capsys):
+    args = ["--benchmarks", "synthetic", "--output", str(tmp_path / "out"), "--mesh", "none"]
+    assert cli.main(["--checkpoint", str(tiny_checkpoint), *args]) == 1  # no tokenizer files there
+    assert "has no tokenizer" in capsys.readouterr().err
+    assert cli.main(["--checkpoint", str(tmp_path / "nowhere"), *args]) == 1
+    assert "not a run directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--checkpoint", str(tiny_checkpoint), "--benchmarks", "aime2024"])
+    assert "neither a file nor a shipped benchmark" in capsys.readouterr().err
