@@ -67,6 +67,23 @@ class RankingSettings:
             raise ValueError(f"samples and batch_prompts must be >= 1, got {self.samples}, {self.batch_prompts}")
 
 
+SETTING_HELP = {
+    "samples": "responses per prompt (K)",
+    "max_new_tokens": "response length limit",
+    "temperature": "sampling temperature",
+    "top_p": "nucleus sampling",
+    "top_k": "top-k sampling (0 = off)",
+    "seed": "sampling seed",
+    "batch_prompts": "prompts per generate call (rows = batch_prompts * samples)",
+    "weighting": '"discrete" (cluster fractions) or "likelihood" (sequence-probability weighted)',
+    "prompt_style": '"plain" or "chat" (as the trainer\'s data.prompt_style)',
+    "instruction": 'text appended to each problem ("" = none)',
+    "exact_match_only": "cluster by normalised string equality only (no math-verify)",
+    "prompt_bucket": "prompt length rounded up to a multiple of this",
+    "response_bucket": "KV cache response slots rounded up to a multiple of this",
+}
+
+
 # -- the ranking file ----------------------------------------------------------------------
 def read_finished_rows(path: Path) -> list[dict[str, Any]]:
     """Rows already in a (possibly interrupted) ranking file.
@@ -254,10 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
         if field.name == "verifier":
             continue
         flag = "--" + field.name.replace("_", "-")
+        help_ = SETTING_HELP[field.name]
         if field.type == "bool":
-            parser.add_argument(flag, action="store_true")
+            parser.add_argument(flag, action="store_true", help=help_)
         else:
-            parser.add_argument(flag, type=type(getattr(defaults, field.name)), default=getattr(defaults, field.name))
+            default = getattr(defaults, field.name)
+            parser.add_argument(flag, type=type(default), default=default, help=f"{help_} (default: {default!r})")
     return parser
 
 
