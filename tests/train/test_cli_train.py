@@ -1,0 +1,69 @@
+"""`entropy-rl train`: --print-config, overrides and config files, clear failures, and the
+hand-off to the loop (a stand-in loop module records the config it is given)."""
+
+import sys
+import types
+
+import pytest
+import yaml
+
+from entropy_rl import cli as top_cli
+from entropy_rl.train import cli
+from entropy_rl.train.config import TrainConfig, config_from_dict, load_config
+
+
+def test_print_config_prints_the_defaults_as_loadable_yaml(capsys):
+    assert top_cli.main(["train", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert config_from_dict(yaml.safe_load(printed)) == TrainConfig()
+
+
+def test_overrides_and_config_files_merge_in_order(tmp_path, capsys):
+    (tmp_path / "a.yaml").write_text("seed: 1\noptimizer: {learning_rate: 1e-5}\n")
+    (tmp_path / "b.yaml").write_text("seed: 2\n")
+    argv = ["--config", str(tmp_path / "a.yaml"), "total_steps=3", "--config", str(tmp_path / "b.yaml"),
+            "--print-config", "algorithm.name=sent"]  # options and overrides intermixed
+    assert cli.main(argv) == 0
+    config = config_from_dict(yaml.safe_load(capsys.readouterr().out))
+    assert (config.seed, config.total_steps, config.algorithm.name) == (2, 3, "sent")
+    assert config.optimizer.learning_rate == 1e-5
+
+
+def test_bad_key_exits_nonzero_with_the_suggestion(capsys):
+    assert top_cli.main(["train", "algorithm.nmae=stapo"]) == 2
+    err = capsys.readouterr().err
+    assert "algorithm.nmae: unknown key (did you mean 'algorithm.name'?)" in err
+
+
+def test_bad_value_and_missing_file_exit_nonzero(tmp_path, capsys):
+    assert cli.main(["optimizer.learning_rate=-1", "algorithm.name=grpo"]) == 2
+    err = capsys.readouterr().err
+    assert "optimizer.learning_rate: must be > 0" in err
+    assert "algorithm.name: 'grpo' is not one of" in err
+    assert cli.main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot read config file" in capsys.readouterr().err
+
+
+def test_train_runs_the_loop_with_the_validated_config(monkeypatch, capsys, tmp_path):
+    seen = []
+
+    def train(config):
+        seen.append(config)
+        return {"accuracy_before": 0.25, "accuracy_after": 0.5, "run_dir": config.run_dir}
+
+    monkeypatch.setitem(sys.modules, "entropy_rl.train.loop", types.SimpleNamespace(train=train))
+    assert cli.main([f"run_dir={tmp_path}", "total_steps=2"]) == 0
+    assert seen == [load_config(overrides=[f"run_dir={tmp_path}", "total_steps=2"])]
+    out = capsys.readouterr().out
+    assert "accuracy_after   0.5" in out and str(tmp_path) in out
+
+
+def test_summary_table_from_the_loop_is_printed_as_is():
+    assert cli.format_summary({"table": "| a | b |", "x": 1.0}) == "| a | b |"
+    assert cli.format_summary({"a": 0.123456, "bb": "x"}) == "a   0.1235\nbb  x"
+
+
+def test_help_exits_zero(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    assert info.value.code == 0 and "key.sub=value" in capsys.readouterr().out
