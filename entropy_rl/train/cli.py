@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="YAML", action="append", default=[],
                         help="a config file (may name base files under `defaults:`); repeat to merge several, "
                         "later ones winning (e.g. a method file then a mesh file)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit "
+                        "(model and data paths are not checked)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override any config field")
     return parser
 
@@ -50,8 +51,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
-    try:
-        config = load_config(args.config, args.overrides)
+    try:  # --print-config may show a config meant for another machine: its paths are not checked
+        config = load_config(args.config, args.overrides, check_paths=not args.print_config)
     except ConfigError as e:
         print(f"entropy-rl train: {e}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@ hand-off to the loop (a stand-in loop module records the config it is given)."""
 
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import yaml
@@ -10,6 +11,8 @@ import yaml
 from entropy_rl import cli as top_cli
 from entropy_rl.train import cli
 from entropy_rl.train.config import TrainConfig, config_from_dict, load_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def test_print_config_prints_the_defaults_as_loadable_yaml(capsys):
@@ -67,3 +70,12 @@ def test_help_exits_zero(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["--help"])
     assert info.value.code == 0 and "key.sub=value" in capsys.readouterr().out
+
+
+def test_print_config_of_a_paper_config_does_not_need_its_paths(capsys):
+    paper, mesh = str(CONFIGS / "paper" / "stapo_qwen3_8b.yaml"), str(CONFIGS / "mesh" / "gpu8.yaml")
+    assert cli.main(["--config", paper, "--config", mesh, "--print-config"]) == 0
+    config = config_from_dict(yaml.safe_load(capsys.readouterr().out), check_paths=False)
+    assert config.mesh.fsdp == 8 and config.model.hf_path.endswith("Qwen3-8B-Base")
+    assert cli.main(["--config", paper]) == 2  # training needs them
+    assert "model.hf_path: '/path/to/Qwen3-8B-Base' is not a directory" in capsys.readouterr().err
