@@ -174,10 +174,11 @@ def qwen_config(model: ModelConfig, vocab_size: int):
 
 
 def load_policy_tokenizer(model: ModelConfig):
-    """The tokenizer of the policy: `model.tokenizer` ("builtin" or a directory), else `hf_path`'s."""
+    """The tokenizer of the policy: `model.tokenizer` ("builtin" or a directory), else
+    `hf_path`'s own, else the built-in one."""
     from entropy_rl.data.tokenizer import load_tokenizer
 
-    return load_tokenizer(model.tokenizer if model.tokenizer is not None else model.hf_path)
+    return load_tokenizer(model.tokenizer or model.hf_path or "builtin")
 
 
 def build_policy(model: ModelConfig, *, seed: int, mesh: jax.sharding.Mesh | None = None, abstract: bool = False):

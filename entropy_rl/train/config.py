@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 import yaml
 
+from entropy_rl.data.loading import BENCHMARK_FILES
 from entropy_rl.data.prompts import STYLES as PROMPT_STYLES
 from entropy_rl.losses import ADVANTAGE_ESTIMATORS, AGG_MODES, KL_KINDS, PolicyLossConfig, policy_loss_names
 from entropy_rl.losses.policy import SENT_VARIANTS
@@ -37,7 +38,6 @@ from entropy_rl.parallel import MeshConfig
 SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "bfloat16", "float16")
 ON_BAD_ROW = ("error", "skip")
-BENCHMARKS = ("aime24", "aime25", "amc23", "math500", "minerva", "olympiadbench")
 
 
 class ConfigError(ValueError):
@@ -53,11 +53,12 @@ class ModelConfig:
 
     The architecture fields below are used only when `hf_path` is None; `vocab_size` 0 takes
     the tokenizer's vocabulary size. `tokenizer` is "builtin" (the synthetic task's own) or a
-    local HF tokenizer directory; None with `hf_path` set uses `hf_path`.
+    local HF tokenizer directory; None (the default) = `hf_path`'s own tokenizer when
+    `hf_path` is set, else "builtin".
     """
 
     hf_path: Optional[str] = None
-    tokenizer: Optional[str] = "builtin"
+    tokenizer: Optional[str] = None
     vocab_size: int = 0
     hidden_size: int = 128
     intermediate_size: int = 384
@@ -520,8 +521,6 @@ def _model_errors(m: ModelConfig, check_paths: bool) -> list[str]:
         if check_paths and not os.path.isdir(m.hf_path):
             errors.append(f"model.hf_path: {m.hf_path!r} is not a directory (a local HF checkpoint is expected)")
         return errors
-    if m.tokenizer is None:
-        errors.append("model.tokenizer: must be 'builtin' or a tokenizer directory when model.hf_path is not set")
     for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                  "num_key_value_heads", "head_dim", "max_position_embeddings"):
         errors += _positive(f"model.{name}", getattr(m, name))
@@ -655,7 +654,7 @@ def _run_errors(c: TrainConfig) -> list[str]:
     errors += _positive("eval.temperature", c.eval.temperature, allow_zero=True)
     errors += _fraction("eval.top_p", c.eval.top_p, closed=False)
     errors += _positive("eval.max_new_tokens", c.eval.max_new_tokens, allow_zero=True)
-    errors += _choice("eval.benchmark", c.eval.benchmark, ("synthetic",) + BENCHMARKS)
+    errors += _choice("eval.benchmark", c.eval.benchmark, ("synthetic", *BENCHMARK_FILES))
     w = c.warmstart
     errors += _positive("warmstart.steps", w.steps, allow_zero=True)
     errors += _positive("warmstart.batch_size", w.batch_size) + _positive("warmstart.learning_rate", w.learning_rate)
