@@ -63,11 +63,18 @@ class Checkpointer:
         ckpt.close()   # waits for the last asynchronous save
     """
 
-    def __init__(self, run_dir: str | os.PathLike, *, max_to_keep: int = 2, async_save: bool = True):
+    def __init__(self, run_dir: str | os.PathLike, *, max_to_keep: int = 2, async_save: bool = True,
+                 read_only: bool = False):
+        """read_only: for readers (eval, export) of a run that may still be training: they
+        neither create the directory nor remove a writer's unfinished temporary checkpoint."""
         directory = os.path.join(os.fspath(run_dir), CHECKPOINT_SUBDIR)
         self.directory = directory if "://" in directory else os.path.abspath(directory)  # gs://... as is
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+            max_to_keep=max_to_keep,
+            enable_async_checkpointing=async_save,
+            create=not read_only,
+            read_only=read_only,
+            cleanup_tmp_directories=not read_only,  # what a killed run left half-written
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -230,7 +237,7 @@ def load_policy(path: str | os.PathLike, *, step: int | None = None, mesh: jax.s
 
     run_dir, path_step = locate_checkpoint(path)
     step = path_step if step is None else step
-    checkpointer = Checkpointer(run_dir, async_save=False)
+    checkpointer = Checkpointer(run_dir, async_save=False, read_only=True)
     try:
         config = checkpointer.saved_config(step)
         policy, tokenizer = build_policy(config.model, seed=config.seed, abstract=True)

@@ -19,7 +19,7 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, step: int 
 
     run_dir, path_step = locate_checkpoint(run_dir)
     step = path_step if step is None else step
-    with Checkpointer(run_dir, async_save=False) as checkpointer:
+    with Checkpointer(run_dir, async_save=False, read_only=True) as checkpointer:
         step = checkpointer.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"{run_dir}: the run has no checkpoint yet")

@@ -163,3 +163,24 @@ def test_build_policy_from_an_hf_directory_and_with_a_mesh(tmp_path, policy):
     sharded, _ = ck.build_policy(config.model, seed=0, mesh=mesh)  # same seed: same weights, distributed
     _assert_bitwise_equal(nnx.state(sharded), nnx.state(model))
     assert all(len(a.sharding.device_set) == 8 for a in jax.tree.leaves(nnx.state(sharded)))
+
+
+def test_a_killed_save_is_ignored_and_cleaned_up(tmp_path, policy):
+    config = _config(tmp_path)
+    params, train_state = _run_state(policy, seed=0)
+    with ck.Checkpointer(tmp_path) as saver:
+        saver.save(1, params=params, train_state=train_state, data_state={"position": 1}, config=config)
+    # what SIGKILL during an asynchronous save of step 2 leaves behind: an unfinished temporary directory
+    torn = tmp_path / "checkpoints" / "2.orbax-checkpoint-tmp-1234567"
+    (torn / "params").mkdir(parents=True)
+    with ck.Checkpointer(tmp_path, read_only=True) as reader:  # a reader leaves it alone
+        assert reader.latest_step() == 1
+    assert torn.exists()
+    with ck.Checkpointer(tmp_path) as writer:  # the resumed run: restores step 1, then saves step 2 again
+        assert writer.all_steps() == [1]
+        restored = writer.restore(params=params, train_state=train_state)
+        assert restored.step == 1 and restored.data_state == {"position": 1}
+        writer.save(2, params=params, train_state=train_state, data_state={"position": 2}, config=config)
+    assert not torn.exists()
+    with ck.Checkpointer(tmp_path, read_only=True) as reader:
+        assert reader.all_steps() == [1, 2]
