@@ -352,14 +352,14 @@ def policy_loss_terms(
   if prepared.pg_weight.shape != inputs.logp.shape:
     raise ValueError(f"policy loss {name!r}: prepared rows have shape "
                      f"{prepared.pg_weight.shape}, the inputs {inputs.logp.shape}")
-  token_loss, indicators = spec.token_loss(inputs, prepared.coef, config)
-  pg_numerator = _weighted_sum(prepared.pg_weight, token_loss)
   aux_loss = jnp.zeros_like(inputs.logp)
   if config.ref_kl_coef:
     ref = require(inputs.ref_logp, "ref_logp (ref_kl_coef > 0)", name)
     aux_loss += config.ref_kl_coef * kl_estimate(inputs.logp, ref, config.ref_kl_kind)
   if config.entropy_coef:
     aux_loss -= config.entropy_coef * require(inputs.entropy, "entropy (entropy_coef > 0)", name)
+  token_loss, indicators = spec.token_loss(inputs, prepared.coef, config)
+  pg_numerator = _weighted_sum(prepared.pg_weight, token_loss)
   numerator = pg_numerator + _weighted_sum(prepared.aux_weight, aux_loss)
   metric_sums = _metric_sums(spec, prepared, inputs, indicators, config, pg_numerator)
   return numerator, metric_sums
