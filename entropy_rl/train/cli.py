@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from entropy_rl.train.config import ConfigError, load_config, to_yaml
+from entropy_rl.train.config import ConfigError, load_config, to_yaml, validate_for_devices
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,9 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(to_yaml(config), end="")
         return 0
+    import jax
+
     from entropy_rl.parallel import initialize_distributed
 
     initialize_distributed()  # before any other jax call; a no-op on one host
+    try:
+        validate_for_devices(config, jax.device_count())
+    except ConfigError as e:
+        print(f"entropy-rl train: invalid config for {jax.device_count()} devices:\n{e}", file=sys.stderr)
+        return 2
     from entropy_rl.train.loop import train
 
     try:

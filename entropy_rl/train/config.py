@@ -677,3 +677,22 @@ def validate_config(config: TrainConfig, *, check_paths: bool = True) -> None:
     )
     if errors:
         raise ConfigError("\n".join(errors))
+
+
+def validate_for_devices(config: TrainConfig, num_devices: int) -> None:
+    """Raise ConfigError when the mesh does not fit `num_devices` or a batch does not split
+    evenly over its data-parallel size (data x fsdp). Needs the device count, so it runs once
+    jax is up (`entropy-rl train` does it before building anything)."""
+    try:
+        data, fsdp, _ = config.mesh.axis_sizes(num_devices)
+    except ValueError as e:
+        raise ConfigError(f"mesh: {e}") from None
+    parallel, a, n = data * fsdp, config.algorithm, config.rollout.n
+    batches = [("data.batch_size x rollout.n", config.data.batch_size * n),
+               ("algorithm.mini_batch_size x rollout.n", a.mini_batch_size * n)]
+    if a.micro_batch_size:
+        batches.append(("algorithm.micro_batch_size", a.micro_batch_size))
+    errors = [f"{name} = {size} responses does not split over mesh.data x mesh.fsdp = {parallel} devices"
+              for name, size in batches if size % parallel]
+    if errors:
+        raise ConfigError("\n".join(errors))

@@ -79,3 +79,10 @@ def test_print_config_of_a_paper_config_does_not_need_its_paths(capsys):
     assert config.mesh.fsdp == 8 and config.model.hf_path.endswith("Qwen3-8B-Base")
     assert cli.main(["--config", paper]) == 2  # training needs them
     assert "model.hf_path: '/path/to/Qwen3-8B-Base' is not a directory" in capsys.readouterr().err
+
+
+def test_a_batch_that_does_not_split_over_the_devices_fails_before_training(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "entropy_rl.train.loop", types.SimpleNamespace(train=None))  # never reached
+    # the tests run on 8 simulated devices: 3 prompts x 2 responses cannot be split 8 ways
+    assert cli.main(["data.batch_size=3", "algorithm.mini_batch_size=1", "rollout.n=2"]) == 2
+    assert "does not split over mesh.data x mesh.fsdp = 8 devices" in capsys.readouterr().err

@@ -138,3 +138,16 @@ def test_replace_with_dotted_keys():
     config = cfg.replace(TrainConfig(), **{"optimizer.learning_rate": 0.5, "algorithm.loss.clip_low": 0.1, "seed": 3})
     assert config.optimizer.learning_rate == 0.5 and config.algorithm.loss.clip_low == 0.1 and config.seed == 3
     assert config.algorithm.loss.clip_high == 0.28
+
+
+def test_batches_must_split_over_the_data_parallel_devices():
+    config = load_config(overrides=["data.batch_size=2", "algorithm.mini_batch_size=1", "rollout.n=2"])
+    cfg.validate_for_devices(config, 2)  # 4 and 2 responses over 2 devices
+    with pytest.raises(ConfigError) as info:
+        cfg.validate_for_devices(config, 8)
+    message = str(info.value)
+    assert "data.batch_size x rollout.n = 4 responses does not split over mesh.data x mesh.fsdp = 8" in message
+    assert "algorithm.mini_batch_size x rollout.n = 2 responses" in message
+    cfg.validate_for_devices(cfg.replace(config, **{"mesh.fsdp": 1, "mesh.tensor": -1}), 8)  # tensor-parallel only
+    with pytest.raises(ConfigError, match="mesh: .* needs 4 devices, 8 are available"):
+        cfg.validate_for_devices(cfg.replace(config, **{"mesh.fsdp": 2, "mesh.data": 2}), 8)
