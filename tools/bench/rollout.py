@@ -1,0 +1,137 @@
+"""Benchmark: generated tokens/s of `entropy_rl.rollout.generate` against transformers'
+PyTorch `generate` on the same weights, measured in the same run.
+
+Model: the 168M Qwen3-shaped config of the model benchmark (hidden 1024, 8 layers, 16 heads,
+8 kv heads, head_dim 64, intermediate 3072, vocab 32768, untied), random weights created by
+transformers and loaded with `entropy_rl.model.load_hf`, float32. Workload: batch 64,
+random prompts of 128 tokens, N new tokens (default 256), sampling at temperature 1 (no
+top-k / top-p), no stop token, so every row generates N tokens.
+
+    prefill included  batch * N / time(generate N tokens)
+    decode only       batch * (N - 1) / (time(N tokens) - time(1 token))
+
+Both sides run the 1-token and N-token generations after a warm-up (jax compiles in the
+warm-up; each timing is the best of --repeats). The matmul peak is the float32 GFLOP/s of
+a large jnp.dot measured in the same run; the decode share of it counts the decoder's matmul
+FLOPs only (2 * matmul parameters per token plus attention over the cache).
+
+    python tools/bench/rollout.py              # the issue's configuration
+    python tools/bench/rollout.py --quick      # 32 new tokens, for a fast check
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+
+from entropy_rl.model import load_hf
+from entropy_rl.rollout import SamplingConfig, generate
+
+HF_CONFIG = dict(
+    vocab_size=32768, hidden_size=1024, intermediate_size=3072, num_hidden_layers=8, num_attention_heads=16,
+    num_key_value_heads=8, head_dim=64, max_position_embeddings=4096, tie_word_embeddings=False,
+)
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """float32 GFLOP/s of a [size, size] @ [size, size] jnp.dot (best of `repeats`)."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, a).block_until_ready()
+    best = min(_timed(lambda: dot(a, a).block_until_ready()) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def decode_flops_per_token(config: dict, context: float) -> float:
+    """Matmul FLOPs to decode one token with `context` cached tokens: 2 * matmul params + attention."""
+    d, h, kv, hd, f, layers = (config[k] for k in ("hidden_size", "num_attention_heads", "num_key_value_heads",
+                                                    "head_dim", "intermediate_size", "num_hidden_layers"))
+    per_layer = d * h * hd * 2 + d * kv * hd * 2 + 3 * d * f
+    attention = 2 * 2 * h * hd * context  # q k^T and p v
+    return layers * (2 * per_layer + attention) + 2 * config["vocab_size"] * d
+
+
+def _timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def time_jax(model, prompts, new_tokens: int, repeats: int) -> tuple[float, float]:
+    """Seconds (best of repeats) for 1 and for `new_tokens` new tokens; one compiled program."""
+    base = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, prompt_bucket=len(prompts[0]),
+                          response_bucket=new_tokens)
+    configs = {n: SamplingConfig(**{**base.__dict__, "max_new_tokens": n}) for n in (1, new_tokens)}
+    rollout = generate(model, prompts, configs[new_tokens], jax.random.key(0))  # compile
+    assert rollout.mask.all(), "every row must generate all new tokens"
+    return tuple(
+        min(_timed(lambda: generate(model, prompts, configs[n], jax.random.key(1 + r))) for r in range(repeats))
+        for n in (1, new_tokens)
+    )
+
+
+def time_torch(hf_model, prompts, new_tokens: int, repeats: int) -> tuple[float, float]:
+    """Seconds (best of repeats) for transformers' generate with 1 and `new_tokens` new tokens."""
+    ids = torch.tensor(prompts)
+
+    def run(n):
+        with torch.inference_mode():
+            out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
+                                    top_k=0, top_p=1.0, max_new_tokens=n, min_new_tokens=n, pad_token_id=0)
+        assert out.shape[1] == ids.shape[1] + n
+
+    run(2)  # warm-up
+    return tuple(min(_timed(lambda: run(n)) for _ in range(repeats)) for n in (1, new_tokens))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--quick", action="store_true", help="32 new tokens instead of --new-tokens")
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    new_tokens = 32 if args.quick else args.new_tokens
+
+    torch.manual_seed(0)
+    hf_config = transformers.Qwen3Config(**HF_CONFIG)
+    hf_model = transformers.Qwen3ForCausalLM(hf_config).eval()
+    with tempfile.TemporaryDirectory() as path:
+        hf_model.save_pretrained(path)
+        model = load_hf(path)
+    prompts = np.random.default_rng(0).integers(1, HF_CONFIG["vocab_size"], (args.batch, args.prompt)).tolist()
+    params = sum(p.numel() for p in hf_model.parameters())
+    print(f"Qwen3-shaped model, {params / 1e6:.0f}M parameters, float32; batch {args.batch}, prompt {args.prompt}, "
+          f"{new_tokens} new tokens, sampling at temperature 1; {jax.devices()[0].platform} x{jax.device_count()}, "
+          f"torch threads {torch.get_num_threads()}")
+
+    peak = matmul_peak_gflops()
+    jax_one, jax_all = time_jax(model, prompts, new_tokens, args.repeats)
+    torch_one, torch_all = time_torch(hf_model, prompts, new_tokens, args.repeats)
+
+    flops = decode_flops_per_token(HF_CONFIG, args.prompt + new_tokens / 2)
+    rows = []
+    for name, (one, full) in [("entropy_rl (jax)", (jax_one, jax_all)), ("transformers (torch)", (torch_one, torch_all))]:
+        with_prefill = args.batch * new_tokens / full
+        decode = args.batch * (new_tokens - 1) / (full - one)
+        rows.append((name, one, full, with_prefill, decode, decode * flops / 1e9 / peak))
+    print(f"matmul peak (jnp.dot 2048^3, float32): {peak:.1f} GFLOP/s; decode matmul FLOPs/token {flops / 1e6:.0f}M")
+    print(f"{'':<22}{'1 token s':>10}{f'{new_tokens} tok s':>10}{'tok/s (prefill incl.)':>23}"
+          f"{'tok/s (decode only)':>21}{'decode % of peak':>18}")
+    for name, one, full, with_prefill, decode, share in rows:
+        print(f"{name:<22}{one:>10.2f}{full:>10.2f}{with_prefill:>23.1f}{decode:>21.1f}{100 * share:>17.0f}%")
+    (_, _, _, jax_prefill, jax_decode, _), (_, _, _, torch_prefill, torch_decode, _) = rows
+    print(f"speed-up vs transformers: prefill included {jax_prefill / torch_prefill:.2f}x, "
+          f"decode only {jax_decode / torch_decode:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
