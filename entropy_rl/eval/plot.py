@@ -8,10 +8,10 @@ grouped into figure families by name, so a new metric shows up without code chan
 |---|---|
 | reward | `reward...`, `accuracy...` |
 | entropy | `entropy...` |
-| kl | `kl...` |
+| kl | `kl...`, and keys whose last part has a `kl` word (`loss/approx_kl`) |
 | response_length | `response_length...` |
 | eval | `eval/...` |
-| token_fractions | any other key containing "frac" (masked, penalised, clipped tokens) |
+| token_fractions | `loss/...frac...` (masked, penalised, clipped token fractions) |
 | <prefix> | any other `<prefix>/...` key |
 | misc | any other key without a "/" |
 
@@ -38,10 +38,11 @@ METRICS_FILE = "metrics.jsonl"
 FAMILIES: tuple[tuple[str, str, object], ...] = (
     ("reward", "Reward and accuracy", lambda key: key.startswith(("reward", "accuracy"))),
     ("entropy", "Token entropy", lambda key: key.startswith("entropy")),
-    ("kl", "KL divergence", lambda key: key.startswith("kl")),
+    ("kl", "KL divergence", lambda key: key.startswith("kl") or "kl" in key.rsplit("/", 1)[-1].split("_")),
     ("response_length", "Response length (tokens)", lambda key: key.startswith("response_length")),
     ("eval", "Evaluation scores", lambda key: key.startswith("eval/")),
-    ("token_fractions", "Masked / penalised / clipped token fractions", lambda key: "frac" in key),
+    ("token_fractions", "Masked / penalised / clipped token fractions",
+     lambda key: key.startswith("loss/") and "frac" in key),
 )
 NOT_METRICS = ("step", "time", "timestamp", "epoch")
 

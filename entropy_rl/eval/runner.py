@@ -34,15 +34,21 @@ SYNTHETIC_SIZE = 200  # problems of the "synthetic" benchmark unless max_problem
 SYNTHETIC_SEED = 0
 
 
-def benchmark_problems(source: str, *, max_problems: int | None = None) -> list[Problem]:
+def benchmark_problems(
+    source: str, *, max_problems: int | None = None, synthetic_seed: int = SYNTHETIC_SEED,
+    synthetic_levels: Sequence[str] = data.DEFAULT_LEVELS,
+) -> list[Problem]:
     """Problems of one benchmark, the first max_problems of them when given.
 
-    source: "synthetic" (the built-in task's held-out "test" split, seed 0; SYNTHETIC_SIZE
-    problems by default, any number with max_problems), a shipped benchmark name
-    (`entropy_rl.data.BENCHMARK_FILES`) or a problem file (`entropy_rl.data.load_problems`).
+    source: "synthetic" (the built-in task's held-out "test" split drawn with synthetic_seed
+    at synthetic_levels; SYNTHETIC_SIZE problems by default, any number with max_problems),
+    a shipped benchmark name (`entropy_rl.data.BENCHMARK_FILES`) or a problem file
+    (`entropy_rl.data.load_problems`).
     """
     if source == SYNTHETIC_BENCHMARK:
-        return data.synthetic_problems(max_problems or SYNTHETIC_SIZE, seed=SYNTHETIC_SEED, split="test")
+        return data.synthetic_problems(
+            max_problems or SYNTHETIC_SIZE, seed=synthetic_seed, levels=synthetic_levels, split="test"
+        )
     if os.path.exists(source):
         problems = list(data.load_problems(source))
     elif source in data.BENCHMARK_FILES:

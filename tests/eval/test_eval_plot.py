@@ -41,6 +41,9 @@ def test_families_group_keys_by_prefix():
     assert plot.family_of("accuracy")[0] == "reward"
     assert plot.family_of("loss/spurious_fraction")[0] == "token_fractions"
     assert plot.family_of("loss/clip_frac_low")[0] == "token_fractions"
+    assert plot.family_of("groups/zero_variance_fraction")[0] == "groups"
+    assert plot.family_of("loss/approx_kl")[0] == "kl"
+    assert plot.family_of("loss/pg_loss")[0] == "loss"
     assert plot.family_of("eval/aime24/avg@32")[0] == "eval"
     assert plot.family_of("timing/rollout_s")[0] == "timing"  # a new family, no code change
     assert plot.family_of("lr")[0] == "misc"

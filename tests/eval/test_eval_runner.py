@@ -172,6 +172,8 @@ def test_benchmark_problems():
     synthetic = runner.benchmark_problems("synthetic")
     assert len(synthetic) == runner.SYNTHETIC_SIZE and all(p.source == "synthetic" for p in synthetic)
     assert runner.benchmark_problems("synthetic", max_problems=500)[:200] == synthetic
+    adds = runner.benchmark_problems("synthetic", max_problems=5, synthetic_seed=3, synthetic_levels=("add2",))
+    assert adds == synthetic_problems(5, seed=3, levels=("add2",), split="test")
     with pytest.raises(ValueError, match="neither a file nor a shipped benchmark"):
         runner.benchmark_problems("aime2024")
 
