@@ -70,7 +70,8 @@ class Checkpointer:
         directory = os.path.join(os.fspath(run_dir), CHECKPOINT_SUBDIR)
         self.directory = directory if "://" in directory else os.path.abspath(directory)  # gs://... as is
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep,
+            max_to_keep=None if read_only else max_to_keep,
+            save_interval_steps=0 if read_only else 1,
             enable_async_checkpointing=async_save,
             create=not read_only,
             read_only=read_only,

@@ -1,4 +1,5 @@
-"""Metric sinks of a run: RUN_DIR/metrics.jsonl, TensorBoard, wandb and a live progress bar.
+"""Metric sinks of a run: RUN_DIR/metrics.jsonl, TensorBoard, wandb and a live progress bar
+(and RUN_DIR/config.yaml, the run's config).
 
 The loop hands `MetricsLogger.log(step, metrics)` one flat dict of scalars per step (jax
 arrays, numpy or Python numbers). They are fetched from the devices in ONE `jax.device_get`
@@ -22,9 +23,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from entropy_rl.train.config import LoggingConfig, TrainConfig, config_to_dict, to_yaml
+from entropy_rl.train.config import LoggingConfig, TrainConfig, config_to_dict, save_config, to_yaml
 
 METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.yaml"  # the config of the latest (re)start, readable by `entropy-rl train --config`
 TENSORBOARD_SUBDIR = "tensorboard"
 WANDB_ID_FILE = "wandb_id.txt"
 # shown on the progress bar when present (short label, metric name)
@@ -95,6 +97,8 @@ class MetricsLogger:
         if not self.enabled:
             return
         os.makedirs(self.run_dir, exist_ok=True)
+        if config is not None:
+            save_config(config, os.path.join(self.run_dir, CONFIG_FILE))
         path = os.path.join(self.run_dir, METRICS_FILE)
         _truncate_after(path, start_step)
         self._jsonl = open(path, "a")

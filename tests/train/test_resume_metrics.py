@@ -11,7 +11,7 @@ import pytest
 from tensorboardX.proto import event_pb2
 
 from entropy_rl.train import metrics as mt
-from entropy_rl.train.config import LoggingConfig, TrainConfig
+from entropy_rl.train.config import LoggingConfig, TrainConfig, load_config
 
 QUIET = LoggingConfig(tensorboard=False, progress_bar=False)
 
@@ -62,6 +62,7 @@ def test_tensorboard_events_and_progress_bar(tmp_path, capsys):
         for step in (1, 2, 3):
             logger.log(step, {"reward/mean": step * 0.5, "entropy/mean": jnp.float32(1.0 / step)})
         logger.write("a note")
+    assert load_config(tmp_path / mt.CONFIG_FILE) == TrainConfig()
     scalars = _tensorboard_scalars(tmp_path / mt.TENSORBOARD_SUBDIR)
     assert scalars["reward/mean"] == [(1, 0.5), (2, 1.0), (3, 1.5)]
     assert [step for step, _ in scalars["entropy/mean"]] == [1, 2, 3]
