@@ -99,11 +99,10 @@ def _ema(values: list[float], smoothing: float) -> list[float]:
 
 def group_keys(runs: Mapping[str, Sequence[dict]]) -> dict[str, tuple[str, list[str]]]:
     """{family: (title, sorted metric keys)} over every numeric key of every run."""
-    keys = sorted({key for rows in runs.values() for row in rows for key in row if _series(rows, key)[0]})
+    candidates = {(key, label) for label, rows in runs.items() for row in rows for key in row if key not in NOT_METRICS}
+    keys = sorted({key for key, label in candidates if _series(runs[label], key)[0]})
     groups: dict[str, tuple[str, list[str]]] = {}
     for key in keys:
-        if key in NOT_METRICS:
-            continue
         family, title = family_of(key)
         groups.setdefault(family, (title, []))[1].append(key)
     return groups
