@@ -7,7 +7,7 @@
 - A verifier registry: `get_verifier("math" | "synthetic")`, `register_verifier(name)`.
 """
 
-from entropy_rl.rewards.extract import extract_boxed, normalize_answer
+from entropy_rl.rewards.extract import extract_boxed, normalize_answer, parse_integer
 from entropy_rl.rewards.math_verifier import (
     answers_equivalent,
     answers_equivalent_batch,
@@ -17,7 +17,7 @@ from entropy_rl.rewards.math_verifier import (
 )
 from entropy_rl.rewards.pool import VerifierPool, close_all_pools, shared_pool
 from entropy_rl.rewards.registry import RewardResult, Verifier, get_verifier, register_verifier, verifier_names
-from entropy_rl.rewards.synthetic import parse_integer, synthetic_rewards
+from entropy_rl.rewards.synthetic import synthetic_rewards
 
 __all__ = [
     "RewardResult",

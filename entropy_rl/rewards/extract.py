@@ -11,6 +11,7 @@ _BOX_COMMANDS = ("\\boxed", "\\fbox")
 
 # LaTeX spacing and sizing commands that never change a value.
 _NO_VALUE = re.compile(r"\\left|\\right|\\[,;:! ]|\\displaystyle|\$|\s+")
+_INTEGER = re.compile(r"[+-]?[0-9]{1,30}")
 
 
 def _braced_argument(text: str, open_index: int, limit: int) -> str | None:
@@ -73,3 +74,11 @@ def normalize_answer(answer: str) -> str:
     normal = _NO_VALUE.sub("", answer)
     normal = normal.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     return normal.rstrip(".")
+
+
+def parse_integer(answer: str | None) -> int | None:
+    """The integer written in `answer` (optional sign, ASCII digits, surrounding spaces), else None."""
+    if answer is None:
+        return None
+    text = answer.strip()
+    return int(text) if _INTEGER.fullmatch(text) else None

@@ -2,7 +2,8 @@
 math-verify, in worker processes with a deadline per item (see pool.py).
 
 Fast paths that need no worker: a response without a box earns 0.0; an answer whose
-normalised string equals the ground truth's earns 1.0.
+normalised string equals the ground truth's earns 1.0; when both are plain integers, their
+values decide (math-verify compares integers exactly too).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from entropy_rl.rewards.extract import extract_boxed, normalize_answer
-from entropy_rl.rewards.pool import ERROR, OK, TIMEOUT, shared_pool
+from entropy_rl.rewards.extract import extract_boxed, normalize_answer, parse_integer
+from entropy_rl.rewards.pool import ERROR, OK, TIMEOUT, VerifierPool, shared_pool
 from entropy_rl.rewards.registry import RewardResult, register_verifier
 
 EQUIVALENCE_CHECK = "entropy_rl.rewards.math_check:math_equivalent"
@@ -21,7 +22,20 @@ EQUIVALENCE_CHECK = "entropy_rl.rewards.math_check:math_equivalent"
 MAX_ANSWER_CHARS = 4096
 
 
-def _judge_pairs(pairs: Sequence[tuple[str, str]], *, timeout_s: float, num_workers: int | None) -> RewardResult:
+def _fast_verdict(gold: str, answer: str) -> bool | None:
+    """The verdict when strings alone settle it, else None (ask math-verify)."""
+    gold_normal, answer_normal = normalize_answer(gold), normalize_answer(answer)
+    if gold_normal and gold_normal == answer_normal:
+        return True
+    gold_integer, answer_integer = parse_integer(gold_normal), parse_integer(answer_normal)
+    if gold_integer is not None and answer_integer is not None:
+        return gold_integer == answer_integer
+    return None
+
+
+def _judge_pairs(
+    pairs: Sequence[tuple[str, str]], *, timeout_s: float, num_workers: int | None, pool: VerifierPool | None = None
+) -> RewardResult:
     """Equivalence of (gold, answer) pairs of extracted answers -> RewardResult."""
     rewards = np.zeros(len(pairs), np.float32)
     num_errors = 0
@@ -29,11 +43,16 @@ def _judge_pairs(pairs: Sequence[tuple[str, str]], *, timeout_s: float, num_work
     for index, (gold, answer) in enumerate(pairs):
         if len(answer) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
             num_errors += 1
-        elif normalize_answer(gold) == normalize_answer(answer) and normalize_answer(gold):
-            rewards[index] = 1.0
-        else:
+            continue
+        verdict = _fast_verdict(gold, answer)
+        if verdict is None:
             to_check.append(index)
-    outcomes = shared_pool(num_workers).map(EQUIVALENCE_CHECK, [pairs[i] for i in to_check], timeout_s=timeout_s) if to_check else []
+        else:
+            rewards[index] = float(verdict)
+    outcomes = []
+    if to_check:
+        pool = pool or shared_pool(num_workers)
+        outcomes = pool.map(EQUIVALENCE_CHECK, [pairs[i] for i in to_check], timeout_s=timeout_s)
     num_timeouts = 0
     for index, (status, verdict) in zip(to_check, outcomes):
         rewards[index] = float(status == OK and verdict)
@@ -43,19 +62,26 @@ def _judge_pairs(pairs: Sequence[tuple[str, str]], *, timeout_s: float, num_work
 
 
 def math_rewards(
-    responses: Sequence[str], ground_truths: Sequence[str], *, timeout_s: float = 5.0, num_workers: int | None = None
+    responses: Sequence[str],
+    ground_truths: Sequence[str],
+    *,
+    timeout_s: float = 5.0,
+    num_workers: int | None = None,
+    pool: VerifierPool | None = None,
 ) -> RewardResult:
     """Rewards [N] float32: 1.0 where the last boxed answer of `responses[i]` equals
     `ground_truths[i]` (an answer string, no `\\boxed`) under math-verify, else 0.0.
 
     Each check is bounded by `timeout_s` (plus a kill grace); checks run in parallel over
-    `num_workers` processes (default: all cores). Errors and timeouts give 0.0 and are counted.
+    `num_workers` processes of the shared pool (default: all cores), or in `pool` when given.
+    Errors and timeouts give 0.0 and are counted.
     """
     if len(responses) != len(ground_truths):
         raise ValueError(f"{len(responses)} responses but {len(ground_truths)} ground truths")
     answers = [extract_boxed(response) for response in responses]
     boxed = [index for index, answer in enumerate(answers) if answer is not None]
-    judged = _judge_pairs([(str(ground_truths[i]), answers[i]) for i in boxed], timeout_s=timeout_s, num_workers=num_workers)
+    pairs = [(str(ground_truths[i]), answers[i]) for i in boxed]
+    judged = _judge_pairs(pairs, timeout_s=timeout_s, num_workers=num_workers, pool=pool)
     rewards = np.zeros(len(responses), np.float32)
     rewards[boxed] = judged.rewards
     return RewardResult(rewards, judged.num_errors, judged.num_timeouts)

@@ -38,11 +38,11 @@ _WORKER_COMMAND = "import sys; from entropy_rl.rewards.worker import main; sys.e
 class _Worker:
     """One worker process and the parent's ends of its pipes; `ready` once it said so."""
 
-    def __init__(self, memory_limit_mb: int | None):
+    def __init__(self, memory_limit_mb: int | None, warm_up: bool):
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
             [_PACKAGE_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_COMMAND, str(memory_limit_mb or 0)],
+            [sys.executable, "-c", _WORKER_COMMAND, str(memory_limit_mb or 0), str(int(warm_up))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
         )
         self.sender = Connection(os.dup(self.process.stdin.fileno()), readable=False)
@@ -81,13 +81,24 @@ class VerifierPool:
     (`target` is `"module:function"`, importable by the workers) and returns one
     `(status, value)` per item, status in {"ok", "error", "timeout"}. Items go to workers as
     they free up. An item takes at most `timeout_s + grace_s` once a worker has it. Workers
-    start on first use. Use as a context manager or call `close()`; open pools close at exit.
+    start on first use; with `warm_up` each one exercises math-verify once before taking items
+    (about 2 s of CPU that the first items would otherwise pay). `memory_limit_mb` caps each
+    worker's address space (a check that needs more fails as one error). Use as a context
+    manager or call `close()`; open pools are closed at exit.
     """
 
-    def __init__(self, num_workers: int | None = None, *, grace_s: float = 1.0, memory_limit_mb: int | None = 4096):
+    def __init__(
+        self,
+        num_workers: int | None = None,
+        *,
+        grace_s: float = 1.0,
+        memory_limit_mb: int | None = 4096,
+        warm_up: bool = True,
+    ):
         self.num_workers = num_workers or len(os.sched_getaffinity(0))
         self.grace_s = grace_s
         self.memory_limit_mb = memory_limit_mb
+        self.warm_up = warm_up
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
         _OPEN_POOLS.add(self)
@@ -97,9 +108,12 @@ class VerifierPool:
         """Process ids of the current workers (empty before first use and after close)."""
         return [worker.process.pid for worker in self._workers]
 
+    def _new_worker(self) -> _Worker:
+        return _Worker(self.memory_limit_mb, self.warm_up)
+
     def _replace(self, slot: int) -> None:
         self._workers[slot].kill()
-        self._workers[slot] = _Worker(self.memory_limit_mb)
+        self._workers[slot] = self._new_worker()
 
     def _mark_ready(self, slot: int) -> None:
         """Read a starting worker's hello; a worker that cannot even start is a real error."""
@@ -125,7 +139,7 @@ class VerifierPool:
         queue = collections.deque(range(len(args_list)))
         with self._lock:
             if queue and not self._workers:
-                self._workers = [_Worker(self.memory_limit_mb) for _ in range(self.num_workers)]
+                self._workers = [self._new_worker() for _ in range(self.num_workers)]
             busy: dict[int, tuple[int, float]] = {}  # slot -> (item index, kill deadline)
             while queue or busy:
                 self._dispatch(queue, busy, args_list, target, timeout_s)

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Sequence
 
 import numpy as np
 
-from entropy_rl.rewards.extract import extract_boxed
+from entropy_rl.rewards.extract import extract_boxed, parse_integer
 from entropy_rl.rewards.registry import RewardResult, register_verifier
-
-_INTEGER = re.compile(r"[+-]?[0-9]{1,30}")
-
-
-def parse_integer(answer: str | None) -> int | None:
-    """The integer written in `answer` (optional sign, digits, surrounding spaces), else None."""
-    if answer is None:
-        return None
-    text = answer.strip()
-    return int(text) if _INTEGER.fullmatch(text) else None
 
 
 @register_verifier("synthetic")

@@ -1,8 +1,9 @@
-"""The verifier worker process: `main([MEMORY_LIMIT_MB])` in a fresh interpreter (pool.py).
+"""The verifier worker process: `main([MEMORY_LIMIT_MB, WARM_UP])` in a fresh interpreter
+(pool.py).
 
 Reads pickled tasks `(target, args, timeout_s)` from stdin, answers `(status, value)` on
-stdout (multiprocessing.connection framing), after a first `"ready"` once its imports are
-done. `target` is `"module:function"`. Each item runs under an interval timer; an item that
+stdout (multiprocessing.connection framing), after a first `"ready"` once its imports (and,
+with WARM_UP = 1, each preloaded module's `warm_up()`) are done. `target` is `"module:function"`. Each item runs under an interval timer; an item that
 outlives it answers "timeout" and the worker carries on. A hang the timer cannot interrupt
 (C code) is the parent's to kill. Empty input (the parent closed the pipe or died) ends it.
 """
@@ -72,9 +73,12 @@ def _isolate_process(memory_limit_mb: int) -> tuple[Connection, Connection]:
 
 
 def main(argv: list[str]) -> int:
-    reader, writer = _isolate_process(int(argv[0]) if argv else 0)
-    for module in PRELOAD_MODULES:
-        importlib.import_module(module)
+    memory_limit_mb, warm_up = (int(arg) for arg in argv)
+    reader, writer = _isolate_process(memory_limit_mb)
+    for module_name in PRELOAD_MODULES:
+        module = importlib.import_module(module_name)
+        if warm_up and hasattr(module, "warm_up"):
+            module.warm_up()
     writer.send("ready")
     while True:
         try:
