@@ -106,6 +106,6 @@ def answers_equivalent(a: str, b: str, *, timeout_s: float = 5.0) -> bool:
 
 
 @register_verifier("math")
-def math_verifier(responses: Sequence[str], ground_truths: Sequence[str]) -> RewardResult:
-    """The registered "math" verifier: `math_rewards` with its defaults."""
-    return math_rewards(responses, ground_truths)
+def math_verifier(responses: Sequence[str], ground_truths: Sequence[str], *, timeout_s: float = 5.0) -> RewardResult:
+    """The registered "math" verifier: `math_rewards` on the shared pool (all cores)."""
+    return math_rewards(responses, ground_truths, timeout_s=timeout_s)

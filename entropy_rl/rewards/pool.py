@@ -100,6 +100,7 @@ class VerifierPool:
         self.memory_limit_mb = memory_limit_mb
         self.warm_up = warm_up
         self._workers: list[_Worker] = []
+        self._owner_pid = os.getpid()
         self._lock = threading.Lock()
         _OPEN_POOLS.add(self)
 
@@ -138,23 +139,34 @@ class VerifierPool:
         outcomes: list[tuple[str, Any]] = [(ERROR, None)] * len(args_list)
         queue = collections.deque(range(len(args_list)))
         with self._lock:
+            if self._owner_pid != os.getpid():  # a forked copy: the workers are the parent's
+                self._workers, self._owner_pid = [], os.getpid()
             if queue and not self._workers:
                 self._workers = [self._new_worker() for _ in range(self.num_workers)]
             busy: dict[int, tuple[int, float]] = {}  # slot -> (item index, kill deadline)
-            while queue or busy:
-                self._dispatch(queue, busy, args_list, target, timeout_s)
-                deadlines = [deadline for _, deadline in busy.values()]
-                deadlines += [w.started_at + _STARTUP_TIMEOUT_S for w in self._workers if not w.ready]
-                watched = {self._workers[slot].receiver: slot for slot in range(self.num_workers)
-                           if slot in busy or not self._workers[slot].ready}
-                ready = multiprocessing.connection.wait(list(watched), max(0.0, min(deadlines) - time.monotonic()))
-                for slot in sorted(watched[connection] for connection in ready):
-                    if not self._workers[slot].ready:
-                        self._mark_ready(slot)
-                    else:
-                        outcomes[busy.pop(slot)[0]] = self._receive(slot)
-                self._expire(busy, outcomes)
+            try:
+                while queue or busy:
+                    self._step(queue, busy, outcomes, args_list, target, timeout_s)
+            except BaseException:
+                for slot in list(busy):  # interrupted (Ctrl-C): their late answers must not leak
+                    self._replace(slot)
+                raise
         return outcomes
+
+    def _step(self, queue, busy, outcomes, args_list, target: str, timeout_s: float) -> None:
+        """Dispatch, wait for the first answer or deadline, collect, expire."""
+        self._dispatch(queue, busy, args_list, target, timeout_s)
+        deadlines = [deadline for _, deadline in busy.values()]
+        deadlines += [w.started_at + _STARTUP_TIMEOUT_S for w in self._workers if not w.ready]
+        watched = {self._workers[slot].receiver: slot for slot in range(self.num_workers)
+                   if slot in busy or not self._workers[slot].ready}
+        ready = multiprocessing.connection.wait(list(watched), max(0.0, min(deadlines) - time.monotonic()))
+        for slot in sorted(watched[connection] for connection in ready):
+            if not self._workers[slot].ready:
+                self._mark_ready(slot)
+            else:
+                outcomes[busy.pop(slot)[0]] = self._receive(slot)
+        self._expire(busy, outcomes)
 
     def _dispatch(self, queue, busy, args_list, target: str, timeout_s: float) -> None:
         """Give the next items to ready idle workers."""
@@ -184,8 +196,9 @@ class VerifierPool:
     def close(self) -> None:
         """Stop every worker and wait for it; idempotent."""
         with self._lock:
-            for worker in self._workers:
-                worker.stop()
+            if self._owner_pid == os.getpid():
+                for worker in self._workers:
+                    worker.stop()
             self._workers = []
         _OPEN_POOLS.discard(self)
 

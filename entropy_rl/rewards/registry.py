@@ -1,6 +1,7 @@
 """Reward results and the verifier registry: a task brings its own verifier by name.
 
 A verifier is `(responses: Sequence[str], ground_truths: Sequence[str]) -> RewardResult`.
+The built-in ones ("math", "synthetic") also take a keyword `timeout_s` (seconds per item).
 """
 
 from __future__ import annotations

@@ -11,12 +11,23 @@ from entropy_rl.rewards.registry import RewardResult, register_verifier
 
 
 @register_verifier("synthetic")
-def synthetic_rewards(responses: Sequence[str], ground_truths: Sequence[str]) -> RewardResult:
+def synthetic_rewards(
+    responses: Sequence[str], ground_truths: Sequence[str], *, timeout_s: float | None = None
+) -> RewardResult:
     """Rewards [N] float32: 1.0 exactly when the last boxed answer of `responses[i]` is an
-    integer equal to `int(ground_truths[i])`. No sympy, no workers, never an error."""
+    integer (ASCII digits, optional sign) equal to the integer `ground_truths[i]`.
+
+    No sympy, no workers, so `timeout_s` is accepted for the common verifier signature and
+    unused. A ground truth that is not an integer gives 0.0 and counts as an error.
+    """
     if len(responses) != len(ground_truths):
         raise ValueError(f"{len(responses)} responses but {len(ground_truths)} ground truths")
-    rewards = [
-        float(parse_integer(extract_boxed(response)) == int(truth)) for response, truth in zip(responses, ground_truths)
-    ]
-    return RewardResult(np.asarray(rewards, np.float32))
+    rewards = np.zeros(len(responses), np.float32)
+    num_errors = 0
+    for index, (response, truth) in enumerate(zip(responses, ground_truths)):
+        expected = parse_integer(str(truth))
+        if expected is None:
+            num_errors += 1
+            continue
+        rewards[index] = float(parse_integer(extract_boxed(response)) == expected)
+    return RewardResult(rewards, num_errors)

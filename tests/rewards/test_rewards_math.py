@@ -74,6 +74,7 @@ def test_overlong_answer_is_a_counted_error():
 def test_registry():
     assert {"math", "synthetic"} <= set(verifier_names())
     assert get_verifier("math")(["\\boxed{0.5}"], ["\\frac12"]).rewards.tolist() == [1.0]
+    assert get_verifier("math")(["\\boxed{0.5}"], ["\\frac13"], timeout_s=2.0).rewards.tolist() == [0.0]
 
     @register_verifier("test-always-one")
     def always_one(responses, ground_truths):

@@ -4,6 +4,7 @@ process outlives the pool."""
 
 import os
 import pathlib
+import signal
 
 import pytest
 
@@ -76,6 +77,22 @@ def test_mixed_batch_keeps_order(pool):
     tasks = [("echo", (1,)), ("hang_past_timer", (60,)), ("echo", (2,)), ("crash", (1,)), ("echo", (3,))]
     outcomes = [_map(pool, f"{CHECKS}:{name}", [args], 0.3)[0] for name, args in tasks]
     assert [status for status, _ in outcomes] == ["ok", "timeout", "ok", "error", "ok"]
+
+
+def test_interrupted_map_leaves_no_stale_answers(pool):
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(KeyboardInterrupt):
+            _map(pool, f"{CHECKS}:sleep_in_python", [(2,), (2,)], 30.0)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    # The interrupted items' answers (True, after 2 s) must not be taken for these.
+    assert _map(pool, f"{CHECKS}:echo", [("a",), ("b",), ("c",)], 5.0) == [("ok", "a"), ("ok", "b"), ("ok", "c")]
 
 
 ADVERSARIAL = [

@@ -42,5 +42,10 @@ def test_accepts_exactly_the_right_answers():
     assert result.num_errors == 0 and result.num_timeouts == 0
 
 
+def test_non_integer_ground_truth_is_a_counted_error():
+    result = get_verifier("synthetic")(["\\boxed{1}", "\\boxed{2}"], ["\\frac{1}{2}", "2"], timeout_s=1.0)
+    assert result.rewards.tolist() == [0.0, 1.0] and result.num_errors == 1
+
+
 def test_parse_integer():
     assert [parse_integer(s) for s in ["12", " -3 ", "+4", "1.0", "1e3", "", None, "١٢"]] == [12, -3, 4, None, None, None, None, None]
