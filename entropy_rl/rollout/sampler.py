@@ -17,6 +17,7 @@ updates.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import math
@@ -26,14 +27,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
-from jax.sharding import PartitionSpec
 
 from entropy_rl.model import KVCache
-from entropy_rl.parallel import batch_sharding
+from entropy_rl.parallel import batch_sharding, constrain
 from entropy_rl.rollout.batching import left_pad_prompts, round_up
 from entropy_rl.rollout.config import SamplingConfig
 from entropy_rl.rollout.result import Rollout, assemble_rollout
 from entropy_rl.rollout.sampling import sample_tokens
+
+# KVCache.k / .v [L, B, S, KV, head_dim] by logical axis.
+_CACHE_AXES = (None, "batch", None, "kv_heads", "head_dim")
 
 # Number of times each compiled program was traced (= compiled) in this process.
 _TRACE_COUNTS: collections.Counter = collections.Counter()
@@ -52,8 +55,7 @@ class _Program:
     temperature: float
     top_k: int
     top_p: float
-    batch_axes: tuple[str, ...] | None  # mesh axes of the batch dim, None without a mesh
-    mesh: jax.sharding.Mesh | None
+    mesh: jax.sharding.Mesh | None  # traced under jax.set_mesh(mesh): shardings by logical axes
 
     @classmethod
     def from_config(cls, config: SamplingConfig, mesh) -> "_Program":
@@ -62,20 +64,15 @@ class _Program:
             temperature=float(config.temperature),
             top_k=config.top_k,
             top_p=float(config.top_p),
-            batch_axes=None if mesh is None else _batch_axes(mesh),
             mesh=mesh,
         )
 
     def sample(self, logits: jax.Array, keys: jax.Array):
         return sample_tokens(logits, keys, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
 
-    def shard(self, x: jax.Array, batch_dim: int = 0) -> jax.Array:
-        """Constrain dim `batch_dim` of x to the mesh's batch axes (no-op without a mesh)."""
-        if self.mesh is None:
-            return x
-        spec = [PartitionSpec.UNCONSTRAINED] * x.ndim
-        spec[batch_dim] = self.batch_axes
-        return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(self.mesh, PartitionSpec(*spec)))
+    def mesh_context(self):
+        """jax.set_mesh(mesh), under which `constrain` (here and in the model) shards by name."""
+        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
 
 
 @struct.dataclass
@@ -102,9 +99,21 @@ class DecodeState:
     pad_token_id: jax.Array
 
 
-def _batch_axes(mesh) -> tuple[str, ...]:
+def _batch_shards(mesh) -> int:
+    """Number of pieces the batch dim is split into on `mesh`."""
     axes = batch_sharding(mesh).spec[0]
-    return (axes,) if isinstance(axes, str) else tuple(axes)
+    return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+
+
+def _prefill_logits(model, prompt_ids, prompt_mask, cache):
+    """float32 logits [B, V] of the last prompt position, and the filled cache.
+
+    model(ids, mask, cache=...) would unembed all P positions ([B, P, V]: P times the
+    unembedding FLOPs and memory, about a quarter of a 168M model's prefill); only the last
+    one is sampled from.
+    """
+    hidden, cache = model._decode_with_cache(prompt_ids, prompt_mask, None, cache)
+    return model.logits(hidden[:, -1:])[:, 0], cache
 
 
 def _step_keys(row_keys: jax.Array, step: jax.Array) -> jax.Array:
@@ -132,22 +141,23 @@ def _prefill(graphdef, params, prompt_ids, prompt_mask, rng, stop_token_ids, pad
     model = nnx.merge(graphdef, params)
     batch, prompt_length = prompt_ids.shape
     cache = model.init_cache(batch, prompt_length + program.response_slots)
-    cache = cache.replace(k=program.shard(cache.k, 1), v=program.shard(cache.v, 1), valid=program.shard(cache.valid))
-    logits, cache = model(prompt_ids, prompt_mask, cache=cache)
+    cache = cache.replace(k=constrain(cache.k, _CACHE_AXES), v=constrain(cache.v, _CACHE_AXES),
+                          valid=constrain(cache.valid, ("batch", None)))
+    logits, cache = _prefill_logits(model, prompt_ids, prompt_mask, cache)
     row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(batch))
     state = DecodeState(
         cache=cache,
-        last_tokens=program.shard(jnp.zeros((batch,), jnp.int32)),
-        tokens=program.shard(jnp.full((batch, program.response_slots), pad_token_id, jnp.int32)),
-        logprobs=program.shard(jnp.zeros((batch, program.response_slots), jnp.float32)),
-        lengths=program.shard(jnp.zeros((batch,), jnp.int32)),
-        stopped=program.shard(jnp.zeros((batch,), bool)),
+        last_tokens=constrain(jnp.zeros((batch,), jnp.int32), ("batch",)),
+        tokens=constrain(jnp.full((batch, program.response_slots), pad_token_id, jnp.int32), ("batch", None)),
+        logprobs=constrain(jnp.zeros((batch, program.response_slots), jnp.float32), ("batch", None)),
+        lengths=constrain(jnp.zeros((batch,), jnp.int32), ("batch",)),
+        stopped=constrain(jnp.zeros((batch,), bool), ("batch",)),
         step=jnp.zeros((), jnp.int32),
         row_keys=row_keys,
         stop_token_ids=stop_token_ids,
         pad_token_id=pad_token_id,
     )
-    first_tokens, first_logprobs = program.sample(logits[:, -1], _step_keys(row_keys, state.step))
+    first_tokens, first_logprobs = program.sample(logits, _step_keys(row_keys, state.step))
     return _record(state, first_tokens, first_logprobs)
 
 
@@ -188,15 +198,17 @@ def generate(
     config.progress_chunk tokens. Returns a host-side `Rollout`.
     """
     program = _Program.from_config(config, mesh)
-    row_multiple = 1 if mesh is None else math.prod(mesh.shape[a] for a in program.batch_axes)
+    row_multiple = 1 if mesh is None else _batch_shards(mesh)
     prompt_ids, prompt_mask = left_pad_prompts(
         prompts, n=config.n, pad_token_id=config.pad_token_id, prompt_bucket=config.prompt_bucket, row_multiple=row_multiple
     )
     _check_vocab(model, prompt_ids)
     graphdef, params = nnx.split(model)
     ids, mask = _to_device(prompt_ids, mesh), _to_device(prompt_mask, mesh)
-    state = _prefill(graphdef, params, ids, mask, rng, _stop_token_array(config), jnp.int32(config.pad_token_id), program=program)
-    state = _decode_all(graphdef, params, state, program, config, progress)
+    with program.mesh_context():
+        state = _prefill(graphdef, params, ids, mask, rng, _stop_token_array(config), jnp.int32(config.pad_token_id),
+                         program=program)
+        state = _decode_all(graphdef, params, state, program, config, progress)
     tokens, logprobs, lengths, stopped = jax.device_get((state.tokens, state.logprobs, state.lengths, state.stopped))
     return assemble_rollout(
         prompt_tokens=prompt_ids,
