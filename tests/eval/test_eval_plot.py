@@ -1,6 +1,7 @@
 """`entropy-rl plot`: figure families, panels per key, runs overlaid, PNGs written."""
 
 import json
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -101,3 +102,34 @@ def test_resumed_run_merges_repeated_steps(tmp_path):
 def test_missing_run_is_a_clear_error(tmp_path, capsys):
     assert plot.main([str(tmp_path / "nope")]) == 1
     assert "no metrics file" in capsys.readouterr().err
+
+
+def test_plot_of_a_recorded_training_run(tmp_path):
+    """The metrics.jsonl of a real 6-step STAPO run (tests/data/PROVENANCE.md)."""
+    recorded = Path(__file__).parents[1] / "data" / "eval_metrics_stapo_tiny.jsonl"
+    rows = plot.read_metrics(recorded)
+    assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6]  # eval rows merged into their steps
+    assert [row.get("eval/accuracy") is not None for row in rows] == [False, False, True, False, False, True]
+    figures = plot.make_figures({"stapo": rows})
+    try:
+        panels = {family: [ax.get_title() for ax in fig.axes] for family, fig in figures.items()}
+    finally:
+        for fig in figures.values():
+            plt.close(fig)
+    assert panels["reward"] == ["accuracy", "reward/mean"]
+    assert panels["entropy"] == ["entropy/mean", "entropy/negative_adv", "entropy/p10", "entropy/p50",
+                                 "entropy/p90", "entropy/positive_adv"]
+    assert panels["token_fractions"] == ["loss/clip_frac_dual", "loss/clip_frac_high", "loss/clip_frac_low",
+                                         "loss/masked_fraction", "loss/spurious_fraction"]
+    assert panels["kl"] == ["loss/approx_kl"]
+    assert panels["eval"] == ["eval/accuracy"]
+    assert panels["response_length"] == ["response_length/max", "response_length/mean",
+                                         "response_length/truncated_fraction"]
+    assert "time" not in panels["misc"] and "step" not in panels["misc"]
+    all_keys = {key for row in rows for key in row} - {"step", "time"}
+    assert sorted(key for titles in panels.values() for key in titles) == sorted(all_keys)  # nothing dropped
+
+    out = tmp_path / "plots"
+    assert plot.main([str(recorded), "--output", str(out)]) == 0
+    assert sorted(p.stem for p in out.glob("*.png")) == sorted(panels)
+    assert all(p.stat().st_size > 5000 for p in out.glob("*.png"))
