@@ -10,7 +10,7 @@ import re
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 
 # LaTeX spacing and sizing commands that never change a value.
-_NO_VALUE = re.compile(r"\\left|\\right|\\[,;:! ]|\\displaystyle|\$|\s+")
+_NO_VALUE = re.compile(r"\\(?:left|right|displaystyle)(?![a-zA-Z])|\\[,;:! ]|\$|\s+")
 _INTEGER = re.compile(r"[+-]?[0-9]{1,30}")
 
 

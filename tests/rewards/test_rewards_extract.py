@@ -52,3 +52,4 @@ def test_normalize_answer_equal_forms(a, b):
 def test_normalize_answer_keeps_different_values_apart():
     assert normalize_answer("12") != normalize_answer("1.2")
     assert normalize_answer("-1") != normalize_answer("1")
+    assert normalize_answer("\\leftarrow") != normalize_answer("arrow")
