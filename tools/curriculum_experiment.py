@@ -44,6 +44,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=8, help="K responses per prompt for the ranking")
     parser.add_argument("--eval-every", type=int, default=4)
     parser.add_argument("--eval-problems", type=int, default=128)
+    parser.add_argument("--report-only", action="store_true", help="table and plot of OUT/results.json, no training")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="trainer overrides for both arms")
     return parser.parse_args(argv)
 
@@ -184,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for seed in (int(s) for s in args.seeds.split(",")):
+    results = json.loads((out / "results.json").read_text()) if args.report_only else []
+    for seed in [] if args.report_only else (int(s) for s in args.seeds.split(",")):
         results.append(run_seed(args, seed))
         (out / "results.json").write_text(json.dumps(results, indent=1))
         print(f"seed {seed} done: random {results[-1]['random']['accuracy_after']:.3f}, "
