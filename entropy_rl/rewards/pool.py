@@ -32,17 +32,26 @@ __all__ = ["ERROR", "OK", "TIMEOUT", "VerifierPool", "close_all_pools", "shared_
 # The directory holding the `entropy_rl` package, so workers import this very copy.
 _PACKAGE_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 _STARTUP_TIMEOUT_S = 120.0
-_WORKER_COMMAND = "import sys; from entropy_rl.rewards.worker import main; sys.exit(main(sys.argv[1:]))"
+# argv: package root, memory limit, warm-up. The root goes first on sys.path only when it is not
+# there already (a source checkout), so an installed package keeps the usual import order.
+_WORKER_COMMAND = (
+    "import sys; sys.path[:0] = [] if sys.argv[1] in sys.path else [sys.argv[1]]; "
+    "from entropy_rl.rewards.worker import main; sys.exit(main(sys.argv[2:]))"
+)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (the affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class _Worker:
     """One worker process and the parent's ends of its pipes; `ready` once it said so."""
 
     def __init__(self, memory_limit_mb: int | None, warm_up: bool):
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-            [_PACKAGE_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")  # one core per worker
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_COMMAND, str(memory_limit_mb or 0), str(int(warm_up))],
+            [sys.executable, "-c", _WORKER_COMMAND, _PACKAGE_ROOT, str(memory_limit_mb or 0), str(int(warm_up))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
         )
         self.sender = Connection(os.dup(self.process.stdin.fileno()), readable=False)
@@ -95,7 +104,7 @@ class VerifierPool:
         memory_limit_mb: int | None = 4096,
         warm_up: bool = True,
     ):
-        self.num_workers = num_workers or len(os.sched_getaffinity(0))
+        self.num_workers = num_workers or available_cores()
         self.grace_s = grace_s
         self.memory_limit_mb = memory_limit_mb
         self.warm_up = warm_up
@@ -217,7 +226,7 @@ def shared_pool(num_workers: int | None = None) -> VerifierPool:
     """The process-wide pool used by `math_rewards` and `answers_equivalent`; a request for a
     different worker count replaces it."""
     global _shared_pool
-    wanted = num_workers or len(os.sched_getaffinity(0))
+    wanted = num_workers or available_cores()
     with _shared_lock:
         if _shared_pool is None or _shared_pool.num_workers != wanted:
             if _shared_pool is not None:

@@ -1,11 +1,12 @@
 """The verifier worker process: `main([MEMORY_LIMIT_MB, WARM_UP])` in a fresh interpreter
-(pool.py).
+started by pool.py.
 
-Reads pickled tasks `(target, args, timeout_s)` from stdin, answers `(status, value)` on
+Reads pickled tasks `(target, args, timeout_s)` from stdin and answers `(status, value)` on
 stdout (multiprocessing.connection framing), after a first `"ready"` once its imports (and,
-with WARM_UP = 1, each preloaded module's `warm_up()`) are done. `target` is `"module:function"`. Each item runs under an interval timer; an item that
-outlives it answers "timeout" and the worker carries on. A hang the timer cannot interrupt
-(C code) is the parent's to kill. Empty input (the parent closed the pipe or died) ends it.
+with WARM_UP = 1, each preloaded module's `warm_up()`) are done. `target` is
+`"module:function"`. Each item runs under an interval timer; an item that outlives it answers
+"timeout" and the worker carries on. A hang the timer cannot interrupt (C code) is the
+parent's to kill. End of input (the parent closed the pipe or died) ends the worker.
 """
 
 from __future__ import annotations
@@ -64,7 +65,10 @@ def _isolate_process(memory_limit_mb: int) -> tuple[Connection, Connection]:
         pass
     if memory_limit_mb > 0:
         limit = memory_limit_mb * 2**20
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        except (ValueError, OSError):  # some systems (macOS) refuse an address-space cap
+            pass
     reader = Connection(os.dup(0), writable=False)
     writer = Connection(os.dup(1), readable=False)
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
