@@ -17,9 +17,9 @@ sampler and the train step compile once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -36,13 +36,13 @@ from entropy_rl.rollout import Rollout, generate
 from entropy_rl.train.checkpoint import Checkpointer, build_policy
 from entropy_rl.train.config import TrainConfig
 from entropy_rl.train.metrics import METRICS_FILE, TENSORBOARD_SUBDIR, MetricsLogger
-from entropy_rl.train.step import (StepConfig, TrainState, UpdateBatch, create_train_state, make_logprob_fn,
+from entropy_rl.train.step import (StepConfig, TrainState, UpdateBatch, create_train_state, no_grad_logprobs,
                                    make_optimizer, make_train_step, token_statistics)
 from entropy_rl.train.warmstart import warm_start
 
-EVAL_SUBDIR = "eval"
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
+_token_statistics = jax.jit(token_statistics)
 
 
 # --------------------------------------------------------------------------- data
@@ -66,16 +66,16 @@ def training_problems(config: TrainConfig) -> list[Problem]:
     return list(load_problems(d.dataset, problem_key=d.problem_key, answer_key=d.answer_key, on_bad_row=d.on_bad_row))
 
 
-def heldout_problems(config: TrainConfig) -> dict[str, list[Problem]]:
-    """{benchmark: problems} of the held-out evaluation: the synthetic task's test split at the
-    training levels, or a shipped benchmark."""
-    from entropy_rl.eval import benchmark_problems
-
+def heldout_problems(config: TrainConfig) -> list[Problem]:
+    """The held-out evaluation problems: the synthetic task's test split at the training
+    levels, or a shipped benchmark / problem file (`entropy_rl.eval.benchmark_problems`)."""
     e = config.eval
     if e.benchmark == "synthetic":
         levels = synthetic_levels(config.data.synthetic_levels)
-        return {"synthetic": synthetic_problems(e.num_problems, seed=config.seed, levels=levels, split="test")}
-    return {e.benchmark: benchmark_problems(e.benchmark, max_problems=e.num_problems)}
+        return synthetic_problems(e.num_problems, seed=config.seed, levels=levels, split="test")
+    from entropy_rl.eval import benchmark_problems
+
+    return benchmark_problems(e.benchmark, max_problems=e.num_problems)
 
 
 def make_iterator(config: TrainConfig, problems: Sequence[Problem]):
@@ -89,12 +89,20 @@ def make_iterator(config: TrainConfig, problems: Sequence[Problem]):
                               num_stages=c.num_stages, epochs_per_stage=c.epochs_per_stage)
 
 
+def prompt_instruction(config: TrainConfig) -> str:
+    """data.instruction; None = none for the built-in task (its answer format is taught by the
+    warm start, and short prompts keep the CPU run fast), the \\boxed{} instruction otherwise."""
+    if config.data.instruction is not None:
+        return config.data.instruction
+    return "" if config.data.dataset == "synthetic" else INSTRUCTION
+
+
 class PromptEncoder:
-    """Problem -> prompt token ids (data.prompt_style, data.instruction), cached."""
+    """Problem -> prompt token ids (data.prompt_style, `prompt_instruction`), cached."""
 
     def __init__(self, config: TrainConfig, tokenizer):
         self.tokenizer, self.style = tokenizer, config.data.prompt_style
-        self.instruction = INSTRUCTION if config.data.instruction is None else config.data.instruction
+        self.instruction = prompt_instruction(config)
         self._cache: dict[str, list[int]] = {}
 
     def __call__(self, problem: Problem) -> list[int]:
@@ -231,26 +239,19 @@ def bootstrap_interval(per_problem: np.ndarray, *, seed: int = 0, paired_with: n
     return float(np.percentile(resamples, tail)), float(np.percentile(resamples, 100 - tail))
 
 
-def heldout_eval(model, tokenizer, problems_by_benchmark, *, config: TrainConfig, mesh, name: str) -> dict[str, Any]:
-    """Held-out accuracy with entropy_rl.eval.evaluate: {"accuracy", "ci", "per_problem", ...}.
-
-    Rows go to RUN_DIR/eval/<name>.jsonl (a resumed run reuses what is recorded there).
-    """
-    from entropy_rl.eval import evaluate, read_jsonl
-
+def heldout_eval(model, tokenizer, problems: Sequence[Problem], encode, key, *, config: TrainConfig, mesh
+                 ) -> dict[str, Any]:
+    """Held-out accuracy: eval.n samples per problem at eval.temperature, prompts formatted as
+    in training. {"accuracy", "ci" (95% bootstrap over problems), "per_problem", ...}."""
     e = config.eval
     sampling = config.rollout.sampling_config(stop_token_ids=tokenizer.stop_token_ids, pad_token_id=tokenizer.pad_token_id,
                                               temperature=e.temperature, top_p=e.top_p, n=e.n,
                                               max_new_tokens=e.max_new_tokens or config.rollout.max_new_tokens)
-    path = os.path.join(config.run_dir, EVAL_SUBDIR, f"{name}.jsonl")
-    result = evaluate(model, tokenizer, problems_by_benchmark, n=e.n, sampling=sampling, seed=config.seed,
-                      batch_size=256, ks=(1,), prompt_style=config.data.prompt_style, results_path=path, mesh=mesh)
-    order = {(b, str(p.id)): i for b, ps in problems_by_benchmark.items() for i, p in enumerate(ps)}
-    rows = sorted(read_jsonl(path), key=lambda row: order.get((row["benchmark"], row["id"]), -1))
-    per_problem = np.asarray([row["num_correct"] / row["n"] for row in rows if (row["benchmark"], row["id"]) in order])
+    groups = sample_groups(model, problems, encode, tokenizer, sampling, key, config=config, mesh=mesh)
+    per_problem = groups.correct.reshape(len(problems), e.n).mean(axis=1)
     return {"accuracy": float(per_problem.mean()), "ci": bootstrap_interval(per_problem),
-            "per_problem": per_problem.tolist(), "num_problems": len(per_problem), "n": e.n,
-            "temperature": e.temperature, "average": result["average"], "path": path}
+            "per_problem": per_problem.tolist(), "num_problems": len(problems), "n": e.n,
+            "temperature": e.temperature, "response_length": float(groups.rollout.lengths.mean())}
 
 
 # --------------------------------------------------------------------------- the run
@@ -305,6 +306,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     problems = training_problems(config)
     heldout = heldout_problems(config)
     iterator = make_iterator(config, problems)
+    seed_key = jax.random.key(config.seed)
+    eval_key = jax.random.fold_in(seed_key, 2**31 - 1)  # the same samples' randomness before and after
     prompt_length = _prompt_length(problems, encode, config.rollout.prompt_bucket)
     sampling = config.rollout.sampling_config(stop_token_ids=tokenizer.stop_token_ids,
                                               pad_token_id=tokenizer.pad_token_id, prompt_bucket=prompt_length)
@@ -331,19 +334,17 @@ def train(config: TrainConfig) -> dict[str, Any]:
         start_step = restored.step
     else:
         start_step = 0
-        shutil.rmtree(os.path.join(config.run_dir, EVAL_SUBDIR), ignore_errors=True)
         if config.warmstart.enabled and config.model.hf_path is None and config.warmstart.steps > 0:
             w = config.warmstart
             run.warmstart = warm_start(policy, problems, encode, tokenizer, steps=w.steps, batch_size=w.batch_size,
                                        learning_rate=w.learning_rate, seed=config.seed, mesh=mesh)
             state = create_train_state(policy, optimizer, mesh)
             ref_params = jax.tree.map(jnp.copy, state.params) if ref_params is not None else None
-        run.before = heldout_eval(state.model(), tokenizer, heldout, config=config, mesh=mesh, name="before")
+        run.before = heldout_eval(state.model(), tokenizer, heldout, encode, eval_key, config=config, mesh=mesh)
     train_step = make_train_step(state, mesh, optimizer=optimizer, schedule=schedule, config=step_config)
-    logprobs = make_logprob_fn(state, mesh, temperature=step_config.temperature, chunk_size=step_config.chunk_size)
-    statistics = jax.jit(token_statistics)
+    logprobs = functools.partial(no_grad_logprobs, state.graphdef, mesh=mesh, temperature=step_config.temperature,
+                                 chunk_size=step_config.chunk_size)
     flag_metric = _flag_metric(config)
-    seed_key = jax.random.key(config.seed)
     logger = MetricsLogger(config.run_dir, config.logging, total_steps=config.total_steps, start_step=start_step,
                            config=config)
     if run.warmstart and start_step == 0:
@@ -359,9 +360,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
             batch = update_batch(groups, advantages, prompt_length)
             rollout_time = time.time() - step_start
             old_logp, entropy = logprobs(state.params, batch)
-            batch = batch.replace(old_logp=old_logp,
-                                  ref_logp=None if ref_params is None else logprobs(ref_params, batch)[0])
-            metrics = dict(statistics(old_logp, entropy, jnp.asarray(batch.advantages), jnp.asarray(batch.mask)))
+            batch = jax.device_get(batch.replace(  # host arrays: mini-batches are sliced on the host
+                old_logp=old_logp, ref_logp=None if ref_params is None else logprobs(ref_params, batch)[0]))
+            metrics = dict(_token_statistics(old_logp, entropy, jnp.asarray(batch.advantages), jnp.asarray(batch.mask)))
             metrics["rollout/logp_mismatch"] = jnp.max(jnp.abs(old_logp - groups.rollout.logprobs) * batch.mask)
             per_update = []
             update_key = jax.random.fold_in(step_key, 1)
@@ -402,9 +403,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
                                   data_state={"iterator": iterator.state_dict(), "run": dataclasses.asdict(run)},
                                   config=config)
             if config.eval.every_steps and (step + 1) % config.eval.every_steps == 0 and not last:
-                result = heldout_eval(state.model(), tokenizer, heldout, config=config, mesh=mesh, name=f"step_{step + 1}")
+                result = heldout_eval(state.model(), tokenizer, heldout, encode, eval_key, config=config, mesh=mesh)
                 logger.log(step + 1, {"eval/accuracy": result["accuracy"]})
-        after = heldout_eval(state.model(), tokenizer, heldout, config=config, mesh=mesh, name="after")
+        after = heldout_eval(state.model(), tokenizer, heldout, encode, eval_key, config=config, mesh=mesh)
         logger.log(config.total_steps, {"eval/accuracy": after["accuracy"]})
     finally:
         logger.close()
@@ -434,7 +435,6 @@ def summarize(config: TrainConfig, run: Run, after: dict, checkpointer: Checkpoi
         "checkpoints": checkpointer.directory, "checkpoint_steps": checkpointer.all_steps(),
         "metrics": os.path.join(config.run_dir, METRICS_FILE),
         "tensorboard": os.path.join(config.run_dir, TENSORBOARD_SUBDIR) if config.logging.tensorboard else None,
-        "eval_results": os.path.dirname(after["path"]),
     }
     summary["table"] = summary_table(summary, config)
     return summary
@@ -459,7 +459,6 @@ def summary_table(s: dict[str, Any], config: TrainConfig) -> str:
         ("skipped updates", str(s["skipped_updates"])),
         ("checkpoints", f"{s['checkpoints']} (steps {s['checkpoint_steps']})"),
         ("metrics", s["metrics"] + (f", TensorBoard {s['tensorboard']}" if s["tensorboard"] else "")),
-        ("eval results", s["eval_results"]),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}".rstrip() for k, v in rows)

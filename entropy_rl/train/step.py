@@ -316,10 +316,15 @@ def make_train_step(state: TrainState, mesh: jax.sharding.Mesh, *, optimizer: op
                    out_shardings=(shardings, replicated), donate_argnums=0)
 
 
-def make_logprob_fn(state: TrainState, mesh: jax.sharding.Mesh, *, temperature: float, chunk_size: int = 0):
-    """Compiled no-grad `(params, batch) -> (logp, entropy)` [B, T] of `state`'s model on the
-    mesh: the old and reference log-probs of a rollout, one forward each."""
-    forward = functools.partial(response_logprobs, state.graphdef, temperature=temperature, chunk_size=chunk_size)
-    return jax.jit(lambda params, batch: jax.lax.stop_gradient(forward(params, batch)),
-                   in_shardings=(tree_shardings(state.params, mesh), batch_sharding(mesh)),
-                   out_shardings=batch_sharding(mesh))
+@functools.partial(jax.jit, static_argnames=("graphdef", "temperature", "chunk_size"))
+def _no_grad_logprobs(graphdef, params, batch, *, temperature, chunk_size):
+    return jax.lax.stop_gradient(response_logprobs(graphdef, params, batch, temperature=temperature,
+                                                   chunk_size=chunk_size))
+
+
+def no_grad_logprobs(graphdef: nnx.GraphDef, params: nnx.State, batch: UpdateBatch, *, mesh: jax.sharding.Mesh,
+                     temperature: float = 1.0, chunk_size: int = 0) -> tuple[jax.Array, jax.Array]:
+    """Compiled no-grad `response_logprobs` with the batch split over the mesh: the old and
+    reference log-probs of a rollout, one forward each. (logp, entropy) [B, T]."""
+    batch = jax.device_put(batch, batch_sharding(mesh))
+    return _no_grad_logprobs(graphdef, params, batch, temperature=temperature, chunk_size=chunk_size)
