@@ -25,14 +25,14 @@ import weakref
 from multiprocessing.connection import Connection
 from typing import Any, Sequence
 
-from entropy_rl.rewards.worker import ERROR, OK, TIMEOUT
+from entropy_rl.rewards.worker import ERROR, OK, PRELOAD_MODULES, TIMEOUT
 
 __all__ = ["ERROR", "OK", "TIMEOUT", "VerifierPool", "close_all_pools", "shared_pool"]
 
 # The directory holding the `entropy_rl` package, so workers import this very copy.
 _PACKAGE_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 _STARTUP_TIMEOUT_S = 120.0
-# argv: package root, memory limit, warm-up. The root goes first on sys.path only when it is not
+# argv: package root, memory limit, warm-up, preload modules. The root goes first on sys.path only when it is not
 # there already (a source checkout), so an installed package keeps the usual import order.
 _WORKER_COMMAND = (
     "import sys; sys.path[:0] = [] if sys.argv[1] in sys.path else [sys.argv[1]]; "
@@ -48,10 +48,11 @@ def available_cores() -> int:
 class _Worker:
     """One worker process and the parent's ends of its pipes; `ready` once it said so."""
 
-    def __init__(self, memory_limit_mb: int | None, warm_up: bool):
+    def __init__(self, memory_limit_mb: int | None, warm_up: bool, preload: Sequence[str]):
         env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")  # one core per worker
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_COMMAND, _PACKAGE_ROOT, str(memory_limit_mb or 0), str(int(warm_up))],
+            [sys.executable, "-c", _WORKER_COMMAND, _PACKAGE_ROOT, str(memory_limit_mb or 0), str(int(warm_up)),
+             ",".join(preload)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
         )
         self.sender = Connection(os.dup(self.process.stdin.fileno()), readable=False)
@@ -90,8 +91,9 @@ class VerifierPool:
     (`target` is `"module:function"`, importable by the workers) and returns one
     `(status, value)` per item, status in {"ok", "error", "timeout"}. Items go to workers as
     they free up. An item takes at most `timeout_s + grace_s` once a worker has it. Workers
-    start on first use; with `warm_up` each one exercises math-verify once before taking items
-    (about 2 s of CPU that the first items would otherwise pay). `memory_limit_mb` caps each
+    start on first use and import the `preload` modules (math-verify's check by default); with
+    `warm_up` each one also runs those modules' `warm_up()` before taking items (about 2 s of
+    CPU that the first math items would otherwise pay inside their deadlines). `memory_limit_mb` caps each
     worker's address space (a check that needs more fails as one error). Use as a context
     manager or call `close()`; open pools are closed at exit.
     """
@@ -103,11 +105,13 @@ class VerifierPool:
         grace_s: float = 1.0,
         memory_limit_mb: int | None = 4096,
         warm_up: bool = True,
+        preload: Sequence[str] = PRELOAD_MODULES,
     ):
         self.num_workers = num_workers or available_cores()
         self.grace_s = grace_s
         self.memory_limit_mb = memory_limit_mb
         self.warm_up = warm_up
+        self.preload = tuple(preload)
         self._workers: list[_Worker] = []
         self._owner_pid = os.getpid()
         self._lock = threading.Lock()
@@ -119,7 +123,7 @@ class VerifierPool:
         return [worker.process.pid for worker in self._workers]
 
     def _new_worker(self) -> _Worker:
-        return _Worker(self.memory_limit_mb, self.warm_up)
+        return _Worker(self.memory_limit_mb, self.warm_up, self.preload)
 
     def _replace(self, slot: int) -> None:
         self._workers[slot].kill()

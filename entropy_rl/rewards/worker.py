@@ -1,5 +1,5 @@
-"""The verifier worker process: `main([MEMORY_LIMIT_MB, WARM_UP])` in a fresh interpreter
-started by pool.py.
+"""The verifier worker process: `main([MEMORY_LIMIT_MB, WARM_UP, PRELOAD])` in a fresh
+interpreter started by pool.py (PRELOAD: comma-separated modules to import first).
 
 Reads pickled tasks `(target, args, timeout_s)` from stdin and answers `(status, value)` on
 stdout (multiprocessing.connection framing), after a first `"ready"` once its imports (and,
@@ -20,7 +20,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 OK, ERROR, TIMEOUT = "ok", "error", "timeout"
-PRELOAD_MODULES = ("entropy_rl.rewards.math_check",)
+PRELOAD_MODULES = ("entropy_rl.rewards.math_check",)  # the pool's default
 _PR_SET_PDEATHSIG = 1
 
 
@@ -77,9 +77,9 @@ def _isolate_process(memory_limit_mb: int) -> tuple[Connection, Connection]:
 
 
 def main(argv: list[str]) -> int:
-    memory_limit_mb, warm_up = (int(arg) for arg in argv)
+    memory_limit_mb, warm_up, preload = int(argv[0]), int(argv[1]), argv[2]
     reader, writer = _isolate_process(memory_limit_mb)
-    for module_name in PRELOAD_MODULES:
+    for module_name in filter(None, preload.split(",")):
         module = importlib.import_module(module_name)
         if warm_up and hasattr(module, "warm_up"):
             module.warm_up()

@@ -33,7 +33,7 @@ def _children() -> set[int]:
 def pool():
     before = _children()
     seen = set()
-    with VerifierPool(2, grace_s=0.3, warm_up=False) as pool:
+    with VerifierPool(2, grace_s=0.3, warm_up=False, preload=()) as pool:
         pool.seen_pids = seen
         yield pool
         seen.update(pool.pids)
