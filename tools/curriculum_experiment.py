@@ -51,6 +51,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def base_overrides(args: argparse.Namespace, seed: int) -> list[str]:
     return [f"seed={seed}", f"data.num_synthetic_problems={args.num_problems}", f"data.batch_size={args.batch_size}",
+            f"algorithm.mini_batch_size={args.batch_size}",
             f"eval.every_steps={args.eval_every}", f"eval.num_problems={args.eval_problems}",
             "logging.progress_bar=false", "logging.tensorboard=false", *args.overrides]
 
