@@ -151,3 +151,13 @@ def test_batches_must_split_over_the_data_parallel_devices():
     cfg.validate_for_devices(cfg.replace(config, **{"mesh.fsdp": 1, "mesh.tensor": -1}), 8)  # tensor-parallel only
     with pytest.raises(ConfigError, match="mesh: .* needs 4 devices, 8 are available"):
         cfg.validate_for_devices(cfg.replace(config, **{"mesh.fsdp": 2, "mesh.data": 2}), 8)
+
+
+def test_package_exports_resolve_lazily():
+    import entropy_rl.train as package
+    from entropy_rl.train import checkpoint, metrics
+
+    assert package.load_config is load_config and package.Checkpointer is checkpoint.Checkpointer
+    assert package.MetricsLogger is metrics.MetricsLogger and callable(package.train)
+    with pytest.raises(AttributeError, match="no attribute 'trian'"):
+        package.trian  # noqa: B018
