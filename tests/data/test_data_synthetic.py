@@ -25,10 +25,16 @@ def test_held_out_split_is_disjoint_from_training_problems():
 def test_levels_answer_ranges_and_solution(level):
     problems = synthetic_problems(200, seed=1, levels=(level,))
     answers = [int(p.answer) for p in problems]
-    bounds = {"add1": (0, 18), "add2": (20, 198), "sub2": (0, 89), "mul1": (4, 81), "add3": (200, 1998), "linear": (0, 12)}
+    bounds = {"add1": (0, 18), "add2": (20, 198), "sub2": (0, 89), "mul1": (4, 81), "add3": (200, 1998),
+              "linear": (0, 12), "add21": (10, 108), "sub21": (1, 99), "rev3": (111, 999), "max3": (10, 99)}
     low, high = bounds[level]
     assert low <= min(answers) and max(answers) <= high
     assert all(p.meta == {"level": level, "solution": f"\\boxed{{{p.answer}}}"} and p.source == "synthetic" for p in problems)
+
+
+def test_level_numbers_are_stable():
+    # Configs select levels by 1-based number: new levels may only be appended.
+    assert list(LEVELS)[:10] == ["add1", "add2", "sub2", "mul1", "add3", "linear", "add21", "sub21", "rev3", "max3"]
 
 
 def test_default_levels_are_short_for_the_builtin_tokenizer():

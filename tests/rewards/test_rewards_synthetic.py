@@ -8,8 +8,13 @@ from entropy_rl.rewards import get_verifier, parse_integer
 
 
 def _true_answer(text: str) -> int:
-    """Independent solution of a synthetic statement: eval for arithmetic, algebra for a*x+b=c."""
-    expression = text.split(" ", 1)[1].rstrip(".")
+    """Independent solution of a synthetic statement: eval for arithmetic, algebra for a*x+b=c,
+    string reversal, max of a list."""
+    verb, expression = text.rstrip(".").split(" ", 1)
+    if verb == "Reverse":
+        return int(expression[::-1])
+    if verb == "Max":
+        return max(int(n) for n in expression.removeprefix("of ").split(","))
     if "=" in expression:
         left, right = expression.split("=")
         a, b = left.split("x+")
