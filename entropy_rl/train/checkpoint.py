@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import orbax.checkpoint as ocp
 
-from entropy_rl.train.config import ModelConfig, TrainConfig, config_from_dict, config_to_dict
+from entropy_rl.train.config import ModelConfig, TrainConfig, config_diff, config_from_dict, config_to_dict
 
 CHECKPOINT_SUBDIR = "checkpoints"
 
@@ -103,9 +103,13 @@ class Checkpointer:
         )
         self._manager.save(step, args=args, force=True)
 
-    def restore(self, *, params: Any, train_state: Any, step: int | None = None) -> Restored | None:
+    def restore(self, *, params: Any, train_state: Any, step: int | None = None,
+                config: TrainConfig | None = None) -> Restored | None:
         """Checkpoint `step` (default: the latest), arrays shaped, typed and sharded like the
-        targets `params` / `train_state` (arrays or jax.ShapeDtypeStruct); None if there is none."""
+        targets `params` / `train_state` (arrays or jax.ShapeDtypeStruct); None if there is none.
+
+        When the arrays do not fit the targets, the ValueError lists how the checkpoint's config
+        differs from `config` (the current run's)."""
         step = self.latest_step() if step is None else step
         if step is None:
             return None
@@ -115,9 +119,20 @@ class Checkpointer:
             data_state=ocp.args.JsonRestore(),
             config=ocp.args.JsonRestore(),
         )
-        restored = self._manager.restore(step, args=args)
+        try:
+            restored = self._manager.restore(step, args=args)
+        except (ValueError, TypeError, KeyError) as e:  # arrays of another shape or structure
+            raise ValueError(self._mismatch_message(step, e, config)) from e
         return Restored(step, restored.params, restored.train_state, restored.data_state,
-                        config_from_dict(restored.config))
+                        config_from_dict(restored.config, check_paths=False))
+
+    def _mismatch_message(self, step: int, error: Exception, config: TrainConfig | None) -> str:
+        saved = self.saved_config(step)
+        differences = config_diff(saved, config) if config is not None else ["(the current config was not given)"]
+        return (f"checkpoint {step} in {self.directory} does not fit this run ({type(error).__name__}: "
+                f"{str(error)[:300]}).\nIt was saved with a different config:\n  "
+                + "\n  ".join(differences)
+                + "\nUse another run_dir, or resume=false to start over in this one.")
 
     def restore_params(self, params: Any, step: int | None = None) -> tuple[int, Any]:
         """Only the parameters of checkpoint `step` (default: latest), like the target `params`."""
@@ -133,7 +148,7 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-        return config_from_dict(restored.config)
+        return config_from_dict(restored.config, check_paths=False)
 
     def wait(self) -> None:
         """Block until every asynchronous save has been written."""

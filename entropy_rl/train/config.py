@@ -385,6 +385,22 @@ def config_from_dict(values: Mapping[str, Any], *, check_paths: bool = True) -> 
     return config
 
 
+def config_diff(old: TrainConfig, new: TrainConfig) -> list[str]:
+    """`["key: old -> new", ...]` for every dotted key whose value differs."""
+
+    def flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        items: dict[str, Any] = {}
+        for key, value in values.items():
+            if isinstance(value, Mapping):
+                items |= flat(value, f"{prefix}{key}.")
+            else:
+                items[prefix + key] = value
+        return items
+
+    before, after = flat(config_to_dict(old)), flat(config_to_dict(new))
+    return [f"{key}: {before[key]!r} -> {after[key]!r}" for key in before if before[key] != after[key]]
+
+
 def to_yaml(config: TrainConfig) -> str:
     """The config as YAML text, loadable by `load_config`."""
     return yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=None)

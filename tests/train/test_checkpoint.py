@@ -184,3 +184,16 @@ def test_a_killed_save_is_ignored_and_cleaned_up(tmp_path, policy):
     assert not torn.exists()
     with ck.Checkpointer(tmp_path, read_only=True) as reader:
         assert reader.all_steps() == [1, 2]
+
+
+def test_restore_into_another_architecture_names_the_config_differences(tmp_path, policy):
+    config = _config(tmp_path)
+    params, train_state = _run_state(policy, seed=0)
+    with ck.Checkpointer(tmp_path) as saver:
+        saver.save(1, params=params, train_state=train_state, data_state={}, config=config)
+    wider = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[:-1] + (x.shape[-1] * 2,), x.dtype), params)
+    other = load_config(overrides=[f"run_dir={tmp_path}", *SMALL_MODEL, "model.hidden_size=64"])
+    with ck.Checkpointer(tmp_path) as loader, pytest.raises(ValueError) as info:
+        loader.restore(params=wider, train_state=train_state, config=other)
+    message = str(info.value)
+    assert "checkpoint 1" in message and "model.hidden_size: 32 -> 64" in message and "resume=false" in message

@@ -101,8 +101,9 @@ def test_unknown_key_in_yaml_names_file_and_key(tmp_path):
     ("algorithm.name=stappo", "algorithm.name: 'stappo' is not one of ppo_clip, stapo"),
     ("algorithm.name=stappo", "did you mean 'stapo'"),
     ("algorithm.advantage_estimator=gae", "algorithm.advantage_estimator: 'gae' is not one of grpo, drgrpo, rloo"),
-    ("algorithm.mini_batch_size=5", "algorithm.mini_batch_size: 5 prompts does not divide data.batch_size=16"),
-    ("algorithm.micro_batch_size=7", "algorithm.micro_batch_size: 7 responses does not divide a mini-batch of 128"),
+    ("data.batch_size=16 algorithm.mini_batch_size=5", "algorithm.mini_batch_size: 5 prompts does not divide data.batch_size=16"),
+    ("algorithm.mini_batch_size=16 rollout.n=8 algorithm.micro_batch_size=7",
+     "algorithm.micro_batch_size: 7 responses does not divide a mini-batch of 128"),
     ("optimizer.schedule=linear", "optimizer.schedule: 'linear' is not one of constant, cosine"),
     ("algorithm.loss.loss_agg_mode=token_mean", "did you mean 'token-mean'"),
     ("rollout.top_p=1.5", "rollout.top_p: must be in (0, 1]"),
@@ -110,7 +111,8 @@ def test_unknown_key_in_yaml_names_file_and_key(tmp_path):
     ("total_steps=1.5", "total_steps: expected an integer"),
     ("logging.wandb=maybe", "logging.wandb: expected true/false"),
     ("optimizer.learning_rate=fast", "optimizer.learning_rate: expected a number"),
-    ("model.num_key_value_heads=3", "model.num_attention_heads: 4 is not a multiple of model.num_key_value_heads=3"),
+    ("model.num_attention_heads=4 model.num_key_value_heads=3",
+     "model.num_attention_heads: 4 is not a multiple of model.num_key_value_heads=3"),
     ("model.hf_path=/nonexistent/qwen", "model.hf_path: '/nonexistent/qwen' is not a directory"),
     ("data.dataset=/nonexistent.jsonl", "data.dataset: '/nonexistent.jsonl' is neither 'synthetic'"),
     ("mesh.fsdp=0", "mesh.fsdp: must be a positive axis size or -1"),
@@ -120,7 +122,7 @@ def test_unknown_key_in_yaml_names_file_and_key(tmp_path):
 ])
 def test_bad_values_say_which_key_and_why(override, expected):
     with pytest.raises(ConfigError) as info:
-        load_config(overrides=[override])
+        load_config(overrides=override.split(" "))
     assert expected in str(info.value)
 
 
@@ -161,3 +163,11 @@ def test_package_exports_resolve_lazily():
     assert package.MetricsLogger is metrics.MetricsLogger and callable(package.train)
     with pytest.raises(AttributeError, match="no attribute 'trian'"):
         package.trian  # noqa: B018
+
+
+def test_config_diff_lists_changed_keys():
+    old = TrainConfig()
+    new = cfg.replace(old, **{"optimizer.learning_rate": 5e-5, "algorithm.loss.clip_high": 0.3})
+    assert cfg.config_diff(old, new) == [f"algorithm.loss.clip_high: {old.algorithm.loss.clip_high!r} -> 0.3",
+                                         f"optimizer.learning_rate: {old.optimizer.learning_rate!r} -> 5e-05"]
+    assert cfg.config_diff(old, old) == []
