@@ -56,7 +56,7 @@ class Checkpointer:
     Usage in a training loop:
 
         ckpt = Checkpointer(run_dir, max_to_keep=2, async_save=True)
-        restored = ckpt.restore(params=params, train_state=train_state)   # None: fresh run
+        restored = ckpt.restore(params=params, train_state=train_state, config=config)  # None: fresh run
         ...
         ckpt.save(step, params=..., train_state=..., data_state=iterator.state_dict(), config=config)
         ...
