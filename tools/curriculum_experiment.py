@@ -1,8 +1,9 @@
 """Experiment: SENT's semantic-entropy curriculum versus random order on the built-in task.
 
 For each seed:
-  1. warm start the built-in tiny policy exactly as `entropy-rl train` does (same seed, same
-     problems), and save it as an HF checkpoint (both arms start from these weights);
+  1. warm start the built-in tiny policy exactly as `entropy-rl train` does by default (same
+     seed, its default 20000-problem set, of which the RL training set is the first
+     `--num-problems`), and save it as an HF checkpoint (both arms start from these weights);
   2. rank the training set by semantic entropy under it (K samples per prompt);
   3. train two arms from the warm start with the same algorithm, data and step budget:
      "random" (shuffled epochs, PromptIterator) and "curriculum" (2 stages, low to high
@@ -37,7 +38,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/curriculum_experiment")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--num-problems", type=int, default=128, help="training set size")
+    parser.add_argument("--num-problems", type=int, default=128, help="RL training set size")
+    parser.add_argument("--warmstart-problems", type=int, default=20000,
+                        help="synthetic problems of the supervised warm start (the RL set is their prefix)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per RL step")
     parser.add_argument("--epochs-per-stage", type=int, default=1)
     parser.add_argument("--num-stages", type=int, default=2)
@@ -56,8 +59,9 @@ def base_overrides(args: argparse.Namespace, seed: int) -> list[str]:
             "logging.progress_bar=false", "logging.tensorboard=false", *args.overrides]
 
 
-def warm_started_policy(config, out: Path):
-    """(policy, tokenizer, problems, hf_dir, mesh): the loop's own warm start, saved once as HF."""
+def warm_started_policy(config, out: Path, num_problems: int):
+    """(policy, tokenizer, RL problems, hf_dir, mesh): the loop's own warm start on the config's
+    problems, saved once as HF; the RL problems are the first `num_problems` of them."""
     from entropy_rl.model import load_hf, save_hf
     from entropy_rl.parallel import make_mesh
     from entropy_rl.train.checkpoint import build_policy, load_policy_tokenizer
@@ -68,13 +72,13 @@ def warm_started_policy(config, out: Path):
     problems = training_problems(config)
     hf_dir = out / "warm_hf"
     if (hf_dir / "config.json").exists():
-        return load_hf(str(hf_dir), mesh=mesh), load_policy_tokenizer(config.model), problems, hf_dir, mesh
+        return load_hf(str(hf_dir), mesh=mesh), load_policy_tokenizer(config.model), problems[:num_problems], hf_dir, mesh
     policy, tokenizer = build_policy(config.model, seed=config.seed, mesh=mesh)
     w = config.warmstart
     warm_start(policy, problems, PromptEncoder(config, tokenizer), tokenizer, steps=w.steps, batch_size=w.batch_size,
                learning_rate=w.learning_rate, seed=config.seed, mesh=mesh)
     save_hf(policy, str(hf_dir))
-    return policy, tokenizer, problems, hf_dir, mesh
+    return policy, tokenizer, problems[:num_problems], hf_dir, mesh
 
 
 def rank(config, policy, tokenizer, problems, mesh, out: Path, samples: int) -> Path:
@@ -105,13 +109,16 @@ def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def run_seed(args: argparse.Namespace, seed: int) -> dict:
     from entropy_rl.data.curriculum import CurriculumIterator, read_ranking
     from entropy_rl.train.config import load_config
-    from entropy_rl.train.loop import train
+    from entropy_rl.train.loop import train, training_problems
 
     out = Path(args.out) / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    warm_config = load_config([], base_overrides(args, seed) + [f"run_dir={out / 'warm'}",
+                                                                f"data.num_synthetic_problems={args.warmstart_problems}"])
+    policy, tokenizer, problems, hf_dir, mesh = warm_started_policy(warm_config, out, args.num_problems)
     config = load_config([], base_overrides(args, seed) + [f"run_dir={out / 'warm'}"])
-    policy, tokenizer, problems, hf_dir, mesh = warm_started_policy(config, out)
+    assert [p.id for p in problems] == [p.id for p in training_problems(config)], "RL set must prefix the warm-start set"
     warm_s = time.time() - started
     ranking = rank(config, policy, tokenizer, problems, mesh, out, args.samples)
     rank_s = time.time() - started - warm_s
