@@ -3,6 +3,7 @@
 import json
 import math
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -15,10 +16,17 @@ from entropy_rl.rollout import Rollout
 
 @pytest.fixture(scope="module")
 def tiny_policy(tmp_path_factory):
-    """A random tiny Qwen3 saved as an HF checkpoint, vocabulary covering the built-in tokenizer."""
+    """A random tiny Qwen3 saved as an HF checkpoint, vocabulary = the built-in tokenizer's.
+
+    Weights are drawn with numpy into the abstract model: an eager `Qwen(...)` init compiles
+    dozens of tiny programs (tens of seconds on a busy CPU); this takes well under a second.
+    """
     path = tmp_path_factory.mktemp("policy")
-    vocab_size = load_tokenizer("builtin").vocab_size
-    save_hf(Qwen(tiny_config(vocab_size=vocab_size, num_hidden_layers=1), rngs=nnx.Rngs(0)), str(path))
+    config = tiny_config(vocab_size=load_tokenizer("builtin").vocab_size, num_hidden_layers=1)
+    graphdef, shapes = nnx.split(nnx.eval_shape(lambda: Qwen(config, rngs=nnx.Rngs(0))))
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: jax.device_put((0.1 * rng.standard_normal(s.shape)).astype(s.dtype)), shapes)
+    save_hf(nnx.merge(graphdef, params), str(path))
     return str(path)
 
 
