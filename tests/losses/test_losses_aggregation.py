@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from entropy_rl.losses import AGG_MODES, aggregate, aggregate_terms
+from tests.losses.fast_jit import fast_jit
 
 
 def numpy_aggregate(values, mask, mode, horizon=None):
@@ -50,34 +51,38 @@ def test_hand_computed():
   np.testing.assert_allclose(aggregate(values, mask, "seq-mean-token-sum-norm"), 7 / 6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("mode", AGG_MODES)
-def test_row_splits_accumulate_exactly(mode):
+def test_row_splits_accumulate_exactly_every_mode():
   values, mask = random_values(1)
   splits = [(0, 1), (1, 4), (4, 6)]
 
-  @jax.jit
-  @jax.value_and_grad
-  def accumulated(v):
+  def accumulated(v, mode):
     terms = [aggregate_terms(v[a:b], mask[a:b], mode, horizon=8) for a, b in splits]
     return sum(t[0] for t in terms) / sum(t[1] for t in terms)
 
-  whole = jax.jit(jax.value_and_grad(lambda v: aggregate(v, mask, mode, horizon=8)))
-  (value, grad), (expected_value, expected_grad) = accumulated(values), whole(values)
-  np.testing.assert_allclose(value, expected_value, rtol=1e-6)
-  np.testing.assert_allclose(grad, expected_grad, rtol=1e-6, atol=1e-9)
+  @fast_jit
+  def both(v):
+    return {mode: (jax.value_and_grad(accumulated)(v, mode),
+                   jax.value_and_grad(lambda x: aggregate(x, mask, mode, horizon=8))(v))
+            for mode in AGG_MODES}
+
+  for mode, ((value, grad), (expected_value, expected_grad)) in both(values).items():
+    np.testing.assert_allclose(value, expected_value, rtol=1e-6, err_msg=mode)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-6, atol=1e-9, err_msg=mode)
 
 
 def test_masked_gradient_zero_even_with_nan_padding():
   values, mask = random_values(2)
   values = np.where(mask > 0, values, np.nan).astype(np.float32)
-  for mode in AGG_MODES:
-    value, grad = jax.jit(jax.value_and_grad(lambda v: aggregate(v, mask, mode)))(values)
-    assert np.isfinite(value)
+  run = fast_jit(lambda v: {mode: jax.value_and_grad(lambda x: aggregate(x, mask, mode))(v)
+                            for mode in AGG_MODES})
+  for mode, (value, grad) in run(values).items():
+    assert np.isfinite(value), mode
     np.testing.assert_array_equal(grad[mask == 0], 0.0)
 
 
 def test_empty_batch_is_zero_and_bad_input():
-  assert float(aggregate(jnp.ones((2, 3)), jnp.zeros((2, 3)), "token-mean")) == 0.0
+  empty = fast_jit(lambda v, m: aggregate(v, m, "token-mean"))(jnp.ones((2, 3)), jnp.zeros((2, 3)))
+  assert float(empty) == 0.0
   with pytest.raises(ValueError, match="unknown loss aggregation mode"):
     aggregate(jnp.ones((2, 3)), jnp.ones((2, 3)), "mean")
   with pytest.raises(AssertionError):

@@ -7,16 +7,17 @@ import numpy as np
 import pytest
 
 from entropy_rl.losses import count_from_ratio, masked_quantile, masked_rank, masked_top_k
+from tests.losses.fast_jit import fast_jit
 
 QUANTILES = (0.0, 0.05, 0.5, 0.8, 1.0)
 
 
-@jax.jit
+@fast_jit
 def quantiles(values, mask):
   return jnp.stack([masked_quantile(values, mask, q) for q in QUANTILES])
 
 
-@jax.jit
+@fast_jit
 def top_and_bottom(values, mask, k):
   return masked_top_k(values, mask, k), masked_top_k(values, mask, k, largest=False)
 
@@ -52,29 +53,29 @@ def test_hand_cases_and_empty():
   values = np.array([[4.0, 1.0, 3.0], [2.0, 9.0, 0.0]], np.float32)
   mask = np.array([[1, 1, 1], [1, 0, 0]], np.float32)  # valid: 4 1 3 2
   np.testing.assert_allclose(quantiles(values, mask), [1.0, 1.15, 2.5, 3.4, 4.0], rtol=1e-6)
-  np.testing.assert_array_equal(masked_rank(values, mask), [[0, 3, 1], [2, 4, 5]])
+  np.testing.assert_array_equal(fast_jit(masked_rank)(values, mask), [[0, 3, 1], [2, 4, 5]])
   np.testing.assert_array_equal(quantiles(values, 0 * mask), 0.0)
   np.testing.assert_array_equal(top_and_bottom(values, 0 * mask, 2)[0], 0.0)
 
 
 def test_ties_break_by_position():
   values = np.zeros((2, 3), np.float32)
-  np.testing.assert_array_equal(masked_top_k(values, np.ones((2, 3)), 2),
+  np.testing.assert_array_equal(top_and_bottom(values, np.ones((2, 3), np.float32), 2)[0],
                                 [[1, 1, 0], [0, 0, 0]])
 
 
 def test_vmap_and_no_gradient():
   values = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4, 5)), jnp.float32)
   mask = jnp.ones((3, 4, 5))
-  per_batch = jax.jit(jax.vmap(lambda v, m: masked_quantile(v, m, 0.5)))(values, mask)
+  per_batch = fast_jit(jax.vmap(lambda v, m: masked_quantile(v, m, 0.5)))(values, mask)
   np.testing.assert_allclose(per_batch, np.median(np.asarray(values).reshape(3, -1), axis=1),
                              rtol=1e-6)
-  grad = jax.jit(jax.grad(lambda v: masked_quantile(v, mask[0], 0.3)))(values[0])
+  grad = fast_jit(jax.grad(lambda v: masked_quantile(v, mask[0], 0.3)))(values[0])
   np.testing.assert_array_equal(grad, 0.0)
 
 
 def test_count_from_ratio_exact_integers():
-  counts = jax.jit(lambda n: jnp.stack([
+  counts = fast_jit(lambda n: jnp.stack([
       count_from_ratio(n, 0.2, rounding="ceil"),
       count_from_ratio(n, 0.2, rounding="floor"),
       count_from_ratio(n, 2e-4, rounding="floor", minimum=1),

@@ -17,6 +17,7 @@ from entropy_rl.losses import (
     logit_grad_norm_sq_bounds,
     logprobs_and_entropy,
 )
+from tests.losses.fast_jit import fast_jit
 
 QWEN_VOCAB = 151_936
 
@@ -50,7 +51,7 @@ class LogprobsTest(chex.TestCase):
 
 
 def test_uniform_and_one_hot_by_hand():
-  logp, entropy = jax.jit(logprobs_and_entropy)(jnp.zeros((2, 8)), jnp.array([0, 5]))
+  logp, entropy = fast_jit(logprobs_and_entropy)(jnp.zeros((2, 8)), jnp.array([0, 5]))
   np.testing.assert_allclose(logp, -np.log(8), rtol=1e-6)
   np.testing.assert_allclose(entropy, np.log(8), rtol=1e-6)
 
@@ -58,10 +59,10 @@ def test_uniform_and_one_hot_by_hand():
 def test_extreme_and_bf16_logits_are_finite_float32():
   logits = np.array([[1e4, -1e4, 0.0, 1e4], [-1e4, -1e4, -1e4, 1e4]], np.float32)
   targets = np.array([1, 3], np.int32)
-  stats = jax.jit(jax.value_and_grad(
+  stats = fast_jit(jax.value_and_grad(
       lambda z: sum(jnp.sum(x) for x in logprobs_and_entropy(z, targets))))
   for dtype in (jnp.float32, jnp.bfloat16):
-    logp, entropy = jax.jit(logprobs_and_entropy)(jnp.asarray(logits, dtype), targets)
+    logp, entropy = fast_jit(logprobs_and_entropy)(jnp.asarray(logits, dtype), targets)
     assert logp.dtype == entropy.dtype == jnp.float32
     big = float(jnp.asarray(1e4, dtype))  # 9984 in bfloat16
     np.testing.assert_allclose(logp, [-2 * big - np.log(2), 0.0], rtol=1e-6)
@@ -69,7 +70,7 @@ def test_extreme_and_bf16_logits_are_finite_float32():
     value, grad = stats(jnp.asarray(logits, dtype))
     assert np.isfinite(value) and np.all(np.isfinite(np.asarray(grad, np.float32)))
   bf16_logits, bf16_targets = random_logits(1)
-  logp, entropy = jax.jit(logprobs_and_entropy)(jnp.asarray(bf16_logits, jnp.bfloat16),
+  logp, entropy = fast_jit(logprobs_and_entropy)(jnp.asarray(bf16_logits, jnp.bfloat16),
                                                 bf16_targets)
   expected_logp, expected_entropy, _ = numpy_stats(
       np.asarray(jnp.asarray(bf16_logits, jnp.bfloat16), np.float32), bf16_targets)
@@ -80,11 +81,11 @@ def test_extreme_and_bf16_logits_are_finite_float32():
 def test_gradient_norm_identity_and_bounds():
   logits, targets = random_logits(2, shape=(6, 40))
   advantages = np.random.default_rng(3).normal(size=6).astype(np.float32)
-  logp, entropy = jax.jit(logprobs_and_entropy)(logits, targets)
-  collision = jax.jit(collision_probability)(logits)
+  logp, entropy = fast_jit(logprobs_and_entropy)(logits, targets)
+  collision = fast_jit(collision_probability)(logits)
   np.testing.assert_allclose(collision, numpy_stats(logits, targets)[2], rtol=1e-5)
   # Independent: the autodiff gradient of -A logp w.r.t. the logits.
-  per_token_grad = jax.jit(jax.vmap(jax.grad(
+  per_token_grad = fast_jit(jax.vmap(jax.grad(
       lambda z, y, a: -a * logprobs_and_entropy(z, y)[0])))(logits, targets, advantages)
   autodiff_norm_sq = np.sum(np.asarray(per_token_grad, np.float64) ** 2, axis=-1)
   norm_sq = logit_grad_norm_sq(logp, collision, advantages)
@@ -99,7 +100,7 @@ def test_centered_covariance_matches_numpy():
   mask = (rng.random((3, 5)) > 0.4).astype(np.float32)
   valid = mask > 0
   expected = np.where(valid, (logp - logp[valid].mean()) * (adv - adv[valid].mean()), 0.0)
-  np.testing.assert_allclose(jax.jit(centered_covariance)(logp, adv, mask), expected,
+  np.testing.assert_allclose(fast_jit(centered_covariance)(logp, adv, mask), expected,
                              rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(centered_covariance(logp, adv, 0 * mask), 0.0)
   # Hand case: logp (1, 3), A (0, 2): means 2, 1 -> cov (1, 1).
@@ -114,7 +115,7 @@ def _stats_and_grads(fn, hidden, unembedding, weights):
     logp, entropy = fn(h, w)
     return jnp.sum(weights[0] * logp + weights[1] * entropy), (logp, entropy)
 
-  (_, stats), grads = jax.jit(jax.value_and_grad(objective, argnums=(0, 1), has_aux=True))(
+  (_, stats), grads = fast_jit(jax.value_and_grad(objective, argnums=(0, 1), has_aux=True))(
       hidden, unembedding)
   return stats, grads
 
@@ -158,14 +159,14 @@ def test_chunked_bf16_gives_float32_and_matching_values():
   hidden = jnp.asarray(rng.normal(size=(4, 8)), jnp.bfloat16)
   unembedding = jnp.asarray(rng.normal(size=(30, 8)), jnp.bfloat16)
   targets = jnp.asarray(rng.integers(0, 30, 4), jnp.int32)
-  logp, entropy = jax.jit(functools.partial(chunked_logprobs_and_entropy, chunk_size=8))(
+  logp, entropy = fast_jit(functools.partial(chunked_logprobs_and_entropy, chunk_size=8))(
       hidden, unembedding, targets)
   assert logp.dtype == entropy.dtype == jnp.float32
   logits = np.asarray(hidden, np.float32) @ np.asarray(unembedding, np.float32).T
   expected_logp, expected_entropy, _ = numpy_stats(logits, np.asarray(targets))
   np.testing.assert_allclose(logp, expected_logp, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(entropy, expected_entropy, rtol=1e-5, atol=1e-5)
-  grads = jax.jit(jax.grad(lambda h, w: jnp.sum(chunked_logprobs_and_entropy(
+  grads = fast_jit(jax.grad(lambda h, w: jnp.sum(chunked_logprobs_and_entropy(
       h, w, targets, chunk_size=8)[1]), argnums=(0, 1)))(hidden, unembedding)
   assert grads[0].dtype == grads[1].dtype == jnp.bfloat16
 
