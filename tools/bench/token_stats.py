@@ -1,7 +1,8 @@
 """Benchmark: chunked vs naive log-prob + entropy, forward and backward, on this machine.
 
 Both compute ``sum(logp) + 0.1 * sum(H)`` and its gradient w.r.t. the hidden states [N, D]
-and the unembedding [V, D]; the naive one materialises the [N, V] logits. Each method runs
+and the unembedding [V, D] (``--wrt hidden``: the hidden states only, as with a frozen
+unembedding); the naive one materialises the [N, V] logits. Each method runs
 in its own subprocess; after the inputs are created the kernel's peak-RSS mark is reset
 (/proc/self/clear_refs), and "peak extra" is the peak resident memory during the runs minus
 the resident memory before them. XLA's compiled memory analysis gives
@@ -9,7 +10,7 @@ the working memory (temporaries, excluding inputs and the gradient outputs both 
 must return). Ratios are chunked / naive, measured in the same run.
 
   python tools/bench/token_stats.py [--tokens 2048 --hidden 2048 --vocab 151936
-                                     --chunk-sizes 4096 8192 16384 --repeats 2]
+                                     --chunk-sizes 4096 8192 --repeats 2 --wrt all]
 """
 
 import argparse
@@ -22,8 +23,8 @@ import time
 GIB = 1024**3
 
 
-def _objective(method: str, chunk_size: int):
-  """jit(value_and_grad) of sum(logp) + 0.1 sum(H) w.r.t. (hidden, unembedding)."""
+def _objective(method: str, chunk_size: int, wrt: str):
+  """jit(value_and_grad) of sum(logp) + 0.1 sum(H) w.r.t. hidden (and unembedding)."""
   import jax
   import jax.numpy as jnp
 
@@ -38,7 +39,7 @@ def _objective(method: str, chunk_size: int):
     logp, entropy = stats(hidden, unembedding, targets)
     return jnp.sum(logp) + 0.1 * jnp.sum(entropy)
 
-  return jax.jit(jax.value_and_grad(objective, argnums=(0, 1)))
+  return jax.jit(jax.value_and_grad(objective, argnums=(0, 1) if wrt == "all" else 0))
 
 
 def _memory_bytes(field: str) -> int:
@@ -57,7 +58,7 @@ def run_worker(args) -> dict:
   import jax
   import jax.numpy as jnp
 
-  fn = _objective(args.worker, args.chunk_size)
+  fn = _objective(args.worker, args.chunk_size, args.wrt)
   keys = jax.random.split(jax.random.key(0), 3)
   make_inputs = jax.jit(lambda: (
       jax.random.normal(keys[0], (args.tokens, args.hidden), jnp.float32),
@@ -87,7 +88,7 @@ def run_worker(args) -> dict:
 def _measure(args, method: str, chunk_size: int) -> dict:
   command = [sys.executable, __file__, "--worker", method, "--chunk-size", str(chunk_size),
              "--tokens", str(args.tokens), "--hidden", str(args.hidden),
-             "--vocab", str(args.vocab), "--repeats", str(args.repeats)]
+             "--vocab", str(args.vocab), "--repeats", str(args.repeats), "--wrt", args.wrt]
   result = subprocess.run(command, check=True, capture_output=True, text=True)
   return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -97,23 +98,26 @@ def main(argv=None) -> int:
   parser.add_argument("--tokens", type=int, default=2048)
   parser.add_argument("--hidden", type=int, default=2048)
   parser.add_argument("--vocab", type=int, default=151_936)
-  parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[4096, 8192, 16384])
+  parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[4096, 8192])
   parser.add_argument("--chunk-size", type=int, default=8192, help=argparse.SUPPRESS)
   parser.add_argument("--repeats", type=int, default=2, help="timed runs; the minimum is kept")
+  parser.add_argument("--wrt", choices=["all", "hidden"], default="all",
+                      help="differentiate w.r.t. hidden and unembedding, or hidden only")
   parser.add_argument("--worker", choices=["naive", "chunked"], help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.worker:
     print(json.dumps(run_worker(args)))
     return 0
   print(f"N={args.tokens} tokens, D={args.hidden}, V={args.vocab}, float32, "
-        f"forward+backward w.r.t. hidden and unembedding, min of {args.repeats} runs")
+        f"forward+backward w.r.t. {'hidden and unembedding' if args.wrt == 'all' else 'hidden'}"
+        f", min of {args.repeats} runs", flush=True)
   naive = _measure(args, "naive", 0)
-  rows = [naive] + [_measure(args, "chunked", c) for c in args.chunk_sizes]
   header = (f"{'method':>16} {'time s':>8} {'x naive':>8} {'peak extra GiB':>15} {'x naive':>8}"
             f" {'XLA temp GiB':>13} {'x naive':>8} {'temp+out x naive':>17}")
-  print(header)
+  print(header, flush=True)
   naive_total = naive["xla_temp_bytes"] + naive["xla_output_bytes"]
-  for row in rows:
+  for chunk_size in [None] + args.chunk_sizes:
+    row = naive if chunk_size is None else _measure(args, "chunked", chunk_size)
     name = row["method"] + ("" if row["method"] == "naive" else f" c={row['chunk_size']}")
     total = row["xla_temp_bytes"] + row["xla_output_bytes"]
     print(f"{name:>16} {row['seconds']:8.2f} {row['seconds'] / naive['seconds']:8.3f}"
@@ -121,7 +125,7 @@ def main(argv=None) -> int:
           f" {row['peak_extra_bytes'] / naive['peak_extra_bytes']:8.3f}"
           f" {row['xla_temp_bytes'] / GIB:13.3f}"
           f" {row['xla_temp_bytes'] / naive['xla_temp_bytes']:8.3f}"
-          f" {total / naive_total:17.3f}")
+          f" {total / naive_total:17.3f}", flush=True)
   return 0
 
 
