@@ -151,15 +151,18 @@ def _chunk_logits(chunk, temperature, hidden, unembedding, index):
 
 
 def _num_chunks(chunk, vocab):
+  """ceil(vocab / chunk)."""
   return -(-vocab // chunk)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _chunked_stats(chunk, temperature, hidden, unembedding, targets):
+  """(logp [N], entropy [N]) from hidden [N, D], unembedding [V, D], targets [N]."""
   return _chunked_stats_fwd(chunk, temperature, hidden, unembedding, targets)[0]
 
 
 def _chunked_stats_fwd(chunk, temperature, hidden, unembedding, targets):
+  """Online logsumexp over vocabulary chunks; keeps only per-token scalars as residuals."""
   num_tokens = hidden.shape[0]
 
   def step(carry, index):
@@ -191,6 +194,7 @@ def _chunked_stats_fwd(chunk, temperature, hidden, unembedding, targets):
 
 
 def _chunked_stats_bwd(chunk, temperature, residuals, cotangents):
+  """Recomputes each chunk's logits and accumulates the hidden / unembedding gradients."""
   hidden, unembedding, targets, log_sum_exp, mean_logit = residuals
   g_logp, g_entropy = cotangents
 
