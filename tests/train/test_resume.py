@@ -21,6 +21,7 @@ import pytest
 from flax import nnx
 
 from entropy_rl.train import checkpoint as ck
+from entropy_rl.train.config import load_config, save_config
 from entropy_rl.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,12 +36,12 @@ TINY_RUN = [
 ]
 
 
-def _start(run_dir: Path, cache_dir: Path) -> subprocess.Popen:
+def _start(run_dir: Path, config_file: Path, cache_dir: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", XLA_FLAGS="",
                # the three runs share compiled programs (the same programs give the same bits)
                JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    command = [sys.executable, "-m", "entropy_rl.cli", "train", *TINY_RUN, f"run_dir={run_dir}"]
+    command = [sys.executable, "-m", "entropy_rl.cli", "train", "--config", str(config_file), f"run_dir={run_dir}"]
     return subprocess.Popen(command, env=env, cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
@@ -75,14 +76,15 @@ def _without_timings(rows: list[dict]) -> list[dict]:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
-    cache = tmp_path / "jax_cache"
+    cache, config_file = tmp_path / "jax_cache", tmp_path / "config.yaml"
+    save_config(load_config(overrides=TINY_RUN), config_file)  # every value written out: the 3 runs agree
     uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
-    _finish(_start(uninterrupted, cache))  # also fills the compilation cache: the next two start fast
-    _kill_after_first_checkpoint(_start(killed, cache), killed)
+    _finish(_start(uninterrupted, config_file, cache))  # also fills the compilation cache: the next two start fast
+    _kill_after_first_checkpoint(_start(killed, config_file, cache), killed)
     with ck.Checkpointer(killed, read_only=True) as checkpoints:
         reached = checkpoints.latest_step()
     assert reached < TOTAL_STEPS, "killed too late: nothing left to resume"
-    output = _finish(_start(killed, cache))  # the same command again: resumes from `reached`
+    output = _finish(_start(killed, config_file, cache))  # the same command again: resumes from `reached`
     assert "after" in output
 
     with ck.Checkpointer(killed, read_only=True) as checkpoints:
