@@ -94,7 +94,7 @@ class DataConfig:
 
     dataset: str = "synthetic"
     num_synthetic_problems: int = 20000
-    synthetic_levels: tuple[int, ...] = (1, 2, 3)
+    synthetic_levels: tuple[int, ...] = (1, 2)
     problem_key: Optional[str] = None
     answer_key: Optional[str] = None
     verifier: str = "synthetic"  # "synthetic" | "math" | a registered verifier
@@ -113,7 +113,7 @@ class RolloutConfig:
     Stop and pad token ids come from the tokenizer, not from here.
     """
 
-    max_new_tokens: int = 32
+    max_new_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -157,12 +157,12 @@ class AlgorithmConfig:
 class OptimizerConfig:
     """AdamW with linear warm-up then a constant or cosine schedule, global-norm clipping."""
 
-    learning_rate: float = 1e-4
+    learning_rate: float = 2e-4
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.0
-    warmup_steps: int = 5
+    warmup_steps: int = 3
     schedule: str = "constant"
     min_lr_ratio: float = 0.0  # cosine: final lr = learning_rate * min_lr_ratio
     grad_clip_norm: Optional[float] = 1.0
@@ -199,8 +199,8 @@ class EvalConfig:
     every_steps: int = 0
     benchmark: str = "synthetic"
     num_problems: int = 256
-    n: int = 1
-    temperature: float = 0.0
+    n: int = 4
+    temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 0  # 0 = rollout.max_new_tokens
 
@@ -210,7 +210,7 @@ class WarmStartConfig:
     """Short supervised warm start of a freshly initialised built-in policy (not for HF models)."""
 
     enabled: bool = True
-    steps: int = 300
+    steps: int = 500
     batch_size: int = 32
     learning_rate: float = 3e-3
 

@@ -251,6 +251,7 @@ def heldout_eval(model, tokenizer, problems: Sequence[Problem], encode, key, *, 
     per_problem = groups.correct.reshape(len(problems), e.n).mean(axis=1)
     return {"accuracy": float(per_problem.mean()), "ci": bootstrap_interval(per_problem),
             "per_problem": per_problem.tolist(), "num_problems": len(problems), "n": e.n,
+            "distinct_problems": len({p.problem for p in problems}),
             "temperature": e.temperature, "response_length": float(groups.rollout.lengths.mean())}
 
 
@@ -297,10 +298,11 @@ def _mean_metrics(per_update: list[dict]) -> dict[str, jax.Array]:
     return {key: jnp.mean(jnp.stack([m[key] for m in per_update])) for key in per_update[0]}
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) the RL training of `config`; returns the summary (see `summary_table`)."""
+def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
+    """Run (or resume) the RL training of `config` on `devices` (default: all); returns the
+    summary (see `summary_table`)."""
     start_time = time.time()
-    mesh = make_mesh(config.mesh)
+    mesh = make_mesh(config.mesh, devices=devices)
     policy, tokenizer = build_policy(config.model, seed=config.seed, mesh=mesh)
     encode = PromptEncoder(config, tokenizer)
     problems = training_problems(config)
@@ -428,7 +430,8 @@ def summarize(config: TrainConfig, run: Run, after: dict, checkpointer: Checkpoi
         "accuracy_before": before["accuracy"], "accuracy_before_ci": list(before["ci"]),
         "accuracy_after": after["accuracy"], "accuracy_after_ci": list(after["ci"]),
         "accuracy_gain": diff, "accuracy_gain_ci": list(diff_ci),
-        "heldout_problems": after["num_problems"], "heldout_samples_per_problem": after["n"],
+        "heldout_problems": after["num_problems"], "heldout_distinct_problems": after["distinct_problems"],
+        "heldout_samples_per_problem": after["n"],
         "entropy_start": run.entropy_start, "entropy_end": run.entropy_end,
         "masked_fraction": run.masked_fraction_sum / max(run.steps_logged, 1),
         "skipped_updates": run.num_skipped,
@@ -448,8 +451,8 @@ def summary_table(s: dict[str, Any], config: TrainConfig) -> str:
     flag = _flag_metric(config)
     rows = [
         ("method", f"{s['method']} on {config.data.dataset}, {s['steps']} steps, {s['wall_clock_s'] / 60:.1f} min"),
-        (f"held-out accuracy ({s['heldout_problems']} problems x {s['heldout_samples_per_problem']}, "
-         f"T={config.eval.temperature:g})", ""),
+        (f"held-out accuracy ({s['heldout_problems']} problems ({s['heldout_distinct_problems']} distinct) x "
+         f"{s['heldout_samples_per_problem']} samples, T={config.eval.temperature:g})", ""),
         ("  before", f"{pct(s['accuracy_before'])}  95% CI {ci(s['accuracy_before_ci'])}"),
         ("  after", f"{pct(s['accuracy_after'])}  95% CI {ci(s['accuracy_after_ci'])}"),
         ("  gain (paired)", f"{100 * s['accuracy_gain']:+.1f} pts  95% CI {ci(s['accuracy_gain_ci'])}"
