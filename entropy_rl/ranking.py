@@ -55,7 +55,7 @@ class RankingSettings:
     weighting: str = "discrete"  # "discrete" | "likelihood"
     verifier: str = "math"
     prompt_style: str = "plain"  # as the trainer's data.prompt_style; "chat" for instruct models
-    instruction: str = INSTRUCTION  # appended to each problem ("" = none), as format_prompt
+    instruction: str = INSTRUCTION  # appended to each problem ("" = none): the same as training used
     exact_match_only: bool = False
     prompt_bucket: int = 64
     response_bucket: int = 64
@@ -77,7 +77,8 @@ SETTING_HELP = {
     "batch_prompts": "prompts per generate call (rows = batch_prompts * samples)",
     "weighting": '"discrete" (cluster fractions) or "likelihood" (sequence-probability weighted)',
     "prompt_style": '"plain" or "chat" (as the trainer\'s data.prompt_style)',
-    "instruction": 'text appended to each problem ("" = none)',
+    "instruction": 'text appended to each problem ("" = none); default: none for the synthetic task '
+    "(as the trainer), the \\boxed{} instruction otherwise",
     "exact_match_only": "cluster by normalised string equality only (no math-verify)",
     "prompt_bucket": "prompt length rounded up to a multiple of this",
     "response_bucket": "KV cache response slots rounded up to a multiple of this",
@@ -274,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
         help_ = SETTING_HELP[field.name]
         if field.type == "bool":
             parser.add_argument(flag, action="store_true", help=help_)
+        elif field.name == "instruction":
+            parser.add_argument(flag, default=None, help=help_)
         else:
             default = getattr(defaults, field.name)
             parser.add_argument(flag, type=type(default), default=default, help=f"{help_} (default: {default!r})")
@@ -282,7 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    verifier = args.verifier or ("synthetic" if args.data == "synthetic" else "math")
+    synthetic = args.data == "synthetic"
+    verifier = args.verifier or ("synthetic" if synthetic else "math")
+    if args.instruction is None:  # the trainer's default: the warm start teaches the synthetic task its format
+        args.instruction = "" if synthetic else INSTRUCTION
     settings = RankingSettings(
         verifier=verifier, **{f.name: getattr(args, f.name) for f in dataclasses.fields(RankingSettings) if f.name != "verifier"}
     )

@@ -82,13 +82,13 @@ def warm_started_policy(config, out: Path, num_problems: int):
 
 
 def rank(config, policy, tokenizer, problems, mesh, out: Path, samples: int) -> Path:
-    from entropy_rl.data import INSTRUCTION
     from entropy_rl.ranking import RankingSettings, rank_problems
+    from entropy_rl.train.loop import prompt_instruction
 
     r, d = config.rollout, config.data
     settings = RankingSettings(samples=samples, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                                top_p=r.top_p, top_k=r.top_k, seed=config.seed, batch_prompts=64, verifier=d.verifier,
-                               prompt_style=d.prompt_style, instruction=INSTRUCTION if d.instruction is None else d.instruction,
+                               prompt_style=d.prompt_style, instruction=prompt_instruction(config),
                                prompt_bucket=r.prompt_bucket, response_bucket=r.response_bucket)
     path = out / "ranking.jsonl"
     rank_problems(policy, tokenizer, problems, path, settings, mesh=mesh, progress=False)
