@@ -24,14 +24,14 @@ from entropy_rl.losses.token_stats import centered_covariance
 
 
 def _config_clip(inputs: LossInputs, coef: chex.Array, config: PolicyLossConfig):
-  del coef
-  return clipped_surrogate(inputs, config.clip_low, config.clip_high, config.dual_clip_c)
+    del coef
+    return clipped_surrogate(inputs, config.clip_low, config.clip_high, config.dual_clip_c)
 
 
 @register_policy_loss("ppo_clip")
 def ppo_clip(inputs: LossInputs, coef: chex.Array, config: PolicyLossConfig):
-  """GRPO / DAPO / JustRL: the (dual-)clipped PPO surrogate over every valid token."""
-  return _config_clip(inputs, coef, config)
+    """GRPO / DAPO / JustRL: the (dual-)clipped PPO surrogate over every valid token."""
+    return _config_clip(inputs, coef, config)
 
 
 def spurious_token_mask(
@@ -43,114 +43,126 @@ def spurious_token_mask(
     prob_threshold: float,
     entropy_quantile: float,
 ) -> chex.Array:
-  """STAPO's spurious tokens: valid, A > 0, p < prob_threshold and H < q, where q is the
-  ``entropy_quantile`` quantile of H over the valid tokens. All [B, T] -> [B, T] float32."""
-  chex.assert_rank(logp, 2)
-  chex.assert_equal_shape((logp, entropy, advantages, mask))
-  threshold = masked_quantile(entropy, mask, entropy_quantile)
-  spurious = ((jnp.asarray(mask) != 0) & (advantages > 0)
-              & (jnp.exp(logp) < prob_threshold) & (entropy < threshold))
-  return spurious.astype(jnp.float32)
+    """STAPO's spurious tokens: valid, A > 0, p < prob_threshold and H < q, where q is the
+    ``entropy_quantile`` quantile of H over the valid tokens. All [B, T] -> [B, T] float32."""
+    chex.assert_rank(logp, 2)
+    chex.assert_equal_shape((logp, entropy, advantages, mask))
+    threshold = masked_quantile(entropy, mask, entropy_quantile)
+    spurious = (
+        (jnp.asarray(mask) != 0)
+        & (advantages > 0)
+        & (jnp.exp(logp) < prob_threshold)
+        & (entropy < threshold)
+    )
+    return spurious.astype(jnp.float32)
 
 
 def _stapo_select(inputs: LossInputs, config: PolicyLossConfig, rng) -> Selection:
-  del rng
-  spurious = spurious_token_mask(
-      inputs.logp, require(inputs.entropy, "entropy", "stapo"), inputs.advantages,
-      inputs.mask, prob_threshold=config.stapo_prob_threshold,
-      entropy_quantile=config.stapo_entropy_quantile)
-  keep = inputs.mask * (1.0 - spurious)
-  return Selection(keep, keep, jnp.zeros_like(keep), spurious)
+    del rng
+    spurious = spurious_token_mask(
+        inputs.logp,
+        require(inputs.entropy, "entropy", "stapo"),
+        inputs.advantages,
+        inputs.mask,
+        prob_threshold=config.stapo_prob_threshold,
+        entropy_quantile=config.stapo_entropy_quantile,
+    )
+    keep = inputs.mask * (1.0 - spurious)
+    return Selection(keep, keep, jnp.zeros_like(keep), spurious)
 
 
 @register_policy_loss("stapo", select=_stapo_select, flag_metric="spurious_fraction")
 def stapo(inputs: LossInputs, coef: chex.Array, config: PolicyLossConfig):
-  """STAPO: the DAPO clip objective over non-spurious tokens, renormalised over them."""
-  return _config_clip(inputs, coef, config)
+    """STAPO: the DAPO clip objective over non-spurious tokens, renormalised over them."""
+    return _config_clip(inputs, coef, config)
 
 
 def _entropy_topk_select(inputs: LossInputs, config: PolicyLossConfig, rng) -> Selection:
-  del rng
-  entropy = require(inputs.entropy, "entropy", "entropy_topk")
-  num_keep = count_from_ratio(jnp.sum(inputs.mask), config.entropy_top_ratio, rounding="ceil")
-  keep = masked_top_k(entropy, inputs.mask, num_keep)
-  return Selection(keep, keep, jnp.zeros_like(keep), inputs.mask - keep)
+    del rng
+    entropy = require(inputs.entropy, "entropy", "entropy_topk")
+    num_keep = count_from_ratio(jnp.sum(inputs.mask), config.entropy_top_ratio, rounding="ceil")
+    keep = masked_top_k(entropy, inputs.mask, num_keep)
+    return Selection(keep, keep, jnp.zeros_like(keep), inputs.mask - keep)
 
 
 @register_policy_loss("entropy_topk", select=_entropy_topk_select, flag_metric="masked_fraction")
 def entropy_topk(inputs: LossInputs, coef: chex.Array, config: PolicyLossConfig):
-  """20-Entropy: the clip objective over the ceil(top_ratio N) highest-entropy tokens only."""
-  return _config_clip(inputs, coef, config)
+    """20-Entropy: the clip objective over the ceil(top_ratio N) highest-entropy tokens only."""
+    return _config_clip(inputs, coef, config)
 
 
 def _kl_cov_select(inputs: LossInputs, config: PolicyLossConfig, rng) -> Selection:
-  del rng
-  m = inputs.mask
-  cov = centered_covariance(inputs.logp, inputs.advantages, m)
-  num_penalised = count_from_ratio(jnp.sum(m), config.kl_cov_ratio, rounding="floor", minimum=1)
-  penalised = masked_top_k(cov, m, num_penalised)
-  return Selection(m, m, config.kl_cov_beta * penalised, penalised)
+    del rng
+    m = inputs.mask
+    cov = centered_covariance(inputs.logp, inputs.advantages, m)
+    num_penalised = count_from_ratio(jnp.sum(m), config.kl_cov_ratio, rounding="floor", minimum=1)
+    penalised = masked_top_k(cov, m, num_penalised)
+    return Selection(m, m, config.kl_cov_beta * penalised, penalised)
 
 
 @register_policy_loss("kl_cov", select=_kl_cov_select, flag_metric="penalised_fraction")
 def kl_cov(inputs: LossInputs, coef: chex.Array, config: PolicyLossConfig):
-  """KL-Cov: -A r, plus beta |logp - old_logp| on the top covariance tokens."""
-  del config
-  return penalised_surrogate(inputs, coef), {}
+    """KL-Cov: -A r, plus beta |logp - old_logp| on the top covariance tokens."""
+    del config
+    return penalised_surrogate(inputs, coef), {}
 
 
 def _clip_cov_select(inputs: LossInputs, config: PolicyLossConfig, rng) -> Selection:
-  rng = require(rng, "an rng key (it drops random tokens)", "clip_cov")
-  m = inputs.mask
-  ratio = jnp.exp(log_ratio(inputs))
-  eps = config.clip_cov_clip_ratio
-  adv = inputs.advantages
-  clipped = -adv * jnp.clip(ratio, 1.0 - eps, 1.0 + eps) > -adv * ratio
-  cov = centered_covariance(inputs.logp, adv, m)
-  candidates = (m != 0) & ~clipped & (cov > config.clip_cov_lb) & (cov < config.clip_cov_ub)
-  num_dropped = count_from_ratio(jnp.sum(m), config.clip_cov_ratio, rounding="floor", minimum=1)
-  random_keys = jax.random.uniform(rng, m.shape)
-  dropped = masked_top_k(random_keys, candidates, num_dropped)
-  return Selection(m - dropped, m, jnp.zeros_like(m), dropped)
+    rng = require(rng, "an rng key (it drops random tokens)", "clip_cov")
+    m = inputs.mask
+    ratio = jnp.exp(log_ratio(inputs))
+    eps = config.clip_cov_clip_ratio
+    adv = inputs.advantages
+    clipped = -adv * jnp.clip(ratio, 1.0 - eps, 1.0 + eps) > -adv * ratio
+    cov = centered_covariance(inputs.logp, adv, m)
+    candidates = (m != 0) & ~clipped & (cov > config.clip_cov_lb) & (cov < config.clip_cov_ub)
+    num_dropped = count_from_ratio(jnp.sum(m), config.clip_cov_ratio, rounding="floor", minimum=1)
+    random_keys = jax.random.uniform(rng, m.shape)
+    dropped = masked_top_k(random_keys, candidates, num_dropped)
+    return Selection(m - dropped, m, jnp.zeros_like(m), dropped)
 
 
 @register_policy_loss("clip_cov", select=_clip_cov_select, flag_metric="dropped_fraction")
 def clip_cov(inputs: LossInputs, coef: chex.Array, config: PolicyLossConfig):
-  """Clip-Cov: clip surrogate with r in [1 - clip_cov_clip_ratio, 1 + clip_cov_clip_ratio]."""
-  del coef
-  eps = config.clip_cov_clip_ratio
-  return clipped_surrogate(inputs, eps, eps, None)
+    """Clip-Cov: clip surrogate with r in [1 - clip_cov_clip_ratio, 1 + clip_cov_clip_ratio]."""
+    del coef
+    eps = config.clip_cov_clip_ratio
+    return clipped_surrogate(inputs, eps, eps, None)
 
 
 def _sent_select(inputs: LossInputs, config: PolicyLossConfig, rng) -> Selection:
-  del rng
-  m = inputs.mask
-  entropy = require(inputs.entropy, "entropy", "sent")
-  num_low = count_from_ratio(jnp.sum(m), config.sent_low_entropy_ratio, rounding="floor",
-                             minimum=1)
-  low_entropy = masked_top_k(entropy, m, num_low, largest=False)
-  cov = centered_covariance(inputs.logp, inputs.advantages, low_entropy)
-  num_selected = count_from_ratio(jnp.sum(low_entropy), config.sent_cov_ratio,
-                                  rounding="floor", minimum=1)
-  high_cov = masked_top_k(cov, low_entropy, num_selected)
-  if config.sent_variant == "paper":
-    coef = config.sent_beta * high_cov
-  else:
-    # The high-covariance choice wins when the two sets overlap (|L| < 2n).
-    low_cov = masked_top_k(cov, low_entropy, num_selected, largest=False) * (1.0 - high_cov)
-    coef = config.sent_beta * (config.sent_high_mult * high_cov + config.sent_low_mult * low_cov)
-  return Selection(m, m, coef, (coef > 0).astype(jnp.float32))
+    del rng
+    m = inputs.mask
+    entropy = require(inputs.entropy, "entropy", "sent")
+    num_low = count_from_ratio(
+        jnp.sum(m), config.sent_low_entropy_ratio, rounding="floor", minimum=1
+    )
+    low_entropy = masked_top_k(entropy, m, num_low, largest=False)
+    cov = centered_covariance(inputs.logp, inputs.advantages, low_entropy)
+    num_selected = count_from_ratio(
+        jnp.sum(low_entropy), config.sent_cov_ratio, rounding="floor", minimum=1
+    )
+    high_cov = masked_top_k(cov, low_entropy, num_selected)
+    if config.sent_variant == "paper":
+        coef = config.sent_beta * high_cov
+    else:
+        # The high-covariance choice wins when the two sets overlap (|L| < 2n).
+        low_cov = masked_top_k(cov, low_entropy, num_selected, largest=False) * (1.0 - high_cov)
+        coef = config.sent_beta * (
+            config.sent_high_mult * high_cov + config.sent_low_mult * low_cov
+        )
+    return Selection(m, m, coef, (coef > 0).astype(jnp.float32))
 
 
 @register_policy_loss("sent", select=_sent_select, flag_metric="penalised_fraction")
 def sent(inputs: LossInputs, coef: chex.Array, config: PolicyLossConfig):
-  """SENT token-level loss.
+    """SENT token-level loss.
 
-  "code": -A r + coef |logp - old_logp| (unclipped), coef from the low-entropy set's
-  covariance extremes. "paper": clipped surrogate + coef KL_{sent_kl_kind}(pi || pi_ref).
-  """
-  if config.sent_variant == "code":
-    return penalised_surrogate(inputs, coef), {}
-  ref = require(inputs.ref_logp, "ref_logp (sent_variant='paper')", "sent")
-  loss, indicators = _config_clip(inputs, coef, config)
-  return loss + coef * kl_estimate(inputs.logp, ref, config.sent_kl_kind), indicators
+    "code": -A r + coef |logp - old_logp| (unclipped), coef from the low-entropy set's
+    covariance extremes. "paper": clipped surrogate + coef KL_{sent_kl_kind}(pi || pi_ref).
+    """
+    if config.sent_variant == "code":
+        return penalised_surrogate(inputs, coef), {}
+    ref = require(inputs.ref_logp, "ref_logp (sent_variant='paper')", "sent")
+    loss, indicators = _config_clip(inputs, coef, config)
+    return loss + coef * kl_estimate(inputs.logp, ref, config.sent_kl_kind), indicators

@@ -41,142 +41,153 @@ SENT_VARIANTS = ("code", "paper")
 
 @dataclasses.dataclass(frozen=True)
 class PolicyLossConfig:
-  """Every knob of the policy losses (defaults from ALGORITHMS.md). Hashable: jit-static.
+    """Every knob of the policy losses (defaults from ALGORITHMS.md). Hashable: jit-static.
 
-  PPO clip (ppo_clip, stapo, entropy_topk, sent "paper"):
-    clip_low, clip_high: r is clipped to [1 - clip_low, 1 + clip_high].
-    dual_clip_c: for A < 0 the loss is capped at -A * c; None turns dual clip off.
-  Aggregation: loss_agg_mode (one of AGG_MODES), horizon (L of seq-mean-token-sum-norm;
-    None = T).
-  STAPO: a valid token is spurious when A > 0, p < stapo_prob_threshold and H is below the
-    stapo_entropy_quantile quantile of H over the valid tokens.
-  SENT: sent_variant "code" (released code, boolean selection fixed: -A r +
-    beta_t |logp - old_logp|, unclipped; the top-n covariance tokens of the low-entropy set
-    get sent_beta * sent_high_mult, the bottom-n sent_beta * sent_low_mult) or "paper"
-    (PPO-clipped surrogate + sent_beta * KL_{sent_kl_kind}(pi || pi_ref) on the top-n
-    tokens). Low-entropy set: the sent_low_entropy_ratio fraction of valid tokens with the
-    lowest H; n = max(1, floor(|L| * sent_cov_ratio)).
-  KL-Cov: the top max(1, floor(N * kl_cov_ratio)) tokens by covariance get
-    + kl_cov_beta * |logp - old_logp|; all tokens -A r, unclipped.
-  Clip-Cov: max(1, floor(N * clip_cov_ratio)) random tokens among the unclipped valid
-    tokens with clip_cov_lb < cov < clip_cov_ub are dropped from the numerator; the
-    surrogate clips r to [1 - clip_cov_clip_ratio, 1 + clip_cov_clip_ratio], no dual clip.
-  20-Entropy: only the top ceil(entropy_top_ratio * N) valid tokens by H are kept.
-  Any loss: + ref_kl_coef * KL_{ref_kl_kind}(pi || pi_ref) and - entropy_coef * H, both
-    aggregated over all valid tokens.
-  """
+    PPO clip (ppo_clip, stapo, entropy_topk, sent "paper"):
+      clip_low, clip_high: r is clipped to [1 - clip_low, 1 + clip_high].
+      dual_clip_c: for A < 0 the loss is capped at -A * c; None turns dual clip off.
+    Aggregation: loss_agg_mode (one of AGG_MODES), horizon (L of seq-mean-token-sum-norm;
+      None = T).
+    STAPO: a valid token is spurious when A > 0, p < stapo_prob_threshold and H is below the
+      stapo_entropy_quantile quantile of H over the valid tokens.
+    SENT: sent_variant "code" (released code, boolean selection fixed: -A r +
+      beta_t |logp - old_logp|, unclipped; the top-n covariance tokens of the low-entropy set
+      get sent_beta * sent_high_mult, the bottom-n sent_beta * sent_low_mult) or "paper"
+      (PPO-clipped surrogate + sent_beta * KL_{sent_kl_kind}(pi || pi_ref) on the top-n
+      tokens). Low-entropy set: the sent_low_entropy_ratio fraction of valid tokens with the
+      lowest H; n = max(1, floor(|L| * sent_cov_ratio)).
+    KL-Cov: the top max(1, floor(N * kl_cov_ratio)) tokens by covariance get
+      + kl_cov_beta * |logp - old_logp|; all tokens -A r, unclipped.
+    Clip-Cov: max(1, floor(N * clip_cov_ratio)) random tokens among the unclipped valid
+      tokens with clip_cov_lb < cov < clip_cov_ub are dropped from the numerator; the
+      surrogate clips r to [1 - clip_cov_clip_ratio, 1 + clip_cov_clip_ratio], no dual clip.
+    20-Entropy: only the top ceil(entropy_top_ratio * N) valid tokens by H are kept.
+    Any loss: + ref_kl_coef * KL_{ref_kl_kind}(pi || pi_ref) and - entropy_coef * H, both
+      aggregated over all valid tokens.
+    """
 
-  clip_low: float = 0.2
-  clip_high: float = 0.2
-  dual_clip_c: float | None = 3.0
-  loss_agg_mode: str = "token-mean"
-  horizon: int | None = None
-  stapo_prob_threshold: float = 0.002
-  stapo_entropy_quantile: float = 0.8
-  sent_variant: str = "code"
-  sent_low_entropy_ratio: float = 0.8
-  sent_cov_ratio: float = 2e-4
-  sent_beta: float = 0.1
-  sent_high_mult: float = 2.0
-  sent_low_mult: float = 0.5
-  sent_kl_kind: str = "k3"
-  kl_cov_ratio: float = 2e-4
-  kl_cov_beta: float = 1.0
-  clip_cov_ratio: float = 2e-4
-  clip_cov_lb: float = 1.0
-  clip_cov_ub: float = 5.0
-  clip_cov_clip_ratio: float = 1.0
-  entropy_top_ratio: float = 0.2
-  ref_kl_coef: float = 0.0
-  ref_kl_kind: str = "k3"
-  entropy_coef: float = 0.0
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip_c: float | None = 3.0
+    loss_agg_mode: str = "token-mean"
+    horizon: int | None = None
+    stapo_prob_threshold: float = 0.002
+    stapo_entropy_quantile: float = 0.8
+    sent_variant: str = "code"
+    sent_low_entropy_ratio: float = 0.8
+    sent_cov_ratio: float = 2e-4
+    sent_beta: float = 0.1
+    sent_high_mult: float = 2.0
+    sent_low_mult: float = 0.5
+    sent_kl_kind: str = "k3"
+    kl_cov_ratio: float = 2e-4
+    kl_cov_beta: float = 1.0
+    clip_cov_ratio: float = 2e-4
+    clip_cov_lb: float = 1.0
+    clip_cov_ub: float = 5.0
+    clip_cov_clip_ratio: float = 1.0
+    entropy_top_ratio: float = 0.2
+    ref_kl_coef: float = 0.0
+    ref_kl_kind: str = "k3"
+    entropy_coef: float = 0.0
 
-  def __post_init__(self):
-    _check_choice("loss_agg_mode", self.loss_agg_mode, AGG_MODES)
-    _check_choice("sent_variant", self.sent_variant, SENT_VARIANTS)
-    _check_choice("sent_kl_kind", self.sent_kl_kind, KL_KINDS)
-    _check_choice("ref_kl_kind", self.ref_kl_kind, KL_KINDS)
-    for name in ("stapo_entropy_quantile", "sent_low_entropy_ratio", "sent_cov_ratio",
-                 "kl_cov_ratio", "clip_cov_ratio", "entropy_top_ratio"):
-      if not 0.0 <= getattr(self, name) <= 1.0:
-        raise ValueError(f"PolicyLossConfig.{name} must be in [0, 1], got {getattr(self, name)}")
-    for name in ("clip_low", "clip_high", "clip_cov_clip_ratio", "stapo_prob_threshold"):
-      if getattr(self, name) < 0:
-        raise ValueError(f"PolicyLossConfig.{name} must be >= 0, got {getattr(self, name)}")
-    if self.dual_clip_c is not None and self.dual_clip_c <= 1.0:
-      raise ValueError(f"PolicyLossConfig.dual_clip_c must be > 1 or None, got {self.dual_clip_c}")
-    if self.horizon is not None and self.horizon < 1:
-      raise ValueError(f"PolicyLossConfig.horizon must be >= 1 or None, got {self.horizon}")
+    def __post_init__(self):
+        _check_choice("loss_agg_mode", self.loss_agg_mode, AGG_MODES)
+        _check_choice("sent_variant", self.sent_variant, SENT_VARIANTS)
+        _check_choice("sent_kl_kind", self.sent_kl_kind, KL_KINDS)
+        _check_choice("ref_kl_kind", self.ref_kl_kind, KL_KINDS)
+        for name in (
+            "stapo_entropy_quantile",
+            "sent_low_entropy_ratio",
+            "sent_cov_ratio",
+            "kl_cov_ratio",
+            "clip_cov_ratio",
+            "entropy_top_ratio",
+        ):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(
+                    f"PolicyLossConfig.{name} must be in [0, 1], got {getattr(self, name)}"
+                )
+        for name in ("clip_low", "clip_high", "clip_cov_clip_ratio", "stapo_prob_threshold"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"PolicyLossConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.dual_clip_c is not None and self.dual_clip_c <= 1.0:
+            raise ValueError(
+                f"PolicyLossConfig.dual_clip_c must be > 1 or None, got {self.dual_clip_c}"
+            )
+        if self.horizon is not None and self.horizon < 1:
+            raise ValueError(f"PolicyLossConfig.horizon must be >= 1 or None, got {self.horizon}")
 
 
 def _check_choice(name, value, choices):
-  if value not in choices:
-    raise ValueError(f"PolicyLossConfig.{name}={value!r} is not one of {choices}")
+    if value not in choices:
+        raise ValueError(f"PolicyLossConfig.{name}={value!r} is not one of {choices}")
 
 
 class LossInputs(NamedTuple):
-  """The per-token arrays of a loss, all [B, T] float32 (entropy / ref_logp may be None)."""
+    """The per-token arrays of a loss, all [B, T] float32 (entropy / ref_logp may be None)."""
 
-  logp: chex.Array
-  old_logp: chex.Array
-  advantages: chex.Array
-  mask: chex.Array
-  entropy: chex.Array | None
-  ref_logp: chex.Array | None
+    logp: chex.Array
+    old_logp: chex.Array
+    advantages: chex.Array
+    mask: chex.Array
+    entropy: chex.Array | None
+    ref_logp: chex.Array | None
 
 
 class Selection(NamedTuple):
-  """A method's whole-batch token selection, [B, T] float32 each.
+    """A method's whole-batch token selection, [B, T] float32 each.
 
-  numerator_mask: tokens whose loss enters the numerator.
-  denominator_mask: tokens counted by the aggregation's denominator.
-  coef: per-token penalty coefficient handed to the token loss.
-  flagged: tokens the method masked or penalised (reported as a fraction).
-  """
+    numerator_mask: tokens whose loss enters the numerator.
+    denominator_mask: tokens counted by the aggregation's denominator.
+    coef: per-token penalty coefficient handed to the token loss.
+    flagged: tokens the method masked or penalised (reported as a fraction).
+    """
 
-  numerator_mask: chex.Array
-  denominator_mask: chex.Array
-  coef: chex.Array
-  flagged: chex.Array
+    numerator_mask: chex.Array
+    denominator_mask: chex.Array
+    coef: chex.Array
+    flagged: chex.Array
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PreparedLoss:
-  """Whole-batch, stop-gradient part of a policy loss; every leaf has leading axis B.
+    """Whole-batch, stop-gradient part of a policy loss; every leaf has leading axis B.
 
-  pg_weight: [B, T] weight of the per-token policy loss in the numerator.
-  aux_weight: [B, T] weight of the reference-KL / entropy-bonus terms in the numerator.
-  coef: [B, T] per-token penalty coefficient (SENT, KL-Cov).
-  flagged: [B, T] 1 on tokens the method masked or penalised.
-  denominator: [B] the whole-batch denominator, repeated on every row.
-  row_share: [B] 1 / B, so that per-slice shares of whole-batch scalars add up to 1.
-  """
+    pg_weight: [B, T] weight of the per-token policy loss in the numerator.
+    aux_weight: [B, T] weight of the reference-KL / entropy-bonus terms in the numerator.
+    coef: [B, T] per-token penalty coefficient (SENT, KL-Cov).
+    flagged: [B, T] 1 on tokens the method masked or penalised.
+    denominator: [B] the whole-batch denominator, repeated on every row.
+    row_share: [B] 1 / B, so that per-slice shares of whole-batch scalars add up to 1.
+    """
 
-  pg_weight: chex.Array
-  aux_weight: chex.Array
-  coef: chex.Array
-  flagged: chex.Array
-  denominator: chex.Array
-  row_share: chex.Array
+    pg_weight: chex.Array
+    aux_weight: chex.Array
+    coef: chex.Array
+    flagged: chex.Array
+    denominator: chex.Array
+    row_share: chex.Array
 
-  def rows(self, index) -> "PreparedLoss":
-    """The same rows as ``batch[index]`` (a slice, an index array or a boolean row mask)."""
-    return jax.tree.map(lambda leaf: leaf[index], self)
+    def rows(self, index) -> "PreparedLoss":
+        """The same rows as ``batch[index]`` (a slice, an index array or a boolean row mask)."""
+        return jax.tree.map(lambda leaf: leaf[index], self)
 
 
-TokenLossFn = Callable[[LossInputs, chex.Array, PolicyLossConfig],
-                       tuple[chex.Array, dict[str, chex.Array]]]
+TokenLossFn = Callable[
+    [LossInputs, chex.Array, PolicyLossConfig], tuple[chex.Array, dict[str, chex.Array]]
+]
 SelectFn = Callable[[LossInputs, PolicyLossConfig, chex.PRNGKey | None], Selection]
 
 
 @dataclasses.dataclass(frozen=True)
 class PolicyLossSpec:
-  """A registered loss: its per-token loss, optional selection and flagged-fraction name."""
+    """A registered loss: its per-token loss, optional selection and flagged-fraction name."""
 
-  token_loss: TokenLossFn
-  select: SelectFn | None
-  flag_metric: str | None
+    token_loss: TokenLossFn
+    select: SelectFn | None
+    flag_metric: str | None
 
 
 _POLICY_LOSSES: dict[str, PolicyLossSpec] = {}
@@ -185,93 +196,99 @@ _POLICY_LOSSES: dict[str, PolicyLossSpec] = {}
 def register_policy_loss(
     name: str, *, select: SelectFn | None = None, flag_metric: str | None = None
 ) -> Callable[[TokenLossFn], TokenLossFn]:
-  """Decorator registering ``token_loss(inputs, coef, config) -> (loss [B,T], indicators)``.
+    """Decorator registering ``token_loss(inputs, coef, config) -> (loss [B,T], indicators)``.
 
-  ``indicators`` maps metric names to [B, T] per-token values whose mean over valid tokens
-  is reported. ``select(inputs, config, rng) -> Selection`` runs on the whole batch
-  (default: every valid token, no penalty). ``flag_metric`` names the reported fraction of
-  valid tokens that ``select`` flagged.
-  """
+    ``indicators`` maps metric names to [B, T] per-token values whose mean over valid tokens
+    is reported. ``select(inputs, config, rng) -> Selection`` runs on the whole batch
+    (default: every valid token, no penalty). ``flag_metric`` names the reported fraction of
+    valid tokens that ``select`` flagged.
+    """
 
-  def decorator(token_loss: TokenLossFn) -> TokenLossFn:
-    if name in _POLICY_LOSSES:
-      raise ValueError(f"policy loss {name!r} is already registered")
-    _POLICY_LOSSES[name] = PolicyLossSpec(token_loss, select, flag_metric)
-    return token_loss
+    def decorator(token_loss: TokenLossFn) -> TokenLossFn:
+        if name in _POLICY_LOSSES:
+            raise ValueError(f"policy loss {name!r} is already registered")
+        _POLICY_LOSSES[name] = PolicyLossSpec(token_loss, select, flag_metric)
+        return token_loss
 
-  return decorator
+    return decorator
 
 
 def policy_loss_names() -> tuple[str, ...]:
-  """Names of the registered policy losses."""
-  return tuple(_POLICY_LOSSES)
+    """Names of the registered policy losses."""
+    return tuple(_POLICY_LOSSES)
 
 
 def get_policy_loss(name: str) -> PolicyLossSpec:
-  """The registered ``PolicyLossSpec`` of ``name`` (ValueError naming the choices)."""
-  if name not in _POLICY_LOSSES:
-    raise ValueError(f"unknown policy loss {name!r}; registered: {policy_loss_names()}")
-  return _POLICY_LOSSES[name]
+    """The registered ``PolicyLossSpec`` of ``name`` (ValueError naming the choices)."""
+    if name not in _POLICY_LOSSES:
+        raise ValueError(f"unknown policy loss {name!r}; registered: {policy_loss_names()}")
+    return _POLICY_LOSSES[name]
 
 
 def _loss_inputs(name, logp, old_logp, advantages, mask, entropy, ref_logp) -> LossInputs:
-  """Checks the [B, T] shapes and converts everything to float32."""
-  arrays = dict(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask,
-                entropy=entropy, ref_logp=ref_logp)
-  shape = jnp.shape(logp)
-  if len(shape) != 2:
-    raise ValueError(f"policy loss {name!r}: logp must be [B, T], got shape {shape}")
-  for key, value in arrays.items():
-    if value is not None and jnp.shape(value) != shape:
-      raise ValueError(
-          f"policy loss {name!r}: {key} has shape {jnp.shape(value)}, expected {shape} "
-          "(advantages are per token: broadcast them over T)"
-      )
-  converted = {k: None if v is None else jnp.asarray(v, jnp.float32) for k, v in arrays.items()}
-  converted["mask"] = (jnp.asarray(mask) != 0).astype(jnp.float32)
-  return LossInputs(**converted)
+    """Checks the [B, T] shapes and converts everything to float32."""
+    arrays = dict(
+        logp=logp,
+        old_logp=old_logp,
+        advantages=advantages,
+        mask=mask,
+        entropy=entropy,
+        ref_logp=ref_logp,
+    )
+    shape = jnp.shape(logp)
+    if len(shape) != 2:
+        raise ValueError(f"policy loss {name!r}: logp must be [B, T], got shape {shape}")
+    for key, value in arrays.items():
+        if value is not None and jnp.shape(value) != shape:
+            raise ValueError(
+                f"policy loss {name!r}: {key} has shape {jnp.shape(value)}, expected {shape} "
+                "(advantages are per token: broadcast them over T)"
+            )
+    converted = {k: None if v is None else jnp.asarray(v, jnp.float32) for k, v in arrays.items()}
+    converted["mask"] = (jnp.asarray(mask) != 0).astype(jnp.float32)
+    return LossInputs(**converted)
 
 
 def require(value, what: str, loss: str):
-  """Returns ``value``; a clear ValueError if a loss is missing an input it needs."""
-  if value is None:
-    raise ValueError(f"policy loss {loss!r} needs {what}")
-  return value
+    """Returns ``value``; a clear ValueError if a loss is missing an input it needs."""
+    if value is None:
+        raise ValueError(f"policy loss {loss!r} needs {what}")
+    return value
 
 
 def log_ratio(inputs: LossInputs) -> chex.Array:
-  """logp - old_logp clamped to [-20, 20]."""
-  return jnp.clip(inputs.logp - inputs.old_logp, -LOG_RATIO_BOUND, LOG_RATIO_BOUND)
+    """logp - old_logp clamped to [-20, 20]."""
+    return jnp.clip(inputs.logp - inputs.old_logp, -LOG_RATIO_BOUND, LOG_RATIO_BOUND)
 
 
 def clipped_surrogate(
     inputs: LossInputs, clip_low: float, clip_high: float, dual_clip_c: float | None
 ) -> tuple[chex.Array, dict[str, chex.Array]]:
-  """PPO loss ``max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))``, dual-clipped for A < 0.
+    """PPO loss ``max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))``, dual-clipped for A < 0.
 
-  Returns the [B, T] loss and clip indicators: clip_frac_low (A < 0, r < 1 - clip_low),
-  clip_frac_high (A > 0, r > 1 + clip_high), clip_frac_dual (A < 0 and the -A c cap is
-  active).
-  """
-  ratio = jnp.exp(log_ratio(inputs))
-  adv = inputs.advantages
-  loss = jnp.maximum(-adv * ratio, -adv * jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high))
-  indicators = {
-      "clip_frac_low": ((adv < 0) & (ratio < 1.0 - clip_low)).astype(jnp.float32),
-      "clip_frac_high": ((adv > 0) & (ratio > 1.0 + clip_high)).astype(jnp.float32),
-  }
-  if dual_clip_c is not None:
-    cap = -adv * dual_clip_c
-    dual_active = (adv < 0) & (loss > cap)
-    loss = jnp.where(dual_active, cap, loss)
-    indicators["clip_frac_dual"] = dual_active.astype(jnp.float32)
-  return loss, indicators
+    Returns the [B, T] loss and clip indicators: clip_frac_low (A < 0, r < 1 - clip_low),
+    clip_frac_high (A > 0, r > 1 + clip_high), clip_frac_dual (A < 0 and the -A c cap is
+    active).
+    """
+    ratio = jnp.exp(log_ratio(inputs))
+    adv = inputs.advantages
+    loss = jnp.maximum(-adv * ratio, -adv * jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high))
+    indicators = {
+        "clip_frac_low": ((adv < 0) & (ratio < 1.0 - clip_low)).astype(jnp.float32),
+        "clip_frac_high": ((adv > 0) & (ratio > 1.0 + clip_high)).astype(jnp.float32),
+    }
+    if dual_clip_c is not None:
+        cap = -adv * dual_clip_c
+        dual_active = (adv < 0) & (loss > cap)
+        loss = jnp.where(dual_active, cap, loss)
+        indicators["clip_frac_dual"] = dual_active.astype(jnp.float32)
+    return loss, indicators
 
 
 def penalised_surrogate(inputs: LossInputs, coef: chex.Array) -> chex.Array:
-  """Unclipped ``-A r + coef * |logp - old_logp|`` (KL-Cov, SENT released code), [B, T]."""
-  lr = log_ratio(inputs)
-  return -inputs.advantages * jnp.exp(lr) + coef * jnp.abs(lr)
+    """Unclipped ``-A r + coef * |logp - old_logp|`` (KL-Cov, SENT released code), [B, T]."""
+    lr = log_ratio(inputs)
+    return -inputs.advantages * jnp.exp(lr) + coef * jnp.abs(lr)
 
 
 def prepare_policy_loss(
@@ -286,40 +303,42 @@ def prepare_policy_loss(
     config: PolicyLossConfig,
     rng: chex.PRNGKey | None = None,
 ) -> PreparedLoss:
-  """Stage 1 on the whole update batch: selections, weights and denominator (no gradient).
+    """Stage 1 on the whole update batch: selections, weights and denominator (no gradient).
 
-  Args: [B, T] arrays as in ``policy_loss``.
+    Args: [B, T] arrays as in ``policy_loss``.
 
-  Returns:
-    ``PreparedLoss`` (leaves [B, T] or [B]); slice its rows together with the batch.
-  """
-  spec = get_policy_loss(name)
-  inputs = jax.lax.stop_gradient(
-      _loss_inputs(name, logp, old_logp, advantages, mask, entropy, ref_logp))
-  m = inputs.mask
-  if spec.select is None:
-    selection = Selection(m, m, jnp.zeros_like(m), jnp.zeros_like(m))
-  else:
-    selection = jax.lax.stop_gradient(spec.select(inputs, config, rng))
-  mode, horizon = config.loss_agg_mode, config.horizon
-  row_weights, pg_denominator = aggregation_weights(selection.denominator_mask, mode,
-                                                    horizon=horizon)
-  denominator = jnp.where(pg_denominator > 0, pg_denominator, 1.0)
-  aux_row_weights, aux_denominator = aggregation_weights(m, mode, horizon=horizon)
-  batch = m.shape[0]
-  return PreparedLoss(
-      pg_weight=row_weights * selection.numerator_mask,
-      aux_weight=aux_row_weights * safe_divide(denominator, aux_denominator),
-      coef=selection.coef,
-      flagged=selection.flagged,
-      denominator=jnp.full((batch,), denominator, jnp.float32),
-      row_share=jnp.full((batch,), 1.0 / batch, jnp.float32),
-  )
+    Returns:
+      ``PreparedLoss`` (leaves [B, T] or [B]); slice its rows together with the batch.
+    """
+    spec = get_policy_loss(name)
+    inputs = jax.lax.stop_gradient(
+        _loss_inputs(name, logp, old_logp, advantages, mask, entropy, ref_logp)
+    )
+    m = inputs.mask
+    if spec.select is None:
+        selection = Selection(m, m, jnp.zeros_like(m), jnp.zeros_like(m))
+    else:
+        selection = jax.lax.stop_gradient(spec.select(inputs, config, rng))
+    mode, horizon = config.loss_agg_mode, config.horizon
+    row_weights, pg_denominator = aggregation_weights(
+        selection.denominator_mask, mode, horizon=horizon
+    )
+    denominator = jnp.where(pg_denominator > 0, pg_denominator, 1.0)
+    aux_row_weights, aux_denominator = aggregation_weights(m, mode, horizon=horizon)
+    batch = m.shape[0]
+    return PreparedLoss(
+        pg_weight=row_weights * selection.numerator_mask,
+        aux_weight=aux_row_weights * safe_divide(denominator, aux_denominator),
+        coef=selection.coef,
+        flagged=selection.flagged,
+        denominator=jnp.full((batch,), denominator, jnp.float32),
+        row_share=jnp.full((batch,), 1.0 / batch, jnp.float32),
+    )
 
 
 def _weighted_sum(weights: chex.Array, values: chex.Array) -> chex.Array:
-  """sum(weights * values) with exactly zero gradient where the weight is 0."""
-  return jnp.sum(weights * jnp.where(weights != 0, values, 0.0))
+    """sum(weights * values) with exactly zero gradient where the weight is 0."""
+    return jnp.sum(weights * jnp.where(weights != 0, values, 0.0))
 
 
 def policy_loss_terms(
@@ -334,58 +353,62 @@ def policy_loss_terms(
     ref_logp: chex.Array | None = None,
     config: PolicyLossConfig,
 ) -> tuple[chex.Array, dict[str, tuple[chex.Array, chex.Array]]]:
-  """Stage 2 on a slice of rows: ``(numerator, metric_sums)``.
+    """Stage 2 on a slice of rows: ``(numerator, metric_sums)``.
 
-  Args:
-    name: the registered loss.
-    prepared: the same rows of ``prepare_policy_loss``'s result on the whole batch.
-    logp, old_logp, advantages, mask, entropy, ref_logp: [b, T] rows of the batch.
-    config: the same config as for ``prepare_policy_loss``.
+    Args:
+      name: the registered loss.
+      prepared: the same rows of ``prepare_policy_loss``'s result on the whole batch.
+      logp, old_logp, advantages, mask, entropy, ref_logp: [b, T] rows of the batch.
+      config: the same config as for ``prepare_policy_loss``.
 
-  Returns:
-    numerator: float32 scalar; loss = sum of numerators / ``prepared.denominator[0]``.
-    metric_sums: {name: (sum, count)} float32 scalars; add them across slices and call
-      ``metric_means``.
-  """
-  spec = get_policy_loss(name)
-  inputs = _loss_inputs(name, logp, old_logp, advantages, mask, entropy, ref_logp)
-  if prepared.pg_weight.shape != inputs.logp.shape:
-    raise ValueError(f"policy loss {name!r}: prepared rows have shape "
-                     f"{prepared.pg_weight.shape}, the inputs {inputs.logp.shape}")
-  aux_loss = jnp.zeros_like(inputs.logp)
-  if config.ref_kl_coef:
-    ref = require(inputs.ref_logp, "ref_logp (ref_kl_coef > 0)", name)
-    aux_loss += config.ref_kl_coef * kl_estimate(inputs.logp, ref, config.ref_kl_kind)
-  if config.entropy_coef:
-    aux_loss -= config.entropy_coef * require(inputs.entropy, "entropy (entropy_coef > 0)", name)
-  token_loss, indicators = spec.token_loss(inputs, prepared.coef, config)
-  pg_numerator = _weighted_sum(prepared.pg_weight, token_loss)
-  numerator = pg_numerator + _weighted_sum(prepared.aux_weight, aux_loss)
-  metric_sums = _metric_sums(spec, prepared, inputs, indicators, config, pg_numerator)
-  return numerator, metric_sums
+    Returns:
+      numerator: float32 scalar; loss = sum of numerators / ``prepared.denominator[0]``.
+      metric_sums: {name: (sum, count)} float32 scalars; add them across slices and call
+        ``metric_means``.
+    """
+    spec = get_policy_loss(name)
+    inputs = _loss_inputs(name, logp, old_logp, advantages, mask, entropy, ref_logp)
+    if prepared.pg_weight.shape != inputs.logp.shape:
+        raise ValueError(
+            f"policy loss {name!r}: prepared rows have shape "
+            f"{prepared.pg_weight.shape}, the inputs {inputs.logp.shape}"
+        )
+    aux_loss = jnp.zeros_like(inputs.logp)
+    if config.ref_kl_coef:
+        ref = require(inputs.ref_logp, "ref_logp (ref_kl_coef > 0)", name)
+        aux_loss += config.ref_kl_coef * kl_estimate(inputs.logp, ref, config.ref_kl_kind)
+    if config.entropy_coef:
+        aux_loss -= config.entropy_coef * require(
+            inputs.entropy, "entropy (entropy_coef > 0)", name
+        )
+    token_loss, indicators = spec.token_loss(inputs, prepared.coef, config)
+    pg_numerator = _weighted_sum(prepared.pg_weight, token_loss)
+    numerator = pg_numerator + _weighted_sum(prepared.aux_weight, aux_loss)
+    metric_sums = _metric_sums(spec, prepared, inputs, indicators, config, pg_numerator)
+    return numerator, metric_sums
 
 
 def _metric_sums(spec, prepared, inputs, indicators, config, pg_numerator):
-  """{name: (sum, count)}: per-token means over valid tokens, and the pg term's value."""
-  m = inputs.mask
-  count = jnp.sum(m)
-  per_token = dict(indicators)
-  per_token["approx_kl"] = kl_estimate(inputs.old_logp, inputs.logp, "k3")
-  per_token["ratio"] = jnp.exp(log_ratio(inputs))
-  if inputs.entropy is not None:
-    per_token["entropy"] = inputs.entropy
-  if inputs.ref_logp is not None:
-    per_token["ref_kl"] = kl_estimate(inputs.logp, inputs.ref_logp, config.ref_kl_kind)
-  if spec.flag_metric is not None:
-    per_token[spec.flag_metric] = prepared.flagged
-  sums = {key: (_weighted_sum(m, value), count) for key, value in per_token.items()}
-  sums["pg_loss"] = (pg_numerator / prepared.denominator[0], jnp.sum(prepared.row_share))
-  return jax.lax.stop_gradient(sums)
+    """{name: (sum, count)}: per-token means over valid tokens, and the pg term's value."""
+    m = inputs.mask
+    count = jnp.sum(m)
+    per_token = dict(indicators)
+    per_token["approx_kl"] = kl_estimate(inputs.old_logp, inputs.logp, "k3")
+    per_token["ratio"] = jnp.exp(log_ratio(inputs))
+    if inputs.entropy is not None:
+        per_token["entropy"] = inputs.entropy
+    if inputs.ref_logp is not None:
+        per_token["ref_kl"] = kl_estimate(inputs.logp, inputs.ref_logp, config.ref_kl_kind)
+    if spec.flag_metric is not None:
+        per_token[spec.flag_metric] = prepared.flagged
+    sums = {key: (_weighted_sum(m, value), count) for key, value in per_token.items()}
+    sums["pg_loss"] = (pg_numerator / prepared.denominator[0], jnp.sum(prepared.row_share))
+    return jax.lax.stop_gradient(sums)
 
 
 def metric_means(metric_sums: dict[str, tuple[chex.Array, chex.Array]]) -> dict[str, chex.Array]:
-  """Turns (accumulated) ``{name: (sum, count)}`` into ``{name: sum / count}`` (0 if empty)."""
-  return {key: safe_divide(total, count) for key, (total, count) in metric_sums.items()}
+    """Turns (accumulated) ``{name: (sum, count)}`` into ``{name: sum / count}`` (0 if empty)."""
+    return {key: safe_divide(total, count) for key, (total, count) in metric_sums.items()}
 
 
 def policy_loss(
@@ -400,24 +423,30 @@ def policy_loss(
     config: PolicyLossConfig,
     rng: chex.PRNGKey | None = None,
 ) -> tuple[chex.Array, dict[str, chex.Array]]:
-  """A registered policy loss on one batch: ``(loss, metrics)``.
+    """A registered policy loss on one batch: ``(loss, metrics)``.
 
-  Args:
-    name: a registered loss: ppo_clip, stapo, sent, kl_cov, clip_cov, entropy_topk.
-    logp: [B, T] log pi_theta of the sampled tokens (gradients flow through it).
-    old_logp: [B, T] log-probs under the rollout policy.
-    advantages: [B, T] per-token advantages (one value per response, broadcast over T).
-    mask: [B, T] 1 on response tokens.
-    entropy: [B, T] entropy of pi_theta (stapo, sent, entropy_topk, entropy bonus).
-    ref_logp: [B, T] reference log-probs (ref KL, sent "paper").
-    config: ``PolicyLossConfig``.
-    rng: PRNG key (clip_cov).
+    Args:
+      name: a registered loss: ppo_clip, stapo, sent, kl_cov, clip_cov, entropy_topk.
+      logp: [B, T] log pi_theta of the sampled tokens (gradients flow through it).
+      old_logp: [B, T] log-probs under the rollout policy.
+      advantages: [B, T] per-token advantages (one value per response, broadcast over T).
+      mask: [B, T] 1 on response tokens.
+      entropy: [B, T] entropy of pi_theta (stapo, sent, entropy_topk, entropy bonus).
+      ref_logp: [B, T] reference log-probs (ref KL, sent "paper").
+      config: ``PolicyLossConfig``.
+      rng: PRNG key (clip_cov).
 
-  Returns:
-    float32 scalar loss (minimised) and a dict of float32 scalar metrics.
-  """
-  batch = dict(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask,
-               entropy=entropy, ref_logp=ref_logp)
-  prepared = prepare_policy_loss(name, **batch, config=config, rng=rng)
-  numerator, metric_sums = policy_loss_terms(name, prepared, **batch, config=config)
-  return numerator / prepared.denominator[0], metric_means(metric_sums)
+    Returns:
+      float32 scalar loss (minimised) and a dict of float32 scalar metrics.
+    """
+    batch = dict(
+        logp=logp,
+        old_logp=old_logp,
+        advantages=advantages,
+        mask=mask,
+        entropy=entropy,
+        ref_logp=ref_logp,
+    )
+    prepared = prepare_policy_loss(name, **batch, config=config, rng=rng)
+    numerator, metric_sums = policy_loss_terms(name, prepared, **batch, config=config)
+    return numerator / prepared.denominator[0], metric_means(metric_sums)
