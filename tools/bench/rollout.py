@@ -11,7 +11,8 @@ top-k / top-p), no stop token, so every row generates N tokens.
     decode only       batch * (N - 1) / (time(N tokens) - time(1 token))
 
 Both sides run the 1-token and N-token generations after a warm-up (jax compiles in the
-warm-up; each timing is the best of --repeats). The matmul peak is the float32 GFLOP/s of
+warm-up), interleaved jax / torch so both see the same machine load; each timing is the
+best of --repeats. The matmul peak is the float32 GFLOP/s of
 a large jnp.dot measured in the same run; the decode share of it counts the decoder's matmul
 FLOPs only (2 * matmul parameters per token plus attention over the cache).
 
@@ -64,21 +65,22 @@ def _timed(function) -> float:
     return time.perf_counter() - start
 
 
-def time_jax(model, prompts, new_tokens: int, repeats: int) -> tuple[float, float]:
-    """Seconds (best of repeats) for 1 and for `new_tokens` new tokens; one compiled program."""
+def jax_runs(model, prompts, new_tokens: int) -> dict:
+    """{"1", "N", "N+bar"}: callables generating 1 / new_tokens tokens (the last with the
+    progress bar, chunks of new_tokens // 8 steps); all share one compiled program."""
     base = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, prompt_bucket=len(prompts[0]),
                           response_bucket=new_tokens)
-    configs = {n: SamplingConfig(**{**base.__dict__, "max_new_tokens": n}) for n in (1, new_tokens)}
-    rollout = generate(model, prompts, configs[new_tokens], jax.random.key(0))  # compile
+    one = SamplingConfig(**{**base.__dict__, "max_new_tokens": 1})
+    chunked = SamplingConfig(**{**base.__dict__, "progress_chunk": max(1, new_tokens // 8)})
+    rollout = generate(model, prompts, base, jax.random.key(0))  # compile
     assert rollout.mask.all(), "every row must generate all new tokens"
-    return tuple(
-        min(_timed(lambda: generate(model, prompts, configs[n], jax.random.key(1 + r))) for r in range(repeats))
-        for n in (1, new_tokens)
-    )
+    return {"1": lambda: generate(model, prompts, one, jax.random.key(1)),
+            "N": lambda: generate(model, prompts, base, jax.random.key(1)),
+            "N+bar": lambda: generate(model, prompts, chunked, jax.random.key(1), progress=True)}
 
 
-def time_torch(hf_model, prompts, new_tokens: int, repeats: int) -> tuple[float, float]:
-    """Seconds (best of repeats) for transformers' generate with 1 and `new_tokens` new tokens."""
+def torch_runs(hf_model, prompts, new_tokens: int) -> dict:
+    """{"1", "N"}: callables running transformers' generate for 1 / new_tokens tokens."""
     ids = torch.tensor(prompts)
 
     def run(n):
@@ -88,7 +90,17 @@ def time_torch(hf_model, prompts, new_tokens: int, repeats: int) -> tuple[float,
         assert out.shape[1] == ids.shape[1] + n
 
     run(2)  # warm-up
-    return tuple(min(_timed(lambda: run(n)) for _ in range(repeats)) for n in (1, new_tokens))
+    return {"1": lambda: run(1), "N": lambda: run(new_tokens)}
+
+
+def best_times(runs: dict, repeats: int) -> dict:
+    """Best-of-repeats seconds per run; the runs are interleaved (jax, torch, jax, ...) so that
+    both sides see the same machine load."""
+    times = {name: float("inf") for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            times[name] = min(times[name], _timed(run))
+    return times
 
 
 def main() -> None:
@@ -114,8 +126,11 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}")
 
     peak = matmul_peak_gflops()
-    jax_one, jax_all = time_jax(model, prompts, new_tokens, args.repeats)
-    torch_one, torch_all = time_torch(hf_model, prompts, new_tokens, args.repeats)
+    jax_side, torch_side = jax_runs(model, prompts, new_tokens), torch_runs(hf_model, prompts, new_tokens)
+    times = best_times({"jax 1": jax_side["1"], "torch 1": torch_side["1"], "jax N": jax_side["N"],
+                        "torch N": torch_side["N"], "jax N+bar": jax_side["N+bar"]}, args.repeats)
+    jax_one, jax_all, jax_bar = times["jax 1"], times["jax N"], times["jax N+bar"]
+    torch_one, torch_all = times["torch 1"], times["torch N"]
 
     flops = decode_flops_per_token(HF_CONFIG, args.prompt + new_tokens / 2)
     rows = []
@@ -129,6 +144,8 @@ def main() -> None:
     for name, one, full, with_prefill, decode, share in rows:
         print(f"{name:<22}{one:>10.2f}{full:>10.2f}{with_prefill:>23.1f}{decode:>21.1f}{100 * share:>17.0f}%")
     (_, _, _, jax_prefill, jax_decode, _), (_, _, _, torch_prefill, torch_decode, _) = rows
+    print(f"progress bar (8 chunks): {new_tokens} tokens in {jax_bar:.2f} s vs {jax_all:.2f} s without "
+          f"({jax_bar / jax_all:.3f}x the time)")
     print(f"speed-up vs transformers: prefill included {jax_prefill / torch_prefill:.2f}x, "
           f"decode only {jax_decode / torch_decode:.2f}x")
 
