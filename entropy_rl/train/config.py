@@ -157,7 +157,7 @@ class AlgorithmConfig:
 class OptimizerConfig:
     """AdamW with linear warm-up then a constant or cosine schedule, global-norm clipping."""
 
-    learning_rate: float = 2e-4
+    learning_rate: float = 5e-4
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
@@ -221,7 +221,7 @@ class TrainConfig:
 
     seed: int = 0
     run_dir: str = "runs/stapo-tiny"
-    total_steps: int = 40
+    total_steps: int = 60
     resume: bool = True  # continue from RUN_DIR's latest checkpoint when there is one
     max_consecutive_nonfinite: int = 5  # stop after this many skipped non-finite updates in a row
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)

@@ -20,7 +20,7 @@ TINY = [
     "model.num_attention_heads=2", "model.num_key_value_heads=1", "model.head_dim=16",
     "data.num_synthetic_problems=64", "data.instruction=", "data.batch_size=2", "rollout.n=4",
     "rollout.max_new_tokens=6", "rollout.response_bucket=8", "algorithm.mini_batch_size=2",
-    "algorithm.micro_batch_size=4", "algorithm.overlong_buffer_len=2", "warmstart.steps=0",
+    "algorithm.overlong_buffer_len=2", "warmstart.steps=0",
     "eval.num_problems=4", "checkpoint.async_save=false", "logging.tensorboard=false",
     "logging.progress_bar=false", "optimizer.warmup_steps=0",
 ]
