@@ -127,7 +127,7 @@ def cluster_entropy(cluster_ids: Sequence[int], *, sequence_logprobs: Sequence[f
         probs = np.bincount(ids, weights=np.exp(logp - logp.max()))
         probs = probs / probs.sum()
     probs = probs[probs > 0]
-    return float(-(probs * np.log(probs)).sum())
+    return max(0.0, float(-(probs * np.log(probs)).sum()))  # one cluster: 0.0, not -0.0
 
 
 def semantic_entropy(

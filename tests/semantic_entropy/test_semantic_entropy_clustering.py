@@ -16,6 +16,7 @@ def test_all_equal_answers_have_zero_entropy():
     responses = [boxed("42")] * 8
     assert se.cluster_answers(responses) == [0] * 8
     assert se.semantic_entropy(responses) == 0.0
+    assert str(se.semantic_entropy(responses)) == "0.0"  # not -0.0 in the ranking file
 
 
 def test_all_different_answers_have_log_k_entropy():
