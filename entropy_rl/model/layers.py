@@ -125,20 +125,24 @@ class Attention(nnx.Module):
     def __call__(self, x, cos, sin, mask, kv=None):
         """x [B, T, D]; cos/sin [B, T, 1, head_dim]; mask bool [B, T, S].
 
-        kv: None (attend within x, S = T) or (k_cache, v_cache, slot) with caches
-        [B, S, KV, head_dim] where this call's keys/values are written at `slot`.
-        Returns (out [B, T, D], (k_cache, v_cache) or None).
+        kv: None (attend within x, S = T) or (k_all, v_all, layer, slot) with the stacked
+        caches [L, B, S, KV, head_dim]; this call's keys/values are written in place at
+        [layer, :, slot] (updating the stacked cache, not a per-layer copy of it, lets XLA
+        reuse the cache buffer across decode steps).
+        Returns (out [B, T, D], (k_all, v_all) or None).
         """
         q = apply_rope(self._project(x, self.q_proj, self.q_bias, self.q_norm), cos, sin)
         k = apply_rope(self._project(x, self.k_proj, self.k_bias, self.k_norm), cos, sin)
         v = self._project(x, self.v_proj, self.v_bias, None)
         if kv is not None:
-            k_cache, v_cache, slot = kv
-            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, slot, 0, 0))
-            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, slot, 0, 0))
+            k_all, v_all, layer, slot = kv
+            start = (layer, 0, slot, 0, 0)
+            k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype)[None], start)
+            v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype)[None], start)
+            k, v = k_all[layer], v_all[layer]
         out = grouped_attention(q, k.astype(self.dtype), v.astype(self.dtype), mask)
         out = jnp.einsum("bthk,hkd->btd", out, self.o_proj[...].astype(self.dtype))
-        return out, (None if kv is None else (k, v))
+        return out, (None if kv is None else (k_all, v_all))
 
 
 class MLP(nnx.Module):

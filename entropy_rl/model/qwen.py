@@ -107,7 +107,10 @@ class Qwen(nnx.Module):
                             preferred_element_type=jnp.float32)
         return constrain(logits, ("batch", None, "vocab"))
 
-    def _decode_with_cache(self, input_ids, attention_mask, positions, cache: KVCache):
+    def hidden_states_with_cache(self, input_ids: jax.Array, attention_mask: jax.Array, cache: KVCache,
+                                 *, positions: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+        """(final normed hidden [B, T, D], new cache): writes the T tokens at slots
+        [cache.length, cache.length + T); each attends to the valid slots up to its own."""
         length = input_ids.shape[1]
         valid = cache.write_mask(attention_mask)
         query_slots = cache.length + jnp.arange(length)
@@ -119,10 +122,8 @@ class Qwen(nnx.Module):
         x = self._embed(input_ids)
         k_all, v_all = cache.k, cache.v
         for i, layer in enumerate(self.layers):
-            x, (k_i, v_i) = layer(x, cos, sin, mask, (k_all[i], v_all[i], cache.length))
+            x, (k_all, v_all) = layer(x, cos, sin, mask, (k_all, v_all, i, cache.length))
             x = constrain(x, BATCH_ACTIVATION)
-            k_all = k_all.at[i].set(k_i)
-            v_all = v_all.at[i].set(v_i)
         new_cache = KVCache(k=k_all, v=v_all, valid=valid, length=cache.length + length)
         return self.norm(x), new_cache
 
@@ -137,5 +138,6 @@ class Qwen(nnx.Module):
             return self.logits(self.hidden_states(input_ids, attention_mask, positions=positions))
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-        hidden, new_cache = self._decode_with_cache(input_ids, attention_mask, positions, cache)
+        hidden, new_cache = self.hidden_states_with_cache(input_ids, attention_mask, cache,
+                                                          positions=positions)
         return self.logits(hidden), new_cache

@@ -112,7 +112,7 @@ def _prefill_logits(model, prompt_ids, prompt_mask, cache):
     unembedding FLOPs and memory, about a quarter of a 168M model's prefill); only the last
     one is sampled from.
     """
-    hidden, cache = model._decode_with_cache(prompt_ids, prompt_mask, None, cache)
+    hidden, cache = model.hidden_states_with_cache(prompt_ids, prompt_mask, cache)
     return model.logits(hidden[:, -1:])[:, 0], cache
 
 
