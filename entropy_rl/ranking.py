@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from entropy_rl.data import DEFAULT_LEVELS, INSTRUCTION, Problem, format_prompt, load_problems, synthetic_problems
+from entropy_rl.data import DEFAULT_LEVELS, INSTRUCTION, Problem, default_instruction, format_prompt, load_problems, synthetic_problems
 from entropy_rl.data.curriculum import parse_ranking_line
 from entropy_rl.eval.cli import load_checkpoint  # HF directory or trainer run directory -> (model, tokenizer)
 from entropy_rl.rewards import extract_boxed, get_verifier
@@ -287,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     synthetic = args.data == "synthetic"
     verifier = args.verifier or ("synthetic" if synthetic else "math")
-    if args.instruction is None:  # the trainer's default: the warm start teaches the synthetic task its format
-        args.instruction = "" if synthetic else INSTRUCTION
+    if args.instruction is None:  # the trainer's default
+        args.instruction = default_instruction(args.data)
     settings = RankingSettings(
         verifier=verifier, **{f.name: getattr(args, f.name) for f in dataclasses.fields(RankingSettings) if f.name != "verifier"}
     )

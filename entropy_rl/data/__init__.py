@@ -18,7 +18,7 @@ from entropy_rl.data.loading import (
     load_problems,
 )
 from entropy_rl.data.problem import Problem
-from entropy_rl.data.prompts import INSTRUCTION, STYLES, format_prompt
+from entropy_rl.data.prompts import INSTRUCTION, STYLES, default_instruction, format_prompt
 from entropy_rl.data.synthetic import DEFAULT_LEVELS, LEVELS, synthetic_problems
 from entropy_rl.data.tokenizer import BuiltinTokenizer, HFTokenizer, load_tokenizer
 
@@ -30,6 +30,7 @@ __all__ = [
     "DataError",
     "HFTokenizer",
     "INSTRUCTION",
+    "default_instruction",
     "LEVELS",
     "Problem",
     "ProblemList",

@@ -15,6 +15,13 @@ INSTRUCTION = "Please reason step by step, and put your final answer within \\bo
 STYLES = ("plain", "chat")
 
 
+def default_instruction(source: str) -> str:
+    """The instruction for problems from `source` when none is configured: none for the
+    built-in "synthetic" task (its answer format is taught by the warm start, and short
+    prompts keep CPU runs fast), `INSTRUCTION` for every other dataset or benchmark."""
+    return "" if source == "synthetic" else INSTRUCTION
+
+
 def format_prompt(
     problem: Problem | str, tokenizer: Any = None, *, style: str = "chat", instruction: str = INSTRUCTION, **template_kwargs: Any
 ) -> str:

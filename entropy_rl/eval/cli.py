@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=4096)
     parser.add_argument("--batch-size", type=int, default=256, help="sequences per generate call (default 256)")
     parser.add_argument("--prompt-style", default="chat", help="entropy_rl.data.format_prompt style (chat, plain)")
+    parser.add_argument("--instruction", default=None,
+                        help="text appended to each problem (default: none for synthetic, else the \\boxed{} one)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-problems", type=int,
                         help="evaluate only the first N problems of each benchmark ('synthetic' has 200 by default)")
@@ -138,7 +140,7 @@ def _run(args: argparse.Namespace, problems: dict, n_by_benchmark: dict[str, int
         )
         summary = evaluate(
             model, tokenizer, problems, n=n_by_benchmark, sampling=sampling, seed=args.seed, batch_size=args.batch_size,
-            ks=ks, prompt_style=args.prompt_style, results_path=output / RESULTS_FILE,
+            ks=ks, prompt_style=args.prompt_style, instruction=args.instruction, results_path=output / RESULTS_FILE,
             save_responses=args.save_responses, mesh=mesh, progress=not args.no_progress,
         )
     except (ValueError, FileNotFoundError) as err:  # no checkpoint, bad sampling values, other settings recorded

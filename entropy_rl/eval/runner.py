@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from entropy_rl import data
-from entropy_rl.data import Problem, format_prompt
+from entropy_rl.data import Problem, default_instruction, format_prompt
 from entropy_rl.eval import metrics
 from entropy_rl.eval.results import append_results, read_jsonl, results_by_benchmark
 from entropy_rl.rewards import get_verifier
@@ -107,9 +107,11 @@ def _problem_rows(
     return rows
 
 
-def _sample_chunk(model, tokenizer, benchmark, problems, *, key, sampling, verifier, prompt_style, mesh, save_responses):
+def _sample_chunk(model, tokenizer, benchmark, problems, *, key, sampling, verifier, prompt_style, instruction, mesh,
+                  save_responses):
     """Generate sampling.n responses for each problem of a chunk and verify them -> rows."""
-    prompts = [tokenizer.encode(format_prompt(p, tokenizer, style=prompt_style)) for p in problems]
+    prompts = [tokenizer.encode(format_prompt(p, tokenizer, style=prompt_style, instruction=instruction))
+               for p in problems]
     rollout = generate(model, prompts, sampling, key, mesh=mesh)
     responses = decode_responses(rollout, tokenizer)
     answers = [p.answer for p in problems for _ in range(sampling.n)]
@@ -173,6 +175,7 @@ def evaluate(
     batch_size: int = 256,
     ks: Sequence[int] = metrics.DEFAULT_KS,
     prompt_style: str = "chat",
+    instruction: str | None = None,
     verifiers: Mapping[str, str] | None = None,
     results_path: str | Path | None = None,
     save_responses: bool = False,
@@ -193,6 +196,8 @@ def evaluate(
         Resuming with another batch_size is valid but not sample-for-sample identical.
       ks: k values of avg@k / pass@k; those above a benchmark's n are left out.
       prompt_style: passed to `entropy_rl.data.format_prompt`.
+      instruction: appended to each problem; None = `entropy_rl.data.default_instruction` of
+        the benchmark (none for "synthetic", as in training, else the \\boxed{} instruction).
       verifiers: {benchmark: verifier name}; default "synthetic" for the built-in task, else "math".
       results_path: jsonl of per-problem rows; when given, problems already recorded there
         are not sampled again and new rows are appended chunk by chunk (by process 0 only;
@@ -214,6 +219,7 @@ def evaluate(
     settings = {
         "seed": seed, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
         "max_new_tokens": sampling.max_new_tokens, "prompt_style": prompt_style,
+        "instruction": instruction,
     }
     results_path = Path(results_path) if results_path is not None else None
     recorded = {}
@@ -227,6 +233,7 @@ def evaluate(
         sample_chunk = functools.partial(
             _sample_chunk, model, tokenizer, benchmark, sampling=dataclasses.replace(sampling, n=bench_n),
             verifier=(verifiers or {}).get(benchmark, default_verifier(benchmark)), prompt_style=prompt_style,
+            instruction=default_instruction(benchmark) if instruction is None else instruction,
             mesh=mesh, save_responses=save_responses,
         )
         chunk_size = max(1, batch_size // bench_n)

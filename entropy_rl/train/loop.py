@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from entropy_rl import losses
-from entropy_rl.data import INSTRUCTION, LEVELS, Problem, PromptIterator, format_prompt, load_problems, synthetic_problems
+from entropy_rl.data import LEVELS, Problem, PromptIterator, default_instruction, format_prompt, load_problems, synthetic_problems
 from entropy_rl.parallel import make_mesh
 from entropy_rl.rewards import extract_boxed, get_verifier
 from entropy_rl.rollout import Rollout, generate
@@ -90,11 +90,10 @@ def make_iterator(config: TrainConfig, problems: Sequence[Problem]):
 
 
 def prompt_instruction(config: TrainConfig) -> str:
-    """data.instruction; None = none for the built-in task (its answer format is taught by the
-    warm start, and short prompts keep the CPU run fast), the \\boxed{} instruction otherwise."""
+    """data.instruction; None = `entropy_rl.data.default_instruction` of the dataset."""
     if config.data.instruction is not None:
         return config.data.instruction
-    return "" if config.data.dataset == "synthetic" else INSTRUCTION
+    return default_instruction(config.data.dataset)
 
 
 class PromptEncoder:
@@ -123,18 +122,20 @@ class Groups:
     correct: np.ndarray  # [G n] verifier reward (1 = correct)
     rewards: np.ndarray  # [G n] reward used for the advantage (with the overlong penalty)
     answers: list  # [G n] extracted answers (None = no \boxed{})
+    verifier_failures: int = 0  # checks that raised or timed out (reward 0) in the sampled batches
 
     def select(self, groups: np.ndarray, n: int) -> "Groups":
         rows = (np.asarray(groups)[:, None] * n + np.arange(n)[None]).reshape(-1)
         rollout = Rollout(**{f.name: getattr(self.rollout, f.name)[rows] for f in dataclasses.fields(Rollout)})
-        return Groups(rollout, self.correct[rows], self.rewards[rows], [self.answers[i] for i in rows])
+        return Groups(rollout, self.correct[rows], self.rewards[rows], [self.answers[i] for i in rows],
+                      self.verifier_failures)
 
     @staticmethod
     def concatenate(parts: Sequence["Groups"]) -> "Groups":
         rollout = Rollout(**{f.name: np.concatenate([getattr(p.rollout, f.name) for p in parts])
                              for f in dataclasses.fields(Rollout)})
         return Groups(rollout, np.concatenate([p.correct for p in parts]), np.concatenate([p.rewards for p in parts]),
-                      [a for p in parts for a in p.answers])
+                      [a for p in parts for a in p.answers], sum(p.verifier_failures for p in parts))
 
 
 def overlong_penalty(lengths: np.ndarray, *, max_length: int, buffer: int, factor: float) -> np.ndarray:
@@ -153,11 +154,13 @@ def sample_groups(model, problems: Sequence[Problem], encode, tokenizer, samplin
     responses = [tokenizer.decode(row[:length], skip_special_tokens=True)
                  for row, length in zip(rollout.tokens, rollout.lengths)]
     truths = [p.answer for p in problems for _ in range(sampling.n)]
-    correct = np.asarray(get_verifier(config.data.verifier)(responses, truths).rewards, np.float32)
+    verdict = get_verifier(config.data.verifier)(responses, truths, timeout_s=config.data.reward_timeout_s)
+    correct = np.asarray(verdict.rewards, np.float32)
     a = config.algorithm
     rewards = correct + overlong_penalty(rollout.lengths, max_length=sampling.max_new_tokens,
                                          buffer=a.overlong_buffer_len, factor=a.overlong_penalty_factor)
-    return Groups(rollout, correct, rewards, [extract_boxed(r) for r in responses])
+    return Groups(rollout, correct, rewards, [extract_boxed(r) for r in responses],
+                  verdict.num_errors + verdict.num_timeouts)
 
 
 def collect_groups(model, iterator, encode, tokenizer, sampling, key, *, config: TrainConfig, mesh
@@ -209,6 +212,7 @@ def rollout_metrics(groups: Groups, sampled: Groups, n: int) -> dict[str, float]
         "response_length/truncated_fraction": float(np.mean(~r.stopped)),
         "groups/zero_variance_fraction": float(zero_var.mean()),
         "groups/update_accuracy": float(groups.correct.mean()),
+        "reward/verifier_failures": float(sampled.verifier_failures),
         "semantic_entropy/mean": float(np.mean(group_semantic_entropy(answers, exact_match_only=True))),
     }
 

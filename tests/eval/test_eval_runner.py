@@ -202,7 +202,9 @@ def test_evaluate_interrupted_between_chunks_resumes_without_resampling(monkeypa
     from entropy_rl.data import format_prompt
 
     problems = {"synthetic": synthetic_problems(10, seed=3, split="test")}
-    answers = {tuple(TOKENIZER.encode(format_prompt(p, TOKENIZER))): p.answer for p in problems["synthetic"]}
+    # "synthetic" prompts carry no instruction by default, as in training
+    answers = {tuple(TOKENIZER.encode(format_prompt(p, TOKENIZER, instruction=""))): p.answer
+               for p in problems["synthetic"]}
     scripted = scripted_generate(answers)
     calls = []
 

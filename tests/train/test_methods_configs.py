@@ -28,7 +28,7 @@ TINY = [
 PROMISED = [
     "reward/mean", "accuracy", "response_length/mean", "response_length/max", "response_length/truncated_fraction",
     "entropy/mean", "entropy/p10", "entropy/p50", "entropy/p90", "entropy/positive_adv", "entropy/negative_adv",
-    "cov_logp_adv", "loss", "grad_norm", "lr", "loss/approx_kl", "loss/ratio", "semantic_entropy/mean",
+    "cov_logp_adv", "loss", "grad_norm", "lr", "loss/approx_kl", "loss/ratio", "semantic_entropy/mean", "reward/verifier_failures",
     "time/rollout", "time/update", "time/tokens_per_s",
 ]
 
