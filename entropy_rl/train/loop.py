@@ -30,6 +30,7 @@ import numpy as np
 
 from entropy_rl import losses
 from entropy_rl.data import LEVELS, Problem, PromptIterator, default_instruction, format_prompt, load_problems, synthetic_problems
+from entropy_rl.eval.metrics import benchmark_metrics
 from entropy_rl.parallel import make_mesh
 from entropy_rl.rewards import extract_boxed, get_verifier
 from entropy_rl.rollout import Rollout, generate
@@ -252,11 +253,20 @@ def heldout_eval(model, tokenizer, problems: Sequence[Problem], encode, key, *, 
                                               temperature=e.temperature, top_p=e.top_p, n=e.n,
                                               max_new_tokens=e.max_new_tokens or config.rollout.max_new_tokens)
     groups = sample_groups(model, problems, encode, tokenizer, sampling, key, config=config, mesh=mesh)
-    per_problem = groups.correct.reshape(len(problems), e.n).mean(axis=1)
+    correct = groups.correct.reshape(len(problems), e.n)
+    per_problem = correct.mean(axis=1)
     return {"accuracy": float(per_problem.mean()), "ci": bootstrap_interval(per_problem),
+            "scores": benchmark_metrics(correct.astype(int).tolist()),
             "per_problem": per_problem.tolist(), "num_problems": len(problems), "n": e.n,
             "distinct_problems": len({p.problem for p in problems}),
             "temperature": e.temperature, "response_length": float(groups.rollout.lengths.mean())}
+
+
+def eval_log(result: dict[str, Any], config: TrainConfig) -> dict[str, float]:
+    """`eval/accuracy` and `eval/<benchmark>/{accuracy, avg@k, pass@k}` of a `heldout_eval`."""
+    scores = {f"eval/{config.eval.benchmark}/{key}": value for key, value in result["scores"].items()
+              if "@" in key or key == "accuracy"}
+    return {"eval/accuracy": result["accuracy"], **scores}
 
 
 # --------------------------------------------------------------------------- the run
@@ -410,9 +420,9 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
                                   config=config)
             if config.eval.every_steps and (step + 1) % config.eval.every_steps == 0 and not last:
                 result = heldout_eval(state.model(), tokenizer, heldout, encode, eval_key, config=config, mesh=mesh)
-                logger.log(step + 1, {"eval/accuracy": result["accuracy"]})
+                logger.log(step + 1, eval_log(result, config))
         after = heldout_eval(state.model(), tokenizer, heldout, encode, eval_key, config=config, mesh=mesh)
-        logger.log(config.total_steps, {"eval/accuracy": after["accuracy"]})
+        logger.log(config.total_steps, eval_log(after, config))
     finally:
         logger.close()
         checkpointer.close()

@@ -55,4 +55,8 @@ def test_method_config_runs_two_steps(path, tmp_path):
     if config.algorithm.loss.ref_kl_coef > 0:
         assert all("loss/ref_kl" in row for row in rows)
     assert summary["checkpoint_steps"] == [2]
+    final_eval = [row for row in read_metrics(tmp_path) if "eval/accuracy" in row][-1]
+    assert final_eval["eval/synthetic/accuracy"] == pytest.approx(final_eval["eval/accuracy"])
+    assert final_eval["eval/synthetic/pass@1"] == pytest.approx(final_eval["eval/accuracy"])
+    assert final_eval["eval/accuracy"] <= final_eval["eval/synthetic/pass@4"] <= 1.0
     assert 0.0 <= summary["accuracy_after"] <= 1.0
