@@ -85,6 +85,53 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array)
     return out.reshape(batch, length, heads, head_dim)
 
 
+def cached_attention(q, k, v, mask, k_cache, v_cache, cache_mask) -> jax.Array:
+    """Attention of T new queries over the cached slots and the T new tokens.
+
+    q [B, T, H, D]; k/v [B, T, KV, D] (the new tokens); mask bool [B, T, T] (which new
+    tokens each query sees); k_cache/v_cache [B, S, KV, D]; cache_mask bool [B, S] (the
+    cached slots every query sees) -> [B, T, H, D]. Equals `grouped_attention` over the
+    keys concat(cache, new) with the mask concat(cache_mask, mask); the cache is only read,
+    so the caller can then write the new tokens into it in place.
+
+    A single query (a decode step) takes `_single_query_attention`, which never copies the
+    cache; concatenating would copy it every step, and as a batched matmul the scores are
+    B * KV products of [G, D] x [D, S], too small for the matmul kernels (about 5x slower
+    on CPU for a 168M model).
+    """
+    chex.assert_rank([q, k, v, mask, k_cache, v_cache, cache_mask], [4, 4, 4, 3, 4, 4, 2])
+    batch, length, heads, head_dim = q.shape
+    if length > 1:
+        keys = jnp.concatenate([k_cache, k], axis=1)
+        values = jnp.concatenate([v_cache, v], axis=1)
+        seen_slots = jnp.broadcast_to(cache_mask[:, None, :], (batch, length, cache_mask.shape[1]))
+        return grouped_attention(q, keys, values, jnp.concatenate([seen_slots, mask], axis=-1))
+    kv_heads = k.shape[2]
+    q = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)
+    out = _single_query_attention(q, k[:, 0], v[:, 0], mask[:, 0, 0], k_cache, v_cache, cache_mask)
+    return out.reshape(batch, 1, heads, head_dim)
+
+
+def _single_query_attention(q, k, v, sees_itself, k_cache, v_cache, cache_mask) -> jax.Array:
+    """One query per row: q [B, KV, G, D]; its own k/v [B, KV, D], sees_itself bool [B];
+    k_cache/v_cache [B, S, KV, D], cache_mask bool [B, S] -> [B, KV, G, D].
+
+    scores[b, s, k, g] = sum_d q[b, k, g, d] keys[b, s, k, d] / sqrt(D) over the S cached
+    keys and then its own (float32), softmax over s, out = sum_s probs[b, s, k, g] values[b, s, k, d].
+    Written as elementwise products reduced over d and s, which XLA fuses into one pass
+    over the cache.
+    """
+    scale = q.shape[-1] ** -0.5
+    qf = q.astype(jnp.float32)
+    cached = jnp.sum(qf[:, None] * k_cache[:, :, :, None].astype(jnp.float32), axis=-1) * scale
+    cached = jnp.where(cache_mask[:, :, None, None], cached, NEG_INF)
+    own = jnp.sum(qf * k[:, :, None].astype(jnp.float32), axis=-1) * scale
+    own = jnp.where(sees_itself[:, None, None], own, NEG_INF)
+    probs = jax.nn.softmax(jnp.concatenate([cached, own[:, None]], axis=1), axis=1).astype(v.dtype)
+    from_cache = jnp.sum(probs[:, :-1, :, :, None] * v_cache[:, :, :, None], axis=1)
+    return from_cache + probs[:, -1, :, :, None] * v[:, :, None]
+
+
 class Attention(nnx.Module):
     """Qwen GQA self-attention: q/k/v projections (+ bias in Qwen2, + q/k RMSNorm in Qwen3),
     RoPE, grouped attention over the (cached) keys, output projection."""
@@ -122,27 +169,28 @@ class Attention(nnx.Module):
             y = y + bias[...].astype(self.dtype)
         return y if norm is None else norm(y)
 
-    def __call__(self, x, cos, sin, mask, kv=None):
-        """x [B, T, D]; cos/sin [B, T, 1, head_dim]; mask bool [B, T, S].
+    def __call__(self, x, cos, sin, mask, cache=None):
+        """x [B, T, D]; cos/sin [B, T, 1, head_dim]; mask bool [B, T, T] among x's tokens.
 
-        kv: None (attend within x, S = T) or (k_all, v_all, layer, slot) with the stacked
-        caches [L, B, S, KV, head_dim]; this call's keys/values are written in place at
-        [layer, :, slot] (updating the stacked cache, not a per-layer copy of it, lets XLA
-        reuse the cache buffer across decode steps).
-        Returns (out [B, T, D], (k_all, v_all) or None).
+        cache: None, or (k_cache, v_cache, cache_mask, slot): this layer's cache
+        [B, S, KV, head_dim], the cached slots every token sees (bool [B, S]) and the slot
+        where this call's T keys/values are written, after attention has read the cache.
+        Returns (out [B, T, D], (k_cache, v_cache) or None).
         """
         q = apply_rope(self._project(x, self.q_proj, self.q_bias, self.q_norm), cos, sin)
         k = apply_rope(self._project(x, self.k_proj, self.k_bias, self.k_norm), cos, sin)
         v = self._project(x, self.v_proj, self.v_bias, None)
-        if kv is not None:
-            k_all, v_all, layer, slot = kv
-            start = (layer, 0, slot, 0, 0)
-            k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype)[None], start)
-            v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype)[None], start)
-            k, v = k_all[layer], v_all[layer]
-        out = grouped_attention(q, k.astype(self.dtype), v.astype(self.dtype), mask)
+        if cache is None:
+            out, new_cache = grouped_attention(q, k, v, mask), None
+        else:
+            k_cache, v_cache, cache_mask, slot = cache
+            out = cached_attention(q, k, v, mask, k_cache.astype(self.dtype),
+                                   v_cache.astype(self.dtype), cache_mask)
+            start = (0, slot, 0, 0)
+            new_cache = (jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start),
+                         jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start))
         out = jnp.einsum("bthk,hkd->btd", out, self.o_proj[...].astype(self.dtype))
-        return out, (None if kv is None else (k_all, v_all))
+        return out, new_cache
 
 
 class MLP(nnx.Module):
@@ -174,8 +222,8 @@ class DecoderLayer(nnx.Module):
                                                 axis="norm", param_dtype=pd)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, cos, sin, mask, kv=None):
-        attn_out, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv)
+    def __call__(self, x, cos, sin, mask, cache=None):
+        attn_out, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
         x = x + attn_out
         x = x + self.mlp(self.post_attention_layernorm(x))
-        return x, kv
+        return x, cache

@@ -109,22 +109,23 @@ class Qwen(nnx.Module):
 
     def hidden_states_with_cache(self, input_ids: jax.Array, attention_mask: jax.Array, cache: KVCache,
                                  *, positions: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
-        """(final normed hidden [B, T, D], new cache): writes the T tokens at slots
-        [cache.length, cache.length + T); each attends to the valid slots up to its own."""
-        length = input_ids.shape[1]
-        valid = cache.write_mask(attention_mask)
-        query_slots = cache.length + jnp.arange(length)
+        """(final normed hidden [B, T, D], new cache): the T tokens attend to the valid cached
+        slots and causally to each other, then are written at slots [cache.length, cache.length + T)."""
         if positions is None:
-            valid_before = jnp.cumsum(valid, axis=-1, dtype=jnp.int32) - valid
-            positions = jax.lax.dynamic_slice_in_dim(valid_before, cache.length, length, axis=1)
+            real = attention_mask.astype(jnp.int32)
+            tokens_before = jnp.sum(cache.valid, axis=-1, keepdims=True, dtype=jnp.int32)
+            positions = tokens_before + jnp.cumsum(real, axis=-1) - real
         cos, sin = self._rope(positions)
-        mask = (jnp.arange(cache.max_length)[None, :] <= query_slots[:, None])[None] & valid[:, None, :]
+        mask = causal_padding_mask(attention_mask)
         x = self._embed(input_ids)
-        k_all, v_all = cache.k, cache.v
-        for i, layer in enumerate(self.layers):
-            x, (k_all, v_all) = layer(x, cos, sin, mask, (k_all, v_all, i, cache.length))
+        keys, values = [], []
+        for layer, k_cache, v_cache in zip(self.layers, cache.k, cache.v):
+            x, (k_cache, v_cache) = layer(x, cos, sin, mask, (k_cache, v_cache, cache.valid, cache.length))
             x = constrain(x, BATCH_ACTIVATION)
-        new_cache = KVCache(k=k_all, v=v_all, valid=valid, length=cache.length + length)
+            keys.append(k_cache)
+            values.append(v_cache)
+        new_cache = KVCache(k=tuple(keys), v=tuple(values), valid=cache.write_mask(attention_mask),
+                            length=cache.length + input_ids.shape[1])
         return self.norm(x), new_cache
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,

@@ -42,11 +42,29 @@ def test_prefill_then_decode_steps_equal_full_forward(model):
     assert not np.asarray(cache.valid)[:, prompt_len + steps:].any()
 
 
+def test_prompt_prefilled_in_chunks_equals_one_prefill(model):
+    rng = np.random.default_rng(1)
+    ids = rng.integers(1, 256, (2, 9)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, :3] = 0  # left padding, all inside the first chunk
+    call = jit_forward(model)
+    whole, _ = call(ids, mask, model.init_cache(2, 12))
+    cache = model.init_cache(2, 12)
+    chunks = []
+    for start, stop in [(0, 4), (4, 5), (5, 9)]:
+        logits, cache = call(ids[:, start:stop], mask[:, start:stop], cache)
+        chunks.append(np.asarray(logits))
+    real = mask.astype(bool)
+    np.testing.assert_allclose(np.concatenate(chunks, axis=1)[real], np.asarray(whole)[real], atol=1e-5)
+
+
 def test_cache_layout_and_default_positions(model):
     cache = model.init_cache(2, 8)
     c = model.config
     assert isinstance(cache, KVCache)
-    assert cache.k.shape == (c.num_hidden_layers, 2, 8, c.num_key_value_heads, c.head_dim)
+    assert len(cache.k) == len(cache.v) == c.num_hidden_layers
+    for array in cache.k + cache.v:
+        assert array.shape == (2, 8, c.num_key_value_heads, c.head_dim)
     assert cache.valid.dtype == jnp.bool_ and cache.length.dtype == jnp.int32
     # The same tokens left-padded with a cache give the unpadded logits at the real positions.
     ids = np.array([[0, 0, 7, 8, 9]], np.int32)
