@@ -1,5 +1,6 @@
 """The sampling transform: exact token removal (vs numpy and transformers' warpers),
-sampled frequencies (chi-square), returned log-probs, greedy."""
+sampled frequencies (chi-square, within and across the sampler's blocks), returned
+log-probs, greedy."""
 
 import functools
 
@@ -7,11 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
 import scipy.stats
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from entropy_rl.rollout import filter_logits, sample_tokens, sampling_logprobs
+from entropy_rl.rollout.sampling import SAMPLING_BLOCK, _two_level_inverse_cdf
 
 
 def _reference_kept(z: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
@@ -107,3 +110,32 @@ def test_sampling_logprobs_is_log_softmax_of_the_kept_tokens():
     top4 = np.sort(z, axis=-1)[..., -4:] / 0.5
     second = np.take_along_axis(z, tokens[..., None], -1)[..., 0] / 0.5
     np.testing.assert_allclose(got, second - scipy.special.logsumexp(top4, axis=-1), atol=1e-5)
+
+
+def test_sampled_frequencies_match_over_several_sampling_blocks():
+    vocab = 2 * SAMPLING_BLOCK + 100  # two full blocks and a padded one
+    z = 2.0 * np.random.default_rng(4).normal(size=vocab).astype(np.float32)
+    expected = scipy.special.softmax(z.astype(np.float64))
+    num = 40000
+    tokens, _ = jax.jit(functools.partial(sample_tokens, temperature=1.0))(
+        jnp.broadcast_to(jnp.asarray(z), (num, vocab)), jax.random.split(jax.random.key(5), num)
+    )
+    counts = np.bincount(np.asarray(tokens), minlength=vocab)
+    assert counts.size == vocab
+    top = np.argsort(-expected)[:30]  # the 30 likeliest tokens, then each block's remainder
+    rest = np.ones(vocab, bool)
+    rest[top] = False
+    blocks = np.arange(vocab) // SAMPLING_BLOCK
+    observed = np.concatenate([counts[top], np.bincount(blocks[rest], counts[rest])])
+    predicted = num * np.concatenate([expected[top], np.bincount(blocks[rest], expected[rest])])
+    assert scipy.stats.chisquare(observed, predicted).pvalue > 1e-3, (observed, predicted)
+
+
+def test_inverse_cdf_never_picks_a_zero_probability_token_even_at_u_near_one():
+    vocab = SAMPLING_BLOCK + 44
+    probs = np.zeros((4, vocab), np.float32)
+    probs[:, 5] = probs[:, SAMPLING_BLOCK + 3] = 0.5  # the padded last block holds the second one
+    largest_below_one = np.nextafter(np.float32(1), np.float32(0))
+    uniforms = np.array([[0, 0], [0.49, 0.99], [0.5, 0], [largest_below_one] * 2], np.float32)
+    tokens = _two_level_inverse_cdf(jnp.asarray(probs), jnp.asarray(uniforms))
+    np.testing.assert_array_equal(np.asarray(tokens), [5, 5, SAMPLING_BLOCK + 3, SAMPLING_BLOCK + 3])
