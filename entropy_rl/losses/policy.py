@@ -33,8 +33,6 @@ import jax.numpy as jnp
 
 from entropy_rl.losses.aggregation import AGG_MODES, aggregation_weights, safe_divide
 from entropy_rl.losses.kl import KL_KINDS, LOG_RATIO_BOUND, kl_estimate
-from entropy_rl.losses.selection import count_from_ratio, masked_quantile, masked_top_k
-from entropy_rl.losses.token_stats import centered_covariance
 
 SENT_VARIANTS = ("code", "paper")
 

@@ -97,7 +97,8 @@ def _value_and_grads(name, config, batch):
     def accumulated(logp, entropy):
         full = {**batch, "logp": logp, "entropy": entropy}
         prepared = prepare_policy_loss(name, **full, config=config, rng=RNG)
-        split = lambda x: x.reshape((MICRO_BATCHES, -1) + x.shape[1:])
+        def split(x):
+            return x.reshape((MICRO_BATCHES, -1) + x.shape[1:])
 
         def step(total, rows):
             rows_prepared, rows_batch = rows
@@ -107,9 +108,10 @@ def _value_and_grads(name, config, batch):
         loss, sums = jax.lax.scan(step, 0.0, jax.tree.map(split, (prepared, full)))
         return loss, (metric_means(jax.tree.map(lambda x: x.sum(0), sums)), prepared.flagged)
 
-    differentiate = lambda fn: jax.value_and_grad(fn, argnums=(0, 1), has_aux=True)(
-        batch["logp"], batch["entropy"]
-    )
+    def differentiate(fn):
+        return jax.value_and_grad(fn, argnums=(0, 1), has_aux=True)(
+            batch["logp"], batch["entropy"]
+        )
     whole_result = differentiate(whole)
     (value, (metrics, flagged)), grads = differentiate(accumulated)
     return whole_result, ((value, metrics), grads), flagged

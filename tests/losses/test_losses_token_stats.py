@@ -129,12 +129,14 @@ def _stats_and_grads(fn, hidden, unembedding, weights):
 def _assert_chunked_matches_full(hidden, unembedding, targets, chunk_size, temperature, rtol=1e-5):
     rng = np.random.default_rng(5)
     weights = rng.normal(size=(2,) + targets.shape).astype(np.float32)
-    full = lambda h, w: logprobs_and_entropy(
-        jnp.einsum("...d,vd->...v", h, w), targets, temperature=temperature
-    )
-    chunked = lambda h, w: chunked_logprobs_and_entropy(
-        h, w, targets, chunk_size=chunk_size, temperature=temperature
-    )
+    def full(h, w):
+        return logprobs_and_entropy(
+            jnp.einsum("...d,vd->...v", h, w), targets, temperature=temperature
+        )
+    def chunked(h, w):
+        return chunked_logprobs_and_entropy(
+            h, w, targets, chunk_size=chunk_size, temperature=temperature
+        )
     (stats, grads), (expected_stats, expected_grads) = (
         _stats_and_grads(chunked, hidden, unembedding, weights),
         _stats_and_grads(full, hidden, unembedding, weights),

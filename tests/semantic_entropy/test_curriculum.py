@@ -53,7 +53,8 @@ def test_every_stage_one_item_comes_before_any_stage_two_item(ranked):
 
 def test_resume_mid_stage_continues_exactly(ranked):
     problems, _, path = ranked
-    make = lambda: CurriculumIterator(problems, path, batch_size=4, seed=7, num_stages=3, steps_per_stage=3)
+    def make():
+        return CurriculumIterator(problems, path, batch_size=4, seed=7, num_stages=3, steps_per_stage=3)
     reference = make()
     expected = [[p.id for p in reference.next_batch()] for _ in range(12)]
     for stop in (2, 4, 7):  # mid-stage, right after a stage change, mid-epoch of stage 3

@@ -120,7 +120,8 @@ def test_rank_problems_scores_scripted_samples_by_hand(tmp_path, monkeypatch):
     monkeypatch.setattr(ranking, "generate", scripted_generate(script, tokenizer))
     settings = ranking.RankingSettings(samples=4, batch_prompts=2, verifier="math")
     rows = ranking.rank_problems(None, tokenizer, problems, tmp_path / "r.jsonl", settings, progress=False)
-    h = lambda *p: -sum(x * math.log(x) for x in p)
+    def h(*p):
+        return -sum(x * math.log(x) for x in p)
     expected = [
         {"id": "q0", "semantic_entropy": 0.0, "n_clusters": 1, "accuracy": 1.0},
         {"id": "q1", "semantic_entropy": h(0.75, 0.25), "n_clusters": 2, "accuracy": 0.75},

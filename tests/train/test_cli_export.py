@@ -3,7 +3,6 @@ that computes the same logits; an HF tokenizer travels with it."""
 
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import torch
 import transformers
 from flax import nnx

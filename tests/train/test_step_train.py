@@ -2,7 +2,6 @@
 and response log-probs against the model's own full logits."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
