@@ -175,13 +175,14 @@ class Attention(nnx.Module):
         cache: None, or (k_cache, v_cache, cache_mask, slot): this layer's cache
         [B, S, KV, head_dim], the cached slots every token sees (bool [B, S]) and the slot
         where this call's T keys/values are written, after attention has read the cache.
-        Returns (out [B, T, D], (k_cache, v_cache) or None).
+        Returns (out [B, T, D], kv): without a cache kv is this call's own (k, v)
+        [B, T, KV, head_dim] (to start a cache from), with one the updated (k_cache, v_cache).
         """
         q = apply_rope(self._project(x, self.q_proj, self.q_bias, self.q_norm), cos, sin)
         k = apply_rope(self._project(x, self.k_proj, self.k_bias, self.k_norm), cos, sin)
         v = self._project(x, self.v_proj, self.v_bias, None)
         if cache is None:
-            out, new_cache = grouped_attention(q, k, v, mask), None
+            out, new_cache = grouped_attention(q, k, v, mask), (k, v)
         else:
             k_cache, v_cache, cache_mask, slot = cache
             out = cached_attention(q, k, v, mask, k_cache.astype(self.dtype),

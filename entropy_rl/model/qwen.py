@@ -10,6 +10,8 @@ cache slots before each token.
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -40,11 +42,11 @@ def causal_padding_mask(attention_mask: jax.Array) -> jax.Array:
 
 
 def _run_layer(layer, x, cos, sin, mask):
-    return layer(x, cos, sin, mask)[0]
+    return layer(x, cos, sin, mask)
 
 
 class Qwen(nnx.Module):
-    """Qwen dense decoder. See `__call__`, `hidden_states`, `unembedding`, `init_cache`."""
+    """Qwen dense decoder. See `__call__`, `hidden_states`, `unembedding`, `init_cache`, `prefill`."""
 
     def __init__(self, config: QwenConfig, *, rngs: nnx.Rngs):
         self.config = config
@@ -88,6 +90,28 @@ class Qwen(nnx.Module):
         logits = hidden_states @ unembedding().T; the chunked losses use this to avoid
         materialising [B, T, V] at once.
         """
+        return self._forward(input_ids, attention_mask, positions)[0]
+
+    def prefill(self, input_ids: jax.Array, attention_mask: jax.Array, max_length: int
+                ) -> tuple[jax.Array, KVCache]:
+        """(final normed hidden [B, T, D], a cache of `max_length` slots holding the T tokens).
+
+        The forward of a fresh batch: its tokens attend only to each other, not over the
+        max_length - T empty slots a cached call would also score. The cache then continues
+        with one-token calls exactly as after `model(ids, mask, cache=init_cache(...))`.
+        """
+        hidden, keys_values = self._forward(input_ids, attention_mask, None)
+        cache = self.init_cache(input_ids.shape[0], max_length)
+        write = functools.partial(jax.lax.dynamic_update_slice, start_indices=(0, 0, 0, 0))
+        return hidden, KVCache(
+            k=tuple(write(empty, k.astype(empty.dtype)) for empty, (k, _) in zip(cache.k, keys_values)),
+            v=tuple(write(empty, v.astype(empty.dtype)) for empty, (_, v) in zip(cache.v, keys_values)),
+            valid=cache.write_mask(attention_mask),
+            length=jnp.asarray(input_ids.shape[1], jnp.int32),
+        )
+
+    def _forward(self, input_ids, attention_mask, positions):
+        """(final normed hidden [B, T, D], each layer's (k, v) [B, T, KV, head_dim])."""
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
         if positions is None:
@@ -96,9 +120,12 @@ class Qwen(nnx.Module):
         mask = causal_padding_mask(attention_mask)
         run_layer = nnx.remat(_run_layer) if self.config.remat else _run_layer
         x = self._embed(input_ids)
+        keys_values = []
         for layer in self.layers:
-            x = constrain(run_layer(layer, x, cos, sin, mask), BATCH_ACTIVATION)
-        return self.norm(x)
+            x, kv = run_layer(layer, x, cos, sin, mask)
+            x = constrain(x, BATCH_ACTIVATION)
+            keys_values.append(kv)
+        return self.norm(x), keys_values
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """float32 logits [B, T, V] from final hidden states [B, T, D]."""

@@ -105,14 +105,16 @@ def _batch_shards(mesh) -> int:
     return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
 
 
-def _prefill_logits(model, prompt_ids, prompt_mask, cache):
-    """float32 logits [B, V] of the last prompt position, and the filled cache.
+def _prefill_logits(model, prompt_ids, prompt_mask, max_length):
+    """float32 logits [B, V] of the last prompt position, and the cache holding the prompts.
 
-    model(ids, mask, cache=...) would unembed all P positions ([B, P, V]: P times the
-    unembedding FLOPs and memory, about a quarter of a 168M model's prefill); only the last
-    one is sampled from.
+    Only the last position is unembedded: all P would cost P times the unembedding FLOPs
+    and memory ([B, P, V], about a quarter of a 168M model's prefill).
     """
-    hidden, cache = model.hidden_states_with_cache(prompt_ids, prompt_mask, cache)
+    hidden, cache = model.prefill(prompt_ids, prompt_mask, max_length)
+    cache = cache.replace(k=tuple(constrain(k, _CACHE_AXES) for k in cache.k),
+                          v=tuple(constrain(v, _CACHE_AXES) for v in cache.v),
+                          valid=constrain(cache.valid, ("batch", None)))
     return model.logits(hidden[:, -1:])[:, 0], cache
 
 
@@ -146,11 +148,7 @@ def _prefill(graphdef, params, prompt_ids, prompt_mask, rng, stop_token_ids, pad
     _TRACE_COUNTS["prefill"] += 1
     model = nnx.merge(graphdef, params)
     batch, prompt_length = prompt_ids.shape
-    cache = model.init_cache(batch, prompt_length + program.response_slots)
-    cache = cache.replace(k=tuple(constrain(k, _CACHE_AXES) for k in cache.k),
-                          v=tuple(constrain(v, _CACHE_AXES) for v in cache.v),
-                          valid=constrain(cache.valid, ("batch", None)))
-    logits, cache = _prefill_logits(model, prompt_ids, prompt_mask, cache)
+    logits, cache = _prefill_logits(model, prompt_ids, prompt_mask, prompt_length + program.response_slots)
     row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(batch))
     state = DecodeState(
         cache=cache,

@@ -1,5 +1,6 @@
 """KV-cache decoding reproduces the full forward (left-padded prompts, 1-token steps)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ def model():
     return Qwen(tiny_config(attention_bias=True), rngs=nnx.Rngs(0))  # bias and q/k-norm paths
 
 
-def test_prefill_then_decode_steps_equal_full_forward(model):
+@pytest.mark.parametrize("prefill", ["cached call", "model.prefill"])
+def test_prefill_then_decode_steps_equal_full_forward(model, prefill):
     rng = np.random.default_rng(0)
     prompt_len, steps = 6, 5
     prompt = rng.integers(1, 256, (3, prompt_len)).astype(np.int32)
@@ -28,8 +30,11 @@ def test_prefill_then_decode_steps_equal_full_forward(model):
     full_mask = np.concatenate([prompt_mask, response_mask], axis=1)
     call = jit_forward(model)
     full = np.asarray(call(full_ids, full_mask))
-    cache = model.init_cache(3, prompt_len + steps + 2)
-    logits, cache = call(prompt, prompt_mask, cache)
+    if prefill == "cached call":
+        logits, cache = call(prompt, prompt_mask, model.init_cache(3, prompt_len + steps + 2))
+    else:
+        hidden, cache = jax.jit(model.prefill, static_argnums=2)(prompt, prompt_mask, prompt_len + steps + 2)
+        logits = model.logits(hidden)
     real = prompt_mask.astype(bool)
     np.testing.assert_allclose(np.asarray(logits)[real], full[:, :prompt_len][real], atol=1e-5)
     for t in range(steps):
