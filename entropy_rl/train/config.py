@@ -221,7 +221,7 @@ class TrainConfig:
 
     seed: int = 0
     run_dir: str = "runs/stapo-tiny"
-    total_steps: int = 60
+    total_steps: int = 120
     resume: bool = True  # continue from RUN_DIR's latest checkpoint when there is one
     max_consecutive_nonfinite: int = 5  # stop after this many skipped non-finite updates in a row
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
