@@ -11,6 +11,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from entropy_rl.rollout.batching import round_up
+
 
 def filter_logits(logits: jax.Array, *, temperature: float, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
     """Logits of the sampling distribution, float32 [..., V] -> [..., V].
@@ -92,9 +94,8 @@ def _two_level_inverse_cdf(probs: jax.Array, uniforms: jax.Array) -> jax.Array:
     instead of one over V: about 20x faster than jax.random.categorical on CPU.
     """
     batch, vocab = probs.shape
-    blocks = -(-vocab // SAMPLING_BLOCK)
-    padded = jnp.pad(probs, ((0, 0), (0, blocks * SAMPLING_BLOCK - vocab)))
-    padded = padded.reshape(batch, blocks, SAMPLING_BLOCK)
+    padded = jnp.pad(probs, ((0, 0), (0, round_up(vocab, SAMPLING_BLOCK) - vocab)))
+    padded = padded.reshape(batch, -1, SAMPLING_BLOCK)
     block = _inverse_cdf(jnp.sum(padded, axis=-1), uniforms[:, 0])
     within = jnp.take_along_axis(padded, block[:, None, None], axis=1)[:, 0]
     return (block * SAMPLING_BLOCK + _inverse_cdf(within, uniforms[:, 1])).astype(jnp.int32)
