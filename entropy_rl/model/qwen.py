@@ -19,7 +19,7 @@ from flax import nnx
 
 from entropy_rl.model.cache import KVCache
 from entropy_rl.model.config import QwenConfig
-from entropy_rl.model.layers import DecoderLayer, RMSNorm, init_param, rope_tables
+from entropy_rl.model.layers import DecoderLayer, RMSNorm, init_param, rope_tables, unembed
 from entropy_rl.parallel.sharding import constrain
 
 
@@ -130,8 +130,7 @@ class Qwen(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         """float32 logits [B, T, V] from final hidden states [B, T, D]."""
         chex.assert_rank(hidden, 3)
-        logits = jnp.einsum("btd,vd->btv", hidden, self.unembedding().astype(self.dtype),
-                            preferred_element_type=jnp.float32)
+        logits = unembed(hidden, self.unembedding().astype(self.dtype))
         return constrain(logits, ("batch", None, "vocab"))
 
     def hidden_states_with_cache(self, input_ids: jax.Array, attention_mask: jax.Array, cache: KVCache,
