@@ -1,9 +1,10 @@
-"""Device mesh, logical-axis sharding rules, multi-host start-up."""
+"""Device mesh, logical-axis sharding rules, multi-host start-up, XLA compiler options."""
 
 from entropy_rl.parallel.mesh import MESH_AXES, MeshConfig, initialize_distributed, make_mesh
+from entropy_rl.parallel.xla import COMPILER_OPTIONS
 from entropy_rl.parallel.sharding import (LOGICAL_AXIS_RULES, batch_sharding, constrain, logical_to_mesh,
                                           shard_model, state_shardings, variable_sharding)
 
-__all__ = ["LOGICAL_AXIS_RULES", "MESH_AXES", "MeshConfig", "batch_sharding", "constrain",
+__all__ = ["COMPILER_OPTIONS", "LOGICAL_AXIS_RULES", "MESH_AXES", "MeshConfig", "batch_sharding", "constrain",
            "initialize_distributed", "logical_to_mesh", "make_mesh", "shard_model",
            "state_shardings", "variable_sharding"]

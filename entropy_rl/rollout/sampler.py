@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx, struct
 
 from entropy_rl.model import KVCache
-from entropy_rl.parallel import batch_sharding, constrain
+from entropy_rl.parallel import COMPILER_OPTIONS, batch_sharding, constrain
 from entropy_rl.rollout.batching import left_pad_prompts, round_up
 from entropy_rl.rollout.config import SamplingConfig
 from entropy_rl.rollout.result import Rollout, assemble_rollout
@@ -136,13 +136,7 @@ def _record(state: DecodeState, tokens: jax.Array, logprobs: jax.Array) -> Decod
     )
 
 
-# XLA:CPU's default copy insertion copies each layer's cache around a decode step's in-place
-# slot write (a 168M model's step runs about 3x slower); its region analysis sees the copies
-# are not needed. Other backends do not read xla_cpu_* options.
-_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "program"), compiler_options=_COMPILER_OPTIONS)
+@functools.partial(jax.jit, static_argnames=("graphdef", "program"), compiler_options=COMPILER_OPTIONS)
 def _prefill(graphdef, params, prompt_ids, prompt_mask, rng, stop_token_ids, pad_token_id, *, program: _Program) -> DecodeState:
     """Fill the cache with the prompts [B, P] and sample the first response token."""
     _TRACE_COUNTS["prefill"] += 1
@@ -167,7 +161,7 @@ def _prefill(graphdef, params, prompt_ids, prompt_mask, rng, stop_token_ids, pad
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "program"), donate_argnames=("state",),
-                   compiler_options=_COMPILER_OPTIONS)
+                   compiler_options=COMPILER_OPTIONS)
 def _decode(graphdef, params, state: DecodeState, stop_step, *, program: _Program) -> DecodeState:
     """Decode one token per row per step until step == stop_step or every row stopped."""
     _TRACE_COUNTS["decode"] += 1

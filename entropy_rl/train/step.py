@@ -28,7 +28,7 @@ from flax import nnx, struct
 from jax.sharding import NamedSharding, PartitionSpec
 
 from entropy_rl import losses
-from entropy_rl.parallel import batch_sharding, variable_sharding
+from entropy_rl.parallel import COMPILER_OPTIONS, batch_sharding, variable_sharding
 
 # Quantiles of the token entropy reported each step.
 ENTROPY_QUANTILES = (0.1, 0.5, 0.9)
@@ -314,10 +314,12 @@ def make_train_step(state: TrainState, mesh: jax.sharding.Mesh, *, optimizer: op
     shardings = state_sharding(state, mesh)
     step = functools.partial(train_step, optimizer=optimizer, schedule=schedule, config=config)
     return jax.jit(step, in_shardings=(shardings, batch_sharding(mesh), replicated),
-                   out_shardings=(shardings, replicated), donate_argnums=0)
+                   out_shardings=(shardings, replicated), donate_argnums=0,
+                   compiler_options=COMPILER_OPTIONS)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "temperature", "chunk_size"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "temperature", "chunk_size"),
+                   compiler_options=COMPILER_OPTIONS)
 def _no_grad_logprobs(graphdef, params, batch, *, temperature, chunk_size):
     return jax.lax.stop_gradient(response_logprobs(graphdef, params, batch, temperature=temperature,
                                                    chunk_size=chunk_size))

@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from entropy_rl.model import Qwen, QwenConfig
+from entropy_rl.parallel import COMPILER_OPTIONS
 
 BENCH_CONFIG = QwenConfig(vocab_size=32768, hidden_size=1024, intermediate_size=3072,
                           num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=8,
@@ -59,7 +60,7 @@ def best_times(candidates: dict, repeats: int) -> tuple[dict, dict]:
 def jax_candidates(config: QwenConfig, input_ids: np.ndarray, peak_n: int) -> dict:
     """The matmul peak, the forward and the forward+backward (one jit program each)."""
     a = jax.random.normal(jax.random.key(0), (peak_n, peak_n), jnp.float32)
-    matmul = jax.jit(lambda x: x @ x)
+    matmul = jax.jit(lambda x: x @ x, compiler_options=COMPILER_OPTIONS)
     model = Qwen(config, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
     labels = np.roll(input_ids, -1, axis=1)
@@ -67,8 +68,8 @@ def jax_candidates(config: QwenConfig, input_ids: np.ndarray, peak_n: int) -> di
     def loss(state, ids, labels):
         return cross_entropy(nnx.merge(graphdef, state)(ids), labels)
 
-    forward = jax.jit(lambda s, ids: nnx.merge(graphdef, s)(ids))
-    grad = jax.jit(jax.value_and_grad(loss))
+    forward = jax.jit(lambda s, ids: nnx.merge(graphdef, s)(ids), compiler_options=COMPILER_OPTIONS)
+    grad = jax.jit(jax.value_and_grad(loss), compiler_options=COMPILER_OPTIONS)
     return {"jax peak": lambda: matmul(a).block_until_ready(),
             "jax fwd": lambda: forward(state, input_ids).block_until_ready(),
             "jax fwd+bwd": lambda: jax.block_until_ready(grad(state, input_ids, labels))}
