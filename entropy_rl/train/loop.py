@@ -31,7 +31,7 @@ import numpy as np
 from entropy_rl import losses
 from entropy_rl.data import LEVELS, Problem, PromptIterator, default_instruction, format_prompt, load_problems, synthetic_problems
 from entropy_rl.eval.metrics import benchmark_metrics
-from entropy_rl.parallel import make_mesh
+from entropy_rl.parallel import COMPILER_OPTIONS, make_mesh
 from entropy_rl.rewards import extract_boxed, get_verifier
 from entropy_rl.rollout import Rollout, generate
 from entropy_rl.train.checkpoint import Checkpointer, build_policy
@@ -43,7 +43,7 @@ from entropy_rl.train.warmstart import warm_start
 
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
-_token_statistics = jax.jit(token_statistics)
+_token_statistics = jax.jit(token_statistics, compiler_options=COMPILER_OPTIONS)
 
 
 # --------------------------------------------------------------------------- data

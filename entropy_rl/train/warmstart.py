@@ -12,6 +12,7 @@ with AdamW (constant lr after a short warm-up). Deterministic: the batches are d
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -21,6 +22,7 @@ import optax
 from flax import nnx
 
 from entropy_rl.data import Problem
+from entropy_rl.parallel import COMPILER_OPTIONS
 from entropy_rl.train.step import UpdateBatch, make_schedule, response_logprobs, tree_shardings
 
 
@@ -56,7 +58,7 @@ def warm_start(model: nnx.Module, problems: Sequence[Problem], encode_prompt: Ca
                                           total_steps=steps), weight_decay=0.0)
     shardings = tree_shardings(params, mesh)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=COMPILER_OPTIONS)
     def update(params, opt_state, batch):
         def loss_fn(p):
             logp, _ = response_logprobs(graphdef, p, batch)
