@@ -9,6 +9,12 @@ same positions as one full forward over the unpadded sequence.
 Each layer has its own k and v arrays (not one stacked [L, ...] array): a decode step reads
 a layer's cache and then writes one slot of it, which XLA does in place in that layer's
 buffer; slicing a stacked cache per layer makes a copy of each layer's slice every step.
+
+Layouts are head-major, and keys are stored transposed, [B, KV, head_dim, S]: a decode
+step's scores sum over head_dim with the S slots contiguous, and its output sums over the
+slots of values [B, KV, S, head_dim] with head_dim contiguous. Both reductions then run
+along rows XLA:CPU vectorises, about 1.5x faster than over [B, S, KV, head_dim] for a
+168M model (tools/bench/rollout.py).
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from flax import struct
 
 @struct.dataclass
 class KVCache:
-    """k, v: tuples of L arrays [B, S, KV_heads, head_dim]; valid: bool [B, S]; length: int32 scalar."""
+    """k: L arrays [B, KV_heads, head_dim, S]; v: L arrays [B, KV_heads, S, head_dim];
+    valid: bool [B, S]; length: int32 scalar."""
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
@@ -31,9 +38,10 @@ class KVCache:
     def zeros(cls, num_layers: int, batch_size: int, max_length: int, num_kv_heads: int,
               head_dim: int, dtype) -> "KVCache":
         """An empty cache with `max_length` slots per row."""
-        shape = (batch_size, max_length, num_kv_heads, head_dim)
-        return cls(k=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
-                   v=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
+        keys_shape = (batch_size, num_kv_heads, head_dim, max_length)
+        values_shape = (batch_size, num_kv_heads, max_length, head_dim)
+        return cls(k=tuple(jnp.zeros(keys_shape, dtype) for _ in range(num_layers)),
+                   v=tuple(jnp.zeros(values_shape, dtype) for _ in range(num_layers)),
                    valid=jnp.zeros((batch_size, max_length), bool),
                    length=jnp.zeros((), jnp.int32))
 
@@ -41,7 +49,26 @@ class KVCache:
     def max_length(self) -> int:
         return self.valid.shape[1]
 
+    def grow(self, max_length: int) -> "KVCache":
+        """The same cache with empty slots appended, to `max_length` slots in all."""
+        extra = max_length - self.max_length
+        if extra < 0:
+            raise ValueError(f"KVCache.grow: cannot shrink {self.max_length} slots to {max_length}")
+        return self.replace(k=tuple(jnp.pad(k, ((0, 0), (0, 0), (0, 0), (0, extra))) for k in self.k),
+                            v=tuple(jnp.pad(v, ((0, 0), (0, 0), (0, extra), (0, 0))) for v in self.v),
+                            valid=jnp.pad(self.valid, ((0, 0), (0, extra))))
+
     def write_mask(self, attention_mask: jax.Array) -> jax.Array:
         """`valid` after writing T tokens with attention_mask [B, T] at slots [length, length+T)."""
         return jax.lax.dynamic_update_slice(self.valid, attention_mask.astype(bool),
                                             (0, self.length))
+
+
+def write_keys(k_cache: jax.Array, k: jax.Array, slot) -> jax.Array:
+    """k_cache [B, KV, D, S] with the T keys k [B, T, KV, D] written at slots [slot, slot + T)."""
+    return jax.lax.dynamic_update_slice(k_cache, k.transpose(0, 2, 3, 1).astype(k_cache.dtype), (0, 0, 0, slot))
+
+
+def write_values(v_cache: jax.Array, v: jax.Array, slot) -> jax.Array:
+    """v_cache [B, KV, S, D] with the T values v [B, T, KV, D] written at slots [slot, slot + T)."""
+    return jax.lax.dynamic_update_slice(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype), (0, 0, slot, 0))

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from entropy_rl.model.cache import write_keys, write_values
+
 NEG_INF = float(jnp.finfo(jnp.float32).min)
 
 
@@ -140,10 +142,11 @@ def cached_attention(q, k, v, mask, k_cache, v_cache, cache_mask) -> jax.Array:
     """Attention of T new queries over the cached slots and the T new tokens.
 
     q [B, T, H, D]; k/v [B, T, KV, D] (the new tokens); mask bool [B, T, T] (which new
-    tokens each query sees); k_cache/v_cache [B, S, KV, D]; cache_mask bool [B, S] (the
-    cached slots every query sees) -> [B, T, H, D]. Equals `grouped_attention` over the
-    keys concat(cache, new) with the mask concat(cache_mask, mask); the cache is only read,
-    so the caller can then write the new tokens into it in place.
+    tokens each query sees); k_cache [B, KV, D, S] and v_cache [B, KV, S, D] (see KVCache);
+    cache_mask bool [B, S] (the cached slots every query sees) -> [B, T, H, D]. Equals
+    `grouped_attention` over the keys concat(cache, new) with the mask
+    concat(cache_mask, mask); the cache is only read, so the caller can then write the new
+    tokens into it in place.
 
     A single query (a decode step) takes `_single_query_attention`, which never copies the
     cache; concatenating would copy it every step, and as a batched matmul the scores are
@@ -153,8 +156,8 @@ def cached_attention(q, k, v, mask, k_cache, v_cache, cache_mask) -> jax.Array:
     chex.assert_rank([q, k, v, mask, k_cache, v_cache, cache_mask], [4, 4, 4, 3, 4, 4, 2])
     batch, length, heads, head_dim = q.shape
     if length > 1:
-        keys = jnp.concatenate([k_cache, k], axis=1)
-        values = jnp.concatenate([v_cache, v], axis=1)
+        keys = jnp.concatenate([k_cache.transpose(0, 3, 1, 2), k], axis=1)
+        values = jnp.concatenate([v_cache.transpose(0, 2, 1, 3), v], axis=1)
         seen_slots = jnp.broadcast_to(cache_mask[:, None, :], (batch, length, cache_mask.shape[1]))
         return grouped_attention(q, keys, values, jnp.concatenate([seen_slots, mask], axis=-1))
     kv_heads = k.shape[2]
@@ -165,22 +168,22 @@ def cached_attention(q, k, v, mask, k_cache, v_cache, cache_mask) -> jax.Array:
 
 def _single_query_attention(q, k, v, sees_itself, k_cache, v_cache, cache_mask) -> jax.Array:
     """One query per row: q [B, KV, G, D]; its own k/v [B, KV, D], sees_itself bool [B];
-    k_cache/v_cache [B, S, KV, D], cache_mask bool [B, S] -> [B, KV, G, D].
+    k_cache [B, KV, D, S], v_cache [B, KV, S, D], cache_mask bool [B, S] -> [B, KV, G, D].
 
-    scores[b, s, k, g] = sum_d q[b, k, g, d] keys[b, s, k, d] / sqrt(D) over the S cached
-    keys and then its own (float32), softmax over s, out = sum_s probs[b, s, k, g] values[b, s, k, d].
-    Written as elementwise products reduced over d and s, which XLA fuses into one pass
-    over the cache.
+    scores[b, k, g, s] = sum_d q[b, k, g, d] k_cache[b, k, d, s] / sqrt(D) over the S cached
+    keys and then its own (float32), softmax over s, out = sum_s probs[b, k, g, s]
+    v_cache[b, k, s, d]. Written as elementwise products reduced over d and s, which XLA
+    fuses into one pass over each cache array.
     """
     scale = q.shape[-1] ** -0.5
     qf = q.astype(jnp.float32)
-    cached = jnp.sum(qf[:, None] * k_cache[:, :, :, None].astype(jnp.float32), axis=-1) * scale
-    cached = jnp.where(cache_mask[:, :, None, None], cached, NEG_INF)
+    cached = jnp.sum(qf[..., None] * k_cache[:, :, None].astype(jnp.float32), axis=3) * scale
+    cached = jnp.where(cache_mask[:, None, None, :], cached, NEG_INF)
     own = jnp.sum(qf * k[:, :, None].astype(jnp.float32), axis=-1) * scale
     own = jnp.where(sees_itself[:, None, None], own, NEG_INF)
-    probs = jax.nn.softmax(jnp.concatenate([cached, own[:, None]], axis=1), axis=1).astype(v.dtype)
-    from_cache = jnp.sum(probs[:, :-1, :, :, None] * v_cache[:, :, :, None], axis=1)
-    return from_cache + probs[:, -1, :, :, None] * v[:, :, None]
+    probs = jax.nn.softmax(jnp.concatenate([cached, own[..., None]], axis=-1), axis=-1).astype(v.dtype)
+    from_cache = jnp.sum(probs[..., :-1, None] * v_cache[:, :, None], axis=3)
+    return from_cache + probs[..., -1:] * v[:, :, None]
 
 
 @jax.custom_vjp
@@ -248,9 +251,9 @@ class Attention(nnx.Module):
     def __call__(self, x, cos, sin, mask, cache=None):
         """x [B, T, D]; cos/sin [B, T, 1, head_dim]; mask bool [B, T, T] among x's tokens.
 
-        cache: None, or (k_cache, v_cache, cache_mask, slot): this layer's cache
-        [B, S, KV, head_dim], the cached slots every token sees (bool [B, S]) and the slot
-        where this call's T keys/values are written, after attention has read the cache.
+        cache: None, or (k_cache, v_cache, cache_mask, slot): this layer's cache (KVCache
+        layouts), the cached slots every token sees (bool [B, S]) and the slot where this
+        call's T keys/values are written, after attention has read the cache.
         Returns (out [B, T, D], kv): without a cache kv is this call's own (k, v)
         [B, T, KV, head_dim] (to start a cache from), with one the updated (k_cache, v_cache).
         """
@@ -261,11 +264,9 @@ class Attention(nnx.Module):
             out, new_cache = grouped_attention(q, k, v, mask), (k, v)
         else:
             k_cache, v_cache, cache_mask, slot = cache
-            out = cached_attention(q, k, v, mask, k_cache.astype(self.dtype),
-                                   v_cache.astype(self.dtype), cache_mask)
-            start = (0, slot, 0, 0)
-            new_cache = (jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start),
-                         jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start))
+            out = cached_attention(q, k, v, mask, k_cache.astype(self.dtype), v_cache.astype(self.dtype),
+                                   cache_mask)
+            new_cache = (write_keys(k_cache, k, slot), write_values(v_cache, v, slot))
         out = jnp.einsum("bthk,hkd->btd", out, self.o_proj[...].astype(self.dtype))
         return out, new_cache
 

@@ -10,14 +10,12 @@ cache slots before each token.
 
 from __future__ import annotations
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from entropy_rl.model.cache import KVCache
+from entropy_rl.model.cache import KVCache, write_keys, write_values
 from entropy_rl.model.config import QwenConfig
 from entropy_rl.model.layers import DecoderLayer, RMSNorm, init_param, rope_tables, unembed
 from entropy_rl.parallel.sharding import constrain
@@ -102,10 +100,9 @@ class Qwen(nnx.Module):
         """
         hidden, keys_values = self._forward(input_ids, attention_mask, None)
         cache = self.init_cache(input_ids.shape[0], max_length)
-        write = functools.partial(jax.lax.dynamic_update_slice, start_indices=(0, 0, 0, 0))
         return hidden, KVCache(
-            k=tuple(write(empty, k.astype(empty.dtype)) for empty, (k, _) in zip(cache.k, keys_values)),
-            v=tuple(write(empty, v.astype(empty.dtype)) for empty, (_, v) in zip(cache.v, keys_values)),
+            k=tuple(write_keys(empty, k, 0) for empty, (k, _) in zip(cache.k, keys_values)),
+            v=tuple(write_values(empty, v, 0) for empty, (_, v) in zip(cache.v, keys_values)),
             valid=cache.write_mask(attention_mask),
             length=jnp.asarray(input_ids.shape[1], jnp.int32),
         )

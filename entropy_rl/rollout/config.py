@@ -22,6 +22,11 @@ class SamplingConfig:
       prompt_bucket: the padded prompt length is rounded up to a multiple of this.
       response_bucket: the KV cache reserves max_new_tokens rounded up to a multiple of this,
         so nearby max_new_tokens values share one compiled program.
+      decode_segments: the response is decoded in up to this many compiled segments whose
+        KV caches grow from the prompt plus the first ~R/decode_segments response slots to
+        all R, so early steps do not read the empty end of the cache (4 segments read
+        about 3/8 fewer cache slots than 1 for a long response; each is one more compiled
+        program per shape).
       progress_chunk: with `progress=True`, decode steps per compiled call between two
         updates of the progress bar.
     """
@@ -35,6 +40,7 @@ class SamplingConfig:
     pad_token_id: int = 0
     prompt_bucket: int = 64
     response_bucket: int = 64
+    decode_segments: int = 4
     progress_chunk: int = 64
 
     def __post_init__(self):
@@ -49,6 +55,7 @@ class SamplingConfig:
             (self.pad_token_id >= 0, "pad_token_id must be >= 0"),
             (self.prompt_bucket >= 1, "prompt_bucket must be >= 1"),
             (self.response_bucket >= 1, "response_bucket must be >= 1"),
+            (self.decode_segments >= 1, "decode_segments must be >= 1"),
             (self.progress_chunk >= 1, "progress_chunk must be >= 1"),
         ]
         for ok, message in checks:

@@ -1,10 +1,15 @@
 """`generate`: batched sampling with a preallocated KV cache, compiled per bucketed shape.
 
-Two compiled programs per (batch, prompt bucket, response bucket, sampling transform):
+Compiled programs per (batch, prompt bucket, response bucket, sampling transform):
 
     prefill: cache <- model(prompt);  y_0 ~ pi(. | prompt)
     decode:  while step < stop_step and not all rows stopped:
                  logits, cache <- model(y_{step-1}, cache);  y_step ~ pi(. | ...)
+
+and one decode program (and one cache growth) per decode segment: the cache starts with the
+prompt and the first response slots and grows between segments, so a step attends over
+the slots its segment can have filled rather than the whole cache, whose reads dominate
+the attention of a decode step.
 
 The model is split with `nnx.split` into (graphdef, state) at the jit boundary: graphdef is
 static (part of the jit cache key), state is the very parameter arrays the trainer updates,
@@ -27,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
+from tqdm.auto import tqdm
 
 from entropy_rl.model import KVCache
 from entropy_rl.parallel import COMPILER_OPTIONS, batch_sharding, constrain
@@ -35,16 +41,17 @@ from entropy_rl.rollout.config import SamplingConfig
 from entropy_rl.rollout.result import Rollout, assemble_rollout
 from entropy_rl.rollout.sampling import sample_tokens
 
-# Each layer's KVCache.k / .v [B, S, KV, head_dim] by logical axis.
-_CACHE_AXES = ("batch", None, "kv_heads", "head_dim")
+# Each layer's KVCache.k [B, KV, head_dim, S] and .v [B, KV, S, head_dim] by logical axis.
+_KEYS_AXES = ("batch", "kv_heads", "head_dim", None)
+_VALUES_AXES = ("batch", "kv_heads", None, "head_dim")
 
 # Number of times each compiled program was traced (= compiled) in this process.
 _TRACE_COUNTS: collections.Counter = collections.Counter()
 
 
 def compile_counts() -> dict[str, int]:
-    """{"prefill": k, "decode": m}: how many programs of each kind this process compiled."""
-    return {"prefill": _TRACE_COUNTS["prefill"], "decode": _TRACE_COUNTS["decode"]}
+    """{"prefill": k, "decode": m, "grow": g}: how many programs of each kind this process compiled."""
+    return {kind: _TRACE_COUNTS[kind] for kind in ("prefill", "decode", "grow")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +59,7 @@ class _Program:
     """The static part of a generation: everything that selects a compiled program."""
 
     response_slots: int
+    decode_segments: int
     temperature: float
     top_k: int
     top_p: float
@@ -61,6 +69,7 @@ class _Program:
     def from_config(cls, config: SamplingConfig, mesh) -> "_Program":
         return cls(
             response_slots=round_up(config.max_new_tokens, config.response_bucket),
+            decode_segments=config.decode_segments,
             temperature=float(config.temperature),
             top_k=config.top_k,
             top_p=float(config.top_p),
@@ -69,6 +78,18 @@ class _Program:
 
     def sample(self, logits: jax.Array, keys: jax.Array):
         return sample_tokens(logits, keys, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+
+    def cache_sizes(self, prompt_slots: int) -> list[int]:
+        """The cache slots of each decode segment, increasing to prompt + response slots.
+
+        Segment i of n holds the P prompt slots and the first r_i = ceil(R * i / n) response
+        slots, r_i rounded up to a multiple of 8 (so short responses take one segment).
+        Decode step s reads slots [0, P + s - 1) and writes slot P + s - 1, so the segment
+        runs the steps s <= r_i.
+        """
+        ends = {min(round_up(-(-self.response_slots * i // self.decode_segments), 8), self.response_slots)
+                for i in range(1, self.decode_segments + 1)}
+        return [prompt_slots + end for end in sorted(ends)]
 
     def mesh_context(self):
         """jax.set_mesh(mesh), under which `constrain` (here and in the model) shards by name."""
@@ -105,6 +126,13 @@ def _batch_shards(mesh) -> int:
     return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
 
 
+def _constrain_cache(cache: KVCache) -> KVCache:
+    """The cache sharded by logical axes: batch as the activations, kv heads as the weights."""
+    return cache.replace(k=tuple(constrain(k, _KEYS_AXES) for k in cache.k),
+                         v=tuple(constrain(v, _VALUES_AXES) for v in cache.v),
+                         valid=constrain(cache.valid, ("batch", None)))
+
+
 def _prefill_logits(model, prompt_ids, prompt_mask, max_length):
     """float32 logits [B, V] of the last prompt position, and the cache holding the prompts.
 
@@ -112,10 +140,7 @@ def _prefill_logits(model, prompt_ids, prompt_mask, max_length):
     and memory ([B, P, V], about a quarter of a 168M model's prefill).
     """
     hidden, cache = model.prefill(prompt_ids, prompt_mask, max_length)
-    cache = cache.replace(k=tuple(constrain(k, _CACHE_AXES) for k in cache.k),
-                          v=tuple(constrain(v, _CACHE_AXES) for v in cache.v),
-                          valid=constrain(cache.valid, ("batch", None)))
-    return model.logits(hidden[:, -1:])[:, 0], cache
+    return model.logits(hidden[:, -1:])[:, 0], _constrain_cache(cache)
 
 
 def _step_keys(row_keys: jax.Array, step: jax.Array) -> jax.Array:
@@ -142,7 +167,7 @@ def _prefill(graphdef, params, prompt_ids, prompt_mask, rng, stop_token_ids, pad
     _TRACE_COUNTS["prefill"] += 1
     model = nnx.merge(graphdef, params)
     batch, prompt_length = prompt_ids.shape
-    logits, cache = _prefill_logits(model, prompt_ids, prompt_mask, prompt_length + program.response_slots)
+    logits, cache = _prefill_logits(model, prompt_ids, prompt_mask, program.cache_sizes(prompt_length)[0])
     row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(batch))
     state = DecodeState(
         cache=cache,
@@ -179,6 +204,13 @@ def _decode(graphdef, params, state: DecodeState, stop_step, *, program: _Progra
     return jax.lax.while_loop(running, step, state)
 
 
+@functools.partial(jax.jit, static_argnames=("slots",))
+def _grow_cache(state: DecodeState, *, slots: int) -> DecodeState:
+    """The state with its cache grown to `slots` slots (the next decode segment's)."""
+    _TRACE_COUNTS["grow"] += 1
+    return state.replace(cache=_constrain_cache(state.cache.grow(slots)))
+
+
 def generate(
     model: nnx.Module,
     prompts: Sequence[Sequence[int]],
@@ -208,7 +240,7 @@ def generate(
     with program.mesh_context():
         state = _prefill(graphdef, params, ids, mask, rng, _stop_token_array(config), jnp.int32(config.pad_token_id),
                          program=program)
-        state = _decode_all(graphdef, params, state, program, config, progress)
+        state = _decode_all(graphdef, params, state, program, config, prompt_ids.shape[1], progress)
     tokens, logprobs, lengths, stopped = jax.device_get((state.tokens, state.logprobs, state.lengths, state.stopped))
     return assemble_rollout(
         prompt_tokens=prompt_ids,
@@ -224,23 +256,29 @@ def generate(
     )
 
 
-def _decode_all(graphdef, params, state, program, config, progress) -> DecodeState:
-    """Run the decode program to max_new_tokens: in one call, or in chunks with a tqdm bar."""
-    if not progress:
-        return _decode(graphdef, params, state, jnp.int32(config.max_new_tokens), program=program)
-    from tqdm.auto import tqdm
-
-    with tqdm(total=config.max_new_tokens, desc="rollout", unit="tok") as bar:
-        done_steps = 1
-        bar.update(done_steps)
-        while done_steps < config.max_new_tokens:
-            stop_step = min(done_steps + config.progress_chunk, config.max_new_tokens)
-            state = _decode(graphdef, params, state, jnp.int32(stop_step), program=program)
-            step, all_stopped = jax.device_get((state.step, jnp.all(state.stopped)))
-            bar.update(int(step) - done_steps)
-            done_steps = int(step)
-            if all_stopped:
-                break
+def _decode_all(graphdef, params, state, program, config, prompt_slots, progress) -> DecodeState:
+    """Run the decode program to max_new_tokens, segment by segment (see `_Program.cache_sizes`),
+    each in one call, or with progress=True in calls of config.progress_chunk steps between
+    updates of a tqdm bar (these synchronise, and stop early once every row has stopped)."""
+    chunk = config.progress_chunk if progress else config.max_new_tokens
+    done = 1
+    with tqdm(total=config.max_new_tokens, desc="rollout", unit="tok", disable=not progress) as bar:
+        bar.update(done)
+        for slots in program.cache_sizes(prompt_slots):
+            segment_end = min(slots - prompt_slots + 1, config.max_new_tokens)
+            if done >= segment_end:
+                continue
+            if slots > state.cache.max_length:
+                state = _grow_cache(state, slots=slots)
+            while done < segment_end:
+                stop_step = min(done + chunk, segment_end)
+                state = _decode(graphdef, params, state, jnp.int32(stop_step), program=program)
+                if progress:
+                    step, all_stopped = jax.device_get((state.step, jnp.all(state.stopped)))
+                    bar.update(int(step) - done)
+                    if all_stopped:
+                        return state
+                done = stop_step
     return state
 
 

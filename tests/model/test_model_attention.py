@@ -44,9 +44,11 @@ def test_cached_attention_equals_attention_over_cache_then_new_tokens(length):
     rng = np.random.default_rng(length)
     q, k, v, mask, k_cache, v_cache, cache_mask = random_case(rng, length=length)
     mask[2, -1, -1] = False  # the last query does not see itself (a padding token)
-    out = jax.jit(cached_attention)(q, k, v, mask, k_cache, v_cache, cache_mask)
+    # The cache layouts: keys [B, KV, D, S], values [B, KV, S, D].
+    keys_cache, values_cache = k_cache.transpose(0, 2, 3, 1), v_cache.transpose(0, 2, 1, 3)
+    out = jax.jit(cached_attention)(q, k, v, mask, keys_cache, values_cache, cache_mask)
     full_mask = np.concatenate([np.broadcast_to(cache_mask[:, None], (3, length, 7)), mask], axis=-1)
     expected = reference_attention(q, np.concatenate([k_cache, k], 1), np.concatenate([v_cache, v], 1), full_mask)
     np.testing.assert_allclose(out, expected, atol=1e-5)
-    grads = jax.grad(lambda q: cached_attention(q, k, v, mask, k_cache, v_cache, cache_mask).sum())(q)
+    grads = jax.grad(lambda q: cached_attention(q, k, v, mask, keys_cache, values_cache, cache_mask).sum())(q)
     assert np.isfinite(grads).all()

@@ -68,8 +68,9 @@ def test_cache_layout_and_default_positions(model):
     c = model.config
     assert isinstance(cache, KVCache)
     assert len(cache.k) == len(cache.v) == c.num_hidden_layers
-    for array in cache.k + cache.v:
-        assert array.shape == (2, 8, c.num_key_value_heads, c.head_dim)
+    for keys, values in zip(cache.k, cache.v):
+        assert keys.shape == (2, c.num_key_value_heads, c.head_dim, 8)
+        assert values.shape == (2, c.num_key_value_heads, 8, c.head_dim)
     assert cache.valid.dtype == jnp.bool_ and cache.length.dtype == jnp.int32
     # The same tokens left-padded with a cache give the unpadded logits at the real positions.
     ids = np.array([[0, 0, 7, 8, 9]], np.int32)
@@ -78,3 +79,24 @@ def test_cache_layout_and_default_positions(model):
     logits, _ = call(ids, mask, model.init_cache(1, 5))
     unpadded = call(ids[:, 2:])
     np.testing.assert_allclose(np.asarray(logits)[0, 2:], np.asarray(unpadded)[0], atol=1e-5)
+
+
+def test_grow_appends_empty_slots(model):
+    prompt = np.array([[0, 4, 5], [6, 7, 8]], np.int32)
+    mask = np.array([[0, 1, 1], [1, 1, 1]], np.int32)
+    _, cache = jax.jit(model.prefill, static_argnums=2)(prompt, mask, 4)
+    grown = cache.grow(7)
+    assert grown.max_length == 7 and int(grown.length) == 3
+    slot_axes = [3] * len(cache.k) + [2] * len(cache.v)  # keys [B, KV, D, S], values [B, KV, S, D]
+    for old, new, axis in zip(cache.k + cache.v, grown.k + grown.v, slot_axes):
+        old, new = np.asarray(old), np.asarray(new)
+        np.testing.assert_array_equal(np.take(new, np.arange(4), axis=axis), old)
+        assert not np.take(new, np.arange(4, 7), axis=axis).any()
+    np.testing.assert_array_equal(grown.valid, np.pad(mask.astype(bool), ((0, 0), (0, 4))))
+    # Decoding into the grown cache equals decoding into a cache that had 7 slots throughout.
+    call = jit_forward(model)
+    _, roomy = jax.jit(model.prefill, static_argnums=2)(prompt, mask, 7)
+    token, token_mask = np.array([[9], [10]], np.int32), np.ones((2, 1), np.int32)
+    np.testing.assert_array_equal(call(token, token_mask, grown)[0], call(token, token_mask, roomy)[0])
+    with pytest.raises(ValueError, match="cannot shrink"):
+        cache.grow(3)

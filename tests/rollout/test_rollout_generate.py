@@ -14,13 +14,15 @@ from flax import nnx
 from entropy_rl.model import load_hf
 from entropy_rl.parallel import MeshConfig, make_mesh
 from entropy_rl.rollout import SamplingConfig, compile_counts, generate, sampling_logprobs
+from entropy_rl.rollout.sampler import _Program
 
 VOCAB = 128
 PROMPTS = [[5, 17, 99, 3], [42], [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]]
-GREEDY = SamplingConfig(max_new_tokens=8, temperature=0.0, prompt_bucket=16, response_bucket=8)
+# 20 new tokens in 3 decode segments: the KV cache grows from 16 + 8 to 16 + 16 to 16 + 24 slots.
+GREEDY = SamplingConfig(max_new_tokens=20, temperature=0.0, prompt_bucket=16, response_bucket=8, decode_segments=3)
 SAMPLED = SamplingConfig(
-    max_new_tokens=8, temperature=0.8, top_k=40, top_p=0.9, n=2, stop_token_ids=(3, 11, 60), prompt_bucket=16,
-    response_bucket=8,
+    max_new_tokens=20, temperature=0.8, top_k=40, top_p=0.9, n=2, stop_token_ids=(3, 11, 60), prompt_bucket=16,
+    response_bucket=8, decode_segments=3,
 )
 
 
@@ -120,7 +122,7 @@ def test_first_token_frequencies_match_softmax_of_logits_over_temperature(model)
 
 def test_stop_tokens_end_sequences_and_mask_after_them(model):
     free = _greedy(model)
-    stop = (int(free.tokens[0, 2]), int(free.tokens[2, 5]))
+    stop = (int(free.tokens[0, 2]), int(free.tokens[2, 12]))  # in the first and second segments
     config = SamplingConfig(**{**GREEDY.__dict__, "stop_token_ids": stop, "pad_token_id": 1})
     rollout = generate(model, PROMPTS, config, jax.random.key(0))
     for row in range(len(PROMPTS)):
@@ -128,7 +130,7 @@ def test_stop_tokens_end_sequences_and_mask_after_them(model):
         length = hits[0] + 1 if len(hits) else GREEDY.max_new_tokens
         assert rollout.lengths[row] == length
         assert rollout.stopped[row] == bool(len(hits))
-        np.testing.assert_array_equal(rollout.mask[row], np.arange(8) < length)
+        np.testing.assert_array_equal(rollout.mask[row], np.arange(GREEDY.max_new_tokens) < length)
         np.testing.assert_array_equal(rollout.tokens[row, :length], free.tokens[row, :length])
         np.testing.assert_array_equal(rollout.tokens[row, length:], 1)
     assert rollout.stopped[0] and rollout.lengths[0] <= 3
@@ -163,6 +165,27 @@ def test_one_compilation_per_bucket(model):
     after = compile_counts()
     assert after["prefill"] - before["prefill"] == 1
     assert after["decode"] - before["decode"] == 1
+
+
+def test_decode_segments_compile_once_each_and_equal_one_segment(model):
+    config = SamplingConfig(**{**SAMPLED.__dict__, "top_k": 39})  # programs no other test compiles
+    before = compile_counts()
+    segmented = generate(model, PROMPTS, config, jax.random.key(6))
+    after = compile_counts()
+    assert {kind: after[kind] - before[kind] for kind in after} == {"prefill": 1, "decode": 3, "grow": 2}
+    whole = generate(model, PROMPTS, SamplingConfig(**{**config.__dict__, "decode_segments": 1}), jax.random.key(6))
+    np.testing.assert_array_equal(segmented.tokens, whole.tokens)
+    np.testing.assert_allclose(segmented.logprobs, whole.logprobs, atol=1e-5)
+    assert segmented.lengths.max() > 16  # rows reached the third segment
+
+
+def test_segment_cache_sizes():
+    issue_benchmark = SamplingConfig(max_new_tokens=256, response_bucket=64)
+    assert _Program.from_config(issue_benchmark, None).cache_sizes(128) == [192, 256, 320, 384]
+    short = SamplingConfig(max_new_tokens=5, response_bucket=8, decode_segments=4)
+    assert _Program.from_config(short, None).cache_sizes(16) == [24]
+    uneven = SamplingConfig(max_new_tokens=100, response_bucket=100, decode_segments=3)
+    assert _Program.from_config(uneven, None).cache_sizes(0) == [40, 72, 100]
 
 
 def test_progress_chunks_give_the_same_rollout_without_recompiling(model):
