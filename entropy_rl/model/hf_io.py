@@ -3,7 +3,7 @@
 Reading uses the safetensors numpy API (no torch) and fetches, per device, only the slice
 of each tensor that device holds (jax.make_array_from_callback), so with a mesh no host
 materialises parameters it does not own. transformers stores Linear weights [out, in] with
-heads flattened; our kernels are [in, out] with heads as their own axis, hence `_Layout`:
+heads flattened; ours are [out, in] too, with heads as their own axis, hence `_Layout`:
 
     ours = transpose(split(hf), perm)   where split turns dim `split_dim` (n*head_dim)
                                          into (n, head_dim)
@@ -84,13 +84,13 @@ def _layouts(config: QwenConfig) -> dict[tuple, _Layout]:
     for i in range(config.num_hidden_layers):
         hf = f"model.layers.{i}."
         ours = {
-            ("self_attn", "q_proj"): _Layout(hf + "self_attn.q_proj.weight", (2, 0, 1), 0, hd),
-            ("self_attn", "k_proj"): _Layout(hf + "self_attn.k_proj.weight", (2, 0, 1), 0, hd),
-            ("self_attn", "v_proj"): _Layout(hf + "self_attn.v_proj.weight", (2, 0, 1), 0, hd),
-            ("self_attn", "o_proj"): _Layout(hf + "self_attn.o_proj.weight", (1, 2, 0), 1, hd),
-            ("mlp", "gate_proj"): _Layout(hf + "mlp.gate_proj.weight", (1, 0)),
-            ("mlp", "up_proj"): _Layout(hf + "mlp.up_proj.weight", (1, 0)),
-            ("mlp", "down_proj"): _Layout(hf + "mlp.down_proj.weight", (1, 0)),
+            ("self_attn", "q_proj"): _Layout(hf + "self_attn.q_proj.weight", (0, 1, 2), 0, hd),
+            ("self_attn", "k_proj"): _Layout(hf + "self_attn.k_proj.weight", (0, 1, 2), 0, hd),
+            ("self_attn", "v_proj"): _Layout(hf + "self_attn.v_proj.weight", (0, 1, 2), 0, hd),
+            ("self_attn", "o_proj"): _Layout(hf + "self_attn.o_proj.weight", (0, 1, 2), 1, hd),
+            ("mlp", "gate_proj"): _Layout(hf + "mlp.gate_proj.weight", (0, 1)),
+            ("mlp", "up_proj"): _Layout(hf + "mlp.up_proj.weight", (0, 1)),
+            ("mlp", "down_proj"): _Layout(hf + "mlp.down_proj.weight", (0, 1)),
             ("input_layernorm", "weight"): _Layout(hf + "input_layernorm.weight"),
             ("post_attention_layernorm", "weight"): _Layout(hf + "post_attention_layernorm.weight"),
         }

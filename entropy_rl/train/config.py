@@ -120,6 +120,7 @@ class RolloutConfig:
     n: int = 8
     prompt_bucket: int = 16
     response_bucket: int = 16
+    decode_segments: int = 4
 
     def sampling_config(self, *, stop_token_ids: Iterable[int], pad_token_id: int, **overrides: Any):
         """The rollout engine's `SamplingConfig` for these fields and a tokenizer's ids."""
@@ -575,6 +576,7 @@ def _rollout_errors(r: RolloutConfig) -> list[str]:
     errors += _fraction("rollout.top_p", r.top_p, closed=False)
     errors += _positive("rollout.top_k", r.top_k, allow_zero=True)
     errors += _positive("rollout.prompt_bucket", r.prompt_bucket) + _positive("rollout.response_bucket", r.response_bucket)
+    errors += _positive("rollout.decode_segments", r.decode_segments)
     return errors
 
 

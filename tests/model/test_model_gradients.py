@@ -19,7 +19,7 @@ def plain_attention(q, k, v, mask):
 
 
 def plain_swiglu(x, w_gate, w_up, w_down):
-    return (jax.nn.silu(x @ w_gate) * (x @ w_up)) @ w_down
+    return (jax.nn.silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T
 
 
 def plain_unembed(hidden, weight):
@@ -36,7 +36,7 @@ def attention_case(rng, batch=2, length=5, heads=4, kv_heads=2, head_dim=8):
 
 def mlp_case(rng, shape=(2, 3), hidden=6, mlp=10):
     return [np.float32(rng.normal(size=s) * 0.5) for s in
-            (shape + (hidden,), (hidden, mlp), (hidden, mlp), (mlp, hidden))]
+            (shape + (hidden,), (mlp, hidden), (mlp, hidden), (hidden, mlp))]
 
 
 def unembed_case(rng, shape=(2, 3), hidden=6, vocab=11):
