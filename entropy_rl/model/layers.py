@@ -189,6 +189,16 @@ def _single_query_attention(q, k, v, sees_itself, k_cache, v_cache, cache_mask) 
     return from_cache + probs[..., -1:] * v[:, :, None]
 
 
+def linear(x: jax.Array, weight: jax.Array) -> jax.Array:
+    """x [..., M] @ weight^T for a weight [N, M] (stored [out, in]) -> [..., N].
+
+    A 2-D matmul by the transposed weight: XLA:CPU reads it in place, whereas an einsum
+    over a weight with heads as their own axis, e.g. [heads, head_dim, M], gets a
+    transposed copy of the weight at every call.
+    """
+    return x @ weight.T
+
+
 def weight_gradient(x: jax.Array, d_y: jax.Array) -> jax.Array:
     """dW [N, M] of y = x W^T for W [N, M]: sum over tokens of d_y^T x, for x [..., M] and
     d_y [..., N] (leading axes flattened).
@@ -254,7 +264,10 @@ class Attention(nnx.Module):
             self.q_norm = self.k_norm = None
 
     def _project(self, x, kernel, bias, norm):
-        y = jnp.einsum("btd,hkd->bthk", x, kernel[...].astype(self.dtype))
+        """x [B, T, D] -> [B, T, heads, head_dim] by a kernel [heads, head_dim, D]."""
+        heads, head_dim, _ = kernel.shape
+        y = linear(x, kernel[...].reshape(heads * head_dim, -1).astype(self.dtype))
+        y = y.reshape(x.shape[:2] + (heads, head_dim))
         if bias is not None:
             y = y + bias[...].astype(self.dtype)
         return y if norm is None else norm(y)
@@ -278,7 +291,7 @@ class Attention(nnx.Module):
             out = cached_attention(q, k, v, mask, k_cache.astype(self.dtype), v_cache.astype(self.dtype),
                                    cache_mask)
             new_cache = (write_keys(k_cache, k, slot), write_values(v_cache, v, slot))
-        out = jnp.einsum("bthk,dhk->btd", out, self.o_proj[...].astype(self.dtype))
+        out = linear(out.reshape(out.shape[:2] + (-1,)), self.o_proj[...].reshape(x.shape[-1], -1).astype(self.dtype))
         return out, new_cache
 
 
@@ -309,8 +322,8 @@ def swiglu(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) 
 
 
 def _swiglu_forward(x, w_gate, w_up, w_down):
-    gate, up = x @ w_gate.T, x @ w_up.T
-    return (jax.nn.silu(gate) * up) @ w_down.T, (x, gate, up, w_gate, w_up, w_down)
+    gate, up = linear(x, w_gate), linear(x, w_up)
+    return linear(jax.nn.silu(gate) * up, w_down), (x, gate, up, w_gate, w_up, w_down)
 
 
 def _swiglu_backward(residuals, d_out):

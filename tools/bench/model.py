@@ -15,7 +15,6 @@ the best over `--repeats` rounds.
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +23,7 @@ from flax import nnx
 
 from entropy_rl.model import Qwen, QwenConfig
 from entropy_rl.parallel import COMPILER_OPTIONS
+from timing import best_times
 
 BENCH_CONFIG = QwenConfig(vocab_size=32768, hidden_size=1024, intermediate_size=3072,
                           num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=8,
@@ -38,23 +38,6 @@ def model_flops_per_token(c: QwenConfig, seq: int, backward: bool) -> float:
     matmul_params = c.num_hidden_layers * per_layer + c.vocab_size * c.hidden_size
     forward = 2 * matmul_params + 4 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * seq
     return forward * (3 if backward else 1)
-
-
-def best_times(candidates: dict, repeats: int) -> tuple[dict, dict]:
-    """({name: best wall seconds}, {name: best process CPU seconds}) of zero-argument
-    callables, warmed up, timed in interleaved rounds. CPU seconds (all threads) are less
-    sensitive than wall time to other processes competing for the cores."""
-    for fn in candidates.values():
-        fn()
-    wall = {name: float("inf") for name in candidates}
-    cpu = dict(wall)
-    for _ in range(repeats):
-        for name, fn in candidates.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            wall[name] = min(wall[name], time.perf_counter() - start)
-            cpu[name] = min(cpu[name], time.process_time() - start_cpu)
-    return wall, cpu
 
 
 def jax_candidates(config: QwenConfig, input_ids: np.ndarray, peak_n: int) -> dict:

@@ -12,9 +12,11 @@ top-k / top-p), no stop token, so every row generates N tokens.
 
 Both sides run the 1-token and N-token generations after a warm-up (jax compiles in the
 warm-up), interleaved jax / torch so both see the same machine load; each timing is the
-best of --repeats. The matmul peak is the float32 GFLOP/s of
-a large jnp.dot measured in the same run; the decode share of it counts the decoder's matmul
-FLOPs only (2 * matmul parameters per token plus attention over the cache).
+best of --repeats, in wall-clock and in process CPU time (which other processes competing
+for the cores disturb less). The matmul peak is the float32 GFLOP/s of a large jnp.dot
+compiled with entropy-rl's COMPILER_OPTIONS, measured in the same run; the decode share of
+it counts the decoder's matmul FLOPs only (2 * matmul parameters per token plus attention
+over the cache).
 
     python tools/bench/rollout.py              # the issue's configuration
     python tools/bench/rollout.py --quick      # 32 new tokens, for a fast check
@@ -33,7 +35,9 @@ import torch
 import transformers
 
 from entropy_rl.model import load_hf
+from entropy_rl.parallel import COMPILER_OPTIONS
 from entropy_rl.rollout import SamplingConfig, generate
+from timing import best_times
 
 HF_CONFIG = dict(
     vocab_size=32768, hidden_size=1024, intermediate_size=3072, num_hidden_layers=8, num_attention_heads=16,
@@ -44,7 +48,7 @@ HF_CONFIG = dict(
 def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
     """float32 GFLOP/s of a [size, size] @ [size, size] jnp.dot (best of `repeats`)."""
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    dot = jax.jit(jnp.dot)
+    dot = jax.jit(jnp.dot, compiler_options=COMPILER_OPTIONS)
     dot(a, a).block_until_ready()
     best = min(_timed(lambda: dot(a, a).block_until_ready()) for _ in range(repeats))
     return 2 * size**3 / best / 1e9
@@ -93,16 +97,6 @@ def torch_runs(hf_model, prompts, new_tokens: int) -> dict:
     return {"1": lambda: run(1), "N": lambda: run(new_tokens)}
 
 
-def best_times(runs: dict, repeats: int) -> dict:
-    """Best-of-repeats seconds per run; the runs are interleaved (jax, torch, jax, ...) so that
-    both sides see the same machine load."""
-    times = {name: float("inf") for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            times[name] = min(times[name], _timed(run))
-    return times
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
@@ -127,27 +121,31 @@ def main() -> None:
 
     peak = matmul_peak_gflops()
     jax_side, torch_side = jax_runs(model, prompts, new_tokens), torch_runs(hf_model, prompts, new_tokens)
-    times = best_times({"jax 1": jax_side["1"], "torch 1": torch_side["1"], "jax N": jax_side["N"],
-                        "torch N": torch_side["N"], "jax N+bar": jax_side["N+bar"]}, args.repeats)
-    jax_one, jax_all, jax_bar = times["jax 1"], times["jax N"], times["jax N+bar"]
-    torch_one, torch_all = times["torch 1"], times["torch N"]
-
+    wall, cpu = best_times({"jax 1": jax_side["1"], "torch 1": torch_side["1"], "jax N": jax_side["N"],
+                            "torch N": torch_side["N"], "jax N+bar": jax_side["N+bar"]}, args.repeats, warm_up=False)
     flops = decode_flops_per_token(HF_CONFIG, args.prompt + new_tokens / 2)
-    rows = []
-    for name, (one, full) in [("entropy_rl (jax)", (jax_one, jax_all)), ("transformers (torch)", (torch_one, torch_all))]:
-        with_prefill = args.batch * new_tokens / full
-        decode = args.batch * (new_tokens - 1) / (full - one)
-        rows.append((name, one, full, with_prefill, decode, decode * flops / 1e9 / peak))
     print(f"matmul peak (jnp.dot 2048^3, float32): {peak:.1f} GFLOP/s; decode matmul FLOPs/token {flops / 1e6:.0f}M")
+    for label, times in (("wall-clock", wall), ("process CPU time (all threads)", cpu)):
+        print(f"\n{label}:")
+        report(times, args.batch, new_tokens, flops, peak if times is wall else None)
+
+
+def report(times: dict, batch: int, new_tokens: int, flops: float, peak: float | None) -> None:
+    """Print tokens/s with and without the prefill, the decode share of the peak (a wall-clock
+    GFLOP/s; None for CPU times) and the ratios."""
     print(f"{'':<22}{'1 token s':>10}{f'{new_tokens} tok s':>10}{'tok/s (prefill incl.)':>23}"
           f"{'tok/s (decode only)':>21}{'decode % of peak':>18}")
-    for name, one, full, with_prefill, decode, share in rows:
-        print(f"{name:<22}{one:>10.2f}{full:>10.2f}{with_prefill:>23.1f}{decode:>21.1f}{100 * share:>17.0f}%")
-    (_, _, _, jax_prefill, jax_decode, _), (_, _, _, torch_prefill, torch_decode, _) = rows
-    print(f"progress bar (8 chunks): {new_tokens} tokens in {jax_bar:.2f} s vs {jax_all:.2f} s without "
-          f"({jax_bar / jax_all:.3f}x the time)")
-    print(f"speed-up vs transformers: prefill included {jax_prefill / torch_prefill:.2f}x, "
-          f"decode only {jax_decode / torch_decode:.2f}x")
+    rates = {}
+    for side, name in (("jax", "entropy_rl (jax)"), ("torch", "transformers (torch)")):
+        one, full = times[f"{side} 1"], times[f"{side} N"]
+        rates[side] = (batch * new_tokens / full, batch * (new_tokens - 1) / (full - one))
+        with_prefill, decode = rates[side]
+        share = "-" if peak is None else f"{100 * decode * flops / 1e9 / peak:.0f}%"
+        print(f"{name:<22}{one:>10.2f}{full:>10.2f}{with_prefill:>23.1f}{decode:>21.1f}{share:>18}")
+    print(f"progress bar (8 chunks): {new_tokens} tokens in {times['jax N+bar']:.2f} s vs {times['jax N']:.2f} s "
+          f"without ({times['jax N+bar'] / times['jax N']:.3f}x the time)")
+    print(f"speed-up vs transformers: prefill included {rates['jax'][0] / rates['torch'][0]:.2f}x, "
+          f"decode only {rates['jax'][1] / rates['torch'][1]:.2f}x")
 
 
 if __name__ == "__main__":
