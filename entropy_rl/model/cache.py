@@ -13,8 +13,9 @@ buffer; slicing a stacked cache per layer makes a copy of each layer's slice eve
 Layouts are head-major, and keys are stored transposed, [B, KV, head_dim, S]: a decode
 step's scores sum over head_dim with the S slots contiguous, and its output sums over the
 slots of values [B, KV, S, head_dim] with head_dim contiguous. Both reductions then run
-along rows XLA:CPU vectorises, about 1.5x faster than over [B, S, KV, head_dim] for a
-168M model (tools/bench/rollout.py).
+along rows XLA:CPU vectorises: a decode step's attention per layer of the rollout
+benchmark's model (batch 64, 256-384 slots) takes 1.5-1.8x less time than over
+[B, S, KV, head_dim].
 """
 
 from __future__ import annotations

@@ -291,7 +291,8 @@ class Attention(nnx.Module):
             out = cached_attention(q, k, v, mask, k_cache.astype(self.dtype), v_cache.astype(self.dtype),
                                    cache_mask)
             new_cache = (write_keys(k_cache, k, slot), write_values(v_cache, v, slot))
-        out = linear(out.reshape(out.shape[:2] + (-1,)), self.o_proj[...].reshape(x.shape[-1], -1).astype(self.dtype))
+        o_proj = self.o_proj[...].reshape(x.shape[-1], -1).astype(self.dtype)  # [D, heads * head_dim]
+        out = linear(out.reshape(out.shape[:2] + (-1,)), o_proj)
         return out, new_cache
 
 
