@@ -33,6 +33,8 @@ class QwenConfig:
     of the parameters; both are stored as names ("float32", "bfloat16") so the config stays
     YAML-friendly and hashable. Norms, softmax and logits are float32 whatever these are.
     `remat=True` rematerialises each decoder layer in the backward pass (training memory).
+    Sequences longer than `attention_block_size` tokens take blockwise (flash) attention,
+    whose memory grows as T * attention_block_size instead of T^2 (see model/blockwise.py).
     """
 
     vocab_size: int
@@ -51,12 +53,13 @@ class QwenConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    attention_block_size: int = 512
 
     def __post_init__(self):
         object.__setattr__(self, "dtype", dtype_name(self.dtype))
         object.__setattr__(self, "param_dtype", dtype_name(self.param_dtype))
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "head_dim"):
+                     "num_attention_heads", "num_key_value_heads", "head_dim", "attention_block_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"QwenConfig.{name} must be a positive int, got {value!r}")

@@ -16,9 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from entropy_rl.model.blockwise import NEG_INF, blockwise_causal_attention
 from entropy_rl.model.cache import write_keys, write_values
-
-NEG_INF = float(jnp.finfo(jnp.float32).min)
 
 
 def logical_param(value: jax.Array, axes: tuple) -> nnx.Param:
@@ -70,6 +69,29 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     x1, x2 = jnp.split(xf, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
     return (xf * cos + rotated * sin).astype(x.dtype)
+
+
+def causal_padding_mask(attention_mask: jax.Array) -> jax.Array:
+    """bool [B, T, T]: query t sees key s iff s <= t and key s is a real token."""
+    chex.assert_rank(attention_mask, 2)
+    length = attention_mask.shape[1]
+    causal = jnp.tril(jnp.ones((length, length), bool))
+    return causal[None] & attention_mask.astype(bool)[:, None, :]
+
+
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, attention_mask: jax.Array,
+                     block_size: int) -> jax.Array:
+    """Causal self-attention of T tokens: q [B, T, H, D], k/v [B, T, KV, D], attention_mask
+    [B, T] (1 = real token) -> [B, T, H, D]; query t sees key s iff s <= t and s is real.
+
+    Up to `block_size` tokens, `grouped_attention` (dense: its [B, H, T, T] probabilities
+    are kept for the backward pass); longer sequences, `blockwise_causal_attention`
+    (O(T * block_size) memory). They differ only on queries that see no key (left padding):
+    uniform weights there, zeros here.
+    """
+    if q.shape[1] <= block_size:
+        return grouped_attention(q, k, v, causal_padding_mask(attention_mask))
+    return blockwise_causal_attention(q, k, v, attention_mask, block_size)
 
 
 def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
@@ -240,6 +262,7 @@ class Attention(nnx.Module):
         c = config
         pd = jnp.dtype(c.param_dtype)
         self.dtype = jnp.dtype(c.dtype)
+        self.block_size = c.attention_block_size
         self.q_proj = init_param(rngs, (c.num_attention_heads, c.head_dim, c.hidden_size),
                                  ("heads", "head_dim", "embed"), pd)
         self.k_proj = init_param(rngs, (c.num_key_value_heads, c.head_dim, c.hidden_size),
@@ -272,8 +295,9 @@ class Attention(nnx.Module):
             y = y + bias[...].astype(self.dtype)
         return y if norm is None else norm(y)
 
-    def __call__(self, x, cos, sin, mask, cache=None):
-        """x [B, T, D]; cos/sin [B, T, 1, head_dim]; mask bool [B, T, T] among x's tokens.
+    def __call__(self, x, cos, sin, attention_mask, cache=None):
+        """x [B, T, D]; cos/sin [B, T, 1, head_dim]; attention_mask [B, T] (1 = real token):
+        each token sees the real tokens of x up to itself.
 
         cache: None, or (k_cache, v_cache, cache_mask, slot): this layer's cache (KVCache
         layouts), the cached slots every token sees (bool [B, S]) and the slot where this
@@ -285,11 +309,11 @@ class Attention(nnx.Module):
         k = apply_rope(self._project(x, self.k_proj, self.k_bias, self.k_norm), cos, sin)
         v = self._project(x, self.v_proj, self.v_bias, None)
         if cache is None:
-            out, new_cache = grouped_attention(q, k, v, mask), (k, v)
+            out, new_cache = causal_attention(q, k, v, attention_mask, self.block_size), (k, v)
         else:
             k_cache, v_cache, cache_mask, slot = cache
-            out = cached_attention(q, k, v, mask, k_cache.astype(self.dtype), v_cache.astype(self.dtype),
-                                   cache_mask)
+            out = cached_attention(q, k, v, causal_padding_mask(attention_mask), k_cache.astype(self.dtype),
+                                   v_cache.astype(self.dtype), cache_mask)
             new_cache = (write_keys(k_cache, k, slot), write_values(v_cache, v, slot))
         o_proj = self.o_proj[...].reshape(x.shape[-1], -1).astype(self.dtype)  # [D, heads * head_dim]
         out = linear(out.reshape(out.shape[:2] + (-1,)), o_proj)
@@ -358,8 +382,8 @@ class DecoderLayer(nnx.Module):
                                                 axis="norm", param_dtype=pd)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, cos, sin, mask, cache=None):
-        attn_out, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+    def __call__(self, x, cos, sin, attention_mask, cache=None):
+        attn_out, cache = self.self_attn(self.input_layernorm(x), cos, sin, attention_mask, cache)
         x = x + attn_out
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, cache

@@ -31,16 +31,8 @@ def default_positions(attention_mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def causal_padding_mask(attention_mask: jax.Array) -> jax.Array:
-    """bool [B, T, T]: query t sees key s iff s <= t and key s is a real token."""
-    chex.assert_rank(attention_mask, 2)
-    length = attention_mask.shape[1]
-    causal = jnp.tril(jnp.ones((length, length), bool))
-    return causal[None] & attention_mask.astype(bool)[:, None, :]
-
-
-def _run_layer(layer, x, cos, sin, mask):
-    return layer(x, cos, sin, mask)
+def _run_layer(layer, x, cos, sin, attention_mask):
+    return layer(x, cos, sin, attention_mask)
 
 
 class Qwen(nnx.Module):
@@ -114,12 +106,11 @@ class Qwen(nnx.Module):
         if positions is None:
             positions = default_positions(attention_mask)
         cos, sin = self._rope(positions)
-        mask = causal_padding_mask(attention_mask)
         run_layer = nnx.remat(_run_layer) if self.config.remat else _run_layer
         x = self._embed(input_ids)
         keys_values = []
         for layer in self.layers:
-            x, kv = run_layer(layer, x, cos, sin, mask)
+            x, kv = run_layer(layer, x, cos, sin, attention_mask)
             x = constrain(x, BATCH_ACTIVATION)
             keys_values.append(kv)
         return self.norm(x), keys_values
@@ -139,11 +130,10 @@ class Qwen(nnx.Module):
             tokens_before = jnp.sum(cache.valid, axis=-1, keepdims=True, dtype=jnp.int32)
             positions = tokens_before + jnp.cumsum(real, axis=-1) - real
         cos, sin = self._rope(positions)
-        mask = causal_padding_mask(attention_mask)
         x = self._embed(input_ids)
         keys, values = [], []
         for layer, k_cache, v_cache in zip(self.layers, cache.k, cache.v):
-            x, (k_cache, v_cache) = layer(x, cos, sin, mask, (k_cache, v_cache, cache.valid, cache.length))
+            x, (k_cache, v_cache) = layer(x, cos, sin, attention_mask, (k_cache, v_cache, cache.valid, cache.length))
             x = constrain(x, BATCH_ACTIVATION)
             keys.append(k_cache)
             values.append(v_cache)

@@ -175,7 +175,8 @@ def qwen_config(model: ModelConfig, vocab_size: int):
     `vocab_size` passed here when that is 0)."""
     from entropy_rl.model import QwenConfig
 
-    numerics = dict(dtype=model.dtype, param_dtype=model.param_dtype, remat=model.remat)
+    numerics = dict(dtype=model.dtype, param_dtype=model.param_dtype, remat=model.remat,
+                    attention_block_size=model.attention_block_size)
     if model.hf_path is not None:
         return QwenConfig.from_hf(model.hf_path, **numerics)
     return QwenConfig(
@@ -220,7 +221,7 @@ def build_policy(model: ModelConfig, *, seed: int, mesh: jax.sharding.Mesh | Non
     config = qwen_config(model, tokenizer.vocab_size)
     if model.hf_path is not None and not abstract:
         policy = load_hf(model.hf_path, dtype=config.dtype, param_dtype=config.param_dtype, mesh=mesh,
-                         remat=config.remat)
+                         remat=config.remat, attention_block_size=config.attention_block_size)
         return policy, tokenizer
     create = lambda: Qwen(config, rngs=nnx.Rngs(seed))  # noqa: E731
     if abstract:

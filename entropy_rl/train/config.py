@@ -73,6 +73,7 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    attention_block_size: int = 512  # longer sequences take blockwise attention (memory ~ T, not T^2)
     logprob_chunk_size: int = 0  # > 0: stream the vocabulary in chunks of this size (big V)
 
 
@@ -534,6 +535,7 @@ def _model_errors(m: ModelConfig, check_paths: bool) -> list[str]:
     errors = _choice("model.dtype", m.dtype, DTYPES) + _choice("model.param_dtype", m.param_dtype, DTYPES)
     if m.tokenizer is not None and m.tokenizer != "builtin" and check_paths and not os.path.isdir(m.tokenizer):
         errors.append(f"model.tokenizer: {m.tokenizer!r} is neither 'builtin' nor a directory")
+    errors += _positive("model.attention_block_size", m.attention_block_size)
     if m.hf_path is not None:
         if check_paths and not os.path.isdir(m.hf_path):
             errors.append(f"model.hf_path: {m.hf_path!r} is not a directory (a local HF checkpoint is expected)")

@@ -1,10 +1,13 @@
-"""grouped_attention and cached_attention against a float64 numpy reference."""
+"""grouped_attention, blockwise_causal_attention and cached_attention against a float64
+numpy reference."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from entropy_rl.model.layers import cached_attention, grouped_attention
+from entropy_rl.model.blockwise import blockwise_causal_attention
+from entropy_rl.model.layers import cached_attention, causal_padding_mask, grouped_attention
 
 
 def reference_attention(q, k, v, mask):
@@ -52,3 +55,71 @@ def test_cached_attention_equals_attention_over_cache_then_new_tokens(length):
     np.testing.assert_allclose(out, expected, atol=1e-5)
     grads = jax.grad(lambda q: cached_attention(q, k, v, mask, keys_cache, values_cache, cache_mask).sum())(q)
     assert np.isfinite(grads).all()
+
+
+def padded_case(rng, batch=3, length=21, heads=4, kv_heads=2, head_dim=8):
+    """q/k/v and a real-token mask [B, T] with left padding, right padding and a hole."""
+    q = rng.normal(size=(batch, length, heads, head_dim)).astype(np.float32)
+    k, v = (rng.normal(size=(batch, length, kv_heads, head_dim)).astype(np.float32) for _ in range(2))
+    real = np.ones((batch, length), bool)
+    real[0, :5] = False
+    real[1, 15:] = False
+    real[2, 8:10] = False
+    return q, k, v, real
+
+
+@pytest.mark.parametrize("block", [4, 7, 16, 32])
+def test_blockwise_attention_matches_reference_and_dense_gradients(block):
+    """Block sizes that divide T = 21 or not, one block covering it all, G = 2 query heads
+    per kv head. Queries that see no key (row 0's left padding) get zeros and no gradient."""
+    rng = np.random.default_rng(block)
+    q, k, v, real = padded_case(rng)
+    mask = np.asarray(causal_padding_mask(real))
+    sees = mask.any(-1)[..., None, None]
+    assert not sees.all()
+    blockwise = jax.jit(lambda q, k, v: blockwise_causal_attention(q, k, v, real, block))
+    out = blockwise(q, k, v)
+    np.testing.assert_allclose(out, np.where(sees, reference_attention(q, k, v, mask), 0.0), atol=1e-5)
+
+    weights = rng.normal(size=q.shape).astype(np.float32)
+    def loss(attend, weights):
+        return lambda q, k, v: jnp.sum(attend(q, k, v) * weights)
+    grads = jax.jit(jax.grad(loss(blockwise, weights), argnums=(0, 1, 2)))(q, k, v)
+    dense = jax.grad(loss(lambda q, k, v: grouped_attention(q, k, v, mask), weights * sees), argnums=(0, 1, 2))
+    for got, expected in zip(grads, dense(q, k, v)):
+        np.testing.assert_allclose(got, expected, atol=2e-5)
+    np.testing.assert_array_equal(np.asarray(grads[0])[~sees[..., 0, 0]], 0.0)
+
+
+def test_blockwise_attention_in_bfloat16_follows_float32():
+    rng = np.random.default_rng(1)
+    q, k, v, real = padded_case(rng)
+    sees = np.asarray(causal_padding_mask(real)).any(-1)[..., None, None]
+    exact = blockwise_causal_attention(q, k, v, real, 8)
+    low = blockwise_causal_attention(*(jnp.asarray(a, jnp.bfloat16) for a in (q, k, v)), real, 8)
+    assert low.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.where(sees, low.astype(np.float32), 0), exact, atol=5e-2)
+
+
+def test_blockwise_attention_memory_grows_linearly_in_length():
+    """Compiled temporary memory of forward+backward: dense attention keeps [B, H, T, T]
+    probabilities, the blockwise one O(T * block) floats."""
+    def temp_bytes(attend, length):
+        q = jax.ShapeDtypeStruct((1, length, 2, 8), jnp.float32)
+        kv = jax.ShapeDtypeStruct((1, length, 1, 8), jnp.float32)
+        real = jnp.ones((1, length), bool)
+        grad = jax.jit(jax.grad(lambda q, k, v: jnp.sum(attend(q, k, v, real)), argnums=(0, 1, 2)))
+        return grad.lower(q, kv, kv).compile().memory_analysis().temp_size_in_bytes
+
+    def dense(q, k, v, real):
+        return grouped_attention(q, k, v, causal_padding_mask(real))
+
+    def blockwise(q, k, v, real):
+        return blockwise_causal_attention(q, k, v, real, 128)
+
+    dense_1k, dense_2k = temp_bytes(dense, 1024), temp_bytes(dense, 2048)
+    blockwise_1k, blockwise_2k = temp_bytes(blockwise, 1024), temp_bytes(blockwise, 2048)
+    # Measured: dense 25 -> 67 MB, blockwise 0.60 -> 0.77 MB.
+    assert dense_2k > 2.5 * dense_1k
+    assert blockwise_2k < 1.5 * blockwise_1k
+    assert blockwise_2k < dense_2k / 50

@@ -68,6 +68,8 @@ def test_bad_input_gives_clear_errors(tmp_path):
         QwenConfig.from_hf_dict(dict(tiny_config().to_hf_dict(), model_type="llama"))
     with pytest.raises(ValueError, match="num_key_value_heads"):
         tiny_config(num_key_value_heads=3)
+    with pytest.raises(ValueError, match="attention_block_size must be a positive int"):
+        tiny_config(attention_block_size=0)
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_hf(str(tmp_path / "missing"))
     # A checkpoint whose config claims untied embeddings but has no lm_head tensor.

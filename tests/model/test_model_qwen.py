@@ -1,4 +1,5 @@
-"""Qwen module API: hidden_states / unembedding consistency, remat, explicit positions."""
+"""Qwen module API: hidden_states / unembedding consistency, remat, blockwise attention,
+explicit positions."""
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,15 @@ def test_remat_gives_the_same_loss_and_gradients(batch):
     plain = _loss_and_grads(tiny_config(tie_word_embeddings=True), *batch)
     remat = _loss_and_grads(tiny_config(tie_word_embeddings=True, remat=True), *batch)
     for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+def test_blockwise_attention_gives_the_same_loss_and_gradients(batch):
+    """7 tokens in blocks of 2 (padded to 8 inside) against dense attention, with left and
+    right padding."""
+    dense = _loss_and_grads(tiny_config(), *batch)
+    blockwise = _loss_and_grads(tiny_config(attention_block_size=2), *batch)
+    for a, b in zip(jax.tree.leaves(dense), jax.tree.leaves(blockwise)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
 
 

@@ -156,9 +156,11 @@ def test_build_policy_from_an_hf_directory_and_with_a_mesh(tmp_path, policy):
     assert model.config.vocab_size == tokenizer.vocab_size and model.config.qk_norm
     assert model.config.hidden_size == 32 and model.config.num_hidden_layers == 2
     save_hf(model, str(tmp_path / "hf"))
-    hf_model = load_config(overrides=[f"model.hf_path={tmp_path / 'hf'}", "model.tokenizer=builtin"]).model
+    hf_model = load_config(overrides=[f"model.hf_path={tmp_path / 'hf'}", "model.tokenizer=builtin",
+                                      "model.remat=true", "model.attention_block_size=64"]).model
     mesh = make_mesh(MeshConfig(fsdp=8))
     loaded, _ = ck.build_policy(hf_model, seed=1, mesh=mesh)
+    assert loaded.config.remat and loaded.config.attention_block_size == 64
     _assert_bitwise_equal(nnx.state(loaded), nnx.state(model))
     sharded, _ = ck.build_policy(config.model, seed=0, mesh=mesh)  # same seed: same weights, distributed
     _assert_bitwise_equal(nnx.state(sharded), nnx.state(model))

@@ -114,6 +114,7 @@ def test_unknown_key_in_yaml_names_file_and_key(tmp_path):
     ("model.num_attention_heads=4 model.num_key_value_heads=3",
      "model.num_attention_heads: 4 is not a multiple of model.num_key_value_heads=3"),
     ("model.hf_path=/nonexistent/qwen", "model.hf_path: '/nonexistent/qwen' is not a directory"),
+    ("model.attention_block_size=0", "model.attention_block_size: must be > 0"),
     ("data.dataset=/nonexistent.jsonl", "data.dataset: '/nonexistent.jsonl' is neither 'synthetic'"),
     ("mesh.fsdp=0", "mesh.fsdp: must be a positive axis size or -1"),
     ("rollout.n=1", "rollout.n: the grpo advantage needs at least 2 samples"),
