@@ -59,6 +59,14 @@ class KVCache:
                             v=tuple(jnp.pad(v, ((0, 0), (0, 0), (0, extra), (0, 0))) for v in self.v),
                             valid=jnp.pad(self.valid, ((0, 0), (0, extra))))
 
+    def repeat_rows(self, n: int, rows: int) -> "KVCache":
+        """Each row repeated n times (adjacent copies), the first `rows` rows kept: the cache
+        of n samples per prompt from the cache of the prompts."""
+        def repeat(x):
+            return jnp.repeat(x, n, axis=0)[:rows]
+        return self.replace(k=tuple(map(repeat, self.k)), v=tuple(map(repeat, self.v)),
+                            valid=repeat(self.valid))
+
     def write_mask(self, attention_mask: jax.Array) -> jax.Array:
         """`valid` after writing T tokens with attention_mask [B, T] at slots [length, length+T)."""
         return jax.lax.dynamic_update_slice(self.valid, attention_mask.astype(bool),

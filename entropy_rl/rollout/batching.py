@@ -1,4 +1,4 @@
-"""Host-side batching: repeat prompts n times, left-pad to a bucketed length, pad the row count.
+"""Host-side batching: left-pad prompts to a bucketed length, pad the row count.
 
 Bucketing keeps array shapes to a handful of values, so a run compiles a handful of programs.
 """
@@ -16,27 +16,24 @@ def round_up(value: int, multiple: int) -> int:
 
 
 def left_pad_prompts(
-    prompts: Sequence[Sequence[int]], *, n: int, pad_token_id: int, prompt_bucket: int, row_multiple: int = 1
+    prompts: Sequence[Sequence[int]], *, pad_token_id: int, prompt_bucket: int, row_multiple: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Prompt batch: each prompt repeated n times (adjacent rows), left-padded.
+    """Prompt batch: a row per prompt, left-padded.
 
     Returns ids int32 [R, P] and mask int32 [R, P] with P = round_up(longest prompt,
-    prompt_bucket) and R = round_up(len(prompts) * n, row_multiple). Rows past
-    len(prompts) * n are filler (a single pad token) so the batch splits evenly over devices;
-    callers drop them.
+    prompt_bucket) and R = round_up(len(prompts), row_multiple). Rows past len(prompts) are
+    filler (a single pad token) so the batch splits evenly over devices; callers drop them.
     """
     if not prompts:
         raise ValueError("generate: prompts is empty")
     for index, prompt in enumerate(prompts):
         if len(prompt) == 0:
             raise ValueError(f"generate: prompt {index} is empty (a response needs at least one prompt token)")
-    num_rows = len(prompts) * n
     length = round_up(max(len(p) for p in prompts), prompt_bucket)
-    ids = np.full((round_up(num_rows, row_multiple), length), pad_token_id, np.int32)
+    ids = np.full((round_up(len(prompts), row_multiple), length), pad_token_id, np.int32)
     mask = np.zeros(ids.shape, np.int32)
-    for index, prompt in enumerate(prompts):
-        rows = slice(index * n, (index + 1) * n)
-        ids[rows, length - len(prompt) :] = np.asarray(prompt, np.int32)
-        mask[rows, length - len(prompt) :] = 1
-    mask[num_rows:, -1] = 1  # filler rows: one pad token, so attention always has a key
+    for row, prompt in enumerate(prompts):
+        ids[row, length - len(prompt) :] = np.asarray(prompt, np.int32)
+        mask[row, length - len(prompt) :] = 1
+    mask[len(prompts):, -1] = 1  # filler rows: one pad token, so attention always has a key
     return ids, mask

@@ -2,7 +2,8 @@
 
 Compiled programs per (batch, prompt bucket, response bucket, sampling transform):
 
-    prefill: cache <- model(prompt);  y_0 ~ pi(. | prompt)
+    prefill: cache <- model(prompt), once per prompt, then copied to its n rows;
+             y_0 ~ pi(. | prompt)
     decode:  while step < stop_step and not all rows stopped:
                  logits, cache <- model(y_{step-1}, cache);  y_step ~ pi(. | ...)
 
@@ -140,7 +141,7 @@ def _prefill_logits(model, prompt_ids, prompt_mask, max_length):
     and memory ([B, P, V], about a quarter of a 168M model's prefill).
     """
     hidden, cache = model.prefill(prompt_ids, prompt_mask, max_length)
-    return model.logits(hidden[:, -1:])[:, 0], _constrain_cache(cache)
+    return model.logits(hidden[:, -1:])[:, 0], cache
 
 
 def _step_keys(row_keys: jax.Array, step: jax.Array) -> jax.Array:
@@ -161,13 +162,17 @@ def _record(state: DecodeState, tokens: jax.Array, logprobs: jax.Array) -> Decod
     )
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "program"), compiler_options=COMPILER_OPTIONS)
-def _prefill(graphdef, params, prompt_ids, prompt_mask, rng, stop_token_ids, pad_token_id, *, program: _Program) -> DecodeState:
-    """Fill the cache with the prompts [B, P] and sample the first response token."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "program", "n", "batch"), compiler_options=COMPILER_OPTIONS)
+def _prefill(graphdef, params, prompt_ids, prompt_mask, rng, stop_token_ids, pad_token_id, *, program: _Program,
+             n: int, batch: int) -> DecodeState:
+    """Fill the cache with the prompts [B_p, P], copy each prompt's row to its n samples'
+    adjacent rows (the first `batch` <= B_p * n kept), and sample the first response token
+    of each row."""
     _TRACE_COUNTS["prefill"] += 1
     model = nnx.merge(graphdef, params)
-    batch, prompt_length = prompt_ids.shape
-    logits, cache = _prefill_logits(model, prompt_ids, prompt_mask, program.cache_sizes(prompt_length)[0])
+    logits, cache = _prefill_logits(model, prompt_ids, prompt_mask, program.cache_sizes(prompt_ids.shape[1])[0])
+    logits = constrain(jnp.repeat(logits, n, axis=0)[:batch], ("batch", None))
+    cache = _constrain_cache(cache.repeat_rows(n, batch))
     row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(batch))
     state = DecodeState(
         cache=cache,
@@ -222,7 +227,8 @@ def generate(
 ) -> Rollout:
     """Sample config.n responses for each prompt (token-id lists of any lengths).
 
-    Prompts are left-padded to a multiple of config.prompt_bucket; with a mesh the batch is
+    Prompts are left-padded to a multiple of config.prompt_bucket and prefilled once each
+    (their caches then copied to their n rows); with a mesh the batch is
     split over its ("data", "fsdp") axes (rows padded to a multiple of that size) and the
     model's parameters are used where they live (shard them with `shard_model`). rng is a
     PRNG key; row r (0 <= r < len(prompts) * n) draws from fold_in(rng, r), so its sample
@@ -232,19 +238,20 @@ def generate(
     program = _Program.from_config(config, mesh)
     row_multiple = 1 if mesh is None else _batch_shards(mesh)
     prompt_ids, prompt_mask = left_pad_prompts(
-        prompts, n=config.n, pad_token_id=config.pad_token_id, prompt_bucket=config.prompt_bucket, row_multiple=row_multiple
+        prompts, pad_token_id=config.pad_token_id, prompt_bucket=config.prompt_bucket, row_multiple=row_multiple
     )
     _check_vocab(model, prompt_ids)
     graphdef, params = nnx.split(model)
     ids, mask = _to_device(prompt_ids, mesh), _to_device(prompt_mask, mesh)
+    batch = round_up(len(prompts) * config.n, row_multiple)
     with program.mesh_context():
         state = _prefill(graphdef, params, ids, mask, rng, _stop_token_array(config), jnp.int32(config.pad_token_id),
-                         program=program)
+                         program=program, n=config.n, batch=batch)
         state = _decode_all(graphdef, params, state, program, config, prompt_ids.shape[1], progress)
     tokens, logprobs, lengths, stopped = jax.device_get((state.tokens, state.logprobs, state.lengths, state.stopped))
     return assemble_rollout(
-        prompt_tokens=prompt_ids,
-        prompt_mask=prompt_mask,
+        prompt_tokens=np.repeat(prompt_ids, config.n, axis=0),
+        prompt_mask=np.repeat(prompt_mask, config.n, axis=0),
         tokens=tokens,
         logprobs=logprobs,
         lengths=lengths,

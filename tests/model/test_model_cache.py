@@ -100,3 +100,13 @@ def test_grow_appends_empty_slots(model):
     np.testing.assert_array_equal(call(token, token_mask, grown)[0], call(token, token_mask, roomy)[0])
     with pytest.raises(ValueError, match="cannot shrink"):
         cache.grow(3)
+
+
+def test_repeat_rows_copies_each_row_to_adjacent_rows(model):
+    prompt = np.array([[0, 4, 5], [6, 7, 8]], np.int32)
+    mask = np.array([[0, 1, 1], [1, 1, 1]], np.int32)
+    _, cache = jax.jit(model.prefill, static_argnums=2)(prompt, mask, 4)
+    repeated = cache.repeat_rows(3, 5)  # rows 0, 0, 0, 1, 1
+    assert int(repeated.length) == int(cache.length)
+    for old, new in zip(cache.k + cache.v + (cache.valid,), repeated.k + repeated.v + (repeated.valid,)):
+        np.testing.assert_array_equal(new, np.asarray(old)[[0, 0, 0, 1, 1]])

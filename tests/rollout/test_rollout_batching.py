@@ -1,5 +1,5 @@
-"""Host-side batching (left padding, n repeats, row padding), SamplingConfig checks and
-Rollout assembly."""
+"""Host-side batching (left padding, row padding), SamplingConfig checks and Rollout
+assembly."""
 
 import numpy as np
 import pytest
@@ -13,22 +13,22 @@ def test_round_up():
     assert [round_up(v, 8) for v in (0, 1, 8, 9, 16)] == [8, 8, 8, 16, 16]
 
 
-def test_left_pad_repeats_prompts_and_pads_rows():
-    ids, mask = left_pad_prompts([[5, 6, 7], [9]], n=2, pad_token_id=0, prompt_bucket=4, row_multiple=8)
+def test_left_pad_prompts_and_pad_rows():
+    ids, mask = left_pad_prompts([[5, 6, 7], [9]], pad_token_id=0, prompt_bucket=4, row_multiple=8)
     assert ids.shape == mask.shape == (8, 4) and ids.dtype == np.int32
-    np.testing.assert_array_equal(ids[:4], [[0, 5, 6, 7], [0, 5, 6, 7], [0, 0, 0, 9], [0, 0, 0, 9]])
-    np.testing.assert_array_equal(mask[:4], [[0, 1, 1, 1], [0, 1, 1, 1], [0, 0, 0, 1], [0, 0, 0, 1]])
-    np.testing.assert_array_equal(mask[4:], [[0, 0, 0, 1]] * 4)  # filler rows: one token each
+    np.testing.assert_array_equal(ids[:2], [[0, 5, 6, 7], [0, 0, 0, 9]])
+    np.testing.assert_array_equal(mask[:2], [[0, 1, 1, 1], [0, 0, 0, 1]])
+    np.testing.assert_array_equal(mask[2:], [[0, 0, 0, 1]] * 6)  # filler rows: one token each
 
 
 def test_prompt_length_is_bucketed():
-    ids, _ = left_pad_prompts([list(range(1, 10))], n=1, pad_token_id=3, prompt_bucket=8)
+    ids, _ = left_pad_prompts([list(range(1, 10))], pad_token_id=3, prompt_bucket=8)
     assert ids.shape == (1, 16) and (ids[0, :7] == 3).all()
 
 
 def test_empty_prompts_are_rejected():
     with pytest.raises(ValueError, match="prompts is empty"):
-        left_pad_prompts([], n=1, pad_token_id=0, prompt_bucket=8)
+        left_pad_prompts([], pad_token_id=0, prompt_bucket=8)
 
 
 @pytest.mark.parametrize(

@@ -156,6 +156,17 @@ def test_n_samples_per_prompt_are_adjacent_and_differ(model):
         assert not np.array_equal(rollout.tokens[first], rollout.tokens[second])
 
 
+def test_n_samples_share_one_prefill_and_equal_repeated_prompts(model):
+    """The prompts are prefilled once and their caches copied to their n rows: the same
+    rollout as listing each prompt n times with n = 1 (row r draws from fold_in(key, r))."""
+    shared = generate(model, PROMPTS, SAMPLED, jax.random.key(7))
+    repeated = generate(model, [prompt for prompt in PROMPTS for _ in range(2)],
+                        SamplingConfig(**{**SAMPLED.__dict__, "n": 1}), jax.random.key(7))
+    np.testing.assert_array_equal(shared.prompt_tokens, repeated.prompt_tokens)
+    np.testing.assert_array_equal(shared.tokens, repeated.tokens)
+    np.testing.assert_allclose(shared.logprobs, repeated.logprobs, atol=1e-5)
+
+
 def test_one_compilation_per_bucket(model):
     config = SamplingConfig(max_new_tokens=5, temperature=0.0, prompt_bucket=24, response_bucket=8)
     before = compile_counts()
@@ -205,6 +216,11 @@ def test_sharded_over_8_devices_equals_one_device(model, checkpoint):
     sharded = generate(sharded_model, PROMPTS, GREEDY, jax.random.key(0), mesh=mesh)
     np.testing.assert_array_equal(sharded.tokens, single.tokens)
     np.testing.assert_array_equal(sharded.lengths, single.lengths)
+    # n = 2: 3 prompts prefilled in 8 rows, copied to 16, the first 8 decoded.
+    single = generate(model, PROMPTS, SAMPLED, jax.random.key(8))
+    sharded = generate(sharded_model, PROMPTS, SAMPLED, jax.random.key(8), mesh=mesh)
+    np.testing.assert_array_equal(sharded.tokens, single.tokens)
+    np.testing.assert_allclose(sharded.logprobs, single.logprobs, atol=1e-5)
 
 
 def test_bad_prompts_raise_clear_errors(model):
