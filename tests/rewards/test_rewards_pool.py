@@ -118,6 +118,9 @@ def test_math_rewards_on_adversarial_responses():
         "\\boxed{" * 200_000,  # 1.4 MB of unclosed boxes
         "\\boxed{5}",
     ]
-    result = math_rewards(responses, ["5"] * len(responses), timeout_s=1.0, num_workers=2)
+    # Its own pool, closed here: the shared pool's workers would outlive the module's `pool`
+    # fixture, whose teardown checks that no child process is left.
+    with VerifierPool(2) as own_pool:
+        result = math_rewards(responses, ["5"] * len(responses), timeout_s=1.0, pool=own_pool)
     assert result.rewards.tolist() == [0.0] * len(ADVERSARIAL) + [1.0, 0.0, 1.0]
     assert result.num_errors + result.num_timeouts <= len(ADVERSARIAL)
