@@ -5,7 +5,10 @@ Model: the 168M Qwen3-shaped config of the model benchmark (hidden 1024, 8 layer
 8 kv heads, head_dim 64, intermediate 3072, vocab 32768, untied), random weights created by
 transformers and loaded with `entropy_rl.model.load_hf`, float32. Workload: batch 64,
 random prompts of 128 tokens, N new tokens (default 256), sampling at temperature 1 (no
-top-k / top-p), no stop token, so every row generates N tokens.
+top-k / top-p), no stop token, so every row generates N tokens. With --n k the 64 rows are
+64 / k prompts sampled k times each, as in RLVR (SamplingConfig.n on our side,
+num_return_sequences on transformers'; transformers repeats the prompts before its prefill,
+entropy-rl prefills each prompt once).
 
     prefill included  batch * N / time(generate N tokens)
     decode only       batch * (N - 1) / (time(N tokens) - time(1 token))
@@ -20,6 +23,7 @@ over the cache).
 
     python tools/bench/rollout.py              # the issue's configuration
     python tools/bench/rollout.py --quick      # 32 new tokens, for a fast check
+    python tools/bench/rollout.py --n 8        # 8 prompts x 8 samples
 """
 
 from __future__ import annotations
@@ -69,11 +73,11 @@ def _timed(function) -> float:
     return time.perf_counter() - start
 
 
-def jax_runs(model, prompts, new_tokens: int) -> dict:
-    """{"1", "N", "N+bar"}: callables generating 1 / new_tokens tokens (the last with the
-    progress bar, chunks of new_tokens // 8 steps); all share one compiled program."""
+def jax_runs(model, prompts, new_tokens: int, n: int) -> dict:
+    """{"1", "N", "N+bar"}: callables generating 1 / new_tokens tokens, n per prompt (the
+    last with the progress bar, chunks of new_tokens // 8 steps); all share one compiled program."""
     base = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, prompt_bucket=len(prompts[0]),
-                          response_bucket=new_tokens)
+                          response_bucket=new_tokens, n=n)
     one = SamplingConfig(**{**base.__dict__, "max_new_tokens": 1})
     chunked = SamplingConfig(**{**base.__dict__, "progress_chunk": max(1, new_tokens // 8)})
     rollout = generate(model, prompts, base, jax.random.key(0))  # compile
@@ -83,15 +87,16 @@ def jax_runs(model, prompts, new_tokens: int) -> dict:
             "N+bar": lambda: generate(model, prompts, chunked, jax.random.key(1), progress=True)}
 
 
-def torch_runs(hf_model, prompts, new_tokens: int) -> dict:
-    """{"1", "N"}: callables running transformers' generate for 1 / new_tokens tokens."""
+def torch_runs(hf_model, prompts, new_tokens: int, n: int) -> dict:
+    """{"1", "N"}: callables running transformers' generate for 1 / new_tokens tokens, n per prompt."""
     ids = torch.tensor(prompts)
 
-    def run(n):
+    def run(tokens):
         with torch.inference_mode():
             out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
-                                    top_k=0, top_p=1.0, max_new_tokens=n, min_new_tokens=n, pad_token_id=0)
-        assert out.shape[1] == ids.shape[1] + n
+                                    top_k=0, top_p=1.0, max_new_tokens=tokens, min_new_tokens=tokens,
+                                    num_return_sequences=n, pad_token_id=0)
+        assert out.shape == (ids.shape[0] * n, ids.shape[1] + tokens)
 
     run(2)  # warm-up
     return {"1": lambda: run(1), "N": lambda: run(new_tokens)}
@@ -104,7 +109,10 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--quick", action="store_true", help="32 new tokens instead of --new-tokens")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--n", type=int, default=1, help="samples per prompt (batch / n prompts)")
     args = parser.parse_args()
+    if args.batch % args.n:
+        parser.error(f"--n {args.n} must divide --batch {args.batch}")
     new_tokens = 32 if args.quick else args.new_tokens
 
     torch.manual_seed(0)
@@ -113,14 +121,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as path:
         hf_model.save_pretrained(path)
         model = load_hf(path)
-    prompts = np.random.default_rng(0).integers(1, HF_CONFIG["vocab_size"], (args.batch, args.prompt)).tolist()
+    prompts = np.random.default_rng(0).integers(1, HF_CONFIG["vocab_size"], (args.batch // args.n, args.prompt)).tolist()
     params = sum(p.numel() for p in hf_model.parameters())
-    print(f"Qwen3-shaped model, {params / 1e6:.0f}M parameters, float32; batch {args.batch}, prompt {args.prompt}, "
+    print(f"Qwen3-shaped model, {params / 1e6:.0f}M parameters, float32; batch {args.batch} "
+          f"({len(prompts)} prompts x {args.n}), prompt {args.prompt}, "
           f"{new_tokens} new tokens, sampling at temperature 1; {jax.devices()[0].platform} x{jax.device_count()}, "
           f"torch threads {torch.get_num_threads()}")
 
     peak = matmul_peak_gflops()
-    jax_side, torch_side = jax_runs(model, prompts, new_tokens), torch_runs(hf_model, prompts, new_tokens)
+    jax_side, torch_side = jax_runs(model, prompts, new_tokens, args.n), torch_runs(hf_model, prompts, new_tokens, args.n)
     wall, cpu = best_times({"jax 1": jax_side["1"], "torch 1": torch_side["1"], "jax N": jax_side["N"],
                             "torch N": torch_side["N"], "jax N+bar": jax_side["N+bar"]}, args.repeats, warm_up=False)
     flops = decode_flops_per_token(HF_CONFIG, args.prompt + new_tokens / 2)
