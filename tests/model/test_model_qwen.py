@@ -39,10 +39,10 @@ def test_remat_gives_the_same_loss_and_gradients(batch):
 
 
 def test_blockwise_attention_gives_the_same_loss_and_gradients(batch):
-    """7 tokens in blocks of 2 (padded to 8 inside) against dense attention, with left and
-    right padding."""
+    """7 tokens in blocks of 2 (padded to 8 inside), rematerialised, against dense attention,
+    with left and right padding."""
     dense = _loss_and_grads(tiny_config(), *batch)
-    blockwise = _loss_and_grads(tiny_config(attention_block_size=2), *batch)
+    blockwise = _loss_and_grads(tiny_config(attention_block_size=2, remat=True), *batch)
     for a, b in zip(jax.tree.leaves(dense), jax.tree.leaves(blockwise)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
 
