@@ -60,10 +60,9 @@ class KVCache:
                             valid=jnp.pad(self.valid, ((0, 0), (0, extra))))
 
     def repeat_rows(self, n: int, rows: int) -> "KVCache":
-        """Each row repeated n times (adjacent copies), the first `rows` rows kept: the cache
-        of n samples per prompt from the cache of the prompts."""
+        """The cache of n samples per prompt from the cache of the prompts (see `repeat_rows`)."""
         def repeat(x):
-            return jnp.repeat(x, n, axis=0)[:rows]
+            return repeat_rows(x, n, rows)
         return self.replace(k=tuple(map(repeat, self.k)), v=tuple(map(repeat, self.v)),
                             valid=repeat(self.valid))
 
@@ -71,6 +70,11 @@ class KVCache:
         """`valid` after writing T tokens with attention_mask [B, T] at slots [length, length+T)."""
         return jax.lax.dynamic_update_slice(self.valid, attention_mask.astype(bool),
                                             (0, self.length))
+
+
+def repeat_rows(x: jax.Array, n: int, rows: int) -> jax.Array:
+    """x [B, ...] with each row repeated n times (adjacent copies), the first `rows` <= B * n kept."""
+    return jnp.repeat(x, n, axis=0)[:rows]
 
 
 def write_keys(k_cache: jax.Array, k: jax.Array, slot) -> jax.Array:

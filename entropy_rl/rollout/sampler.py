@@ -36,6 +36,7 @@ from flax import nnx, struct
 from tqdm.auto import tqdm
 
 from entropy_rl.model import KVCache
+from entropy_rl.model.cache import repeat_rows
 from entropy_rl.parallel import COMPILER_OPTIONS, batch_sharding, constrain
 from entropy_rl.rollout.batching import left_pad_prompts, round_up
 from entropy_rl.rollout.config import SamplingConfig
@@ -171,7 +172,7 @@ def _prefill(graphdef, params, prompt_ids, prompt_mask, rng, stop_token_ids, pad
     _TRACE_COUNTS["prefill"] += 1
     model = nnx.merge(graphdef, params)
     logits, cache = _prefill_logits(model, prompt_ids, prompt_mask, program.cache_sizes(prompt_ids.shape[1])[0])
-    logits = constrain(jnp.repeat(logits, n, axis=0)[:batch], ("batch", None))
+    logits = constrain(repeat_rows(logits, n, batch), ("batch", None))
     cache = _constrain_cache(cache.repeat_rows(n, batch))
     row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(batch))
     state = DecodeState(
