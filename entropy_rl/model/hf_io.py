@@ -5,8 +5,7 @@ of each tensor that device holds (jax.make_array_from_callback), so with a mesh 
 materialises parameters it does not own. transformers stores Linear weights [out, in] with
 heads flattened; ours are [out, in] too, with heads as their own axis, hence `_Layout`:
 
-    ours = transpose(split(hf), perm)   where split turns dim `split_dim` (n*head_dim)
-                                         into (n, head_dim)
+    ours = split(hf)   where split turns dim `split_dim` (n * head_dim) into (n, head_dim)
 """
 
 from __future__ import annotations
@@ -32,10 +31,10 @@ INDEX_FILE = "model.safetensors.index.json"
 
 @dataclasses.dataclass(frozen=True)
 class _Layout:
-    """How one of our parameters is stored in a transformers checkpoint."""
+    """How one of our parameters is stored in a transformers checkpoint: the same array, with
+    dim `split_dim` (n * head_dim) of the hf tensor split into (n, head_dim) in ours."""
 
     hf_name: str
-    perm: tuple = (0,)
     split_dim: int | None = None
     head_dim: int = 0
 
@@ -46,57 +45,51 @@ class _Layout:
         return hf_shape[:d] + (hf_shape[d] // self.head_dim, self.head_dim) + hf_shape[d + 1:]
 
     def to_ours(self, hf: np.ndarray) -> np.ndarray:
-        return hf.reshape(self._split_shape(hf.shape)).transpose(self.perm)
+        return hf.reshape(self._split_shape(hf.shape))
 
     def to_hf(self, ours: np.ndarray) -> np.ndarray:
-        split = ours.transpose(np.argsort(self.perm))
         if self.split_dim is None:
-            return split
+            return ours
         d = self.split_dim
-        return split.reshape(split.shape[:d] + (-1,) + split.shape[d + 2:])
+        return ours.reshape(ours.shape[:d] + (-1,) + ours.shape[d + 2:])
 
     def read(self, tensor_slice, hf_shape: tuple, index: tuple) -> np.ndarray:
         """Our block `index` (slices into our shape), reading only the hf rows it needs."""
         split_shape = self._split_shape(tuple(hf_shape))
-        split_index = [slice(None)] * len(split_shape)
-        for ours_dim, split_dim in enumerate(self.perm):
-            start, stop, _ = index[ours_dim].indices(split_shape[split_dim])
-            split_index[split_dim] = slice(start, stop)
+        split_index = [slice(*where.indices(size)[:2]) for where, size in zip(index, split_shape)]
         if self.split_dim is None:
-            block = tensor_slice[tuple(split_index)]
-        else:
-            d, hd = self.split_dim, self.head_dim
-            heads = split_index[d]
-            hf_index = split_index[:d] + [slice(heads.start * hd, heads.stop * hd)] + split_index[d + 2:]
-            block = tensor_slice[tuple(hf_index)]
-            block = block.reshape(self._split_shape(block.shape))
-            block = block[(slice(None),) * (d + 1) + (split_index[d + 1],)]
-        return block.transpose(self.perm)
+            return tensor_slice[tuple(split_index)]
+        d, hd = self.split_dim, self.head_dim
+        heads = split_index[d]
+        hf_index = split_index[:d] + [slice(heads.start * hd, heads.stop * hd)] + split_index[d + 2:]
+        block = tensor_slice[tuple(hf_index)]
+        block = block.reshape(self._split_shape(block.shape))
+        return block[(slice(None),) * (d + 1) + (split_index[d + 1],)]
 
 
 def _layouts(config: QwenConfig) -> dict[tuple, _Layout]:
     """Our state path -> its layout in a transformers Qwen2/Qwen3 checkpoint."""
     hd = config.head_dim
-    layouts = {("embed_tokens",): _Layout("model.embed_tokens.weight", (0, 1)),
+    layouts = {("embed_tokens",): _Layout("model.embed_tokens.weight"),
                ("norm", "weight"): _Layout("model.norm.weight")}
     if not config.tie_word_embeddings:
-        layouts[("lm_head",)] = _Layout("lm_head.weight", (0, 1))
+        layouts[("lm_head",)] = _Layout("lm_head.weight")
     for i in range(config.num_hidden_layers):
         hf = f"model.layers.{i}."
         ours = {
-            ("self_attn", "q_proj"): _Layout(hf + "self_attn.q_proj.weight", (0, 1, 2), 0, hd),
-            ("self_attn", "k_proj"): _Layout(hf + "self_attn.k_proj.weight", (0, 1, 2), 0, hd),
-            ("self_attn", "v_proj"): _Layout(hf + "self_attn.v_proj.weight", (0, 1, 2), 0, hd),
-            ("self_attn", "o_proj"): _Layout(hf + "self_attn.o_proj.weight", (0, 1, 2), 1, hd),
-            ("mlp", "gate_proj"): _Layout(hf + "mlp.gate_proj.weight", (0, 1)),
-            ("mlp", "up_proj"): _Layout(hf + "mlp.up_proj.weight", (0, 1)),
-            ("mlp", "down_proj"): _Layout(hf + "mlp.down_proj.weight", (0, 1)),
+            ("self_attn", "q_proj"): _Layout(hf + "self_attn.q_proj.weight", 0, hd),
+            ("self_attn", "k_proj"): _Layout(hf + "self_attn.k_proj.weight", 0, hd),
+            ("self_attn", "v_proj"): _Layout(hf + "self_attn.v_proj.weight", 0, hd),
+            ("self_attn", "o_proj"): _Layout(hf + "self_attn.o_proj.weight", 1, hd),
+            ("mlp", "gate_proj"): _Layout(hf + "mlp.gate_proj.weight"),
+            ("mlp", "up_proj"): _Layout(hf + "mlp.up_proj.weight"),
+            ("mlp", "down_proj"): _Layout(hf + "mlp.down_proj.weight"),
             ("input_layernorm", "weight"): _Layout(hf + "input_layernorm.weight"),
             ("post_attention_layernorm", "weight"): _Layout(hf + "post_attention_layernorm.weight"),
         }
         if config.attention_bias:
             for p in "qkv":
-                ours[("self_attn", f"{p}_bias")] = _Layout(hf + f"self_attn.{p}_proj.bias", (0, 1), 0, hd)
+                ours[("self_attn", f"{p}_bias")] = _Layout(hf + f"self_attn.{p}_proj.bias", 0, hd)
         if config.qk_norm:
             for p in "qk":
                 ours[("self_attn", f"{p}_norm", "weight")] = _Layout(hf + f"self_attn.{p}_norm.weight")
