@@ -3,7 +3,8 @@ the benchmarks shipped in `entropy_rl/assets/benchmarks/`.
 
 Column mapping (first present wins, dotted keys reach into nested objects):
   problem: `problem`, `question`, `prompt` (a chat list: the last user message's content,
-           the DAPO-Math-17k layout `prompt=[{"role": "user", "content": ...}]`)
+           the DAPO-Math-17k layout `prompt=[{"role": "user", "content": ...}]`, whose own
+           "Answer:" instruction is stripped: see `entropy_rl.data.dapo`)
   answer:  `answer`, `ground_truth`, `reward_model.ground_truth` (DAPO-Math-17k),
            `final_answer` (a list: its first item), then `solution` (MATH layout: the content
            of the last `\\boxed{}` of the worked solution)
@@ -24,6 +25,7 @@ import logging
 import os
 from typing import Any, Iterator
 
+from entropy_rl.data.dapo import strip_dapo_wrapper
 from entropy_rl.data.problem import Problem
 from entropy_rl.rewards.extract import extract_boxed
 
@@ -125,7 +127,7 @@ def _problem_from_row(row: Any, row_number: int, stem: str, keys: dict[str, Any]
     meta = {key: value for key, value in row.items() if key not in used}
     return Problem(
         id=str(id_value) if id_key else f"{stem}-{row_number}",
-        problem=_problem_text(problem_value),
+        problem=strip_dapo_wrapper(_problem_text(problem_value))[0],
         answer=answer,
         source=str(source) if source_key else stem,
         meta=meta,

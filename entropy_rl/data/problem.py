@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -20,3 +21,18 @@ class Problem:
     answer: str
     source: str = ""
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def deduplicate(problems: Iterable[Problem]) -> tuple[list[Problem], int]:
+    """(the problems with repeats removed, how many were removed).
+
+    Two problems repeat each other when their statements are equal up to whitespace (the
+    published DAPO-Math-17k lists each problem about 100 times); the first one is kept, so
+    the order of first appearances is preserved.
+    """
+    kept: dict[str, Problem] = {}
+    total = 0
+    for problem in problems:
+        total += 1
+        kept.setdefault(" ".join(problem.problem.split()), problem)
+    return list(kept.values()), total - len(kept)

@@ -1,14 +1,16 @@
 """Answer extraction and verifiable rewards.
 
-- `extract_boxed(text)`: the last complete `\\boxed{...}` answer.
+- `extract_boxed(text)`: the last complete `\\boxed{...}` answer; `extract_answer_line(text)`:
+  the last `Answer: ...` line (DAPO's form).
 - `math_rewards(responses, ground_truths, timeout_s=5.0)`: math-verify equivalence in worker
   processes with a deadline per item -> `RewardResult` (rewards, num_errors, num_timeouts).
 - `answers_equivalent(a, b)`: equivalence of two extracted answers (semantic entropy).
-- A verifier registry: `get_verifier("math" | "synthetic")`, `register_verifier(name)`.
+- A verifier registry: `get_verifier("math" | "answer_line" | "synthetic")`, `register_verifier(name)`.
 """
 
-from entropy_rl.rewards.extract import extract_boxed, normalize_answer, parse_integer
+from entropy_rl.rewards.extract import extract_answer_line, extract_boxed, normalize_answer, parse_integer
 from entropy_rl.rewards.math_verifier import (
+    answer_line_verifier,
     answers_equivalent,
     answers_equivalent_batch,
     math_reward,
@@ -21,11 +23,13 @@ from entropy_rl.rewards.synthetic import synthetic_rewards
 
 __all__ = [
     "RewardResult",
+    "answer_line_verifier",
     "Verifier",
     "VerifierPool",
     "answers_equivalent",
     "answers_equivalent_batch",
     "close_all_pools",
+    "extract_answer_line",
     "extract_boxed",
     "get_verifier",
     "math_reward",

@@ -12,6 +12,8 @@ _BOX_COMMANDS = ("\\boxed", "\\fbox")
 # LaTeX spacing and sizing commands that never change a value.
 _NO_VALUE = re.compile(r"\\(?:left|right|displaystyle)(?![a-zA-Z])|\\[,;:! ]|\$|\s+")
 _INTEGER = re.compile(r"[+-]?[0-9]{1,30}")
+# DAPO's answer line: "Answer:" (any case) and the rest of its line.
+_ANSWER_LINE = re.compile(r"answer\s*:[ \t]*([^\n]*)", re.IGNORECASE)
 
 
 def _braced_argument(text: str, open_index: int, limit: int) -> str | None:
@@ -65,6 +67,23 @@ def extract_boxed(text: str) -> str | None:
         if argument is not None:
             return argument.strip()
     return None
+
+
+def extract_answer_line(text: str) -> str | None:
+    """The answer of the last `Answer: ...` line of `text` (the form DAPO-Math-17k's prompts ask
+    for and the DAPO paper's reward reads), or None.
+
+    The rest of that line, stripped of surrounding whitespace, markdown bold (`**`), `$` and a
+    final period; a complete `\\boxed{...}` in it gives its content. An empty answer is None.
+    """
+    if not isinstance(text, str):
+        return None
+    matches = _ANSWER_LINE.findall(text)
+    if not matches:
+        return None
+    answer = matches[-1].strip(" \t*").rstrip(".").strip().strip("$").strip()
+    answer = extract_boxed(answer) or answer
+    return answer or None
 
 
 def normalize_answer(answer: str) -> str:

@@ -8,11 +8,11 @@ values decide (math-verify compares integers exactly too).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from entropy_rl.rewards.extract import extract_boxed, normalize_answer, parse_integer
+from entropy_rl.rewards.extract import extract_answer_line, extract_boxed, normalize_answer, parse_integer
 from entropy_rl.rewards.pool import ERROR, OK, TIMEOUT, VerifierPool, shared_pool
 from entropy_rl.rewards.registry import RewardResult, register_verifier
 
@@ -68,9 +68,11 @@ def math_rewards(
     timeout_s: float = 5.0,
     num_workers: int | None = None,
     pool: VerifierPool | None = None,
+    extract: Callable[[str], str | None] = extract_boxed,
 ) -> RewardResult:
-    """Rewards [N] float32: 1.0 where the last boxed answer of `responses[i]` equals
-    `ground_truths[i]` (an answer string, no `\\boxed`) under math-verify, else 0.0.
+    """Rewards [N] float32: 1.0 where the last boxed answer of `responses[i]` (or what
+    `extract` takes from it) equals `ground_truths[i]` (an answer string, no `\\boxed`) under
+    math-verify, else 0.0.
 
     Each check is bounded by `timeout_s` (plus a kill grace); checks run in parallel over
     `num_workers` processes of the shared pool (default: all cores), or in `pool` when given.
@@ -78,7 +80,7 @@ def math_rewards(
     """
     if len(responses) != len(ground_truths):
         raise ValueError(f"{len(responses)} responses but {len(ground_truths)} ground truths")
-    answers = [extract_boxed(response) for response in responses]
+    answers = [extract(response) for response in responses]
     boxed = [index for index, answer in enumerate(answers) if answer is not None]
     pairs = [(str(ground_truths[i]), answers[i]) for i in boxed]
     judged = _judge_pairs(pairs, timeout_s=timeout_s, num_workers=num_workers, pool=pool)
@@ -109,3 +111,10 @@ def answers_equivalent(a: str, b: str, *, timeout_s: float = 5.0) -> bool:
 def math_verifier(responses: Sequence[str], ground_truths: Sequence[str], *, timeout_s: float = 5.0) -> RewardResult:
     """The registered "math" verifier: `math_rewards` on the shared pool (all cores)."""
     return math_rewards(responses, ground_truths, timeout_s=timeout_s)
+
+
+@register_verifier("answer_line")
+def answer_line_verifier(responses: Sequence[str], ground_truths: Sequence[str], *, timeout_s: float = 5.0) -> RewardResult:
+    """The registered "answer_line" verifier: `math_rewards` on the last `Answer: ...` line
+    (`extract_answer_line`), the form DAPO-Math-17k's own instruction asks for."""
+    return math_rewards(responses, ground_truths, timeout_s=timeout_s, extract=extract_answer_line)
