@@ -2,7 +2,7 @@
 any Hugging Face tokenizer saved in a local directory.
 
 Interface: `encode(text) -> list[int]`, `decode(ids, skip_special_tokens=False) -> str`,
-`eos_token_id`, `pad_token_id`, `stop_token_ids`, `vocab_size`,
+`eos_token_id`, `pad_token_id`, `bos_token_id` (None: no bos), `stop_token_ids`, `vocab_size`,
 `apply_chat_template(messages, add_generation_prompt=True, **kwargs) -> str`.
 """
 
@@ -38,6 +38,7 @@ class BuiltinTokenizer:
         self.pad_token_id = self._ids["<pad>"]
         self.eos_token_id = self._ids["<|im_end|>"]
         self.unk_token_id = self._ids["<unk>"]
+        self.bos_token_id = None  # prompts start with the problem text
         self.stop_token_ids = (self.eos_token_id, self._ids["<|endoftext|>"])
         self._special_ids = frozenset(self._ids[token] for token in BUILTIN_SPECIAL_TOKENS)
 
@@ -75,6 +76,7 @@ class HFTokenizer:
 
         self.tokenizer = AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True)
         self.eos_token_id = self.tokenizer.eos_token_id
+        self.bos_token_id = self.tokenizer.bos_token_id
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = self.eos_token_id if pad is None else pad
         endoftext = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,8 @@ from entropy_rl.model.qwen import Qwen
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
+EXPORT_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,37 +169,64 @@ def _host_array(x: jax.Array) -> np.ndarray:
     return np.asarray(jax.device_get(x))
 
 
-def save_hf(model: Qwen, path: str, *, max_shard_bytes: int = 2 * 1024 ** 3) -> None:
-    """Writes `model` as a transformers checkpoint: config.json, safetensors shard(s), index.
+def save_hf(model: Qwen, path: str, *, dtype: str | None = None, eos_token_ids: Sequence[int] = (),
+            pad_token_id: int | None = None, bos_token_id: int | None = None,
+            max_shard_bytes: int = 2 * 1024 ** 3) -> None:
+    """Writes `model` as a transformers checkpoint: config.json, safetensors shard(s), index,
+    and, when stop tokens are given, generation_config.json.
 
-    Tensors keep the parameter dtype. A single file when it fits in `max_shard_bytes`,
-    else model-0000i-of-0000n.safetensors + model.safetensors.index.json. In a multi-host
-    run every process must call it; process 0 writes.
+    Tensors keep the parameter dtype unless `dtype` ("float32" | "bfloat16") is given. The
+    token ids go into config.json (`eos_token_id` = the first stop token, `pad_token_id`,
+    `bos_token_id`) and generation_config.json (`eos_token_id` = every stop token), so
+    transformers' `generate` and servers stop where the sampler stops. A single file when it
+    fits in `max_shard_bytes`, else model-0000i-of-0000n.safetensors +
+    model.safetensors.index.json. Files get the usual permissions (0666 less the umask). In a
+    multi-host run every process must call it; process 0 writes.
     """
     config = model.config
     layouts = _layouts(config)
+    if dtype is not None and dtype not in EXPORT_DTYPES:
+        raise ValueError(f"save_hf: dtype {dtype!r} is not one of {EXPORT_DTYPES}")
+    cast = (lambda array: array) if dtype is None else (lambda array: array.astype(jnp.dtype(dtype)))
     tensors = {}
     for var_path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         layout = layouts[var_path]
-        tensors[layout.hf_name] = np.ascontiguousarray(layout.to_hf(_host_array(variable.get_value())))
+        tensors[layout.hf_name] = np.ascontiguousarray(cast(layout.to_hf(_host_array(variable.get_value()))))
     if jax.process_index() != 0:
         return
     os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(config.to_hf_dict(), f, indent=2)
+    token_ids = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_ids[0] if eos_token_ids else None,
+                 "pad_token_id": pad_token_id}
+    hf_config = config.to_hf_dict() | {key: value for key, value in token_ids.items() if value is not None}
+    if dtype is not None:
+        hf_config["torch_dtype"] = dtype
+    _write_json(os.path.join(path, "config.json"), hf_config)
+    if eos_token_ids:
+        generation = token_ids | {"eos_token_id": list(eos_token_ids)}
+        _write_json(os.path.join(path, GENERATION_CONFIG_FILE),
+                    {key: value for key, value in generation.items() if value is not None})
     shards = _split_shards(tensors, max_shard_bytes)
-    if len(shards) == 1:
-        save_file(shards[0], os.path.join(path, SINGLE_FILE), metadata={"format": "pt"})
-        return
-    weight_map = {}
-    for i, shard in enumerate(shards):
-        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+    names = [SINGLE_FILE] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                                                     for i in range(len(shards))]
+    for name, shard in zip(names, shards):
         save_file(shard, os.path.join(path, name), metadata={"format": "pt"})
-        weight_map.update({tensor_name: name for tensor_name in shard})
-    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
-             "weight_map": weight_map}
-    with open(os.path.join(path, INDEX_FILE), "w") as f:
-        json.dump(index, f, indent=2)
+        _usual_permissions(os.path.join(path, name))  # safetensors writes 0600
+    if len(shards) > 1:
+        weight_map = {tensor_name: name for name, shard in zip(names, shards) for tensor_name in shard}
+        _write_json(os.path.join(path, INDEX_FILE),
+                    {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())}, "weight_map": weight_map})
+
+
+def _write_json(path: str, value: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2)
+
+
+def _usual_permissions(path: str) -> None:
+    """chmod to 0666 less the process umask, as `open(path, "w")` would have created it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _split_shards(tensors: dict[str, np.ndarray], max_shard_bytes: int) -> list[dict]:

@@ -1,8 +1,10 @@
 """`entropy-rl export RUN_DIR OUT_DIR [--step N]`: a run's policy as a Hugging Face checkpoint.
 
 Writes config.json + safetensors (transformers' Qwen3ForCausalLM / Qwen2ForCausalLM loads
-it) and, when the run used an HF tokenizer, its tokenizer files, so OUT_DIR is a complete
-model directory for transformers, vLLM or `entropy-rl eval`.
+it), generation_config.json with the tokenizer's stop tokens (so `generate` stops at
+`<|im_end|>` as the sampler does) and, when the run used an HF tokenizer, its tokenizer files,
+so OUT_DIR is a complete model directory for transformers, vLLM or `entropy-rl eval`.
+`--dtype bfloat16` halves the files (default: the parameters' dtype).
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import os
 import sys
 
 
-def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, step: int | None = None) -> int:
-    """Write checkpoint `step` (default: latest) of `run_dir` to `out_dir`; returns the step."""
+def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, step: int | None = None,
+           dtype: str | None = None) -> int:
+    """Write checkpoint `step` (default: latest) of `run_dir` to `out_dir` with its tokenizer's
+    stop, pad and bos ids, tensors in `dtype` (default: as trained); returns the step."""
     from entropy_rl.model import save_hf
     from entropy_rl.train.checkpoint import Checkpointer, locate_checkpoint, load_policy
 
@@ -24,7 +28,8 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, step: int 
         if step is None:
             raise FileNotFoundError(f"{run_dir}: the run has no checkpoint yet")
     policy, tokenizer = load_policy(run_dir, step=step)
-    save_hf(policy, os.fspath(out_dir))
+    save_hf(policy, os.fspath(out_dir), dtype=dtype, eos_token_ids=tokenizer.stop_token_ids,
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
     hf_tokenizer = getattr(tokenizer, "tokenizer", None)  # the transformers tokenizer of an HFTokenizer
     if hf_tokenizer is not None:
         hf_tokenizer.save_pretrained(os.fspath(out_dir))
@@ -36,9 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", help="a training run directory (or its checkpoints/<step>)")
     parser.add_argument("out_dir", help="where to write the HF checkpoint")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                        help="tensor dtype of the export (default: the parameters' dtype)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        step = export(args.run_dir, args.out_dir, step=args.step)
+        step = export(args.run_dir, args.out_dir, step=args.step, dtype=args.dtype)
     except (FileNotFoundError, ValueError) as e:
         print(f"entropy-rl export: {e}", file=sys.stderr)
         return 1

@@ -1,6 +1,10 @@
 """`entropy-rl export`: a run's checkpoint becomes an HF checkpoint that transformers loads and
 that computes the same logits; an HF tokenizer travels with it."""
 
+import json
+import os
+import pathlib
+
 import jax.numpy as jnp
 import numpy as np
 import torch
@@ -69,3 +73,45 @@ def test_export_of_a_directory_without_checkpoints_fails_clearly(tmp_path, capsy
     (tmp_path / "checkpoints").mkdir()
     assert export.main([str(tmp_path), str(tmp_path / "out")]) == 1
     assert "no checkpoint yet" in capsys.readouterr().err
+
+
+QWEN3_TOKENIZER = pathlib.Path(__file__).parents[1] / "data" / "qwen3_tokenizer"
+
+
+def _always_says(hf: transformers.PreTrainedModel, token_id: int) -> None:
+    """Weights under which greedy decoding emits `token_id` at every step: every token embeds
+    as the all-ones vector, the blocks add nothing, and only `token_id`'s unembedding row is
+    non-zero (an untied model)."""
+    with torch.no_grad():
+        for name, parameter in hf.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                parameter.zero_()
+        hf.model.embed_tokens.weight.fill_(1.0)
+        hf.model.norm.weight.fill_(1.0)
+        hf.lm_head.weight.zero_()
+        hf.lm_head.weight[token_id] = 1.0
+
+
+def test_export_is_ready_to_serve(tmp_path):
+    config, _, tokenizer = _saved_run(tmp_path, f"model.tokenizer={QWEN3_TOKENIZER}", "model.tie_word_embeddings=false")
+    out = tmp_path / "hf"
+    assert top_cli.main(["export", config.run_dir, str(out), "--dtype", "bfloat16"]) == 0
+    im_end = tokenizer.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["eos_token_id"], saved["pad_token_id"], saved["torch_dtype"]) == (im_end, tokenizer.pad_token_id, "bfloat16")
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == list(tokenizer.stop_token_ids)
+    assert {oct(path.stat().st_mode & 0o777) for path in out.iterdir()} == {oct(0o666 & ~_umask())}
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert hf.dtype == torch.bfloat16
+    _always_says(hf, im_end)
+    prompt = torch.tensor([tokenizer.encode("1 + 2 =")])
+    stopped = hf.generate(prompt, max_new_tokens=8, do_sample=False)  # the export's generation_config
+    assert stopped[0, prompt.shape[1]:].tolist() == [im_end]
+    unstopped = hf.generate(prompt, max_new_tokens=8, do_sample=False, eos_token_id=None)
+    assert unstopped.shape[1] == prompt.shape[1] + 8  # without the stop tokens it runs to the limit
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
