@@ -64,6 +64,10 @@ class BuiltinTokenizer:
         return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
 
+# Any one of these makes a directory loadable by transformers' AutoTokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
 class HFTokenizer:
     """A Hugging Face tokenizer from a local directory (`AutoTokenizer`), with its chat template.
 
@@ -107,4 +111,8 @@ def load_tokenizer(name_or_path: str | os.PathLike = "builtin") -> BuiltinTokeni
         return BuiltinTokenizer()
     if not os.path.isdir(name_or_path):
         raise FileNotFoundError(f"tokenizer: {os.fspath(name_or_path)!r} is neither 'builtin' nor a directory")
+    if not any(os.path.exists(os.path.join(name_or_path, name)) for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"tokenizer: {os.fspath(name_or_path)!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
+            "copy the model's tokenizer there or set model.tokenizer to a directory that has them")
     return HFTokenizer(name_or_path)

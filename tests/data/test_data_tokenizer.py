@@ -72,3 +72,9 @@ def test_qwen3_chat_template_from_tokenizer_config(tmp_path):
 def test_load_tokenizer_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither 'builtin' nor a directory"):
         load_tokenizer(tmp_path / "absent")
+
+
+def test_a_directory_without_tokenizer_files_is_named(tmp_path):
+    (tmp_path / "config.json").write_text("{}")  # a checkpoint directory without its tokenizer
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path}.*has no tokenizer files.*model.tokenizer"):
+        load_tokenizer(tmp_path)
