@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ from tqdm import tqdm
 from entropy_rl.data import DEFAULT_LEVELS, INSTRUCTION, Problem, default_instruction, format_prompt, load_problems, synthetic_problems
 from entropy_rl.data.curriculum import parse_ranking_line
 from entropy_rl.eval.cli import load_checkpoint  # HF directory or trainer run directory -> (model, tokenizer)
+from entropy_rl.jsonl import append_rows, read_rows, rewrite_rows, write_text_atomic
 from entropy_rl.rewards import extract_boxed, get_verifier
 from entropy_rl.rollout import SamplingConfig, generate
 from entropy_rl.semantic_entropy import cluster_answer_groups, cluster_entropy
@@ -87,36 +87,14 @@ SETTING_HELP = {
 
 # -- the ranking file ----------------------------------------------------------------------
 def read_finished_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows already in a (possibly interrupted) ranking file.
-
-    A last line without its newline was cut by a kill mid-write: it is dropped and the file
-    truncated to the last complete row. Any other bad line is an error naming the line.
-    """
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) < len(data):
-        with open(path, "r+b") as file:
-            file.truncate(len(complete))
-    lines = complete.decode("utf-8").splitlines()
-    return [parse_ranking_line(line, path=path, line_number=n) for n, line in enumerate(lines, 1) if line.strip()]
-
-
-def append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Append rows as jsonl in one write, then flush and fsync (survives a kill right after)."""
-    with open(path, "a", encoding="utf-8") as file:
-        file.write("".join(json.dumps(row) + "\n" for row in rows))
-        file.flush()
-        os.fsync(file.fileno())
+    """Rows already in a (possibly interrupted) ranking file; a torn last row is skipped
+    (`entropy_rl.jsonl`), any other bad line is an error naming the line."""
+    return read_rows(path, lambda line, number: parse_ranking_line(line, path=path, line_number=number))
 
 
 def write_sorted(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     """All rows sorted by (semantic_entropy, id), written atomically."""
-    ordered = sorted(rows, key=lambda row: (row["semantic_entropy"], row["id"]))
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(json.dumps(row) + "\n" for row in ordered), encoding="utf-8")
-    temporary.replace(path)
+    rewrite_rows(path, sorted(rows, key=lambda row: (row["semantic_entropy"], row["id"])))
 
 
 def check_settings(meta_path: Path, meta: dict[str, Any]) -> None:
@@ -130,7 +108,7 @@ def check_settings(meta_path: Path, meta: dict[str, Any]) -> None:
                 "use the same settings to resume, or a new --output"
             )
     else:
-        meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        write_text_atomic(meta_path, json.dumps(meta, indent=2, sort_keys=True))
 
 
 # -- ranking -------------------------------------------------------------------------------
