@@ -67,22 +67,32 @@ def test_rewrite_failing_midway_leaves_the_old_file_whole(tmp_path, monkeypatch)
     assert jsonl.read_rows(path) == ROWS[:5]
 
 
-def test_a_kill_during_the_resume_rewrite_of_metrics_keeps_every_row(tmp_path):
-    """The metrics logger drops rows after the resumed step by rewriting metrics.jsonl; the
-    rewriting process is killed (SIGXFSZ) after its first 100 bytes."""
-    path = tmp_path / metrics.METRICS_FILE
+def test_a_kill_during_a_rewrite_keeps_every_row(tmp_path):
+    """A process rewriting the file is killed (SIGXFSZ) after its first 100 bytes."""
+    path = tmp_path / "rows.jsonl"
     _write(path, ROWS)
     before = path.read_bytes()
     script = textwrap.dedent(f"""
         import resource, signal
-        from entropy_rl.train import metrics
+        from entropy_rl.jsonl import read_rows, rewrite_rows
         signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it; the default kills
         resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
-        metrics._drop_rows_after({str(path)!r}, 20)
+        rewrite_rows({str(path)!r}, [row for row in read_rows({str(path)!r}) if row["step"] <= 20])
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == -signal.SIGXFSZ, result.stderr.decode()
     assert path.read_bytes() == before
+
+
+def test_metrics_resume_drops_later_rows_and_a_failed_rewrite_keeps_them(tmp_path, monkeypatch):
+    path = tmp_path / metrics.METRICS_FILE
+    _write(path, ROWS)
+    before = path.read_bytes()
+    monkeypatch.setattr(jsonl.os, "replace", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))  # killed
+    with pytest.raises(KeyboardInterrupt):
+        metrics._drop_rows_after(str(path), 20)
+    assert path.read_bytes() == before
+    monkeypatch.undo()
     metrics._drop_rows_after(str(path), 20)  # the rerun completes it
     assert metrics.read_metrics(tmp_path) == ROWS[:21]
