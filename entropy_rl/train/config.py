@@ -1,20 +1,12 @@
-"""The configuration of every command: frozen pydantic models, YAML files, `key.sub=value` overrides.
+"""The training config and the sections `entropy-rl eval` and `entropy-rl rank` share with it.
 
-Every number a run uses lives here. A config comes from (lowest to highest priority):
-
-1. the defaults of the models below, which ARE the main job: STAPO on the built-in synthetic
-   task with a tiny Qwen3-architecture policy, sized for a 2-core CPU;
-2. YAML files, each of which may name base files under `defaults:` (merged first, in order;
-   paths relative to the YAML file, `.yaml` optional);
-3. command-line overrides `key.sub=value`, each value coerced to the field's type.
-
-`load_config` validates the whole tree before any compute and raises one `ConfigError` listing
-every problem with its dotted key; an unknown key names the closest valid one. A constraint
-lives once, in the class that owns it: the model section is `QwenConfig`'s fields and checks
-(`entropy_rl.model.config`), the rollout section `SamplingConfig`'s (`entropy_rl.rollout`),
-algorithm.loss is the loss library's `PolicyLossConfig` and mesh `entropy_rl.parallel.MeshConfig`
-(its `axis_sizes` rule). `entropy-rl eval` and `entropy-rl rank` use the same sections
-(`load_command_config`).
+The defaults ARE the main job: STAPO on the built-in synthetic task with a tiny
+Qwen3-architecture policy, sized for a 2-core CPU. YAML files (with `defaults:` bases) and
+`key.sub=value` overrides change them (`entropy_rl.configuration`); `load_config` checks the
+whole tree before any compute. A constraint lives once, in the class that owns it: the model
+section has `QwenConfig`'s fields and checks, the rollout section `SamplingConfig`'s,
+algorithm.loss is the loss library's `PolicyLossConfig` and mesh is `MeshConfig` (its
+`axis_sizes` rule); the checks across sections are `TrainConfig`'s.
 
 Sections: model, data (with data.curriculum), rollout, algorithm (with algorithm.loss),
 optimizer, mesh, checkpoint, logging, eval, warmstart; run-level fields: seed, run_dir,
