@@ -7,8 +7,8 @@ order; paths relative to the file, `.yaml` optional) and `key.sub=value` overrid
 `load_command_config` validates the whole tree before any compute and raises one
 `ConfigError` with a `dotted.key: what is wrong` line per problem; an unknown key names the
 closest valid one. Checks that need files (`check_paths`) can be skipped for a config
-written for another machine. `add_config_arguments` / `config_from_arguments` give a
-command `--config`, `--print-config` and the overrides, with old flags kept as aliases.
+written for another machine. `add_config_arguments` and `command_config` give a command
+`--config`, `--print-config` and the overrides, with its old flags kept as aliases.
 
 The sections of training, evaluation and ranking are in `entropy_rl.train.config`.
 """
@@ -16,11 +16,11 @@ The sections of training, evaluation and ranking are in `entropy_rl.train.config
 from __future__ import annotations
 
 import argparse
-import sys
 import dataclasses
 import difflib
 import os
 import re
+import sys
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Annotated, Any, TypeVar

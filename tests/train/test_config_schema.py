@@ -122,3 +122,15 @@ def test_loss_section_keeps_the_run_defaults_and_the_library_class():
     assert isinstance(config.algorithm.loss, PolicyLossConfig) and config.algorithm.loss.dual_clip_c is None
     assert config.algorithm.loss.clip_high == 0.28
     assert hash(config) == hash(load_config(overrides=["algorithm.loss.dual_clip_c=null"]))
+
+
+def test_file_and_shape_errors_name_the_file_or_key(tmp_path):
+    bad_yaml, a_list = tmp_path / "bad.yaml", tmp_path / "list.yaml"
+    bad_yaml.write_text("model: {hidden_size: 32\n")
+    a_list.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match=f"{bad_yaml}: not valid YAML"):
+        load_config(bad_yaml)
+    with pytest.raises(ConfigError, match=f"{a_list}: expected a mapping at the top level"):
+        load_config(a_list)
+    assert "model: expected a mapping of keys, got '3'" in _error("model=3")
+    assert "algorithm.loss: expected a mapping of keys" in _error("algorithm.loss=ppo")
