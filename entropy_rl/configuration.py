@@ -389,7 +389,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, aliases: Mapping[str, 
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config as YAML and exit (paths are not checked)")
     for flag, key in aliases.items():
-        parser.add_argument(flag, default=None, help=f"= {key}=VALUE" if isinstance(key, str) else key.__doc__)
+        parser.add_argument(flag, default=None, metavar="VALUE",
+                            help=f"= {key}=VALUE" if isinstance(key, str) else key.__doc__)
     for flag, override in switches.items():
         parser.add_argument(flag, action="store_const", const=override, default=None, help=f"= {override}")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override any config field")

@@ -230,12 +230,12 @@ class RankCommandConfig(Section):
 
 
 def _data_flag(value: str) -> list[str]:
-    """the old --data: "synthetic" or a dataset file/directory (then the math verifier unless --verifier)"""
+    """= data.dataset=VALUE; a dataset file/directory also sets data.verifier=math (unless --verifier)"""
     return [f"data.dataset={value}"] + ([] if value == "synthetic" else ["data.verifier=math"])
 
 
 def _levels_flag(value: str) -> list[str]:
-    """the old --synthetic-levels: level names (add2,sub2,...) or numbers"""
+    """= data.synthetic_levels: level names (add2,sub2,...) or numbers"""
     names = list(LEVELS)
     numbers = [str(names.index(v) + 1) if v in names else v for v in (v.strip() for v in value.split(","))]
     return [f"data.synthetic_levels={','.join(numbers)}"]

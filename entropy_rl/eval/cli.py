@@ -61,7 +61,7 @@ class EvalCommandConfig(Section):
 
 
 def mesh_flag(value: str) -> list[str]:
-    """the old --mesh: "auto" (all devices), "none" (one device) or "data,fsdp,tensor" sizes"""
+    """"auto" (all devices), "none" (one device) or "data,fsdp,tensor" sizes: the mesh.* keys"""
     if value == "auto":
         return []
     sizes = ["1"] * len(MESH_AXES) if value == "none" else value.split(",")
