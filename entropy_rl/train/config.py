@@ -278,15 +278,20 @@ class EvalConfig(Section):
     every_steps: NonNegative = 0
     benchmark: str = "synthetic"
     num_problems: Positive = 256
-    n: Positive = 4
-    temperature: Annotated[float, Field(ge=0)] = 1.0
-    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    n: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
     max_new_tokens: NonNegative = 0
 
     @field_validator("benchmark")
     @classmethod
     def _known_benchmark(cls, benchmark: str, info: ValidationInfo) -> str:
         return check_benchmark(benchmark, check_paths=paths_checked(info))
+
+    @model_validator(mode="after")
+    def _sampling_checks(self) -> "EvalConfig":
+        SamplingConfig(n=self.n, temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens or 1)
+        return self
 
 
 class WarmStartConfig(Section):

@@ -134,3 +134,9 @@ def test_file_and_shape_errors_name_the_file_or_key(tmp_path):
         load_config(a_list)
     assert "model: expected a mapping of keys, got '3'" in _error("model=3")
     assert "algorithm.loss: expected a mapping of keys" in _error("algorithm.loss=ppo")
+
+
+def test_the_eval_section_uses_the_sampling_checks():
+    assert "eval.top_p: must be in (0, 1]" in _error("eval.top_p=0")
+    assert "eval.n: must be >= 1" in _error("eval.n=0")
+    assert "eval.temperature: must be >= 0 (0 = greedy)" in _error("eval.temperature=-1")
