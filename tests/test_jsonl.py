@@ -67,19 +67,22 @@ def test_rewrite_failing_midway_leaves_the_old_file_whole(tmp_path, monkeypatch)
     assert jsonl.read_rows(path) == ROWS[:5]
 
 
-def test_a_kill_during_a_rewrite_keeps_every_row(tmp_path):
-    """A process rewriting the file is killed (SIGXFSZ) after its first 100 bytes."""
-    path = tmp_path / "rows.jsonl"
+def test_a_kill_during_the_metrics_resume_rewrite_keeps_every_row(tmp_path):
+    """Issue 20 item 5: a logger resumed at step 20 rewrites metrics.jsonl without the later rows;
+    its process is killed (SIGXFSZ) after writing 100 bytes. The old file must stay whole."""
+    path = tmp_path / metrics.METRICS_FILE
     _write(path, ROWS)
     before = path.read_bytes()
     script = textwrap.dedent(f"""
         import resource, signal
-        from entropy_rl.jsonl import read_rows, rewrite_rows
+        from entropy_rl.train.config import LoggingConfig
+        from entropy_rl.train.metrics import MetricsLogger
         signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it; the default kills
         resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
-        rewrite_rows({str(path)!r}, [row for row in read_rows({str(path)!r}) if row["step"] <= 20])
+        MetricsLogger({str(tmp_path)!r}, LoggingConfig(tensorboard=False, progress_bar=False), total_steps=30,
+                      start_step=20)
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120,
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == -signal.SIGXFSZ, result.stderr.decode()
     assert path.read_bytes() == before
