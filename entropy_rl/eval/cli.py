@@ -31,7 +31,7 @@ from pydantic import Field
 from entropy_rl.configuration import Section, add_config_arguments, command_config, one_of
 from entropy_rl.data.prompts import STYLES as PROMPT_STYLES
 from entropy_rl.eval.metrics import DEFAULT_KS
-from entropy_rl.parallel import MESH_AXES, MeshConfig
+from entropy_rl.parallel import MESH_AXES, MeshConfig, make_mesh
 from entropy_rl.train.config import DataConfig, Mesh, ModelConfig, RolloutConfig
 
 DEFAULT_BENCHMARKS = "aime24,aime25,amc23,math500,minerva,olympiadbench"
@@ -73,11 +73,7 @@ def command_mesh(mesh: MeshConfig, devices: list):
     sizes = [getattr(mesh, axis) for axis in MESH_AXES]
     if -1 not in sizes:
         devices = devices[: math.prod(sizes)]
-    if len(devices) == 1:
-        return None
-    from entropy_rl.parallel import make_mesh
-
-    return make_mesh(mesh, devices)
+    return None if len(devices) == 1 else make_mesh(mesh, devices)
 
 
 ALIASES = {"--checkpoint": "checkpoint", "--step": "step", "--tokenizer": "model.tokenizer", "--benchmarks": "benchmarks",
