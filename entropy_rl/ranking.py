@@ -16,6 +16,11 @@ final, complete ranking is also written sorted by entropy (``--sorted``).
 
     entropy-rl rank --policy runs/warm/ --data synthetic --output ranking.jsonl
     entropy-rl rank --policy Qwen3-1.7B/ --data math_train.jsonl --samples 8 --max-new-tokens 2048
+    entropy-rl rank policy=runs/warm/ output=ranking.jsonl data.dataset=math.jsonl data.verifier=math rollout.n=8
+
+The command takes `--config` files and `key.sub=value` overrides over `RankCommandConfig`, whose
+model, data, rollout and mesh sections are training's (the training run's data section gives
+the same prompts); the flags above are aliases of its keys.
 """
 
 from __future__ import annotations
@@ -23,22 +28,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Optional
 
 import jax
 import numpy as np
+from pydantic import Field
 from tqdm import tqdm
 
+from entropy_rl.configuration import Section, add_config_arguments, command_config, one_of
 from entropy_rl.data import DEFAULT_LEVELS, INSTRUCTION, Problem, default_instruction, format_prompt, load_problems, synthetic_problems
 from entropy_rl.data.curriculum import parse_ranking_line
-from entropy_rl.eval.cli import load_checkpoint  # HF directory or trainer run directory -> (model, tokenizer)
+from entropy_rl.data.synthetic import LEVELS
+from entropy_rl.eval.cli import command_mesh, evaluated_checkpoint, load_checkpoint, mesh_flag
+from entropy_rl.jsonl import append_rows, read_rows, rewrite_rows, write_text_atomic
+from entropy_rl.parallel import MeshConfig
 from entropy_rl.rewards import extract_boxed, get_verifier
 from entropy_rl.rollout import SamplingConfig, generate
 from entropy_rl.semantic_entropy import cluster_answer_groups, cluster_entropy
+from entropy_rl.train.config import DataConfig, Mesh, ModelConfig, RolloutConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,56 +77,16 @@ class RankingSettings:
             raise ValueError(f"samples and batch_prompts must be >= 1, got {self.samples}, {self.batch_prompts}")
 
 
-SETTING_HELP = {
-    "samples": "responses per prompt (K)",
-    "max_new_tokens": "response length limit",
-    "temperature": "sampling temperature",
-    "top_p": "nucleus sampling",
-    "top_k": "top-k sampling (0 = off)",
-    "seed": "sampling seed",
-    "batch_prompts": "prompts per generate call (rows = batch_prompts * samples)",
-    "weighting": '"discrete" (cluster fractions) or "likelihood" (sequence-probability weighted)',
-    "prompt_style": '"plain" or "chat" (as the trainer\'s data.prompt_style)',
-    "instruction": 'text appended to each problem ("" = none); default: none for the synthetic task '
-    "(as the trainer), the \\boxed{} instruction otherwise",
-    "exact_match_only": "cluster by normalised string equality only (no math-verify)",
-    "prompt_bucket": "prompt length rounded up to a multiple of this",
-    "response_bucket": "KV cache response slots rounded up to a multiple of this",
-}
-
-
 # -- the ranking file ----------------------------------------------------------------------
 def read_finished_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows already in a (possibly interrupted) ranking file.
-
-    A last line without its newline was cut by a kill mid-write: it is dropped and the file
-    truncated to the last complete row. Any other bad line is an error naming the line.
-    """
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) < len(data):
-        with open(path, "r+b") as file:
-            file.truncate(len(complete))
-    lines = complete.decode("utf-8").splitlines()
-    return [parse_ranking_line(line, path=path, line_number=n) for n, line in enumerate(lines, 1) if line.strip()]
-
-
-def append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Append rows as jsonl in one write, then flush and fsync (survives a kill right after)."""
-    with open(path, "a", encoding="utf-8") as file:
-        file.write("".join(json.dumps(row) + "\n" for row in rows))
-        file.flush()
-        os.fsync(file.fileno())
+    """Rows already in a (possibly interrupted) ranking file; a torn last row is skipped
+    (`entropy_rl.jsonl`), any other bad line is an error naming the line."""
+    return read_rows(path, lambda line, number: parse_ranking_line(line, path=path, line_number=number))
 
 
 def write_sorted(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     """All rows sorted by (semantic_entropy, id), written atomically."""
-    ordered = sorted(rows, key=lambda row: (row["semantic_entropy"], row["id"]))
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(json.dumps(row) + "\n" for row in ordered), encoding="utf-8")
-    temporary.replace(path)
+    rewrite_rows(path, sorted(rows, key=lambda row: (row["semantic_entropy"], row["id"])))
 
 
 def check_settings(meta_path: Path, meta: dict[str, Any]) -> None:
@@ -130,7 +100,7 @@ def check_settings(meta_path: Path, meta: dict[str, Any]) -> None:
                 "use the same settings to resume, or a new --output"
             )
     else:
-        meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        write_text_atomic(meta_path, json.dumps(meta, indent=2, sort_keys=True))
 
 
 # -- ranking -------------------------------------------------------------------------------
@@ -222,22 +192,73 @@ def rank_problems(
 
 
 # -- command line --------------------------------------------------------------------------
-def load_dataset(args: argparse.Namespace) -> list[Problem]:
+_DEFAULT_LEVELS = tuple(list(LEVELS).index(name) + 1 for name in DEFAULT_LEVELS)  # as data.synthetic_levels numbers
+
+
+class RankCommandConfig(Section):
+    """What `entropy-rl rank` ranks and how. The model, data, rollout and mesh sections are
+    training's: rollout.n is K (responses per prompt), data.* the problems, prompt style,
+    instruction and verifier (as the training run that will use the ranking); data_seed and
+    split pick the synthetic problems."""
+
+    policy: str
+    output: str
+    sorted: Optional[str] = None  # default: <output>.sorted.jsonl
+    step: Optional[int] = Field(None, ge=0)
+    limit: Optional[int] = Field(None, gt=0)
+    split: str = "train"
+    data_seed: int = 0
+    seed: int = 0
+    batch_prompts: int = Field(64, gt=0)
+    weighting: Annotated[str, one_of(("discrete", "likelihood"))] = "discrete"
+    exact_match_only: bool = False
+    progress: bool = True
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig(synthetic_levels=_DEFAULT_LEVELS)
+    rollout: RolloutConfig = RolloutConfig(n=8, max_new_tokens=256, prompt_bucket=64, response_bucket=64)
+    mesh: Mesh = MeshConfig()
+
+    def settings(self) -> RankingSettings:
+        """The settings that decide the ranking's numbers."""
+        r, d = self.rollout, self.data
+        instruction = default_instruction(d.dataset) if d.instruction is None else d.instruction  # the trainer's default
+        return RankingSettings(
+            samples=r.n, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+            seed=self.seed, batch_prompts=self.batch_prompts, weighting=self.weighting, verifier=d.verifier,
+            prompt_style=d.prompt_style, instruction=instruction, exact_match_only=self.exact_match_only,
+            prompt_bucket=r.prompt_bucket, response_bucket=r.response_bucket)
+
+
+def _data_flag(value: str) -> list[str]:
+    """= data.dataset=VALUE; a dataset file/directory also sets data.verifier=math (unless --verifier)"""
+    return [f"data.dataset={value}"] + ([] if value == "synthetic" else ["data.verifier=math"])
+
+
+def _levels_flag(value: str) -> list[str]:
+    """= data.synthetic_levels: level names (add2,sub2,...) or numbers"""
+    names = list(LEVELS)
+    numbers = [str(names.index(v) + 1) if v in names else v for v in (v.strip() for v in value.split(","))]
+    return [f"data.synthetic_levels={','.join(numbers)}"]
+
+
+ALIASES = {"--policy": "policy", "--data": _data_flag, "--output": "output", "--sorted": "sorted", "--step": "step",
+           "--dtype": "model.dtype", "--tokenizer": "model.tokenizer", "--problem-key": "data.problem_key",
+           "--answer-key": "data.answer_key", "--num-synthetic": "data.num_synthetic_problems",
+           "--data-seed": "data_seed", "--synthetic-levels": _levels_flag, "--split": "split",
+           "--on-bad-row": "data.on_bad_row", "--limit": "limit", "--verifier": "data.verifier", "--mesh": mesh_flag,
+           "--samples": "rollout.n", "--max-new-tokens": "rollout.max_new_tokens", "--temperature": "rollout.temperature",
+           "--top-p": "rollout.top_p", "--top-k": "rollout.top_k", "--seed": "seed", "--batch-prompts": "batch_prompts",
+           "--weighting": "weighting", "--prompt-style": "data.prompt_style", "--instruction": "data.instruction",
+           "--prompt-bucket": "rollout.prompt_bucket", "--response-bucket": "rollout.response_bucket"}
+SWITCHES = {"--exact-match-only": "exact_match_only=true", "--no-progress": "progress=false"}
+
+
+def load_dataset(config: RankCommandConfig) -> list[Problem]:
     """The built-in synthetic task ("synthetic") or any file/directory ``load_problems`` reads."""
-    if args.data == "synthetic":
-        levels = tuple(args.synthetic_levels.split(","))
-        return synthetic_problems(args.num_synthetic, seed=args.data_seed, levels=levels, split=args.split)
-    return load_problems(args.data, problem_key=args.problem_key, answer_key=args.answer_key, on_bad_row=args.on_bad_row)
-
-
-def local_mesh(spec: str | None) -> jax.sharding.Mesh | None:
-    """A ("data", "fsdp", "tensor") mesh over this host's devices, or None for "none"."""
-    from entropy_rl.parallel import MeshConfig, make_mesh
-
-    if spec == "none":
-        return None
-    sizes = dict(zip(("data", "fsdp", "tensor"), (int(s) for s in spec.split(",")))) if spec else {}
-    return make_mesh(MeshConfig(**sizes), devices=jax.local_devices())
+    d = config.data
+    if d.dataset == "synthetic":
+        return synthetic_problems(d.num_synthetic_problems, seed=config.data_seed, levels=d.level_names, split=config.split)
+    return load_problems(d.dataset, problem_key=d.problem_key, answer_key=d.answer_key, on_bad_row=d.on_bad_row)
 
 
 def host_output(output: Path, process_index: int, process_count: int) -> Path:
@@ -249,56 +270,25 @@ def host_output(output: Path, process_index: int, process_count: int) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="entropy-rl rank", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--policy", required=True, help="HF checkpoint directory or a trainer run directory")
-    parser.add_argument("--data", default="synthetic", help='"synthetic" or a dataset file/directory (load_problems)')
-    parser.add_argument("--output", required=True, help="jsonl ranking file (appended, resumable)")
-    parser.add_argument("--sorted", default=None, help="sorted copy of the final ranking (default: <output>.sorted.jsonl)")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step of a run directory (default: latest)")
-    parser.add_argument("--dtype", default="float32", help="compute dtype of an HF checkpoint (float32, bfloat16)")
-    parser.add_argument("--tokenizer", default=None, help="\"builtin\" or a directory (default: the policy's)")
-    parser.add_argument("--problem-key", default=None)
-    parser.add_argument("--answer-key", default=None)
-    parser.add_argument("--num-synthetic", type=int, default=20000, help="size of the synthetic training set")
-    parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic training set")
-    parser.add_argument("--synthetic-levels", default=",".join(DEFAULT_LEVELS), help="levels of the synthetic set")
-    parser.add_argument("--split", default="train", help="synthetic split")
-    parser.add_argument("--on-bad-row", default="error", help='a dataset row without problem/answer: "error" or "skip"')
-    parser.add_argument("--limit", type=int, default=None, help="rank only the first N problems")
-    parser.add_argument("--verifier", default=None, help='"math" | "synthetic" | ... (default by --data)')
-    parser.add_argument("--mesh", default=None, help='"data,fsdp,tensor" sizes over local devices, or "none"')
-    parser.add_argument("--no-progress", action="store_true")
-    defaults = RankingSettings()
-    for field in dataclasses.fields(RankingSettings):
-        if field.name == "verifier":
-            continue
-        flag = "--" + field.name.replace("_", "-")
-        help_ = SETTING_HELP[field.name]
-        if field.type == "bool":
-            parser.add_argument(flag, action="store_true", help=help_)
-        elif field.name == "instruction":
-            parser.add_argument(flag, default=None, help=help_)
-        else:
-            default = getattr(defaults, field.name)
-            parser.add_argument(flag, type=type(default), default=default, help=f"{help_} (default: {default!r})")
+    add_config_arguments(parser, ALIASES, SWITCHES)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    synthetic = args.data == "synthetic"
-    verifier = args.verifier or ("synthetic" if synthetic else "math")
-    if args.instruction is None:  # the trainer's default
-        args.instruction = default_instruction(args.data)
-    settings = RankingSettings(
-        verifier=verifier, **{f.name: getattr(args, f.name) for f in dataclasses.fields(RankingSettings) if f.name != "verifier"}
-    )
-    problems = load_dataset(args)[: args.limit]
+    config = command_config(RankCommandConfig, build_parser(), argv, ALIASES, SWITCHES)
+    if isinstance(config, int):  # printed the config, or its errors
+        return config
+    settings = config.settings()
+    problems = load_dataset(config)[: config.limit]
     process_index, process_count = jax.process_index(), jax.process_count()
     share = problems[process_index::process_count]
-    mesh = local_mesh(args.mesh)
-    model, tokenizer = load_checkpoint(args.policy, tokenizer=args.tokenizer, step=args.step, dtype=args.dtype, mesh=mesh)
-    output = Path(args.output)
-    run_info = {"policy": str(args.policy), "step": args.step, "data": str(args.data), "tokenizer": args.tokenizer}
+    mesh = command_mesh(config.mesh, jax.local_devices())
+    policy = evaluated_checkpoint(config.policy, config.step, config.model.dtype)
+    model, tokenizer = load_checkpoint(config.policy, tokenizer=config.model.tokenizer, step=policy["step"],
+                                       dtype=policy["dtype"], mesh=mesh)
+    output = Path(config.output)
+    run_info = {"policy": policy["checkpoint"], "step": policy["step"], "dtype": policy["dtype"],
+                "data": config.data.dataset, "tokenizer": config.model.tokenizer}
     started = time.perf_counter()
     rows = rank_problems(
         model,
@@ -308,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         settings,
         mesh=mesh,
         run_info=run_info,
-        progress=not args.no_progress and process_index == 0,
+        progress=config.progress and process_index == 0,
     )
     seconds = time.perf_counter() - started
     print(f"rank: host {process_index}/{process_count}: {len(rows)} problems in the ranking ({seconds:.1f}s this run)")
@@ -319,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         if process_index != 0:
             return 0
         rows = [row for i in range(process_count) for row in read_finished_rows(host_output(output, i, process_count))]
-    sorted_path = Path(args.sorted) if args.sorted else output.with_name(output.name.removesuffix(".jsonl") + ".sorted.jsonl")
+    sorted_path = Path(config.sorted) if config.sorted else output.with_name(output.name.removesuffix(".jsonl") + ".sorted.jsonl")
     write_sorted(sorted_path, rows)
     entropies = np.asarray([row["semantic_entropy"] for row in rows])
     print(

@@ -1,28 +1,87 @@
 """`entropy-rl eval`: avg@k and unbiased pass@k of a checkpoint on the math benchmarks.
 
+    entropy-rl eval [--config YAML] checkpoint=PATH [key.sub=value ...] [--print-config]
     entropy-rl eval --checkpoint PATH [--benchmarks aime24:32,amc23:32,math500:4] [--n 32]
                     [--temperature 1.0 --top-p 1.0] [--max-new-tokens 4096] [--output DIR]
 
-PATH is an HF checkpoint directory (config.json + safetensors; its tokenizer, or --tokenizer)
-or a training run directory (its latest checkpoint, or --step). Benchmarks are the shipped
-six (aime24, aime25, amc23, math500, minerva, olympiadbench), "synthetic" (held-out problems
-of the built-in task) or paths to problem files; `name:n` sets n for one benchmark.
-Writes OUTPUT/results.jsonl (one row per problem; rerunning the same command resumes it),
-OUTPUT/summary.json and OUTPUT/summary.md.
+PATH is an HF checkpoint directory (config.json + safetensors; its tokenizer, or
+model.tokenizer) or a training run directory (its latest checkpoint, or step=N). The config
+(`EvalCommandConfig`) shares the model, rollout and mesh sections with `entropy-rl train`
+(rollout.n: samples per problem; model.dtype: compute dtype of an HF checkpoint; mesh sizes
+without -1 use that many devices, all 1 = one device); the flags above are aliases of its
+keys. Benchmarks are the shipped six (aime24, aime25, amc23, math500, minerva, olympiadbench),
+"synthetic" (held-out problems of the built-in task; a run's own levels and seed) or paths
+to problem files; `name:n` sets n for one benchmark. Writes OUTPUT/results.jsonl (one row per
+problem; rerunning the same command resumes it), OUTPUT/summary.json and OUTPUT/summary.md.
+The default OUTPUT names what is evaluated (checkpoint, step, dtype, sampling), and the
+settings recorded beside the results refuse a rerun that evaluates something else.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
+from typing import Annotated, Any, Optional
 
+from pydantic import Field
+
+from entropy_rl.configuration import Section, add_config_arguments, command_config, one_of
+from entropy_rl.data.prompts import STYLES as PROMPT_STYLES
 from entropy_rl.eval.metrics import DEFAULT_KS
+from entropy_rl.parallel import MESH_AXES, MeshConfig, make_mesh
+from entropy_rl.train.config import DataConfig, Mesh, ModelConfig, RolloutConfig
 
 DEFAULT_BENCHMARKS = "aime24,aime25,amc23,math500,minerva,olympiadbench"
 RESULTS_FILE = "results.jsonl"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+_PROMPT_STYLE = DataConfig.model_fields["prompt_style"].default  # one default for every command: training's
+
+
+class EvalCommandConfig(Section):
+    """What `entropy-rl eval` evaluates and how (see the module docstring)."""
+
+    checkpoint: str
+    step: Optional[int] = Field(None, ge=0)
+    benchmarks: str = DEFAULT_BENCHMARKS
+    ks: tuple[int, ...] = DEFAULT_KS
+    seed: int = 0
+    batch_size: int = Field(256, gt=0)
+    max_problems: Optional[int] = Field(None, gt=0)
+    prompt_style: Annotated[str, one_of(PROMPT_STYLES)] = _PROMPT_STYLE
+    instruction: Optional[str] = None  # None: none for "synthetic", else the \\boxed{} instruction
+    output: Optional[str] = None
+    save_responses: bool = False
+    progress: bool = True
+    model: ModelConfig = ModelConfig(dtype="bfloat16")
+    rollout: RolloutConfig = RolloutConfig(max_new_tokens=4096, n=32, prompt_bucket=64, response_bucket=64)
+    mesh: Mesh = MeshConfig()
+
+
+def mesh_flag(value: str) -> list[str]:
+    """"auto" (all devices), "none" (one device) or "data,fsdp,tensor" sizes: the mesh.* keys"""
+    if value == "auto":
+        return []
+    sizes = ["1"] * len(MESH_AXES) if value == "none" else value.split(",")
+    return [f"mesh.{axis}={size}" for axis, size in zip(MESH_AXES, sizes)]
+
+
+def command_mesh(mesh: MeshConfig, devices: list):
+    """A mesh over `devices`, or None for one device; sizes without -1 use the first prod(sizes)."""
+    sizes = [getattr(mesh, axis) for axis in MESH_AXES]
+    if -1 not in sizes:
+        devices = devices[: math.prod(sizes)]
+    return None if len(devices) == 1 else make_mesh(mesh, devices)
+
+
+ALIASES = {"--checkpoint": "checkpoint", "--step": "step", "--tokenizer": "model.tokenizer", "--benchmarks": "benchmarks",
+           "--n": "rollout.n", "--ks": "ks", "--temperature": "rollout.temperature", "--top-p": "rollout.top_p",
+           "--top-k": "rollout.top_k", "--max-new-tokens": "rollout.max_new_tokens", "--batch-size": "batch_size",
+           "--prompt-style": "prompt_style", "--instruction": "instruction", "--seed": "seed",
+           "--max-problems": "max_problems", "--dtype": "model.dtype", "--mesh": mesh_flag, "--output": "output"}
+SWITCHES = {"--save-responses": "save_responses=true", "--no-progress": "progress=false"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,30 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="entropy-rl eval", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
-    parser.add_argument("--checkpoint", required=True, help="HF checkpoint directory or training run directory")
-    parser.add_argument("--step", type=int, help="checkpoint step of a run directory (default: the latest)")
-    parser.add_argument("--tokenizer", help="'builtin' or a tokenizer directory (default: the checkpoint's)")
-    parser.add_argument("--benchmarks", default=DEFAULT_BENCHMARKS,
-                        help=f"comma-separated names or files, each optionally name:n (default: {DEFAULT_BENCHMARKS})")
-    parser.add_argument("--n", type=int, default=32, help="samples per problem (default 32)")
-    parser.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)), help="k values of avg@k / pass@k, up to n")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--max-new-tokens", type=int, default=4096)
-    parser.add_argument("--batch-size", type=int, default=256, help="sequences per generate call (default 256)")
-    parser.add_argument("--prompt-style", default="chat", help="entropy_rl.data.format_prompt style (chat, plain)")
-    parser.add_argument("--instruction", default=None,
-                        help="text appended to each problem (default: none for synthetic, else the \\boxed{} one)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-problems", type=int,
-                        help="evaluate only the first N problems of each benchmark ('synthetic' has 200 by default)")
-    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="compute dtype")
-    parser.add_argument("--mesh", default="auto", choices=("auto", "none"),
-                        help="auto: shard over all devices (fsdp) when there are several; none: one device")
-    parser.add_argument("--output", help="results folder (default: eval_results/<checkpoint>-t<T>-p<P>)")
-    parser.add_argument("--save-responses", action="store_true", help="keep response texts in results.jsonl")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_arguments(parser, ALIASES, SWITCHES)
     return parser
 
 
@@ -92,61 +128,90 @@ def load_checkpoint(path: str, *, tokenizer: str | None, step: int | None, dtype
     return model, (load_tokenizer(tokenizer) if tokenizer else run_tokenizer)
 
 
-def _mesh(choice: str):
-    import jax
+def evaluated_checkpoint(path: str, step: int | None, dtype: str) -> dict[str, Any]:
+    """What is evaluated, recorded with the results: {"checkpoint": absolute path (a run's
+    directory), "step": the step (a run's latest when None; None for an HF directory),
+    "dtype": the compute dtype, "synthetic_seed"/"synthetic_levels": a run's own synthetic task}."""
+    from entropy_rl.data import DEFAULT_LEVELS
+    from entropy_rl.eval.runner import SYNTHETIC_SEED
 
-    if choice == "none" or jax.device_count() == 1:
-        return None
-    from entropy_rl.parallel import MeshConfig, make_mesh
+    path = os.path.abspath(path)
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return {"checkpoint": path, "step": None, "dtype": dtype, "synthetic_seed": SYNTHETIC_SEED,
+                "synthetic_levels": list(DEFAULT_LEVELS)}
+    from entropy_rl.train.checkpoint import Checkpointer, locate_checkpoint
 
-    return make_mesh(MeshConfig())
+    run_dir, path_step = locate_checkpoint(path)
+    checkpointer = Checkpointer(run_dir, async_save=False, read_only=True)
+    try:
+        step = next((s for s in (step, path_step) if s is not None), None)
+        step = checkpointer.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {run_dir}")
+        run = checkpointer.saved_config(step)
+    finally:
+        checkpointer.close()
+    return {"checkpoint": run_dir, "step": step, "dtype": run.model.dtype, "synthetic_seed": run.seed,
+            "synthetic_levels": list(run.data.level_names)}
 
 
-def default_output(args: argparse.Namespace) -> Path:
-    name = Path(os.path.abspath(args.checkpoint)).name
-    return Path("eval_results") / f"{name}-t{args.temperature:g}-p{args.top_p:g}"
+def default_output(config: EvalCommandConfig, evaluated: dict[str, Any]) -> Path:
+    """eval_results/<checkpoint>[-step<S>]-<dtype>-t<T>-p<P>[-k<K>]-len<L>: what is evaluated, how."""
+    r = config.rollout
+    step = "" if evaluated["step"] is None else f"-step{evaluated['step']}"
+    top_k = f"-k{r.top_k}" if r.top_k else ""
+    name = f"{Path(evaluated['checkpoint']).name}{step}-{evaluated['dtype']}-t{r.temperature:g}-p{r.top_p:g}{top_k}-len{r.max_new_tokens}"
+    return Path("eval_results") / name
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    config = command_config(EvalCommandConfig, parser, argv, ALIASES, SWITCHES)
+    if isinstance(config, int):  # printed the config, or its errors
+        return config
     from entropy_rl.eval.runner import benchmark_problems
 
     try:
-        benchmarks = parse_benchmarks(args.benchmarks, args.n)
-        ks = tuple(int(k) for k in args.ks.split(","))
-        problems = {
-            name: benchmark_problems(source, max_problems=args.max_problems) for name, (source, _) in benchmarks.items()
-        }
+        benchmarks = parse_benchmarks(config.benchmarks, config.rollout.n)
+    except ValueError as err:
+        parser.error(str(err))
+    try:
+        evaluated = evaluated_checkpoint(config.checkpoint, config.step, config.model.dtype)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"entropy-rl eval: {err}", file=sys.stderr)
+        return 1
+    synthetic = {"synthetic_seed": evaluated["synthetic_seed"], "synthetic_levels": tuple(evaluated["synthetic_levels"])}
+    try:
+        problems = {name: benchmark_problems(source, max_problems=config.max_problems, **synthetic)
+                    for name, (source, _) in benchmarks.items()}
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
-    return _run(args, problems, {name: n for name, (_, n) in benchmarks.items()}, ks)
+    return _run(config, evaluated, problems, {name: n for name, (_, n) in benchmarks.items()})
 
 
-def _run(args: argparse.Namespace, problems: dict, n_by_benchmark: dict[str, int], ks: tuple[int, ...]) -> int:
+def _run(config: EvalCommandConfig, evaluated: dict[str, Any], problems: dict, n_by_benchmark: dict[str, int]) -> int:
+    import jax
+
     from entropy_rl.eval import metrics
     from entropy_rl.eval.runner import evaluate, write_summary
-    from entropy_rl.rollout import SamplingConfig
 
-    output = Path(args.output) if args.output else default_output(args)
+    output = Path(config.output) if config.output else default_output(config, evaluated)
     try:
-        mesh = _mesh(args.mesh)
-        model, tokenizer = load_checkpoint(
-            args.checkpoint, tokenizer=args.tokenizer, step=args.step, dtype=args.dtype, mesh=mesh
-        )
-        sampling = SamplingConfig(
-            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-            stop_token_ids=tuple(tokenizer.stop_token_ids), pad_token_id=tokenizer.pad_token_id,
-        )
+        mesh = command_mesh(config.mesh, jax.devices())
+        model, tokenizer = load_checkpoint(config.checkpoint, tokenizer=config.model.tokenizer, step=evaluated["step"],
+                                           dtype=evaluated["dtype"], mesh=mesh)
+        sampling = config.rollout.sampling_config(stop_token_ids=tokenizer.stop_token_ids,
+                                                  pad_token_id=tokenizer.pad_token_id)
         summary = evaluate(
-            model, tokenizer, problems, n=n_by_benchmark, sampling=sampling, seed=args.seed, batch_size=args.batch_size,
-            ks=ks, prompt_style=args.prompt_style, instruction=args.instruction, results_path=output / RESULTS_FILE,
-            save_responses=args.save_responses, mesh=mesh, progress=not args.no_progress,
+            model, tokenizer, problems, n=n_by_benchmark, sampling=sampling, seed=config.seed,
+            batch_size=config.batch_size, ks=config.ks, prompt_style=config.prompt_style,
+            instruction=config.instruction, results_path=output / RESULTS_FILE, save_responses=config.save_responses,
+            mesh=mesh, progress=config.progress, evaluated=evaluated,
         )
     except (ValueError, FileNotFoundError) as err:  # no checkpoint, bad sampling values, other settings recorded
         print(f"entropy-rl eval: {err}", file=sys.stderr)
         return 1
-    summary["checkpoint"] = os.path.abspath(args.checkpoint)
+    summary["checkpoint"], summary["step"] = evaluated["checkpoint"], evaluated["step"]
     json_path, md_path = write_summary(summary, output)
     print(metrics.markdown_table(summary["benchmarks"], summary["average"]))
     print(f"results: {output / RESULTS_FILE}\nsummary: {json_path}, {md_path}")

@@ -181,6 +181,7 @@ def evaluate(
     save_responses: bool = False,
     mesh: jax.sharding.Mesh | None = None,
     progress: bool = False,
+    evaluated: Mapping[str, object] | None = None,
 ) -> dict:
     """Evaluate a policy on several benchmarks: avg@k and unbiased pass@k per benchmark.
 
@@ -205,6 +206,8 @@ def evaluate(
       save_responses: also store the response texts in the results rows.
       mesh: passed to `generate`.
       progress: show a progress bar per benchmark.
+      evaluated: what is evaluated (checkpoint, step, dtype, ...), recorded with the settings
+        so that results of another checkpoint are never mixed in.
 
     Returns:
       {"benchmarks": {name: {"num_problems", "n", "accuracy", "avg@k", "pass@k",
@@ -217,7 +220,7 @@ def evaluate(
             sampling, stop_token_ids=tuple(tokenizer.stop_token_ids), pad_token_id=tokenizer.pad_token_id
         )
     settings = {
-        "seed": seed, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
+        **(evaluated or {}), "seed": seed, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
         "max_new_tokens": sampling.max_new_tokens, "prompt_style": prompt_style,
         "instruction": instruction,
     }

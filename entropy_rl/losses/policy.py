@@ -106,7 +106,8 @@ class PolicyLossConfig:
                 raise ValueError(
                     f"PolicyLossConfig.{name} must be in [0, 1], got {getattr(self, name)}"
                 )
-        for name in ("clip_low", "clip_high", "clip_cov_clip_ratio", "stapo_prob_threshold"):
+        for name in ("clip_low", "clip_high", "clip_cov_clip_ratio", "stapo_prob_threshold", "sent_beta",
+                     "sent_high_mult", "sent_low_mult", "kl_cov_beta", "ref_kl_coef", "entropy_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"PolicyLossConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.dual_clip_c is not None and self.dual_clip_c <= 1.0:
@@ -115,6 +116,10 @@ class PolicyLossConfig:
             )
         if self.horizon is not None and self.horizon < 1:
             raise ValueError(f"PolicyLossConfig.horizon must be >= 1 or None, got {self.horizon}")
+        if self.clip_low >= 1.0:
+            raise ValueError(f"PolicyLossConfig.clip_low must be < 1 (r is clipped at 1 - clip_low), got {self.clip_low}")
+        if self.clip_cov_lb >= self.clip_cov_ub:
+            raise ValueError(f"PolicyLossConfig.clip_cov_lb must be < clip_cov_ub={self.clip_cov_ub}, got {self.clip_cov_lb}")
 
 
 def _check_choice(name, value, choices):

@@ -170,31 +170,8 @@ class Checkpointer:
 
 
 def qwen_config(model: ModelConfig, vocab_size: int):
-    """The `QwenConfig` of the policy: read from `model.hf_path`, else the built-in Qwen3
-    architecture of the ModelConfig fields (vocabulary: `model.vocab_size`, or the tokenizer's
-    `vocab_size` passed here when that is 0)."""
-    from entropy_rl.model import QwenConfig
-
-    numerics = dict(dtype=model.dtype, param_dtype=model.param_dtype, remat=model.remat,
-                    attention_block_size=model.attention_block_size)
-    if model.hf_path is not None:
-        return QwenConfig.from_hf(model.hf_path, **numerics)
-    return QwenConfig(
-        vocab_size=model.vocab_size or vocab_size,
-        hidden_size=model.hidden_size,
-        intermediate_size=model.intermediate_size,
-        num_hidden_layers=model.num_hidden_layers,
-        num_attention_heads=model.num_attention_heads,
-        num_key_value_heads=model.num_key_value_heads,
-        head_dim=model.head_dim,
-        rope_theta=model.rope_theta,
-        rms_norm_eps=model.rms_norm_eps,
-        tie_word_embeddings=model.tie_word_embeddings,
-        attention_bias=False,
-        qk_norm=True,
-        max_position_embeddings=model.max_position_embeddings,
-        **numerics,
-    )
+    """The `QwenConfig` of the policy (`ModelConfig.qwen_config`; `vocab_size`: the tokenizer's)."""
+    return model.qwen_config(vocab_size)
 
 
 def load_policy_tokenizer(model: ModelConfig):

@@ -12,7 +12,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from entropy_rl.train.config import ConfigError, load_config, to_yaml, validate_for_devices
+from entropy_rl.configuration import add_config_arguments, command_config
+from entropy_rl.train.config import ConfigError, TrainConfig, validate_for_devices
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,12 +29,7 @@ def _parser() -> argparse.ArgumentParser:
         "  entropy-rl train algorithm.name=sent optimizer.learning_rate=1e-6 --print-config",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", metavar="YAML", action="append", default=[],
-                        help="a config file (may name base files under `defaults:`); repeat to merge several, "
-                        "later ones winning (e.g. a method file then a mesh file)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit "
-                        "(model and data paths are not checked)")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override any config field")
+    add_config_arguments(parser)
     return parser
 
 
@@ -50,15 +46,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
-    try:  # --print-config may show a config meant for another machine: its paths are not checked
-        config = load_config(args.config, args.overrides, check_paths=not args.print_config)
-    except ConfigError as e:
-        print(f"entropy-rl train: {e}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(to_yaml(config), end="")
-        return 0
+    config = command_config(TrainConfig, _parser(), argv)
+    if isinstance(config, int):  # printed the config, or its errors
+        return config
     import jax
 
     from entropy_rl.parallel import initialize_distributed

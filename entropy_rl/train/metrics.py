@@ -7,7 +7,7 @@ of the whole dict, once per step, so logging adds no host syncs inside the step.
 0 of a multi-host run writes.
 
 Resume: a logger started at `start_step` drops the rows of metrics.jsonl after that step (a
-killed run may have logged steps past its last checkpoint) and TensorBoard purges them, so a
+killed run may have logged steps past its last checkpoint; the file is rewritten atomically) and TensorBoard purges them, so a
 resumed run's logs read as if it had never stopped.
 """
 
@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from entropy_rl.jsonl import read_rows, rewrite_rows
 from entropy_rl.train.config import LoggingConfig, TrainConfig, config_to_dict, save_config, to_yaml
 
 METRICS_FILE = "metrics.jsonl"
@@ -53,29 +54,15 @@ def to_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of RUN_DIR/metrics.jsonl, in order (empty when there is none)."""
-    path = os.path.join(run_dir, METRICS_FILE)
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The rows of RUN_DIR/metrics.jsonl, in order (empty when there is none; a torn last line is skipped)."""
+    return read_rows(os.path.join(run_dir, METRICS_FILE))
 
 
-def _truncate_after(path: str, step: int) -> None:
-    """Keep only the rows of a metrics.jsonl with row["step"] <= step (a torn last line too is dropped)."""
-    if not os.path.exists(path):
-        return
-    kept = []
-    with open(path) as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # the half-written line of a killed run
-                continue
-            if row.get("step", -1) <= step:
-                kept.append(line if line.endswith("\n") else line + "\n")
-    with open(path, "w") as f:
-        f.writelines(kept)
+def _drop_rows_after(path: str, step: int) -> None:
+    """Keep only the rows of a metrics.jsonl with row["step"] <= step, rewritten atomically
+    (a kill during the rewrite leaves the old file whole)."""
+    if os.path.exists(path):
+        rewrite_rows(path, [row for row in read_rows(path) if row.get("step", -1) <= step])
 
 
 class MetricsLogger:
@@ -100,7 +87,7 @@ class MetricsLogger:
         if config is not None:
             save_config(config, os.path.join(self.run_dir, CONFIG_FILE))
         path = os.path.join(self.run_dir, METRICS_FILE)
-        _truncate_after(path, start_step)
+        _drop_rows_after(path, start_step)
         self._jsonl = open(path, "a")
         if logging.tensorboard:
             self._tensorboard = _open_tensorboard(self.run_dir, start_step, config)
