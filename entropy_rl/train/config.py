@@ -31,7 +31,8 @@ import yaml
 
 from entropy_rl.data.loading import BENCHMARK_FILES
 from entropy_rl.data.prompts import STYLES as PROMPT_STYLES
-from entropy_rl.losses import ADVANTAGE_ESTIMATORS, AGG_MODES, KL_KINDS, PolicyLossConfig, policy_loss_names
+from entropy_rl.losses import (ADVANTAGE_ESTIMATORS, AGG_MODES, KL_KINDS, PolicyLossConfig, get_policy_loss,
+                               policy_loss_names)
 from entropy_rl.losses.policy import SENT_VARIANTS
 from entropy_rl.parallel import MeshConfig
 
@@ -589,12 +590,11 @@ def _loss_errors(loss: PolicyLossConfig) -> list[str]:
     errors += _choice(k + "sent_variant", loss.sent_variant, SENT_VARIANTS)
     errors += _positive(k + "clip_low", loss.clip_low, allow_zero=True)
     errors += _positive(k + "clip_high", loss.clip_high, allow_zero=True)
-    if loss.clip_low >= 1:
-        errors.append(f"{k}clip_low: must be < 1 (the ratio is clipped at 1 - clip_low), got {loss.clip_low}")
+    if loss.clip_low > 1:
+        errors.append(f"{k}clip_low: must be <= 1 (the ratio is clipped at 1 - clip_low), got {loss.clip_low}")
     if loss.dual_clip_c is not None and loss.dual_clip_c <= 1:
         errors.append(f"{k}dual_clip_c: must be > 1 or none, got {loss.dual_clip_c}")
     errors += _positive(k + "horizon", loss.horizon, allow_none=True)
-    errors += _positive(k + "clip_cov_clip_ratio", loss.clip_cov_clip_ratio, allow_zero=True)
     for name in ("stapo_prob_threshold", "stapo_entropy_quantile", "sent_low_entropy_ratio", "sent_cov_ratio",
                  "kl_cov_ratio", "clip_cov_ratio", "entropy_top_ratio"):
         errors += _fraction(k + name, getattr(loss, name))
@@ -610,6 +610,8 @@ _SECTION_CHECKS = {PolicyLossConfig: _loss_errors}
 
 def _algorithm_errors(a: AlgorithmConfig, data: DataConfig, rollout: RolloutConfig) -> list[str]:
     errors = _choice("algorithm.name", a.name, policy_loss_names())
+    if a.name in policy_loss_names():  # fields the chosen loss would silently ignore
+        errors += [f"algorithm.loss.{error}" for error in get_policy_loss(a.name).config_errors(a.loss)]
     errors += _choice("algorithm.advantage_estimator", a.advantage_estimator, ADVANTAGE_ESTIMATORS)
     errors += _positive("algorithm.advantage_eps", a.advantage_eps, allow_zero=True)
     errors += _positive("algorithm.max_sampling_rounds", a.max_sampling_rounds)
