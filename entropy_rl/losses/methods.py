@@ -1,7 +1,7 @@
 """The registered policy losses: ppo_clip, stapo, entropy_topk, kl_cov, clip_cov, sent.
 
 Each is a per-token loss (stage 2) plus, for the entropy-aware methods, a whole-batch
-selection (stage 1). Formulas: ALGORITHMS.md, "Policy losses".
+selection (stage 1). Formulas: docs/algorithms.md, "Policy losses".
 """
 
 import chex

@@ -1,7 +1,7 @@
 """Policy-gradient losses (PPO-clip family and the entropy-aware methods) and their registry.
 
 Every loss is computed in two stages so that micro-batching is exact
-(ALGORITHMS.md, "Loss aggregation" and "Policy losses"):
+(docs/algorithms.md, "Loss aggregation" and "Policy losses"):
 
 1. ``prepare_policy_loss`` on the WHOLE update batch [B, T] (stop-gradient): the token
    selection of the method (STAPO keep-mask, SENT / KL-Cov penalty coefficients, Clip-Cov
@@ -43,7 +43,7 @@ SENT_VARIANTS = ("code", "paper")
 
 @dataclasses.dataclass(frozen=True)
 class PolicyLossConfig:
-    """Every knob of the policy losses (defaults from ALGORITHMS.md). Hashable: jit-static.
+    """Every knob of the policy losses (defaults from docs/algorithms.md). Hashable: jit-static.
 
     PPO clip (ppo_clip, stapo, entropy_topk, sent "paper"):
       clip_low, clip_high: r is clipped to [1 - clip_low, 1 + clip_high].

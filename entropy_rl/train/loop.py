@@ -1,4 +1,4 @@
-"""`train(config) -> summary`: the RL loop, one step top to bottom (DESIGN.md's data flow).
+"""`train(config) -> summary`: the RL loop, one step top to bottom (docs/design.md, "Data flow of one RL step").
 
     prompts (iterator / curriculum) -> rollout: n responses per prompt
       -> rewards (verifier, DAPO overlong penalty) -> group advantages

@@ -1,4 +1,4 @@
-"""Independent float64 numpy implementations of the policy losses (ALGORITHMS.md), for tests."""
+"""Independent float64 numpy implementations of the policy losses (docs/algorithms.md), for tests."""
 
 import math
 

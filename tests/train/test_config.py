@@ -15,7 +15,7 @@ def test_defaults_are_the_stapo_tiny_main_job_and_valid():
     assert config.algorithm.name == "stapo"
     assert config.data.dataset == "synthetic"
     assert config.model.hf_path is None and config.model.tokenizer is None  # -> the built-in tokenizer
-    # DAPO clip-higher under STAPO (ALGORITHMS.md)
+    # DAPO clip-higher under STAPO (docs/algorithms.md)
     assert (config.algorithm.loss.clip_low, config.algorithm.loss.clip_high) == (0.2, 0.28)
     cfg.validate_config(config)
 

@@ -1,4 +1,4 @@
-"""Every YAML in configs/ loads and validates, and each states what ALGORITHMS.md says."""
+"""Every YAML in configs/ loads and validates, and each states what docs/algorithms.md says."""
 
 from pathlib import Path
 
