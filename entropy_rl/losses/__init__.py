@@ -4,10 +4,11 @@ numpy only).
 
 Typical use in a train step with micro-batches::
 
-    prepared = prepare_policy_loss("stapo", logp=..., old_logp=..., advantages=...,
-                                   mask=..., entropy=..., config=cfg)      # whole batch
+    batch = LossInputs(logp=..., old_logp=..., advantages=..., mask=..., entropy=...)
+    prepared = prepare_policy_loss("stapo", batch, config=cfg)            # whole batch
     for rows in micro_batches:
-      num, sums = policy_loss_terms("stapo", prepared.rows(rows), logp=..., ..., config=cfg)
+      rows_batch = jax.tree.map(lambda x: x[rows], batch)
+      num, sums = policy_loss_terms("stapo", prepared.rows(rows), rows_batch, config=cfg)
       loss_part = num / prepared.denominator[0]       # grads of the parts add up exactly
     metrics = metric_means(accumulated sums)
 """
@@ -27,6 +28,8 @@ from entropy_rl.losses.aggregation import (
 from entropy_rl.losses.kl import KL_KINDS, kl_estimate
 from entropy_rl.losses.methods import spurious_token_mask
 from entropy_rl.losses.policy import (
+    CLIP_KNOBS,
+    SHARED_KNOBS,
     LossInputs,
     PolicyLossConfig,
     PolicyLossSpec,
@@ -60,8 +63,10 @@ from entropy_rl.losses.token_stats import (
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "AGG_MODES",
+    "CLIP_KNOBS",
     "KL_KINDS",
     "LossInputs",
+    "SHARED_KNOBS",
     "PolicyLossConfig",
     "PolicyLossSpec",
     "PreparedLoss",

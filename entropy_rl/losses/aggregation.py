@@ -1,6 +1,6 @@
 """Loss aggregation over a [B, T] batch of per-token values, exact under micro-batching.
 
-With ``m`` the mask and ``l`` the per-token loss (ALGORITHMS.md, "Loss aggregation"):
+With ``m`` the mask and ``l`` the per-token loss (docs/algorithms.md, "Loss aggregation"):
 
   token-mean               sum(m l) / sum(m)
   seq-mean-token-sum       mean over rows with >= 1 valid token of sum_t(m l)

@@ -1,7 +1,7 @@
 """Policy-gradient losses (PPO-clip family and the entropy-aware methods) and their registry.
 
 Every loss is computed in two stages so that micro-batching is exact
-(ALGORITHMS.md, "Loss aggregation" and "Policy losses"):
+(docs/algorithms.md, "Loss aggregation" and "Policy losses"):
 
 1. ``prepare_policy_loss`` on the WHOLE update batch [B, T] (stop-gradient): the token
    selection of the method (STAPO keep-mask, SENT / KL-Cov penalty coefficients, Clip-Cov
@@ -17,11 +17,15 @@ The total loss is ``agg_k(l_pg) + agg_m(ref_kl_coef * KL(pi || pi_ref) - entropy
 where ``agg_k`` aggregates over the tokens the method keeps and ``agg_m`` over all valid
 tokens, both with ``config.loss_agg_mode``.
 
-A new loss is one decorated function returning its per-token loss (and optionally a
-whole-batch selection function):
+All three entry points take the batch as one ``LossInputs`` pytree. A new loss is one
+decorated function returning its per-token loss, registered with what it needs (an optional
+whole-batch selection, entropy, an rng, reference log-probs, the config fields it reads):
 
-    @register_policy_loss("my_loss")
+    @register_policy_loss("my_loss", paper="Title (arXiv 0000.00000)", knobs=CLIP_KNOBS)
     def my_loss(inputs: LossInputs, coef, config) -> (per_token_loss [B, T], indicators)
+
+The trainer asks the registered ``PolicyLossSpec`` what to compute (``needs_reference``,
+``needs_entropy``) and config validation calls ``spec.config_errors(config)``.
 """
 
 import dataclasses
@@ -39,7 +43,7 @@ SENT_VARIANTS = ("code", "paper")
 
 @dataclasses.dataclass(frozen=True)
 class PolicyLossConfig:
-    """Every knob of the policy losses (defaults from ALGORITHMS.md). Hashable: jit-static.
+    """Every knob of the policy losses (defaults from docs/algorithms.md). Hashable: jit-static.
 
     PPO clip (ppo_clip, stapo, entropy_topk, sent "paper"):
       clip_low, clip_high: r is clipped to [1 - clip_low, 1 + clip_high].
@@ -56,9 +60,10 @@ class PolicyLossConfig:
       lowest H; n = max(1, floor(|L| * sent_cov_ratio)).
     KL-Cov: the top max(1, floor(N * kl_cov_ratio)) tokens by covariance get
       + kl_cov_beta * |logp - old_logp|; all tokens -A r, unclipped.
-    Clip-Cov: max(1, floor(N * clip_cov_ratio)) random tokens among the unclipped valid
-      tokens with clip_cov_lb < cov < clip_cov_ub are dropped from the numerator; the
-      surrogate clips r to [1 - clip_cov_clip_ratio, 1 + clip_cov_clip_ratio], no dual clip.
+    Clip-Cov: max(1, floor(N * clip_cov_ratio)) random tokens among the valid tokens that
+      the ratio clip (clip_low, clip_high) leaves unclipped and with clip_cov_lb < cov <
+      clip_cov_ub are dropped from the numerator; the surrogate is the PPO clip above (the
+      paper's setting: clip_low = clip_high = 1, dual_clip_c None).
     20-Entropy: only the top ceil(entropy_top_ratio * N) valid tokens by H are kept.
     Any loss: + ref_kl_coef * KL_{ref_kl_kind}(pi || pi_ref) and - entropy_coef * H, both
       aggregated over all valid tokens.
@@ -83,7 +88,6 @@ class PolicyLossConfig:
     clip_cov_ratio: float = 2e-4
     clip_cov_lb: float = 1.0
     clip_cov_ub: float = 5.0
-    clip_cov_clip_ratio: float = 1.0
     entropy_top_ratio: float = 0.2
     ref_kl_coef: float = 0.0
     ref_kl_kind: str = "k3"
@@ -106,8 +110,8 @@ class PolicyLossConfig:
                 raise ValueError(
                     f"PolicyLossConfig.{name} must be in [0, 1], got {getattr(self, name)}"
                 )
-        for name in ("clip_low", "clip_high", "clip_cov_clip_ratio", "stapo_prob_threshold", "sent_beta",
-                     "sent_high_mult", "sent_low_mult", "kl_cov_beta", "ref_kl_coef", "entropy_coef"):
+        for name in ("clip_low", "clip_high", "stapo_prob_threshold", "sent_beta", "sent_high_mult",
+                     "sent_low_mult", "kl_cov_beta", "ref_kl_coef", "entropy_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"PolicyLossConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.dual_clip_c is not None and self.dual_clip_c <= 1.0:
@@ -116,8 +120,8 @@ class PolicyLossConfig:
             )
         if self.horizon is not None and self.horizon < 1:
             raise ValueError(f"PolicyLossConfig.horizon must be >= 1 or None, got {self.horizon}")
-        if self.clip_low >= 1.0:
-            raise ValueError(f"PolicyLossConfig.clip_low must be < 1 (r is clipped at 1 - clip_low), got {self.clip_low}")
+        if self.clip_low > 1.0:
+            raise ValueError(f"PolicyLossConfig.clip_low must be <= 1 (r is clipped at 1 - clip_low), got {self.clip_low}")
         if self.clip_cov_lb >= self.clip_cov_ub:
             raise ValueError(f"PolicyLossConfig.clip_cov_lb must be < clip_cov_ub={self.clip_cov_ub}, got {self.clip_cov_lb}")
 
@@ -128,14 +132,23 @@ def _check_choice(name, value, choices):
 
 
 class LossInputs(NamedTuple):
-    """The per-token arrays of a loss, all [B, T] float32 (entropy / ref_logp may be None)."""
+    """One batch of a policy loss: per-token arrays, all [B, T] (a pytree; slice its rows with
+    ``jax.tree.map(lambda x: x[rows], inputs)``).
+
+    logp: log pi_theta of the sampled tokens (gradients flow through it).
+    old_logp: log-probs under the rollout policy.
+    advantages: per-token advantages (one value per response, broadcast over T).
+    mask: 1 on response tokens, 0 on padding.
+    entropy: entropy of pi_theta at each position, or None if the loss does not need it.
+    ref_logp: reference-policy log-probs, or None if the loss does not need them.
+    """
 
     logp: chex.Array
     old_logp: chex.Array
     advantages: chex.Array
     mask: chex.Array
-    entropy: chex.Array | None
-    ref_logp: chex.Array | None
+    entropy: chex.Array | None = None
+    ref_logp: chex.Array | None = None
 
 
 class Selection(NamedTuple):
@@ -183,34 +196,122 @@ TokenLossFn = Callable[
 ]
 SelectFn = Callable[[LossInputs, PolicyLossConfig, chex.PRNGKey | None], Selection]
 
+# Knobs every loss reads (the aggregation and the two extra terms).
+SHARED_KNOBS = ("loss_agg_mode", "horizon", "ref_kl_coef", "ref_kl_kind", "entropy_coef")
+# Knobs of the PPO clip surrogate.
+CLIP_KNOBS = ("clip_low", "clip_high", "dual_clip_c")
+
 
 @dataclasses.dataclass(frozen=True)
 class PolicyLossSpec:
-    """A registered loss: its per-token loss, optional selection and flagged-fraction name."""
+    """A registered loss and what it declares about itself.
 
+    name: the registry key (``algorithm.name``).
+    token_loss: ``(inputs, coef, config) -> (loss [B, T], indicators)``, stage 2.
+    select: ``(inputs, config, rng) -> Selection`` on the whole batch, stage 1 (None: every
+      valid token, no penalty).
+    flag_metric: name of the reported fraction of valid tokens that ``select`` flagged.
+    paper: the method's reference (title and arXiv id), shown in docs and listings.
+    knobs: ``config -> names`` of the ``PolicyLossConfig`` fields the loss reads besides
+      ``SHARED_KNOBS`` (see ``config_errors``).
+    selects_by_entropy: ``select`` ranks tokens by ``inputs.entropy``.
+    needs_rng: ``select`` draws random numbers from the rng key.
+    reads_reference: ``config -> bool``, whether ``token_loss`` reads ``inputs.ref_logp``
+      (None: never). The reference KL term (``ref_kl_coef > 0``) needs it for every loss.
+    """
+
+    name: str
     token_loss: TokenLossFn
-    select: SelectFn | None
-    flag_metric: str | None
+    select: SelectFn | None = None
+    flag_metric: str | None = None
+    paper: str = ""
+    knobs: Callable[[PolicyLossConfig], tuple[str, ...]] = lambda config: ()
+    selects_by_entropy: bool = False
+    needs_rng: bool = False
+    reads_reference: Callable[[PolicyLossConfig], bool] | None = None
+
+    def needs_reference(self, config: PolicyLossConfig) -> bool:
+        """Whether the loss needs reference log-probs (a frozen reference policy) under config."""
+        reads = self.reads_reference is not None and self.reads_reference(config)
+        return config.ref_kl_coef > 0 or reads
+
+    def needs_entropy(self, config: PolicyLossConfig) -> bool:
+        """Whether the loss needs the token entropy under config (selection or entropy bonus)."""
+        return self.selects_by_entropy or config.entropy_coef > 0
+
+    def config_errors(self, config: PolicyLossConfig) -> list[str]:
+        """What cannot work with ``config``, before any compute: ``["field: why", ...]``.
+
+        A method-specific field of another loss set away from its default would be silently
+        ignored (e.g. ``clip_cov_ratio`` under ``kl_cov``); it is reported instead. The
+        ``SHARED_KNOBS`` and the PPO ``CLIP_KNOBS`` are not checked: every config sets the
+        clip, and the unclipped surrogates (kl_cov, sent "code") document that they ignore it.
+        """
+        defaults = PolicyLossConfig()
+        read = set(SHARED_KNOBS) | set(CLIP_KNOBS) | set(self.knobs(config))
+        own = sorted(set(self.knobs(config)) - set(CLIP_KNOBS))
+        return [
+            f"{field.name}: {getattr(config, field.name)!r} has no effect on policy loss "
+            f"{self.name!r} (its own fields: {own}); leave it at its default "
+            f"{getattr(defaults, field.name)!r}"
+            for field in dataclasses.fields(PolicyLossConfig)
+            if field.name not in read
+            and getattr(config, field.name) != getattr(defaults, field.name)
+        ]
+
+    def check_selection_inputs(self, inputs: LossInputs, rng: chex.PRNGKey | None) -> None:
+        """A clear ValueError if stage 1 (``select``) lacks an input the loss declares."""
+        if self.selects_by_entropy and inputs.entropy is None:
+            raise ValueError(f"policy loss {self.name!r} needs entropy (it selects tokens by it)")
+        if self.needs_rng and rng is None:
+            raise ValueError(
+                f"policy loss {self.name!r} needs an rng key (it selects random tokens)"
+            )
+
+    def check_loss_inputs(self, inputs: LossInputs, config: PolicyLossConfig) -> None:
+        """A clear ValueError if stage 2 (the per-token loss) lacks an input it needs."""
+        if inputs.ref_logp is None and self.needs_reference(config):
+            why = "ref_kl_coef > 0" if config.ref_kl_coef > 0 else "its config reads it"
+            raise ValueError(f"policy loss {self.name!r} needs ref_logp ({why})")
+        if inputs.entropy is None and config.entropy_coef > 0:
+            raise ValueError(f"policy loss {self.name!r} needs entropy (entropy_coef > 0)")
 
 
 _POLICY_LOSSES: dict[str, PolicyLossSpec] = {}
 
 
 def register_policy_loss(
-    name: str, *, select: SelectFn | None = None, flag_metric: str | None = None
+    name: str,
+    *,
+    select: SelectFn | None = None,
+    flag_metric: str | None = None,
+    paper: str = "",
+    knobs: tuple[str, ...] | Callable[[PolicyLossConfig], tuple[str, ...]] = (),
+    selects_by_entropy: bool = False,
+    needs_rng: bool = False,
+    reads_reference: Callable[[PolicyLossConfig], bool] | None = None,
 ) -> Callable[[TokenLossFn], TokenLossFn]:
     """Decorator registering ``token_loss(inputs, coef, config) -> (loss [B,T], indicators)``.
 
     ``indicators`` maps metric names to [B, T] per-token values whose mean over valid tokens
-    is reported. ``select(inputs, config, rng) -> Selection`` runs on the whole batch
-    (default: every valid token, no penalty). ``flag_metric`` names the reported fraction of
-    valid tokens that ``select`` flagged.
+    is reported. The keywords fill the ``PolicyLossSpec`` (``knobs`` may be a fixed tuple).
     """
+    knobs_of = knobs if callable(knobs) else (lambda config: tuple(knobs))
 
     def decorator(token_loss: TokenLossFn) -> TokenLossFn:
         if name in _POLICY_LOSSES:
             raise ValueError(f"policy loss {name!r} is already registered")
-        _POLICY_LOSSES[name] = PolicyLossSpec(token_loss, select, flag_metric)
+        _POLICY_LOSSES[name] = PolicyLossSpec(
+            name=name,
+            token_loss=token_loss,
+            select=select,
+            flag_metric=flag_metric,
+            paper=paper,
+            knobs=knobs_of,
+            selects_by_entropy=selects_by_entropy,
+            needs_rng=needs_rng,
+            reads_reference=reads_reference,
+        )
         return token_loss
 
     return decorator
@@ -228,35 +329,19 @@ def get_policy_loss(name: str) -> PolicyLossSpec:
     return _POLICY_LOSSES[name]
 
 
-def _loss_inputs(name, logp, old_logp, advantages, mask, entropy, ref_logp) -> LossInputs:
-    """Checks the [B, T] shapes and converts everything to float32."""
-    arrays = dict(
-        logp=logp,
-        old_logp=old_logp,
-        advantages=advantages,
-        mask=mask,
-        entropy=entropy,
-        ref_logp=ref_logp,
-    )
-    shape = jnp.shape(logp)
+def _validated(name: str, inputs: LossInputs) -> LossInputs:
+    """Checks the [B, T] shapes and converts everything to float32 (the mask to 0/1)."""
+    shape = jnp.shape(inputs.logp)
     if len(shape) != 2:
         raise ValueError(f"policy loss {name!r}: logp must be [B, T], got shape {shape}")
-    for key, value in arrays.items():
+    for key, value in inputs._asdict().items():
         if value is not None and jnp.shape(value) != shape:
             raise ValueError(
                 f"policy loss {name!r}: {key} has shape {jnp.shape(value)}, expected {shape} "
                 "(advantages are per token: broadcast them over T)"
             )
-    converted = {k: None if v is None else jnp.asarray(v, jnp.float32) for k, v in arrays.items()}
-    converted["mask"] = (jnp.asarray(mask) != 0).astype(jnp.float32)
-    return LossInputs(**converted)
-
-
-def require(value, what: str, loss: str):
-    """Returns ``value``; a clear ValueError if a loss is missing an input it needs."""
-    if value is None:
-        raise ValueError(f"policy loss {loss!r} needs {what}")
-    return value
+    converted = inputs._replace(mask=(jnp.asarray(inputs.mask) != 0))
+    return jax.tree.map(lambda value: jnp.asarray(value, jnp.float32), converted)
 
 
 def log_ratio(inputs: LossInputs) -> chex.Array:
@@ -296,27 +381,21 @@ def penalised_surrogate(inputs: LossInputs, coef: chex.Array) -> chex.Array:
 
 def prepare_policy_loss(
     name: str,
+    inputs: LossInputs,
     *,
-    logp: chex.Array,
-    old_logp: chex.Array,
-    advantages: chex.Array,
-    mask: chex.Array,
-    entropy: chex.Array | None = None,
-    ref_logp: chex.Array | None = None,
     config: PolicyLossConfig,
     rng: chex.PRNGKey | None = None,
 ) -> PreparedLoss:
     """Stage 1 on the whole update batch: selections, weights and denominator (no gradient).
 
-    Args: [B, T] arrays as in ``policy_loss``.
+    Args: as in ``policy_loss``.
 
     Returns:
       ``PreparedLoss`` (leaves [B, T] or [B]); slice its rows together with the batch.
     """
     spec = get_policy_loss(name)
-    inputs = jax.lax.stop_gradient(
-        _loss_inputs(name, logp, old_logp, advantages, mask, entropy, ref_logp)
-    )
+    inputs = jax.lax.stop_gradient(_validated(name, inputs))
+    spec.check_selection_inputs(inputs, rng)
     m = inputs.mask
     if spec.select is None:
         selection = Selection(m, m, jnp.zeros_like(m), jnp.zeros_like(m))
@@ -347,13 +426,8 @@ def _weighted_sum(weights: chex.Array, values: chex.Array) -> chex.Array:
 def policy_loss_terms(
     name: str,
     prepared: PreparedLoss,
+    inputs: LossInputs,
     *,
-    logp: chex.Array,
-    old_logp: chex.Array,
-    advantages: chex.Array,
-    mask: chex.Array,
-    entropy: chex.Array | None = None,
-    ref_logp: chex.Array | None = None,
     config: PolicyLossConfig,
 ) -> tuple[chex.Array, dict[str, tuple[chex.Array, chex.Array]]]:
     """Stage 2 on a slice of rows: ``(numerator, metric_sums)``.
@@ -361,7 +435,7 @@ def policy_loss_terms(
     Args:
       name: the registered loss.
       prepared: the same rows of ``prepare_policy_loss``'s result on the whole batch.
-      logp, old_logp, advantages, mask, entropy, ref_logp: [b, T] rows of the batch.
+      inputs: ``LossInputs`` of [b, T] rows of the batch.
       config: the same config as for ``prepare_policy_loss``.
 
     Returns:
@@ -370,7 +444,8 @@ def policy_loss_terms(
         ``metric_means``.
     """
     spec = get_policy_loss(name)
-    inputs = _loss_inputs(name, logp, old_logp, advantages, mask, entropy, ref_logp)
+    inputs = _validated(name, inputs)
+    spec.check_loss_inputs(inputs, config)
     if prepared.pg_weight.shape != inputs.logp.shape:
         raise ValueError(
             f"policy loss {name!r}: prepared rows have shape "
@@ -378,12 +453,11 @@ def policy_loss_terms(
         )
     aux_loss = jnp.zeros_like(inputs.logp)
     if config.ref_kl_coef:
-        ref = require(inputs.ref_logp, "ref_logp (ref_kl_coef > 0)", name)
-        aux_loss += config.ref_kl_coef * kl_estimate(inputs.logp, ref, config.ref_kl_kind)
-    if config.entropy_coef:
-        aux_loss -= config.entropy_coef * require(
-            inputs.entropy, "entropy (entropy_coef > 0)", name
+        aux_loss += config.ref_kl_coef * kl_estimate(
+            inputs.logp, inputs.ref_logp, config.ref_kl_kind
         )
+    if config.entropy_coef:
+        aux_loss -= config.entropy_coef * inputs.entropy
     token_loss, indicators = spec.token_loss(inputs, prepared.coef, config)
     pg_numerator = _weighted_sum(prepared.pg_weight, token_loss)
     numerator = pg_numerator + _weighted_sum(prepared.aux_weight, aux_loss)
@@ -398,8 +472,6 @@ def _metric_sums(spec, prepared, inputs, indicators, config, pg_numerator):
     per_token = dict(indicators)
     per_token["approx_kl"] = kl_estimate(inputs.old_logp, inputs.logp, "k3")
     per_token["ratio"] = jnp.exp(log_ratio(inputs))
-    if inputs.entropy is not None:
-        per_token["entropy"] = inputs.entropy
     if inputs.ref_logp is not None:
         per_token["ref_kl"] = kl_estimate(inputs.logp, inputs.ref_logp, config.ref_kl_kind)
     if spec.flag_metric is not None:
@@ -416,13 +488,8 @@ def metric_means(metric_sums: dict[str, tuple[chex.Array, chex.Array]]) -> dict[
 
 def policy_loss(
     name: str,
+    inputs: LossInputs,
     *,
-    logp: chex.Array,
-    old_logp: chex.Array,
-    advantages: chex.Array,
-    mask: chex.Array,
-    entropy: chex.Array | None = None,
-    ref_logp: chex.Array | None = None,
     config: PolicyLossConfig,
     rng: chex.PRNGKey | None = None,
 ) -> tuple[chex.Array, dict[str, chex.Array]]:
@@ -430,26 +497,14 @@ def policy_loss(
 
     Args:
       name: a registered loss: ppo_clip, stapo, sent, kl_cov, clip_cov, entropy_topk.
-      logp: [B, T] log pi_theta of the sampled tokens (gradients flow through it).
-      old_logp: [B, T] log-probs under the rollout policy.
-      advantages: [B, T] per-token advantages (one value per response, broadcast over T).
-      mask: [B, T] 1 on response tokens.
-      entropy: [B, T] entropy of pi_theta (stapo, sent, entropy_topk, entropy bonus).
-      ref_logp: [B, T] reference log-probs (ref KL, sent "paper").
+      inputs: ``LossInputs``, [B, T] arrays; ``entropy`` where ``spec.needs_entropy(config)``,
+        ``ref_logp`` where ``spec.needs_reference(config)`` (``spec = get_policy_loss(name)``).
       config: ``PolicyLossConfig``.
-      rng: PRNG key (clip_cov).
+      rng: PRNG key, where ``spec.needs_rng`` (clip_cov).
 
     Returns:
       float32 scalar loss (minimised) and a dict of float32 scalar metrics.
     """
-    batch = dict(
-        logp=logp,
-        old_logp=old_logp,
-        advantages=advantages,
-        mask=mask,
-        entropy=entropy,
-        ref_logp=ref_logp,
-    )
-    prepared = prepare_policy_loss(name, **batch, config=config, rng=rng)
-    numerator, metric_sums = policy_loss_terms(name, prepared, **batch, config=config)
+    prepared = prepare_policy_loss(name, inputs, config=config, rng=rng)
+    numerator, metric_sums = policy_loss_terms(name, prepared, inputs, config=config)
     return numerator / prepared.denominator[0], metric_means(metric_sums)

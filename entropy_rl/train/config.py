@@ -43,7 +43,7 @@ from entropy_rl.configuration import config_from_dict as _config_from_dict
 from entropy_rl.data.loading import BENCHMARK_FILES
 from entropy_rl.data.prompts import STYLES as PROMPT_STYLES
 from entropy_rl.data.synthetic import LEVELS as SYNTHETIC_LEVELS
-from entropy_rl.losses import ADVANTAGE_ESTIMATORS, PolicyLossConfig, policy_loss_names
+from entropy_rl.losses import ADVANTAGE_ESTIMATORS, PolicyLossConfig, get_policy_loss, policy_loss_names
 from entropy_rl.model.config import QwenConfig, dtype_name
 from entropy_rl.parallel import MESH_AXES, MeshConfig
 from entropy_rl.rewards import verifier_names
@@ -345,7 +345,8 @@ class TrainConfig(Section):
     @model_validator(mode="after")
     def _sections_agree(self) -> "TrainConfig":
         a, data, rollout = self.algorithm, self.data, self.rollout
-        errors = []
+        # loss fields another method reads, set here where the chosen loss would ignore them
+        errors = [f"algorithm.loss.{error}" for error in get_policy_loss(a.name).config_errors(a.loss)]
         if a.overlong_buffer_len >= rollout.max_new_tokens:
             errors.append(f"algorithm.overlong_buffer_len: must be < rollout.max_new_tokens={rollout.max_new_tokens}, "
                           f"got {a.overlong_buffer_len}")

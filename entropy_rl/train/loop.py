@@ -1,4 +1,4 @@
-"""`train(config) -> summary`: the RL loop, one step top to bottom (DESIGN.md's data flow).
+"""`train(config) -> summary`: the RL loop, one step top to bottom (docs/design.md, "Data flow of one RL step").
 
     prompts (iterator / curriculum) -> rollout: n responses per prompt
       -> rewards (verifier, DAPO overlong penalty) -> group advantages
@@ -38,7 +38,7 @@ from entropy_rl.train.checkpoint import Checkpointer, build_policy
 from entropy_rl.train.config import TrainConfig
 from entropy_rl.train.metrics import METRICS_FILE, TENSORBOARD_SUBDIR, MetricsLogger
 from entropy_rl.train.step import (StepConfig, TrainState, UpdateBatch, create_train_state, no_grad_logprobs,
-                                   make_optimizer, make_train_step, token_statistics)
+                                   make_optimizer, non_finite_counts, make_train_step, token_statistics)
 from entropy_rl.train.warmstart import warm_start
 
 CONFIDENCE = 0.95
@@ -276,7 +276,6 @@ def eval_log(result: dict[str, Any], config: TrainConfig) -> dict[str, float]:
 class Run:
     """What the loop holds besides the arrays: host-side counters, checkpointed as JSON."""
 
-    consecutive_nonfinite: int = 0
     num_skipped: int = 0
     entropy_start: float | None = None
     entropy_end: float | None = None
@@ -286,18 +285,8 @@ class Run:
     warmstart: dict | None = None
 
 
-def _needs_reference(config: TrainConfig) -> bool:
-    loss = config.algorithm.loss
-    return loss.ref_kl_coef > 0 or (config.algorithm.name == "sent" and loss.sent_variant == "paper")
-
-
-def _flag_metric(config: TrainConfig) -> str | None:
-    flag = losses.get_policy_loss(config.algorithm.name).flag_metric
-    return None if flag is None else f"loss/{flag}"
-
-
 def _train_state_tree(state: TrainState, ref_params) -> dict:
-    tree = {"opt_state": state.opt_state, "step": state.step, "num_skipped": state.num_skipped}
+    tree = {"opt_state": state.opt_state, "step": state.step}
     if ref_params is not None:
         tree["ref_params"] = ref_params
     return tree
@@ -337,13 +326,13 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
     state = create_train_state(policy, optimizer, mesh)
     checkpointer = Checkpointer.from_config(config)
     run = Run()
-    ref_params = jax.tree.map(jnp.copy, state.params) if _needs_reference(config) else None
+    loss_spec = losses.get_policy_loss(a.name)
+    ref_params = jax.tree.map(jnp.copy, state.params) if loss_spec.needs_reference(a.loss) else None
     restored = checkpointer.restore(params=state.params, train_state=_train_state_tree(state, ref_params)) \
         if config.resume else None
     if restored is not None:
         t = restored.train_state
-        state = state.replace(params=restored.params, opt_state=t["opt_state"], step=t["step"],
-                              num_skipped=t["num_skipped"])
+        state = state.replace(params=restored.params, opt_state=t["opt_state"], step=t["step"])
         ref_params = t.get("ref_params")
         iterator.load_state_dict(restored.data_state["iterator"])
         run = Run(**restored.data_state["run"])
@@ -360,7 +349,6 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
     train_step = make_train_step(state, mesh, optimizer=optimizer, schedule=schedule, config=step_config)
     logprobs = functools.partial(no_grad_logprobs, state.graphdef, mesh=mesh, temperature=step_config.temperature,
                                  chunk_size=step_config.chunk_size)
-    flag_metric = _flag_metric(config)
     logger = MetricsLogger(config.run_dir, config.logging, total_steps=config.total_steps, start_step=start_step,
                            config=config)
     if run.warmstart and start_step == 0:
@@ -392,10 +380,9 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
             update_metrics = _mean_metrics(per_update)
             jax.block_until_ready(state.params)
             step_time = time.time() - step_start
-            metrics |= {k if k.startswith("loss") or k in ("grad_norm", "lr", "skipped") else f"update/{k}": v
-                        for k, v in update_metrics.items()}
-            if flag_metric is not None:
-                metrics["loss/masked_fraction"] = update_metrics[flag_metric]
+            metrics |= update_metrics
+            if loss_spec.flag_metric is not None:
+                metrics["loss/masked_fraction"] = update_metrics[f"loss/{loss_spec.flag_metric}"]
             metrics |= rollout_metrics(groups, sampled, sampling.n)
             metrics |= {"time/rollout": rollout_time, "time/update": step_time - rollout_time, "time/step": step_time,
                         "time/tokens_per_s": float(groups.rollout.lengths.sum() + batch.prompt_mask.sum()) / step_time,
@@ -405,12 +392,10 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
             run.entropy_start = scalars["entropy/mean"] if run.entropy_start is None else run.entropy_start
             run.entropy_end = scalars["entropy/mean"]
             run.masked_fraction_sum += scalars.get("loss/masked_fraction", 0.0)
-            skipped = int(round(scalars["skipped"] * len(per_update)))
-            run.num_skipped += skipped
-            run.consecutive_nonfinite = run.consecutive_nonfinite + skipped if skipped == len(per_update) else 0
-            if run.consecutive_nonfinite >= config.max_consecutive_nonfinite:
+            consecutive_nonfinite, run.num_skipped = non_finite_counts(state)
+            if consecutive_nonfinite >= config.max_consecutive_nonfinite:
                 raise FloatingPointError(
-                    f"{run.consecutive_nonfinite} non-finite updates in a row at step {step + 1}: stopping. The last "
+                    f"{consecutive_nonfinite} non-finite updates in a row at step {step + 1}: stopping. The last "
                     f"good checkpoint is step {checkpointer.latest_step()} in {checkpointer.directory}; lower "
                     "optimizer.learning_rate or check the rewards and the model's dtype")
             last = step + 1 == config.total_steps
@@ -462,7 +447,7 @@ def summary_table(s: dict[str, Any], config: TrainConfig) -> str:
     pct = lambda x: f"{100 * x:5.1f}%"  # noqa: E731
     ci = lambda c: f"[{100 * c[0]:.1f}, {100 * c[1]:.1f}]"  # noqa: E731
     separated = s["accuracy_gain_ci"][0] > 0 or s["accuracy_gain_ci"][1] < 0
-    flag = _flag_metric(config)
+    flag = losses.get_policy_loss(config.algorithm.name).flag_metric
     rows = [
         ("method", f"{s['method']} on {config.data.dataset}, {s['steps']} steps, {s['wall_clock_s'] / 60:.1f} min"),
         (f"held-out accuracy ({s['heldout_problems']} problems ({s['heldout_distinct_problems']} distinct) x "
@@ -472,7 +457,7 @@ def summary_table(s: dict[str, Any], config: TrainConfig) -> str:
         ("  gain (paired)", f"{100 * s['accuracy_gain']:+.1f} pts  95% CI {ci(s['accuracy_gain_ci'])}"
                             f"{'  (significant)' if separated else '  (not significant)'}"),
         ("entropy start -> end", f"{s['entropy_start']:.4f} -> {s['entropy_end']:.4f}"),
-        ("masked-token fraction", f"{s['masked_fraction']:.5f}" + (f" ({flag}, mean over steps)" if flag else " (none)")),
+        ("masked-token fraction", f"{s['masked_fraction']:.5f}" + (f" (loss/{flag}, mean over steps)" if flag else " (none)")),
         ("skipped updates", str(s["skipped_updates"])),
         ("checkpoints", f"{s['checkpoints']} (steps {s['checkpoint_steps']})"),
         ("metrics", s["metrics"] + (f", TensorBoard {s['tensorboard']}" if s["tensorboard"] else "")),

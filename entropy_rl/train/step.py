@@ -3,9 +3,10 @@
 One update batch holds B responses (prompt left-padded to P, response right-padded to T):
 
     logp, H   = response_logprobs(params, batch)                   [B, T] float32
-    prepared  = prepare_policy_loss(stop_gradient(logp), H, ...)   whole-batch selections
+    prepared  = prepare_policy_loss(LossInputs(stop_gradient(logp), H, ...))   whole-batch selections
     grads     = sum_k d/dparams [ numerator_k(params) / denominator ]   over M micro-batches
-    params    <- AdamW(clip_by_global_norm(grads))   unless the loss or grads are non-finite
+    params    <- AdamW(clip_by_global_norm(grads))   skipped by optax.apply_if_finite when
+                                                       a gradient is not finite
 
 Every token selection and the loss denominator come from the WHOLE update batch, so the
 M-micro-batch gradient equals the one-pass gradient under every aggregation mode (only the
@@ -38,16 +39,15 @@ ENTROPY_QUANTILES = (0.1, 0.5, 0.9)
 class TrainState:
     """Everything an update changes. graphdef is static (the model's structure).
 
-    params: the model's nnx.State (what `nnx.split(model)` returns); opt_state: optax state;
-    step: int32 scalar, updates attempted; num_skipped: int32 scalar, updates skipped
-    because the loss or a gradient was not finite.
+    params: the model's nnx.State (what `nnx.split(model)` returns); opt_state: the
+    `optax.ApplyIfFiniteState` of `skip_non_finite(optimizer)` (it counts the skipped
+    updates, see `non_finite_counts`); step: int32 scalar, updates attempted.
     """
 
     graphdef: nnx.GraphDef = struct.field(pytree_node=False)
     params: nnx.State
-    opt_state: optax.OptState
+    opt_state: optax.ApplyIfFiniteState
     step: jax.Array
-    num_skipped: jax.Array
 
     def model(self) -> nnx.Module:
         """The policy as an nnx Module sharing this state's parameter arrays (no copy)."""
@@ -107,8 +107,23 @@ def make_schedule(*, learning_rate: float, warmup_steps: int, total_steps: int, 
     return optax.join_schedules([warmup, after], [warmup_steps])
 
 
+def skip_non_finite(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`optimizer` under `optax.apply_if_finite`: an update whose gradients are not all finite
+    leaves the parameters and the inner optimizer state (its step count included) unchanged.
+    It never gives up and applies one: the run decides when to stop (`non_finite_counts`)."""
+    return optax.apply_if_finite(optimizer, max_consecutive_errors=jnp.iinfo(jnp.int32).max)
+
+
+def non_finite_counts(state: TrainState) -> tuple[int, int]:
+    """(updates skipped in a row until now, updates skipped in total), read on the host."""
+    opt_state = state.opt_state
+    consecutive, total = jax.device_get((opt_state.notfinite_count, opt_state.total_notfinite))
+    return int(consecutive), int(total)
+
+
 def make_optimizer(optimizer_config, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """(AdamW with global-norm clipping, its schedule) from an `OptimizerConfig`.
+    """(AdamW with global-norm clipping under `skip_non_finite`, its schedule) from an
+    `OptimizerConfig`.
 
     total_steps counts optimizer updates (RL steps x PPO epochs x mini-batches).
     """
@@ -116,9 +131,9 @@ def make_optimizer(optimizer_config, total_steps: int) -> tuple[optax.GradientTr
     schedule = make_schedule(learning_rate=o.learning_rate, warmup_steps=o.warmup_steps, total_steps=total_steps,
                              schedule=o.schedule, min_lr_ratio=o.min_lr_ratio)
     adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
-    if o.grad_clip_norm is None:
-        return adamw, schedule
-    return optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adamw), schedule
+    if o.grad_clip_norm is not None:
+        adamw = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adamw)
+    return skip_non_finite(adamw), schedule
 
 
 # --------------------------------------------------------------------------- state and shardings
@@ -144,10 +159,15 @@ def state_sharding(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
 
 def create_train_state(model: nnx.Module, optimizer: optax.GradientTransformation,
                        mesh: jax.sharding.Mesh) -> TrainState:
-    """A fresh TrainState for `model`, every leaf placed on `mesh` by its logical axes."""
+    """A fresh TrainState for `model`, every leaf placed on `mesh` by its logical axes.
+
+    `optimizer` is wrapped by `skip_non_finite` (as `make_optimizer` returns it)."""
     graphdef, params = nnx.split(model)
-    state = TrainState(graphdef=graphdef, params=params, opt_state=optimizer.init(params),
-                       step=jnp.zeros((), jnp.int32), num_skipped=jnp.zeros((), jnp.int32))
+    opt_state = optimizer.init(params)
+    if not isinstance(opt_state, optax.ApplyIfFiniteState):
+        raise TypeError("create_train_state: wrap the optimizer with skip_non_finite(...) "
+                        "(make_optimizer does), so that non-finite updates are skipped and counted")
+    state = TrainState(graphdef=graphdef, params=params, opt_state=opt_state, step=jnp.zeros((), jnp.int32))
     return jax.device_put(state, state_sharding(state, mesh))
 
 
@@ -210,10 +230,12 @@ def token_statistics(logp: jax.Array, entropy: jax.Array, advantages: jax.Array,
 # --------------------------------------------------------------------------- the step
 
 
-def _loss_arrays(batch: UpdateBatch) -> dict[str, jax.Array | None]:
-    """The batch's inputs to the policy losses (advantages broadcast over tokens)."""
+def _loss_inputs(batch: UpdateBatch, logp: jax.Array, entropy: jax.Array) -> losses.LossInputs:
+    """The policy losses' batch: `logp`, `entropy` [B, T] and the batch's arrays (advantages
+    broadcast over tokens)."""
     token_adv = jnp.broadcast_to(batch.advantages[:, None], batch.mask.shape).astype(jnp.float32)
-    return dict(old_logp=batch.old_logp, advantages=token_adv, mask=batch.mask, ref_logp=batch.ref_logp)
+    return losses.LossInputs(logp=logp, old_logp=batch.old_logp, advantages=token_adv, mask=batch.mask,
+                             entropy=entropy, ref_logp=batch.ref_logp)
 
 
 def _split_micro_batches(tree: Any, num_micro: int) -> Any:
@@ -230,17 +252,15 @@ def _split_micro_batches(tree: Any, num_micro: int) -> Any:
 
 
 def _whole_batch_gradients(params, batch: UpdateBatch, rng, *, graphdef, config: StepConfig):
-    """(loss, grads, loss metrics, logp, entropy) in one forward/backward over the batch."""
+    """(loss, grads, loss metrics) in one forward/backward over the batch."""
 
     def loss_fn(p):
         logp, entropy = response_logprobs(graphdef, p, batch, temperature=config.temperature,
                                           chunk_size=config.chunk_size)
-        loss, metrics = losses.policy_loss(config.loss_name, logp=logp, entropy=entropy, **_loss_arrays(batch),
-                                           config=config.loss, rng=rng)
-        return loss, (metrics, logp, entropy)
+        return losses.policy_loss(config.loss_name, _loss_inputs(batch, logp, entropy), config=config.loss, rng=rng)
 
-    (loss, (metrics, logp, entropy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    return loss, grads, metrics, jax.lax.stop_gradient(logp), jax.lax.stop_gradient(entropy)
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return loss, grads, metrics
 
 
 def _accumulated_gradients(params, batch: UpdateBatch, rng, *, graphdef, config: StepConfig):
@@ -252,16 +272,15 @@ def _accumulated_gradients(params, batch: UpdateBatch, rng, *, graphdef, config:
     forward = functools.partial(response_logprobs, graphdef, temperature=config.temperature,
                                 chunk_size=config.chunk_size)
     logp, entropy = forward(jax.lax.stop_gradient(params), batch)
-    prepared = losses.prepare_policy_loss(config.loss_name, logp=logp, entropy=entropy, **_loss_arrays(batch),
-                                          config=config.loss, rng=rng)
+    prepared = losses.prepare_policy_loss(config.loss_name, _loss_inputs(batch, logp, entropy), config=config.loss,
+                                          rng=rng)
     denominator = prepared.denominator[0]
     micro = _split_micro_batches((batch, prepared), config.num_micro_batches)
 
     def micro_loss(p, micro_batch, micro_prepared):
         micro_logp, micro_entropy = forward(p, micro_batch)
         numerator, metric_sums = losses.policy_loss_terms(
-            config.loss_name, micro_prepared, logp=micro_logp, entropy=micro_entropy,
-            **_loss_arrays(micro_batch), config=config.loss)
+            config.loss_name, micro_prepared, _loss_inputs(micro_batch, micro_logp, micro_entropy), config=config.loss)
         return losses.safe_divide(numerator, denominator), metric_sums
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
@@ -273,36 +292,29 @@ def _accumulated_gradients(params, batch: UpdateBatch, rng, *, graphdef, config:
     first = jax.tree.map(lambda x: x[0], micro)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, *first))
     (loss, metric_sums), grads = jax.lax.scan(body, zeros, micro)[0]
-    metrics = losses.metric_means(metric_sums)
-    return loss, grads, metrics, logp, entropy
+    return loss, grads, losses.metric_means(metric_sums)
 
 
 def train_step(state: TrainState, batch: UpdateBatch, rng: jax.Array, *, optimizer: optax.GradientTransformation,
                schedule: optax.Schedule, config: StepConfig) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer update on `batch` (pure). Skips the update when the loss or the gradient
-    norm is not finite (params and optimizer state unchanged, num_skipped + 1).
+    """One optimizer update on `batch` (pure). `optimizer` is under `skip_non_finite`: when a
+    gradient is not finite, params and the inner optimizer state stay unchanged.
 
-    Returns (new state, metrics): loss, grad_norm (before clipping), lr, skipped (0/1),
-    the loss's own metrics (clip and masked fractions, KL, ...) and `token_statistics`.
+    Returns (new state, metrics): loss, grad_norm (before clipping), lr (the schedule at the
+    optimizer's count of applied updates), skipped (0/1) and the loss's own metrics (clip and
+    masked fractions, KL, ...) under "loss/". Token statistics (entropy, ...) are the
+    caller's, once per rollout batch (`token_statistics`).
     """
     gradients = _whole_batch_gradients if config.num_micro_batches == 1 else _accumulated_gradients
-    loss, grads, loss_metrics, logp, entropy = gradients(state.params, batch, rng, graphdef=state.graphdef,
-                                                         config=config)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    loss, grads, loss_metrics = gradients(state.params, batch, rng, graphdef=state.graphdef, config=config)
+    schedule_state = optax.tree_utils.tree_get(state.opt_state, "ScaleByScheduleState")
+    lr = schedule(0 if schedule_state is None else schedule_state.count)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    def keep_if_finite(new, old):
-        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    lr = schedule(state.step - state.num_skipped)  # optax counts only applied updates
-    new_state = state.replace(params=keep_if_finite(params, state.params),
-                              opt_state=keep_if_finite(opt_state, state.opt_state),
-                              step=state.step + 1, num_skipped=state.num_skipped + (~finite).astype(jnp.int32))
-    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": jnp.asarray(lr, jnp.float32),
-               "skipped": (~finite).astype(jnp.float32)}
-    metrics |= {f"loss/{k}": jnp.asarray(v, jnp.float32) for k, v in loss_metrics.items()}
-    metrics |= token_statistics(logp, entropy, batch.advantages, batch.mask)
-    return new_state, metrics
+    new_state = state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
+                              step=state.step + 1)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": jnp.asarray(lr, jnp.float32),
+               "skipped": (~opt_state.last_finite).astype(jnp.float32)}
+    return new_state, metrics | {f"loss/{k}": jnp.asarray(v, jnp.float32) for k, v in loss_metrics.items()}
 
 
 def make_train_step(state: TrainState, mesh: jax.sharding.Mesh, *, optimizer: optax.GradientTransformation,

@@ -1,4 +1,4 @@
-"""Independent float64 numpy implementations of the policy losses (ALGORITHMS.md), for tests."""
+"""Independent float64 numpy implementations of the policy losses (docs/algorithms.md), for tests."""
 
 import math
 
@@ -87,9 +87,6 @@ def per_token_loss(name, batch, coef, config):
     log_ratio = np.clip(logp - old_logp, -20, 20)
     if name in ("kl_cov",) or (name == "sent" and config.sent_variant == "code"):
         return -adv * np.exp(log_ratio) + coef * np.abs(log_ratio)
-    if name == "clip_cov":
-        eps = config.clip_cov_clip_ratio
-        return clip_loss(logp, old_logp, adv, eps, eps, None)
     loss = clip_loss(logp, old_logp, adv, config.clip_low, config.clip_high, config.dual_clip_c)
     if name == "sent":
         loss = loss + coef * k3(logp, batch["ref_logp"])

@@ -61,7 +61,7 @@ def test_qwen_config_of_the_built_in_policy_and_of_an_hf_checkpoint(tmp_path):
     ("model.param_dtype=int8", "model.param_dtype: unsupported dtype 'int8'"),
     ("algorithm.loss.clip_low=-0.1", "algorithm.loss.clip_low: must be >= 0"),  # PolicyLossConfig's
     ("algorithm.loss.stapo_entropy_quantile=2", "algorithm.loss.stapo_entropy_quantile: must be in [0, 1]"),
-    ("algorithm.loss.clip_low=1", "algorithm.loss.clip_low: must be < 1"),
+    ("algorithm.loss.clip_low=1.5", "algorithm.loss.clip_low: must be <= 1"),
     ("algorithm.loss.sent_beta=-1", "algorithm.loss.sent_beta: must be >= 0"),
     ("algorithm.loss.clip_cov_lb=5", "algorithm.loss.clip_cov_lb: must be < clip_cov_ub=5.0"),
     ("mesh.data=-1", "mesh: mesh sizes must be positive or one -1"),  # MeshConfig.axis_sizes' rule

@@ -52,6 +52,7 @@ def test_method_config_runs_two_steps(path, tmp_path):
         bad = {k: v for k, v in row.items() if not math.isfinite(v)}
         assert not bad, bad
         assert row["skipped"] == 0.0
+        assert not [k for k in row if k.startswith("update/") or k == "loss/entropy"]  # entropy/mean only
     if config.algorithm.loss.ref_kl_coef > 0:
         assert all("loss/ref_kl" in row for row in rows)
     assert summary["checkpoint_steps"] == [2]

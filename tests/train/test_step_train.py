@@ -1,5 +1,5 @@
-"""The pure train step: sharded == single device, micro-batched == whole batch, non-finite skip,
-and response log-probs against the model's own full logits."""
+"""The pure train step: sharded == single device, micro-batched == whole batch, non-finite skip
+(optax.apply_if_finite) and its counts, and response log-probs against the model's own full logits."""
 
 import jax
 import numpy as np
@@ -10,7 +10,8 @@ from flax import nnx
 from entropy_rl import losses
 from entropy_rl.model import Qwen, tiny_config
 from entropy_rl.parallel import MeshConfig, make_mesh, shard_model
-from entropy_rl.train.step import StepConfig, UpdateBatch, create_train_state, make_train_step, response_logprobs
+from entropy_rl.train.step import (StepConfig, UpdateBatch, create_train_state, make_train_step, non_finite_counts,
+                                   response_logprobs, skip_non_finite)
 
 B, P, T, V = 8, 5, 6, 64
 
@@ -43,6 +44,7 @@ def _batch(seed=0, *, ref=False):
 
 
 def _run(mesh, config, batch, optimizer=optax.sgd(1.0), model=None):
+    optimizer = skip_non_finite(optimizer)
     state = create_train_state(model or _model(mesh), optimizer, mesh)
     step = make_train_step(state, mesh, optimizer=optimizer, schedule=optax.constant_schedule(1.0), config=config)
     new_state, metrics = step(state, batch, jax.random.key(3))
@@ -113,14 +115,26 @@ def test_micro_batches_equal_whole_batch(agg_mode):
         np.testing.assert_allclose(whole_metrics[key], micro_metrics[key], atol=1e-6, err_msg=key)
 
 
-def test_non_finite_loss_skips_update_and_counts_it():
+def test_non_finite_updates_are_skipped_and_counted_until_a_finite_one():
     mesh = _one_device_mesh()
-    batch = _batch(2)
-    batch = batch.replace(advantages=np.full((B,), np.nan, np.float32))
+    finite = _batch(2)
+    nan_batch = finite.replace(advantages=np.full((B,), np.nan, np.float32))
     model = _model(mesh)
     before = jax.device_get(nnx.split(model)[1])
-    after, metrics, state = _run(mesh, StepConfig("ppo_clip", losses.PolicyLossConfig()), batch, optax.adamw(1e-2),
-                                 model=model)
-    _assert_params_close(before, after, atol=0)
-    assert metrics["skipped"] == 1.0 and int(state.num_skipped) == 1 and int(state.step) == 1
-    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.opt_state))
+    optimizer = skip_non_finite(optax.adamw(optax.linear_schedule(1e-2, 2e-2, 10)))
+    state = create_train_state(model, optimizer, mesh)
+    step = make_train_step(state, mesh, optimizer=optimizer, schedule=optax.linear_schedule(1e-2, 2e-2, 10),
+                           config=StepConfig("ppo_clip", losses.PolicyLossConfig()))
+    counts = []
+    for batch in (nan_batch, nan_batch, finite, nan_batch):
+        state, metrics = step(state, batch, jax.random.key(3))
+        counts.append((float(metrics["skipped"]), non_finite_counts(state), float(metrics["lr"])))
+        if len(counts) == 2:  # two skipped updates: nothing moved, the optimizer state is finite
+            _assert_params_close(before, jax.device_get(state.params), atol=0)
+            assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.opt_state))
+    # (skipped, (in a row, in total)), and lr: the schedule counts applied updates only.
+    assert [c[:2] for c in counts] == [(1.0, (1, 1)), (1.0, (2, 2)), (0.0, (0, 2)), (1.0, (1, 3))]
+    np.testing.assert_allclose([c[2] for c in counts], [1e-2, 1e-2, 1e-2, 1.1e-2], rtol=1e-6)
+    assert int(state.step) == 4
+    with pytest.raises(TypeError, match="skip_non_finite"):
+        create_train_state(_model(mesh), optax.adamw(1e-2), mesh)
