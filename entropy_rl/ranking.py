@@ -10,8 +10,9 @@ restarted run skips every batch whose prompts are all in the file. A batch's sam
 only on (seed, batch index, the batch's prompts), never on what ran before, so an
 interrupted and resumed run writes the same numbers as an uninterrupted one. The run's
 settings are stored beside the file (``<output>.meta.json``); resuming with different ones is
-refused. Several hosts (``jax.process_count() > 1``) each rank every process_count-th problem
-into their own part file on local devices; host 0 merges the parts once all are done. The
+refused. On several hosts (``jax.process_count() > 1``) whole batches are handed out
+round-robin, each host ranking its batches on its own devices into a part file, and host 0
+merges the parts into the output once all are done: the same rows as on one host. The
 final, complete ranking is also written sorted by entropy (``--sorted``).
 
     entropy-rl rank --policy runs/warm/ --data synthetic --output ranking.jsonl
@@ -119,8 +120,9 @@ def write_sorted(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     temporary.replace(path)
 
 
-def check_settings(meta_path: Path, meta: dict[str, Any]) -> None:
-    """Write the run's settings beside the output, or refuse to resume under different ones."""
+def check_settings(meta_path: Path, meta: dict[str, Any], *, write: bool = True) -> None:
+    """Write the run's settings beside the output (when `write`: one writer on several
+    hosts), or refuse to resume under different ones."""
     if meta_path.exists():
         stored = json.loads(meta_path.read_text())
         if stored != meta:
@@ -129,7 +131,7 @@ def check_settings(meta_path: Path, meta: dict[str, Any]) -> None:
                 f"{meta_path}: the existing ranking was made with different settings ({changed}); "
                 "use the same settings to resume, or a new --output"
             )
-    else:
+    elif write:
         meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
@@ -195,30 +197,82 @@ def rank_problems(
     fold_in(PRNGKey(seed), b); a batch with every id already in the file is skipped, one
     with some ids missing is re-sampled whole (same numbers) and only the missing ids written.
     ``run_info`` (e.g. policy and data paths) is stored with the settings in the meta file.
+
+    On P > 1 processes (a shared file system) whole batches are handed out round-robin:
+    process p ranks batches p, p + P, ... on its own devices (``mesh``, if any, must hold
+    only those) into its part file ``<output>.part-p-of-P``; once all are done, process 0
+    merges the parts into ``output`` in problem order and removes them (and so does a single
+process that finds parts a killed multi-process run left). A batch's numbers
+    depend only on the batch, so the result equals a one-process ranking row for row, and a
+    ranking resumes under any process count.
     """
     ids = [str(p.id) for p in problems]
     if len(set(ids)) != len(ids):
         raise ValueError(f"problem ids are not unique ({len(ids) - len(set(ids))} duplicates); ranking needs unique ids")
+    process, processes = jax.process_index(), jax.process_count()
+    _check_local_mesh(mesh, processes)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    check_settings(output.with_name(output.name + ".meta.json"), {**dataclasses.asdict(settings), **(run_info or {})})
-    rows = read_finished_rows(output)
-    finished = {row["id"] for row in rows}
-    key = jax.random.PRNGKey(settings.seed)
+    check_settings(output.with_name(output.name + ".meta.json"), {**dataclasses.asdict(settings), **(run_info or {})},
+                   write=process == 0)
+    finished = {row["id"] for path in [output, *_part_files(output)] for row in read_finished_rows(path)}
+    _barrier("entropy_rl.ranking: finished rows read", processes)  # no part is written before every host has read
     size = settings.batch_prompts
-    with tqdm(total=len(problems), initial=len(finished & set(ids)), unit="prompt", disable=not progress, desc="rank") as bar:
-        for start in range(0, len(problems), size):
-            batch = problems[start : start + size]
-            missing = [p for p in batch if str(p.id) not in finished]
-            if not missing:
+    batches = [(b, problems[start : start + size]) for b, start in enumerate(range(0, len(problems), size))]
+    mine = batches[process::processes]
+    path = host_output(output, process, processes)
+    key = jax.random.PRNGKey(settings.seed)
+    total = sum(len(batch) for _, batch in mine)
+    done = sum(str(p.id) in finished for _, batch in mine for p in batch)
+    with tqdm(total=total, initial=done, unit="prompt", disable=not progress or process != 0, desc="rank") as bar:
+        for index, batch in mine:
+            if all(str(p.id) in finished for p in batch):
                 continue
-            scored = score_batch(model, tokenizer, batch, settings, jax.random.fold_in(key, start // size), mesh=mesh)
+            scored = score_batch(model, tokenizer, batch, settings, jax.random.fold_in(key, index), mesh=mesh)
             new_rows = [row for row in scored if row["id"] not in finished]
-            append_rows(output, new_rows)
-            rows += new_rows
+            append_rows(path, new_rows)
             finished.update(row["id"] for row in new_rows)
             bar.update(len(new_rows))
-    return rows
+    _barrier("entropy_rl.ranking: all parts written", processes)
+    if process == 0 and _part_files(output):  # this run's parts, or those a killed run under another count left
+        _merge_parts(output, order={id_: i for i, id_ in enumerate(ids)})
+    _barrier("entropy_rl.ranking: parts merged", processes)
+    return read_finished_rows(output)
+
+
+def _check_local_mesh(mesh: jax.sharding.Mesh | None, processes: int) -> None:
+    """On several processes each ranks its batches alone: its mesh may hold only its own devices."""
+    if mesh is not None and processes > 1 and any(d.process_index != jax.process_index() for d in mesh.devices.flat):
+        raise ValueError("rank on several processes: each process ranks whole batches on its own devices, but the "
+                         "mesh spans other processes' devices; build it from jax.local_devices()")
+
+
+def _barrier(name: str, processes: int) -> None:
+    """Wait until every process reaches the barrier `name` (nothing on one process)."""
+    if processes > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _part_files(output: Path) -> list[Path]:
+    """Every host part file of `output`, from a run under any process count."""
+    return sorted(output.parent.glob(output.name + ".part-*-of-*"))
+
+
+def _merge_parts(output: Path, order: dict[str, int]) -> None:
+    """Rows of `output` as they are, then the parts' new rows in problem order (`order`: id ->
+    position; others after), written atomically; then the parts are removed."""
+    rows = read_finished_rows(output)
+    seen = {row["id"] for row in rows}
+    parts = _part_files(output)
+    new_rows = {row["id"]: row for path in parts for row in read_finished_rows(path) if row["id"] not in seen}
+    rows += sorted(new_rows.values(), key=lambda row: order.get(row["id"], len(order)))
+    temporary = output.with_name(output.name + ".tmp")
+    temporary.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    temporary.replace(output)
+    for path in parts:
+        path.unlink()
 
 
 # -- command line --------------------------------------------------------------------------
@@ -285,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from entropy_rl.parallel import initialize_distributed
+
+    initialize_distributed()  # before any other jax call; a no-op on one process
     synthetic = args.data == "synthetic"
     verifier = args.verifier or ("synthetic" if synthetic else "math")
     if args.instruction is None:  # the trainer's default
@@ -293,32 +350,17 @@ def main(argv: list[str] | None = None) -> int:
         verifier=verifier, **{f.name: getattr(args, f.name) for f in dataclasses.fields(RankingSettings) if f.name != "verifier"}
     )
     problems = load_dataset(args)[: args.limit]
-    process_index, process_count = jax.process_index(), jax.process_count()
-    share = problems[process_index::process_count]
     mesh = local_mesh(args.mesh)
     model, tokenizer = load_checkpoint(args.policy, tokenizer=args.tokenizer, step=args.step, dtype=args.dtype, mesh=mesh)
     output = Path(args.output)
     run_info = {"policy": str(args.policy), "step": args.step, "data": str(args.data), "tokenizer": args.tokenizer}
     started = time.perf_counter()
-    rows = rank_problems(
-        model,
-        tokenizer,
-        share,
-        host_output(output, process_index, process_count),
-        settings,
-        mesh=mesh,
-        run_info=run_info,
-        progress=not args.no_progress and process_index == 0,
-    )
+    rows = rank_problems(model, tokenizer, problems, output, settings, mesh=mesh, run_info=run_info,
+                         progress=not args.no_progress)
     seconds = time.perf_counter() - started
-    print(f"rank: host {process_index}/{process_count}: {len(rows)} problems in the ranking ({seconds:.1f}s this run)")
-    if process_count > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("entropy_rl.ranking: all parts written")
-        if process_index != 0:
-            return 0
-        rows = [row for i in range(process_count) for row in read_finished_rows(host_output(output, i, process_count))]
+    if jax.process_index() != 0:  # process 0 reports and writes the sorted copy
+        return 0
+    print(f"rank: {len(rows)} problems in the ranking ({seconds:.1f}s this run)")
     sorted_path = Path(args.sorted) if args.sorted else output.with_name(output.name.removesuffix(".jsonl") + ".sorted.jsonl")
     write_sorted(sorted_path, rows)
     entropies = np.asarray([row["semantic_entropy"] for row in rows])

@@ -110,6 +110,9 @@ def default_output(args: argparse.Namespace) -> Path:
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from entropy_rl.parallel import initialize_distributed
+
+    initialize_distributed()  # before any other jax call; a no-op on one process
     from entropy_rl.eval.runner import benchmark_problems
 
     try:
@@ -124,6 +127,8 @@ def main(argv: list[str]) -> int:
 
 
 def _run(args: argparse.Namespace, problems: dict, n_by_benchmark: dict[str, int], ks: tuple[int, ...]) -> int:
+    import jax
+
     from entropy_rl.eval import metrics
     from entropy_rl.eval.runner import evaluate, write_summary
     from entropy_rl.rollout import SamplingConfig
@@ -148,6 +153,8 @@ def _run(args: argparse.Namespace, problems: dict, n_by_benchmark: dict[str, int
         return 1
     summary["checkpoint"] = os.path.abspath(args.checkpoint)
     json_path, md_path = write_summary(summary, output)
+    if jax.process_index() != 0:  # one table, from process 0
+        return 0
     print(metrics.markdown_table(summary["benchmarks"], summary["average"]))
     print(f"results: {output / RESULTS_FILE}\nsummary: {json_path}, {md_path}")
     return 0

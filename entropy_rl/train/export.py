@@ -2,7 +2,9 @@
 
 Writes config.json + safetensors (transformers' Qwen3ForCausalLM / Qwen2ForCausalLM loads
 it) and, when the run used an HF tokenizer, its tokenizer files, so OUT_DIR is a complete
-model directory for transformers, vLLM or `entropy-rl eval`.
+model directory for transformers, vLLM or `entropy-rl eval`. The checkpoint may come from
+any topology (mesh, device or process count); it is restored whole onto one local device.
+On several processes each restores it and process 0 writes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import sys
 
 def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, step: int | None = None) -> int:
     """Write checkpoint `step` (default: latest) of `run_dir` to `out_dir`; returns the step."""
+    import jax
+
     from entropy_rl.model import save_hf
     from entropy_rl.train.checkpoint import Checkpointer, locate_checkpoint, load_policy
 
@@ -26,7 +30,7 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, step: int 
     policy, tokenizer = load_policy(run_dir, step=step)
     save_hf(policy, os.fspath(out_dir))
     hf_tokenizer = getattr(tokenizer, "tokenizer", None)  # the transformers tokenizer of an HFTokenizer
-    if hf_tokenizer is not None:
+    if hf_tokenizer is not None and jax.process_index() == 0:
         hf_tokenizer.save_pretrained(os.fspath(out_dir))
     return step
 
@@ -37,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", help="where to write the HF checkpoint")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    from entropy_rl.parallel import initialize_distributed
+
+    initialize_distributed()  # before any other jax call; a no-op on one process
     try:
         step = export(args.run_dir, args.out_dir, step=args.step)
     except (FileNotFoundError, ValueError) as e:
