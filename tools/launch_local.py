@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 TIMEOUT_EXIT_CODE = 124
 
@@ -47,11 +47,13 @@ def process_environment(process_id: int, num_processes: int, port: int, devices:
 @dataclasses.dataclass
 class LaunchResult:
     """returncodes[i]: process i's exit code (negative: killed by that signal);
-    output[i]: its lines (stdout and stderr interleaved, without the prefix); timed_out."""
+    output[i]: its lines (stdout and stderr interleaved, without the prefix); timed_out;
+    stopped: killed because `kill_when` said so."""
 
     returncodes: list[int]
     output: list[list[str]]
     timed_out: bool
+    stopped: bool = False
 
     @property
     def returncode(self) -> int:
@@ -82,10 +84,13 @@ def _kill(process: subprocess.Popen) -> None:
 
 
 def launch(command: Sequence[str], *, num_processes: int = 2, devices: int = 4, timeout_s: float = 600.0,
-           env: Mapping[str, str] | None = None, cwd: str | None = None, echo=sys.stdout) -> LaunchResult:
+           env: Mapping[str, str] | None = None, cwd: str | None = None, echo=sys.stdout,
+           kill_when: Callable[[], bool] | None = None) -> LaunchResult:
     """Start `command` as `num_processes` JAX processes with `devices` CPU devices each and
-    wait for all of them (at most timeout_s seconds). Kills them all when one fails or on
-    timeout. echo: a text stream that receives every line prefixed with its process id, or None.
+    wait for all of them (at most timeout_s seconds). Kills them all when one fails, on
+    timeout, or as soon as kill_when() returns True (polled every 20 ms; e.g. to test a
+    restart after a crash). echo: a text stream that receives every line prefixed with its
+    process id, or None.
     """
     port = free_port()
     processes, outputs, pumps = [], [], []
@@ -99,14 +104,17 @@ def launch(command: Sequence[str], *, num_processes: int = 2, devices: int = 4, 
             pump = threading.Thread(target=_pump, args=(process_id, process.stdout, outputs[-1], echo), daemon=True)
             pump.start()
             pumps.append(pump)
-        deadline, timed_out = time.monotonic() + timeout_s, False
+        deadline, timed_out, stopped = time.monotonic() + timeout_s, False, False
         while any(p.poll() is None for p in processes):
             if any(p.poll() not in (None, 0) for p in processes):
                 break  # one failed: the others would wait for it forever in a collective
             if time.monotonic() > deadline:
                 timed_out = True
                 break
-            time.sleep(0.1)
+            if kill_when is not None and kill_when():
+                stopped = True
+                break
+            time.sleep(0.02)
     finally:
         for process in processes:
             _kill(process)
@@ -114,7 +122,7 @@ def launch(command: Sequence[str], *, num_processes: int = 2, devices: int = 4, 
             process.wait()
         for pump in pumps:
             pump.join(timeout=5)
-    return LaunchResult([p.returncode for p in processes], outputs, timed_out)
+    return LaunchResult([p.returncode for p in processes], outputs, timed_out, stopped)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,19 +28,22 @@ def _failure_report(result: LaunchResult) -> str:
 
 
 def run_processes(args: list[str], *, num_processes: int = 2, devices: int = 4, timeout_s: float = 240,
-                  check: bool = True, cwd: str | os.PathLike | None = None) -> LaunchResult:
-    """Run `python <args>` as num_processes JAX processes; fails the test (with their
-    output) unless all exit 0 within timeout_s, when check=True."""
+                  check: bool = True, cwd: str | os.PathLike | None = None, env: dict | None = None,
+                  kill_when=None) -> LaunchResult:
+    """Run `python <args>` as num_processes JAX processes (extra environment `env`); fails
+    the test (with their output) unless all exit 0 within timeout_s, when check=True.
+    kill_when: see `tools.launch_local.launch` (check then only fails on a timeout)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPOSITORY), os.environ.get("PYTHONPATH", "")]),
-               TOKENIZERS_PARALLELISM="false")
+               TOKENIZERS_PARALLELISM="false", **(env or {}))
     result = launch_processes([sys.executable, *args], num_processes=num_processes, devices=devices,
-                              timeout_s=timeout_s, env=env, cwd=None if cwd is None else str(cwd), echo=None)
-    if check and result.returncode != 0:
+                              timeout_s=timeout_s, env=env, cwd=None if cwd is None else str(cwd), echo=None,
+                              kill_when=kill_when)
+    if check and (result.timed_out or (result.returncode != 0 and not result.stopped)):
         pytest.fail(_failure_report(result), pytrace=False)
     return result
 
 
 @pytest.fixture
 def launch():
-    """The `run_processes` function (python args, num_processes=2, devices=4, timeout_s=240)."""
+    """The `run_processes` function."""
     return run_processes
