@@ -37,8 +37,7 @@ from tqdm import tqdm
 from entropy_rl.data import DEFAULT_LEVELS, INSTRUCTION, Problem, default_instruction, format_prompt, load_problems, synthetic_problems
 from entropy_rl.data.curriculum import parse_ranking_line
 from entropy_rl.eval.cli import load_checkpoint  # HF directory or trainer run directory -> (model, tokenizer)
-from entropy_rl.rewards import extract_boxed, get_verifier
-from entropy_rl.rollout import SamplingConfig, generate
+from entropy_rl.rollout import SamplingConfig, scoring
 from entropy_rl.semantic_entropy import cluster_answer_groups, cluster_entropy
 
 
@@ -145,7 +144,9 @@ def score_batch(
     *,
     mesh: jax.sharding.Mesh | None = None,
 ) -> list[dict[str, Any]]:
-    """Sample K responses per problem (one ``generate`` call) and score each problem."""
+    """Sample K responses per problem and score each problem: one call of the shared pipeline
+    (``entropy_rl.rollout.scoring.score_batch``) on ``mesh``, which must hold only this
+    process's devices (every row of the batch is read back and scored here)."""
     sampling = SamplingConfig(
         max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature,
@@ -157,15 +158,16 @@ def score_batch(
         prompt_bucket=settings.prompt_bucket,
         response_bucket=settings.response_bucket,
     )
-    prompts = [tokenizer.encode(format_prompt(p, tokenizer, style=settings.prompt_style, instruction=settings.instruction)) for p in problems]
-    rollout = generate(model, prompts, sampling, rng, mesh=mesh)
-    texts = [tokenizer.decode(row[:length], skip_special_tokens=True) for row, length in zip(rollout.tokens, rollout.lengths)]
-    truths = [p.answer for p in problems for _ in range(settings.samples)]
-    correct = np.asarray(get_verifier(settings.verifier)(texts, truths).rewards).reshape(len(problems), settings.samples)
-    answers = [extract_boxed(text) for text in texts]
-    groups = [answers[i * settings.samples : (i + 1) * settings.samples] for i in range(len(problems))]
+
+    def encode(problem: Problem) -> list[int]:
+        return tokenizer.encode(format_prompt(problem, tokenizer, style=settings.prompt_style,
+                                              instruction=settings.instruction))
+
+    scored = scoring.score_batch(model, problems, encode, tokenizer, sampling, rng, verifier=settings.verifier, mesh=mesh)
+    correct = scored.rewards.reshape(len(problems), settings.samples)
+    groups = [scored.answers[i * settings.samples : (i + 1) * settings.samples] for i in range(len(problems))]
     clusters = cluster_answer_groups(groups, exact_match_only=settings.exact_match_only)
-    sequence_logprobs = rollout.logprobs.sum(axis=1).reshape(len(problems), settings.samples)
+    sequence_logprobs = scored.rollout.logprobs.sum(axis=1).reshape(len(problems), settings.samples)
     rows = []
     for i, problem in enumerate(problems):
         weights = sequence_logprobs[i] if settings.weighting == "likelihood" else None

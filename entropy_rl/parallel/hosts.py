@@ -50,7 +50,7 @@ def host_blocks(mesh: jax.sharding.Mesh) -> list[int]:
 
 def host_block(mesh: jax.sharding.Mesh | None) -> int:
     """This process's block index (0 on one process or without a mesh)."""
-    if mesh is None or jax.process_count() == 1:
+    if not is_multiprocess(mesh):
         return 0
     return host_blocks(mesh)[jax.process_index()]
 
@@ -59,7 +59,7 @@ def host_share(num_items: int, mesh: jax.sharding.Mesh | None) -> slice:
     """This host's contiguous share of `num_items` items (prompts of a step) in block order:
     block b gets items [b * k + min(b, r), ...) with num_items = k * P + r (sizes differ by
     at most one). The whole range on one process."""
-    processes = 1 if mesh is None else jax.process_count()
+    processes = jax.process_count() if is_multiprocess(mesh) else 1
     block = host_block(mesh)
     size, extra = divmod(num_items, processes)
     start = block * size + min(block, extra)
@@ -67,7 +67,9 @@ def host_share(num_items: int, mesh: jax.sharding.Mesh | None) -> slice:
 
 
 def is_multiprocess(mesh: jax.sharding.Mesh | None) -> bool:
-    return mesh is not None and jax.process_count() > 1
+    """Whether `mesh` spans several processes' devices (a mesh of this host's own devices,
+    as each host of a multi-host ranking uses, does not)."""
+    return mesh is not None and jax.process_count() > 1 and len({d.process_index for d in mesh.devices.flat}) > 1
 
 
 def global_from_host_rows(local: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:

@@ -11,7 +11,7 @@ from flax import nnx
 from entropy_rl import ranking
 from entropy_rl.data import Problem, load_tokenizer
 from entropy_rl.model import Qwen, save_hf, tiny_config
-from entropy_rl.rollout import Rollout
+from entropy_rl.rollout import Rollout, scoring
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_rank_run_killed_and_resumed_matches_uninterrupted_run(tiny_policy, tmp_
 
     # Interrupted after the first batch of 4 prompts (the exception stands in for a kill) ...
     calls, kill_at_call = [], [2]
-    real_generate = ranking.generate
+    real_generate = scoring.generate
 
     def failing_generate(model, prompts, config, rng, **kwargs):
         calls.append(len(prompts))
@@ -66,7 +66,7 @@ def test_rank_run_killed_and_resumed_matches_uninterrupted_run(tiny_policy, tmp_
             raise SimulatedKill
         return real_generate(model, prompts, config, rng, **kwargs)
 
-    monkeypatch.setattr(ranking, "generate", failing_generate)
+    monkeypatch.setattr(scoring, "generate", failing_generate)
     resumed = tmp_path / "resumed" / "ranking.jsonl"
     with pytest.raises(SimulatedKill):
         ranking.main(rank_args(tiny_policy, resumed))
@@ -117,7 +117,7 @@ def test_rank_problems_scores_scripted_samples_by_hand(tmp_path, monkeypatch):
         "Problem 1": ["1/2", "0.5", "\\frac{1}{2}", "3"],  # equivalent forms cluster together
         "Problem 2": [None, None, "7", "8"],  # missing answers are singletons
     }
-    monkeypatch.setattr(ranking, "generate", scripted_generate(script, tokenizer))
+    monkeypatch.setattr(scoring, "generate", scripted_generate(script, tokenizer))
     settings = ranking.RankingSettings(samples=4, batch_prompts=2, verifier="math")
     rows = ranking.rank_problems(None, tokenizer, problems, tmp_path / "r.jsonl", settings, progress=False)
     def h(*p):
