@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", help="where to write the HF checkpoint")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    import jax
+
     from entropy_rl.parallel import initialize_distributed
 
     initialize_distributed()  # before any other jax call; a no-op on one process
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"entropy-rl export: {e}", file=sys.stderr)
         return 1
-    print(f"wrote step {step} of {args.run_dir} to {args.out_dir}")
+    if jax.process_index() == 0:  # the one writer reports
+        print(f"wrote step {step} of {args.run_dir} to {args.out_dir}")
     return 0
 
 
