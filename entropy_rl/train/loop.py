@@ -313,8 +313,23 @@ def _prompt_length(problems: Sequence[Problem], encode, bucket: int) -> int:
     return int(math.ceil(longest / bucket) * bucket)
 
 
+@jax.jit
+def _copy(tree):
+    return jax.tree.map(jnp.copy, tree)
+
+
+@jax.jit
 def _mean_metrics(per_update: list[dict]) -> dict[str, jax.Array]:
+    """Each metric's mean over the step's updates (one program: no op-by-op dispatch on
+    arrays that span several processes)."""
     return {key: jnp.mean(jnp.stack([m[key] for m in per_update])) for key in per_update[0]}
+
+
+@jax.jit
+def _rollout_checks(old_logp: jax.Array, sampler_logp: jax.Array, batch: UpdateBatch) -> tuple[jax.Array, jax.Array]:
+    """(max |old - sampler log-prob| over response tokens, prompt + response tokens of the batch)."""
+    mismatch = jnp.max(jnp.abs(old_logp - sampler_logp) * batch.mask)
+    return mismatch, jnp.sum(batch.mask) + jnp.sum(batch.prompt_mask)
 
 
 @dataclasses.dataclass
@@ -393,7 +408,7 @@ def restore_or_initialize(trainer: Trainer, policy: nnx.Module) -> tuple[TrainSt
     and the held-out accuracy before training."""
     config = trainer.config
     state = create_train_state(policy, trainer.optimizer, trainer.mesh)
-    ref_params = jax.tree.map(jnp.copy, state.params) if _needs_reference(config) else None
+    ref_params = _copy(state.params) if _needs_reference(config) else None
     restored = trainer.checkpointer.restore(params=state.params, train_state=_train_state_tree(state, ref_params)) \
         if config.resume else None
     if restored is not None:
@@ -409,7 +424,7 @@ def restore_or_initialize(trainer: Trainer, policy: nnx.Module) -> tuple[TrainSt
                                    batch_size=w.batch_size, learning_rate=w.learning_rate, seed=config.seed,
                                    mesh=trainer.mesh)
         state = create_train_state(policy, trainer.optimizer, trainer.mesh)
-        ref_params = jax.tree.map(jnp.copy, state.params) if ref_params is not None else None
+        ref_params = _copy(state.params) if ref_params is not None else None
     run.before = trainer.evaluate(state)
     return state, ref_params, run, 0
 
@@ -445,8 +460,8 @@ def rl_step(trainer: Trainer, programs: Programs, state: TrainState, ref_params,
     ref_logp = None if ref_params is None else programs.logprobs(ref_params, batch)[0]
     batch = batch.replace(old_logp=old_logp, ref_logp=ref_logp)  # stays on the devices
     metrics = dict(_token_statistics(old_logp, entropy, batch.advantages, batch.mask))
-    sampler_logp = _place_rows(groups.rollout.logprobs, trainer.mesh)
-    metrics["rollout/logp_mismatch"] = jnp.max(jnp.abs(old_logp - sampler_logp) * batch.mask)
+    metrics["rollout/logp_mismatch"], tokens = _rollout_checks(old_logp, _place_rows(groups.rollout.logprobs,
+                                                                                      trainer.mesh), batch)
 
     per_update = []
     update_key = jax.random.fold_in(step_key, 1)
@@ -466,7 +481,6 @@ def rl_step(trainer: Trainer, programs: Programs, state: TrainState, ref_params,
     if flag_metric is not None:
         metrics["loss/masked_fraction"] = update_metrics[flag_metric]
     metrics |= rollout_metrics(groups, sampled, sampling.n)
-    tokens = int(jnp.sum(batch.mask)) + int(jnp.sum(batch.prompt_mask))
     metrics |= {"time/rollout": rollout_time, "time/update": step_time - rollout_time, "time/step": step_time,
                 "time/tokens_per_s": float(tokens) / step_time, "sampling/rounds": rounds}
     return state, metrics, len(per_update)
