@@ -37,6 +37,7 @@ def test_gathers_are_the_identity_on_one_process(mesh):
 def test_shares_tile_the_items_in_block_order(monkeypatch, mesh, items, processes):
     """host_share of every block of P hosts: contiguous, in order, sizes differ by at most one."""
     monkeypatch.setattr(jax, "process_count", lambda: processes)
+    monkeypatch.setattr(hosts, "is_multiprocess", lambda _mesh: True)  # as if the mesh spanned the P processes
     shares = []
     for block in range(processes):
         monkeypatch.setattr(hosts, "host_block", lambda _mesh, block=block: block)
