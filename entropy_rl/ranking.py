@@ -130,8 +130,10 @@ def check_settings(meta_path: Path, meta: dict[str, Any], *, write: bool = True)
                 f"{meta_path}: the existing ranking was made with different settings ({changed}); "
                 "use the same settings to resume, or a new --output"
             )
-    elif write:
-        meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    elif write:  # atomically: another host may read it at any moment
+        temporary = meta_path.with_name(meta_path.name + ".tmp")
+        temporary.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        temporary.replace(meta_path)
 
 
 # -- ranking -------------------------------------------------------------------------------

@@ -127,9 +127,11 @@ def _check_settings(results_path: Path, settings: dict) -> None:
     """Keep a results file to one sampling setting: write it beside the file, or compare with it."""
     settings_path = results_path.with_name(results_path.stem + ".settings.json")
     if not settings_path.exists():
-        if jax.process_index() == 0:
+        if jax.process_index() == 0:  # atomically: another host may read it at any moment
             settings_path.parent.mkdir(parents=True, exist_ok=True)
-            settings_path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+            temporary = settings_path.with_name(settings_path.name + ".tmp")
+            temporary.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+            temporary.replace(settings_path)
         return
     recorded = json.loads(settings_path.read_text())
     differing = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
