@@ -37,6 +37,7 @@ from tqdm import tqdm
 from entropy_rl.data import DEFAULT_LEVELS, INSTRUCTION, Problem, default_instruction, format_prompt, load_problems, synthetic_problems
 from entropy_rl.data.curriculum import parse_ranking_line
 from entropy_rl.eval.cli import load_checkpoint  # HF directory or trainer run directory -> (model, tokenizer)
+from entropy_rl.parallel.hosts import is_multiprocess
 from entropy_rl.rollout import SamplingConfig, scoring
 from entropy_rl.semantic_entropy import cluster_answer_groups, cluster_entropy
 
@@ -113,9 +114,13 @@ def append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 def write_sorted(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     """All rows sorted by (semantic_entropy, id), written atomically."""
-    ordered = sorted(rows, key=lambda row: (row["semantic_entropy"], row["id"]))
+    replace_rows(path, sorted(rows, key=lambda row: (row["semantic_entropy"], row["id"])))
+
+
+def replace_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """`path` holding exactly `rows` as jsonl, replaced atomically (a temporary file renamed)."""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(json.dumps(row) + "\n" for row in ordered), encoding="utf-8")
+    temporary.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     temporary.replace(path)
 
 
@@ -205,16 +210,16 @@ def rank_problems(
     On P > 1 processes (a shared file system) whole batches are handed out round-robin:
     process p ranks batches p, p + P, ... on its own devices (``mesh``, if any, must hold
     only those) into its part file ``<output>.part-p-of-P``; once all are done, process 0
-    merges the parts into ``output`` in problem order and removes them (and so does a single
-process that finds parts a killed multi-process run left). A batch's numbers
-    depend only on the batch, so the result equals a one-process ranking row for row, and a
+    merges the parts into ``output`` in problem order and removes them (as does a single
+    process that finds parts a killed multi-process run left). A batch's numbers depend
+    only on the batch, so the result equals a one-process ranking row for row, and a
     ranking resumes under any process count.
     """
     ids = [str(p.id) for p in problems]
     if len(set(ids)) != len(ids):
         raise ValueError(f"problem ids are not unique ({len(ids) - len(set(ids))} duplicates); ranking needs unique ids")
     process, processes = jax.process_index(), jax.process_count()
-    _check_local_mesh(mesh, processes)
+    _check_local_mesh(mesh)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     check_settings(output.with_name(output.name + ".meta.json"), {**dataclasses.asdict(settings), **(run_info or {})},
@@ -244,9 +249,9 @@ process that finds parts a killed multi-process run left). A batch's numbers
     return read_finished_rows(output)
 
 
-def _check_local_mesh(mesh: jax.sharding.Mesh | None, processes: int) -> None:
+def _check_local_mesh(mesh: jax.sharding.Mesh | None) -> None:
     """On several processes each ranks its batches alone: its mesh may hold only its own devices."""
-    if mesh is not None and processes > 1 and any(d.process_index != jax.process_index() for d in mesh.devices.flat):
+    if is_multiprocess(mesh):
         raise ValueError("rank on several processes: each process ranks whole batches on its own devices, but the "
                          "mesh spans other processes' devices; build it from jax.local_devices()")
 
@@ -271,10 +276,7 @@ def _merge_parts(output: Path, order: dict[str, int]) -> None:
     seen = {row["id"] for row in rows}
     parts = _part_files(output)
     new_rows = {row["id"]: row for path in parts for row in read_finished_rows(path) if row["id"] not in seen}
-    rows += sorted(new_rows.values(), key=lambda row: order.get(row["id"], len(order)))
-    temporary = output.with_name(output.name + ".tmp")
-    temporary.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    temporary.replace(output)
+    replace_rows(output, rows + sorted(new_rows.values(), key=lambda row: order.get(row["id"], len(order))))
     for path in parts:
         path.unlink()
 
