@@ -59,9 +59,11 @@ def _without_timings(rows: list[dict]) -> list[dict]:
 
 def _check_run(result, run_dir: Path) -> None:
     """Each step logged once (by process 0), one summary, each host verified half the rows."""
-    assert [row["step"] for row in read_metrics(run_dir) if "loss" in row] == list(range(1, STEPS + 1))
+    steps = [row for row in read_metrics(run_dir) if "loss" in row]
+    assert [row["step"] for row in steps] == list(range(1, STEPS + 1))
     assert sum("held-out accuracy" in line for lines in result.output for line in lines) == 1
-    one_process = STEPS * BATCH * N + 2 * HELDOUT * EVAL_N  # the steps' rollouts + held-out before and after
+    batches = sum(row["sampling/rounds"] for row in steps)
+    one_process = batches * BATCH * N + 2 * HELDOUT * EVAL_N  # the steps' rollouts + held-out before and after
     assert [_verified(run_dir, p) for p in (0, 1)] == [one_process // 2] * 2
 
 
@@ -88,11 +90,15 @@ def test_train_on_two_processes_resumes_bitwise_after_sigkill(launch, tmp_path, 
 
 
 @pytest.mark.slow
-def test_train_on_two_processes_data_by_fsdp(launch, tmp_path, compile_cache):
-    """mesh data=2 x fsdp=4 (each process one data replica): the run finishes, logs each step
-    once, and each host verifies half of what one process would."""
+def test_train_on_two_processes_data_by_fsdp_with_dynamic_sampling(launch, tmp_path, compile_cache):
+    """mesh data=2 x fsdp=4 (each process one data replica) and DAPO's dynamic sampling (the
+    random policy's groups all have reward 0, so every step samples max_sampling_rounds=2
+    batches and picks groups across them): the run finishes, logs each step once, and each
+    host verifies half of what one process would."""
     run_dir = tmp_path / "run"
-    result = _train(launch, run_dir, ["mesh.data=2", "mesh.fsdp=4"], compile_cache)
+    result = _train(launch, run_dir, ["mesh.data=2", "mesh.fsdp=4", "algorithm.dynamic_sampling=true",
+                                      "algorithm.max_sampling_rounds=2"], compile_cache)
     _check_run(result, run_dir)
+    assert [row["sampling/rounds"] for row in read_metrics(run_dir) if "loss" in row] == [2] * STEPS
     summary = json.dumps(read_metrics(run_dir)[-1])
     assert "eval/accuracy" in summary
