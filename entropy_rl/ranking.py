@@ -114,13 +114,9 @@ def append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 def write_sorted(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     """All rows sorted by (semantic_entropy, id), written atomically."""
-    replace_rows(path, sorted(rows, key=lambda row: (row["semantic_entropy"], row["id"])))
-
-
-def replace_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """`path` holding exactly `rows` as jsonl, replaced atomically (a temporary file renamed)."""
+    ordered = sorted(rows, key=lambda row: (row["semantic_entropy"], row["id"]))
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    temporary.write_text("".join(json.dumps(row) + "\n" for row in ordered), encoding="utf-8")
     temporary.replace(path)
 
 
@@ -276,7 +272,10 @@ def _merge_parts(output: Path, order: dict[str, int]) -> None:
     seen = {row["id"] for row in rows}
     parts = _part_files(output)
     new_rows = {row["id"]: row for path in parts for row in read_finished_rows(path) if row["id"] not in seen}
-    replace_rows(output, rows + sorted(new_rows.values(), key=lambda row: order.get(row["id"], len(order))))
+    rows += sorted(new_rows.values(), key=lambda row: order.get(row["id"], len(order)))
+    temporary = output.with_name(output.name + ".tmp")
+    temporary.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    temporary.replace(output)
     for path in parts:
         path.unlink()
 
