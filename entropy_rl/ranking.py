@@ -10,8 +10,9 @@ restarted run skips every batch whose prompts are all in the file. A batch's sam
 only on (seed, batch index, the batch's prompts), never on what ran before, so an
 interrupted and resumed run writes the same numbers as an uninterrupted one. The run's
 settings are stored beside the file (``<output>.meta.json``); resuming with different ones is
-refused. Several hosts (``jax.process_count() > 1``) each rank every process_count-th problem
-into their own part file on local devices; host 0 merges the parts once all are done. The
+refused. On several hosts (``jax.process_count() > 1``) whole batches are handed out
+round-robin, each host ranking its batches on its own devices into a part file, and host 0
+merges the parts into the output once all are done: the same rows as on one host. The
 final, complete ranking is also written sorted by entropy (``--sorted``).
 
     entropy-rl rank --policy runs/warm/ --data synthetic --output ranking.jsonl
@@ -45,8 +46,8 @@ from entropy_rl.data.synthetic import LEVELS
 from entropy_rl.eval.cli import command_mesh, evaluated_checkpoint, load_checkpoint, mesh_flag
 from entropy_rl.jsonl import append_rows, read_rows, rewrite_rows, write_text_atomic
 from entropy_rl.parallel import MeshConfig
-from entropy_rl.rewards import extract_boxed, get_verifier
-from entropy_rl.rollout import SamplingConfig, generate
+from entropy_rl.parallel.hosts import is_multiprocess
+from entropy_rl.rollout import SamplingConfig, scoring
 from entropy_rl.semantic_entropy import cluster_answer_groups, cluster_entropy
 from entropy_rl.train.config import DataConfig, Mesh, ModelConfig, RolloutConfig
 
@@ -89,8 +90,9 @@ def write_sorted(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     rewrite_rows(path, sorted(rows, key=lambda row: (row["semantic_entropy"], row["id"])))
 
 
-def check_settings(meta_path: Path, meta: dict[str, Any]) -> None:
-    """Write the run's settings beside the output, or refuse to resume under different ones."""
+def check_settings(meta_path: Path, meta: dict[str, Any], *, write: bool = True) -> None:
+    """Write the run's settings beside the output (when `write`: one writer on several
+    hosts), or refuse to resume under different ones."""
     if meta_path.exists():
         stored = json.loads(meta_path.read_text())
         if stored != meta:
@@ -99,7 +101,7 @@ def check_settings(meta_path: Path, meta: dict[str, Any]) -> None:
                 f"{meta_path}: the existing ranking was made with different settings ({changed}); "
                 "use the same settings to resume, or a new --output"
             )
-    else:
+    elif write:  # one writer on several hosts
         write_text_atomic(meta_path, json.dumps(meta, indent=2, sort_keys=True))
 
 
@@ -113,7 +115,9 @@ def score_batch(
     *,
     mesh: jax.sharding.Mesh | None = None,
 ) -> list[dict[str, Any]]:
-    """Sample K responses per problem (one ``generate`` call) and score each problem."""
+    """Sample K responses per problem and score each problem: one call of the shared pipeline
+    (``entropy_rl.rollout.scoring.score_batch``) on ``mesh``, which must hold only this
+    process's devices (every row of the batch is read back and scored here)."""
     sampling = SamplingConfig(
         max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature,
@@ -125,15 +129,16 @@ def score_batch(
         prompt_bucket=settings.prompt_bucket,
         response_bucket=settings.response_bucket,
     )
-    prompts = [tokenizer.encode(format_prompt(p, tokenizer, style=settings.prompt_style, instruction=settings.instruction)) for p in problems]
-    rollout = generate(model, prompts, sampling, rng, mesh=mesh)
-    texts = [tokenizer.decode(row[:length], skip_special_tokens=True) for row, length in zip(rollout.tokens, rollout.lengths)]
-    truths = [p.answer for p in problems for _ in range(settings.samples)]
-    correct = np.asarray(get_verifier(settings.verifier)(texts, truths).rewards).reshape(len(problems), settings.samples)
-    answers = [extract_boxed(text) for text in texts]
-    groups = [answers[i * settings.samples : (i + 1) * settings.samples] for i in range(len(problems))]
+
+    def encode(problem: Problem) -> list[int]:
+        return tokenizer.encode(format_prompt(problem, tokenizer, style=settings.prompt_style,
+                                              instruction=settings.instruction))
+
+    scored = scoring.score_batch(model, problems, encode, tokenizer, sampling, rng, verifier=settings.verifier, mesh=mesh)
+    correct = scored.rewards.reshape(len(problems), settings.samples)
+    groups = [scored.answers[i * settings.samples : (i + 1) * settings.samples] for i in range(len(problems))]
     clusters = cluster_answer_groups(groups, exact_match_only=settings.exact_match_only)
-    sequence_logprobs = rollout.logprobs.sum(axis=1).reshape(len(problems), settings.samples)
+    sequence_logprobs = scored.rollout.logprobs.sum(axis=1).reshape(len(problems), settings.samples)
     rows = []
     for i, problem in enumerate(problems):
         weights = sequence_logprobs[i] if settings.weighting == "likelihood" else None
@@ -165,30 +170,80 @@ def rank_problems(
     fold_in(PRNGKey(seed), b); a batch with every id already in the file is skipped, one
     with some ids missing is re-sampled whole (same numbers) and only the missing ids written.
     ``run_info`` (e.g. policy and data paths) is stored with the settings in the meta file.
+
+    On P > 1 processes (a shared file system) whole batches are handed out round-robin:
+    process p ranks batches p, p + P, ... on its own devices (``mesh``, if any, must hold
+    only those) into its part file ``<output>.part-p-of-P``; once all are done, process 0
+    merges the parts into ``output`` in problem order and removes them (as does a single
+    process that finds parts a killed multi-process run left). A batch's numbers depend
+    only on the batch, so the result equals a one-process ranking row for row, and a
+    ranking resumes under any process count.
     """
     ids = [str(p.id) for p in problems]
     if len(set(ids)) != len(ids):
         raise ValueError(f"problem ids are not unique ({len(ids) - len(set(ids))} duplicates); ranking needs unique ids")
+    process, processes = jax.process_index(), jax.process_count()
+    _check_local_mesh(mesh)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    check_settings(output.with_name(output.name + ".meta.json"), {**dataclasses.asdict(settings), **(run_info or {})})
-    rows = read_finished_rows(output)
-    finished = {row["id"] for row in rows}
-    key = jax.random.PRNGKey(settings.seed)
+    check_settings(output.with_name(output.name + ".meta.json"), {**dataclasses.asdict(settings), **(run_info or {})},
+                   write=process == 0)
+    finished = {row["id"] for path in [output, *_part_files(output)] for row in read_finished_rows(path)}
+    _barrier("entropy_rl.ranking: finished rows read", processes)  # no part is written before every host has read
     size = settings.batch_prompts
-    with tqdm(total=len(problems), initial=len(finished & set(ids)), unit="prompt", disable=not progress, desc="rank") as bar:
-        for start in range(0, len(problems), size):
-            batch = problems[start : start + size]
-            missing = [p for p in batch if str(p.id) not in finished]
-            if not missing:
+    batches = [(b, problems[start : start + size]) for b, start in enumerate(range(0, len(problems), size))]
+    mine = batches[process::processes]
+    path = host_output(output, process, processes)
+    key = jax.random.PRNGKey(settings.seed)
+    total = sum(len(batch) for _, batch in mine)
+    done = sum(str(p.id) in finished for _, batch in mine for p in batch)
+    with tqdm(total=total, initial=done, unit="prompt", disable=not progress or process != 0, desc="rank") as bar:
+        for index, batch in mine:
+            if all(str(p.id) in finished for p in batch):
                 continue
-            scored = score_batch(model, tokenizer, batch, settings, jax.random.fold_in(key, start // size), mesh=mesh)
+            scored = score_batch(model, tokenizer, batch, settings, jax.random.fold_in(key, index), mesh=mesh)
             new_rows = [row for row in scored if row["id"] not in finished]
-            append_rows(output, new_rows)
-            rows += new_rows
+            append_rows(path, new_rows)
             finished.update(row["id"] for row in new_rows)
             bar.update(len(new_rows))
-    return rows
+    _barrier("entropy_rl.ranking: all parts written", processes)
+    if process == 0 and _part_files(output):  # this run's parts, or those a killed run under another count left
+        _merge_parts(output, order={id_: i for i, id_ in enumerate(ids)})
+    _barrier("entropy_rl.ranking: parts merged", processes)
+    return read_finished_rows(output)
+
+
+def _check_local_mesh(mesh: jax.sharding.Mesh | None) -> None:
+    """On several processes each ranks its batches alone: its mesh may hold only its own devices."""
+    if is_multiprocess(mesh):
+        raise ValueError("rank on several processes: each process ranks whole batches on its own devices, but the "
+                         "mesh spans other processes' devices; build it from jax.local_devices()")
+
+
+def _barrier(name: str, processes: int) -> None:
+    """Wait until every process reaches the barrier `name` (nothing on one process)."""
+    if processes > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _part_files(output: Path) -> list[Path]:
+    """Every host part file of `output`, from a run under any process count."""
+    return sorted(output.parent.glob(output.name + ".part-*-of-*"))
+
+
+def _merge_parts(output: Path, order: dict[str, int]) -> None:
+    """Rows of `output` as they are, then the parts' new rows in problem order (`order`: id ->
+    position; others after), written atomically; then the parts are removed."""
+    rows = read_finished_rows(output)
+    seen = {row["id"] for row in rows}
+    parts = _part_files(output)
+    new_rows = {row["id"]: row for path in parts for row in read_finished_rows(path) if row["id"] not in seen}
+    rows += sorted(new_rows.values(), key=lambda row: order.get(row["id"], len(order)))
+    rewrite_rows(output, rows)
+    for path in parts:
+        path.unlink()
 
 
 # -- command line --------------------------------------------------------------------------
@@ -278,11 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     config = command_config(RankCommandConfig, build_parser(), argv, ALIASES, SWITCHES)
     if isinstance(config, int):  # printed the config, or its errors
         return config
+    from entropy_rl.parallel import initialize_distributed
+
+    initialize_distributed()  # before any other jax call; a no-op on one process
     settings = config.settings()
     problems = load_dataset(config)[: config.limit]
-    process_index, process_count = jax.process_index(), jax.process_count()
-    share = problems[process_index::process_count]
-    mesh = command_mesh(config.mesh, jax.local_devices())
+    mesh = command_mesh(config.mesh, jax.local_devices())  # each process ranks whole batches on its own devices
     policy = evaluated_checkpoint(config.policy, config.step, config.model.dtype)
     model, tokenizer = load_checkpoint(config.policy, tokenizer=config.model.tokenizer, step=policy["step"],
                                        dtype=policy["dtype"], mesh=mesh)
@@ -290,25 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     run_info = {"policy": policy["checkpoint"], "step": policy["step"], "dtype": policy["dtype"],
                 "data": config.data.dataset, "tokenizer": config.model.tokenizer}
     started = time.perf_counter()
-    rows = rank_problems(
-        model,
-        tokenizer,
-        share,
-        host_output(output, process_index, process_count),
-        settings,
-        mesh=mesh,
-        run_info=run_info,
-        progress=config.progress and process_index == 0,
-    )
+    rows = rank_problems(model, tokenizer, problems, output, settings, mesh=mesh, run_info=run_info,
+                         progress=config.progress)
     seconds = time.perf_counter() - started
-    print(f"rank: host {process_index}/{process_count}: {len(rows)} problems in the ranking ({seconds:.1f}s this run)")
-    if process_count > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("entropy_rl.ranking: all parts written")
-        if process_index != 0:
-            return 0
-        rows = [row for i in range(process_count) for row in read_finished_rows(host_output(output, i, process_count))]
+    if jax.process_index() != 0:  # process 0 reports and writes the sorted copy
+        return 0
+    print(f"rank: {len(rows)} problems in the ranking ({seconds:.1f}s this run)")
     sorted_path = Path(config.sorted) if config.sorted else output.with_name(output.name.removesuffix(".jsonl") + ".sorted.jsonl")
     write_sorted(sorted_path, rows)
     entropies = np.asarray([row["semantic_entropy"] for row in rows])

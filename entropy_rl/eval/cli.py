@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     config = command_config(EvalCommandConfig, parser, argv, ALIASES, SWITCHES)
     if isinstance(config, int):  # printed the config, or its errors
         return config
+    from entropy_rl.parallel import initialize_distributed
+
+    initialize_distributed()  # before any other jax call; a no-op on one process
     from entropy_rl.eval.runner import benchmark_problems
 
     try:
@@ -213,6 +216,8 @@ def _run(config: EvalCommandConfig, evaluated: dict[str, Any], problems: dict, n
         return 1
     summary["checkpoint"], summary["step"] = evaluated["checkpoint"], evaluated["step"]
     json_path, md_path = write_summary(summary, output)
+    if jax.process_index() != 0:  # one table, from process 0
+        return 0
     print(metrics.markdown_table(summary["benchmarks"], summary["average"]))
     print(f"results: {output / RESULTS_FILE}\nsummary: {json_path}, {md_path}")
     return 0

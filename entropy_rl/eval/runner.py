@@ -6,6 +6,12 @@ rows). The PRNG key of a chunk depends only on (seed, benchmark name, chunk inde
 evaluation resumed from its results file samples exactly what an uninterrupted one would
 have: chunks whose problems are all recorded are skipped, the others are sampled again and
 only their missing rows written.
+
+Sampling and verification go through the shared per-host pipeline
+(`entropy_rl.rollout.scoring`): on a mesh over several processes (one per host) each host
+encodes, decodes and verifies only its share of a chunk's problems, the per-row results are
+gathered, and process 0 writes; the numbers are the one-process numbers, since row r of a
+chunk draws from fold_in(chunk key, r) whatever the process count.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ from entropy_rl import data
 from entropy_rl.data import Problem, default_instruction, format_prompt
 from entropy_rl.eval import metrics
 from entropy_rl.eval.results import append_results, read_jsonl, results_by_benchmark
-from entropy_rl.rewards import get_verifier
-from entropy_rl.rollout import Rollout, SamplingConfig, generate
+from entropy_rl.parallel.hosts import allgather_strings
+from entropy_rl.rollout import SamplingConfig
+from entropy_rl.rollout.scoring import GatheredScores, gather_scores, score_batch
 
 SYNTHETIC_BENCHMARK = "synthetic"
 SYNTHETIC_SIZE = 200  # problems of the "synthetic" benchmark unless max_problems says otherwise
@@ -70,24 +77,17 @@ def chunk_key(seed: int, benchmark: str, chunk_index: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), benchmark_id), chunk_index)
 
 
-def decode_responses(rollout: Rollout, tokenizer) -> list[str]:
-    """Response texts of a rollout, [N] strings, special tokens (the stop token) left out."""
-    return [
-        tokenizer.decode(row[: int(length)], skip_special_tokens=True)
-        for row, length in zip(rollout.tokens, rollout.lengths)
-    ]
-
-
 def correct_from_rewards(rewards: np.ndarray) -> np.ndarray:
     """0/1 correctness per response: a verifier gives 1.0 to a correct answer."""
     return (np.asarray(rewards) >= 1.0).astype(np.int64)
 
 
 def _problem_rows(
-    benchmark: str, problems: Sequence[Problem], rollout: Rollout, responses: list[str], correct: np.ndarray, n: int, *,
-    save_responses: bool,
+    benchmark: str, problems: Sequence[Problem], scores: GatheredScores, responses: list[str] | None, n: int
 ) -> list[dict]:
-    """One results row per problem; the n rows of problem i are rollout rows [i n, (i+1) n)."""
+    """One results row per problem; the n rows of problem i are rows [i n, (i+1) n) of `scores`
+    (and of `responses`, stored when given)."""
+    correct = correct_from_rewards(scores.rewards)
     rows = []
     for index, problem in enumerate(problems):
         samples = slice(index * n, (index + 1) * n)
@@ -98,10 +98,10 @@ def _problem_rows(
             "num_correct": int(correct[samples].sum()),
             "correct": [int(c) for c in correct[samples]],
             "answer": problem.answer,
-            "response_lengths": [int(x) for x in rollout.lengths[samples]],
-            "num_truncated": int(np.sum(~np.asarray(rollout.stopped[samples], bool))),
+            "response_lengths": [int(x) for x in scores.lengths[samples]],
+            "num_truncated": int(np.sum(~np.asarray(scores.stopped[samples], bool))),
         }
-        if save_responses:
+        if responses is not None:
             row["responses"] = responses[samples]
         rows.append(row)
     return rows
@@ -109,23 +109,29 @@ def _problem_rows(
 
 def _sample_chunk(model, tokenizer, benchmark, problems, *, key, sampling, verifier, prompt_style, instruction, mesh,
                   save_responses):
-    """Generate sampling.n responses for each problem of a chunk and verify them -> rows."""
-    prompts = [tokenizer.encode(format_prompt(p, tokenizer, style=prompt_style, instruction=instruction))
-               for p in problems]
-    rollout = generate(model, prompts, sampling, key, mesh=mesh)
-    responses = decode_responses(rollout, tokenizer)
-    answers = [p.answer for p in problems for _ in range(sampling.n)]
-    correct = correct_from_rewards(get_verifier(verifier)(responses, answers).rewards)
-    return _problem_rows(benchmark, problems, rollout, responses, correct, sampling.n, save_responses=save_responses)
+    """Generate sampling.n responses for each problem of a chunk and verify them -> rows.
+
+    Through the shared pipeline (`entropy_rl.rollout.scoring`): on a mesh over several
+    processes each samples the whole chunk together but decodes and verifies only its own
+    problems' rows; the per-row results are then gathered, so every process returns every
+    row (row r of the chunk draws from fold_in(key, r) whatever the process count)."""
+    def encode(problem: Problem) -> list[int]:
+        return tokenizer.encode(format_prompt(problem, tokenizer, style=prompt_style, instruction=instruction))
+
+    scored = score_batch(model, problems, encode, tokenizer, sampling, key, verifier=verifier, mesh=mesh)
+    responses = allgather_strings(scored.responses, mesh) if save_responses else None
+    return _problem_rows(benchmark, problems, gather_scores(scored, mesh), responses, sampling.n)
 
 
 def _check_settings(results_path: Path, settings: dict) -> None:
     """Keep a results file to one sampling setting: write it beside the file, or compare with it."""
     settings_path = results_path.with_name(results_path.stem + ".settings.json")
     if not settings_path.exists():
-        if jax.process_index() == 0:
+        if jax.process_index() == 0:  # atomically: another host may read it at any moment
             settings_path.parent.mkdir(parents=True, exist_ok=True)
-            settings_path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+            temporary = settings_path.with_name(settings_path.name + ".tmp")
+            temporary.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+            temporary.replace(settings_path)
         return
     recorded = json.loads(settings_path.read_text())
     differing = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
@@ -204,7 +210,10 @@ def evaluate(
         are not sampled again and new rows are appended chunk by chunk (by process 0 only;
         every process reads it, so all hosts skip the same chunks).
       save_responses: also store the response texts in the results rows.
-      mesh: passed to `generate`.
+      mesh: the policy's mesh. On a mesh over several processes every process calls
+        `evaluate` with the same arguments: each chunk is sampled together, each process
+        decodes and verifies its own problems' rows, and the rows are gathered, so every
+        process returns the one-process numbers (and process 0 writes the results file).
       progress: show a progress bar per benchmark.
       evaluated: what is evaluated (checkpoint, step, dtype, ...), recorded with the settings
         so that results of another checkpoint are never mixed in.

@@ -225,7 +225,10 @@ def load_policy(path: str | os.PathLike, *, step: int | None = None, mesh: jax.s
 
     `path`: a run directory, its `checkpoints/` directory, or `checkpoints/<step>`; `step`
     (default: the one in `path`, else the latest). The model is rebuilt from the config saved
-    with the checkpoint, its parameters restored (sharded over `mesh` when given).
+    with the checkpoint, its parameters restored sharded over `mesh`, or with no mesh whole on
+    this process's first local device. Either way the checkpoint may come from any topology
+    (another mesh, device count or number of processes): Orbax reads each target shard from
+    the saved parts.
     """
     from flax import nnx
 
@@ -236,13 +239,20 @@ def load_policy(path: str | os.PathLike, *, step: int | None = None, mesh: jax.s
         config = checkpointer.saved_config(step)
         policy, tokenizer = build_policy(config.model, seed=config.seed, abstract=True)
         graphdef, params = nnx.split(policy)
-        if mesh is not None:
-            from entropy_rl.parallel import state_shardings
-
-            params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                  params, state_shardings(params, mesh))
-        _, params = checkpointer.restore_params(params, step)
+        _, params = checkpointer.restore_params(_restore_targets(params, mesh), step)
     finally:
         checkpointer.close()
     return nnx.merge(graphdef, params), tokenizer
 
+
+
+def _restore_targets(params: Any, mesh: jax.sharding.Mesh | None) -> Any:
+    """Abstract `params` placed by `state_shardings` over `mesh`, or with no mesh on one local
+    device (never the saved topology, which may span devices this process does not have)."""
+    if mesh is None:
+        shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.local_devices()[0]), params)
+    else:
+        from entropy_rl.parallel import state_shardings
+
+        shardings = state_shardings(params, mesh)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)

@@ -3,7 +3,9 @@
 Writes config.json + safetensors (transformers' Qwen3ForCausalLM / Qwen2ForCausalLM loads
 it), generation_config.json with the tokenizer's stop tokens (so `generate` stops at
 `<|im_end|>` as the sampler does) and, when the run used an HF tokenizer, its tokenizer files,
-so OUT_DIR is a complete model directory for transformers, vLLM or `entropy-rl eval`.
+so OUT_DIR is a complete model directory for transformers, vLLM or `entropy-rl eval`. The
+checkpoint may come from any topology (mesh, device or process count); it is restored whole
+onto one local device. On several processes each restores it and process 0 writes.
 `--dtype bfloat16` halves the files (default: the parameters' dtype).
 """
 
@@ -18,6 +20,8 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, step: int 
            dtype: str | None = None) -> int:
     """Write checkpoint `step` (default: latest) of `run_dir` to `out_dir` with its tokenizer's
     stop, pad and bos ids, tensors in `dtype` (default: as trained); returns the step."""
+    import jax
+
     from entropy_rl.model import save_hf
     from entropy_rl.train.checkpoint import Checkpointer, locate_checkpoint, load_policy
 
@@ -31,7 +35,7 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, step: int 
     save_hf(policy, os.fspath(out_dir), dtype=dtype, eos_token_ids=tokenizer.stop_token_ids,
             pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
     hf_tokenizer = getattr(tokenizer, "tokenizer", None)  # the transformers tokenizer of an HFTokenizer
-    if hf_tokenizer is not None:
+    if hf_tokenizer is not None and jax.process_index() == 0:
         hf_tokenizer.save_pretrained(os.fspath(out_dir))
     return step
 
@@ -44,12 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                         help="tensor dtype of the export (default: the parameters' dtype)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    import jax
+
+    from entropy_rl.parallel import initialize_distributed
+
+    initialize_distributed()  # before any other jax call; a no-op on one process
     try:
         step = export(args.run_dir, args.out_dir, step=args.step, dtype=args.dtype)
     except (FileNotFoundError, ValueError) as e:
         print(f"entropy-rl export: {e}", file=sys.stderr)
         return 1
-    print(f"wrote step {step} of {args.run_dir} to {args.out_dir}")
+    if jax.process_index() == 0:  # the one writer reports
+        print(f"wrote step {step} of {args.run_dir} to {args.out_dir}")
     return 0
 
 

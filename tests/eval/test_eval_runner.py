@@ -9,7 +9,7 @@ from safetensors.numpy import save_file
 from entropy_rl.data import load_tokenizer, synthetic_problems
 from entropy_rl.eval import cli, flat_metrics, metrics, runner
 from entropy_rl.model import tiny_config
-from entropy_rl.rollout import Rollout, SamplingConfig
+from entropy_rl.rollout import Rollout, SamplingConfig, scoring
 
 TOKENIZER = load_tokenizer("builtin")
 # 12 problems, 4 samples each, 16 sequences per generate call -> chunks of 4 problems.
@@ -82,7 +82,7 @@ def test_eval_cli_end_to_end_then_resume_after_interruption(tiny_checkpoint, tmp
     assert len((out / "results.jsonl").read_text().splitlines()) == 12
 
     # Everything recorded: a rerun samples nothing.
-    monkeypatch.setattr(runner, "generate", lambda *a, **k: pytest.fail("resampled a recorded problem"))
+    monkeypatch.setattr(scoring, "generate", lambda *a, **k: pytest.fail("resampled a recorded problem"))
     assert cli.main(args) == 0
     assert json.loads((out / "summary.json").read_text())["benchmarks"] == summary["benchmarks"]
 
@@ -124,7 +124,7 @@ def test_evaluate_counts_verified_answers_per_benchmark(monkeypatch, tmp_path):
 
     problems = {"easy": synthetic_problems(7, seed=1, split="test"), "hard": synthetic_problems(5, seed=2, split="test")}
     answers = {tuple(TOKENIZER.encode(format_prompt(p, TOKENIZER))): p.answer for ps in problems.values() for p in ps}
-    monkeypatch.setattr(runner, "generate", scripted_generate(answers))
+    monkeypatch.setattr(scoring, "generate", scripted_generate(answers))
     n = {"easy": 4, "hard": 8}
     summary = runner.evaluate(None, TOKENIZER, problems, n=n, sampling=SamplingConfig(max_new_tokens=32),
                               batch_size=8, verifiers={"easy": "synthetic", "hard": "math"},
@@ -214,14 +214,14 @@ def test_evaluate_interrupted_between_chunks_resumes_without_resampling(monkeypa
             raise KeyboardInterrupt
         return scripted(model, prompts, config, rng, **kwargs)
 
-    monkeypatch.setattr(runner, "generate", interrupted_generate)
+    monkeypatch.setattr(scoring, "generate", interrupted_generate)
     kwargs = dict(n=4, sampling=SamplingConfig(max_new_tokens=32), batch_size=12)  # chunks of 3 problems
     with pytest.raises(KeyboardInterrupt):
         runner.evaluate(None, TOKENIZER, problems, results_path=tmp_path / "a.jsonl", **kwargs)
     assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 3  # the first chunk survived
     resumed = runner.evaluate(None, TOKENIZER, problems, results_path=tmp_path / "a.jsonl", **kwargs)
     assert calls == [3, 3, 3, 3, 1]  # chunk 0, interrupted chunk 1, then chunks 1, 2, 3 only
-    monkeypatch.setattr(runner, "generate", scripted)
+    monkeypatch.setattr(scoring, "generate", scripted)
     uninterrupted = runner.evaluate(None, TOKENIZER, problems, results_path=tmp_path / "b.jsonl", **kwargs)
     assert resumed == uninterrupted
     assert rows_by_id(tmp_path / "a.jsonl") == rows_by_id(tmp_path / "b.jsonl")

@@ -11,7 +11,7 @@ from flax import nnx
 from entropy_rl import ranking
 from entropy_rl.data import Problem, load_tokenizer
 from entropy_rl.model import Qwen, save_hf, tiny_config
-from entropy_rl.rollout import Rollout
+from entropy_rl.rollout import Rollout, scoring
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_rank_run_killed_and_resumed_matches_uninterrupted_run(tiny_policy, tmp_
 
     # Interrupted after the first batch of 4 prompts (the exception stands in for a kill) ...
     calls, kill_at_call = [], [2]
-    real_generate = ranking.generate
+    real_generate = scoring.generate
 
     def failing_generate(model, prompts, config, rng, **kwargs):
         calls.append(len(prompts))
@@ -66,7 +66,7 @@ def test_rank_run_killed_and_resumed_matches_uninterrupted_run(tiny_policy, tmp_
             raise SimulatedKill
         return real_generate(model, prompts, config, rng, **kwargs)
 
-    monkeypatch.setattr(ranking, "generate", failing_generate)
+    monkeypatch.setattr(scoring, "generate", failing_generate)
     resumed = tmp_path / "resumed" / "ranking.jsonl"
     with pytest.raises(SimulatedKill):
         ranking.main(rank_args(tiny_policy, resumed))
@@ -117,7 +117,7 @@ def test_rank_problems_scores_scripted_samples_by_hand(tmp_path, monkeypatch):
         "Problem 1": ["1/2", "0.5", "\\frac{1}{2}", "3"],  # equivalent forms cluster together
         "Problem 2": [None, None, "7", "8"],  # missing answers are singletons
     }
-    monkeypatch.setattr(ranking, "generate", scripted_generate(script, tokenizer))
+    monkeypatch.setattr(scoring, "generate", scripted_generate(script, tokenizer))
     settings = ranking.RankingSettings(samples=4, batch_prompts=2, verifier="math")
     rows = ranking.rank_problems(None, tokenizer, problems, tmp_path / "r.jsonl", settings, progress=False)
     def h(*p):
@@ -142,19 +142,26 @@ def test_rank_problems_scores_scripted_samples_by_hand(tmp_path, monkeypatch):
     assert rows[0]["semantic_entropy"] == pytest.approx(float(-(p * np.log(p)).sum()))
 
 
-def test_two_hosts_rank_their_shares_and_host_zero_merges(tiny_policy, tmp_path, monkeypatch):
+def test_two_hosts_rank_whole_batches_round_robin_and_host_zero_merges(tiny_policy, tmp_path, monkeypatch):
+    """Two hosts simulated one after the other: host 1 ranks batches 1 and 3 into its part,
+    host 0 batches 0 and 2, then merges: the one-host file, row for row (tests/multiprocess
+    runs two real processes)."""
     from jax.experimental import multihost_utils
 
+    args = ("--num-synthetic", "16", "--mesh", "none")
+    single = tmp_path / "single" / "ranking.jsonl"
+    assert ranking.main(rank_args(tiny_policy, single, *args)) == 0
     barriers = []
     monkeypatch.setattr(multihost_utils, "sync_global_devices", barriers.append)
     monkeypatch.setattr(ranking.jax, "process_count", lambda: 2)
-    output = tmp_path / "ranking.jsonl"
-    for host in (1, 0):  # host 1 finishes first; host 0 merges after the barrier
-        monkeypatch.setattr(ranking.jax, "process_index", lambda host=host: host)
-        assert ranking.main(rank_args(tiny_policy, output, "--num-synthetic", "16")) == 0
-    parts = [read_rows(tmp_path / f"ranking.jsonl.part-{i:05d}-of-00002") for i in range(2)]
-    assert [r["id"] for r in parts[0]] == [f"synthetic-train-0-{i}" for i in range(0, 16, 2)]
-    assert [r["id"] for r in parts[1]] == [f"synthetic-train-0-{i}" for i in range(1, 16, 2)]
-    assert len(barriers) == 2 and not output.exists()
-    merged = read_rows(tmp_path / "ranking.sorted.jsonl")
-    assert merged == sorted(parts[0] + parts[1], key=lambda r: (r["semantic_entropy"], r["id"]))
+    output = tmp_path / "hosts" / "ranking.jsonl"
+    monkeypatch.setattr(ranking.jax, "process_index", lambda: 1)
+    assert ranking.main(rank_args(tiny_policy, output, *args)) == 0
+    part = read_rows(tmp_path / "hosts" / "ranking.jsonl.part-00001-of-00002")
+    assert [r["id"] for r in part] == [f"synthetic-train-0-{i}" for i in (*range(4, 8), *range(12, 16))]
+    assert not output.exists()
+    monkeypatch.setattr(ranking.jax, "process_index", lambda: 0)
+    assert ranking.main(rank_args(tiny_policy, output, *args)) == 0
+    assert len(barriers) == 6 and not list(output.parent.glob("*.part-*"))
+    assert read_rows(output) == read_rows(single)
+    assert read_rows(tmp_path / "hosts" / "ranking.sorted.jsonl") == read_rows(tmp_path / "single" / "ranking.sorted.jsonl")

@@ -1,0 +1,64 @@
+"""`entropy-rl rank` as 2 processes x 4 CPU devices writes the merged --output (and its sorted
+copy) equal row for row to the ranking of one process with 4 devices: whole batches are handed
+out round-robin, so a problem's samples do not depend on the process count. The random tiny
+policy never boxes an answer, so the entropies are likelihood-weighted (a float per problem
+that any other sample would change)."""
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from entropy_rl.data import load_tokenizer
+from entropy_rl.model import Qwen, save_hf, tiny_config
+
+COUNTING_CLI = str(Path(__file__).with_name("counting_cli.py"))  # counts the rows each process verifies
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory):
+    """A random one-layer Qwen3 saved as an HF checkpoint (weights drawn with numpy: no init compiles)."""
+    path = tmp_path_factory.mktemp("policy")
+    config = tiny_config(vocab_size=load_tokenizer("builtin").vocab_size, num_hidden_layers=1)
+    graphdef, shapes = nnx.split(nnx.eval_shape(lambda: Qwen(config, rngs=nnx.Rngs(0))))
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(lambda s: jax.device_put((0.1 * rng.standard_normal(s.shape)).astype(s.dtype)), shapes)
+    save_hf(nnx.merge(graphdef, params), str(path))
+    return str(path)
+
+
+def _rank(policy, output, counts):
+    counts.mkdir()
+    return [COUNTING_CLI, str(counts), "rank", "--policy", policy, "--tokenizer", "builtin", "--data", "synthetic",
+            "--num-synthetic", "12", "--output", str(output), "--samples", "4", "--batch-prompts", "4",
+            "--max-new-tokens", "8", "--prompt-bucket", "32", "--response-bucket", "8", "--mesh", "1,-1,1",
+            "--weighting", "likelihood", "--no-progress"]
+
+
+def _rows(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def _verified(directory, process):
+    """Responses process `process` verified (tests/multiprocess/counting_cli.py)."""
+    return sum(int(line) for line in open(Path(directory) / f"verified.{process}"))
+
+
+def test_two_processes_write_the_one_process_ranking(launch, tiny_policy, tmp_path):
+    single, hosts = tmp_path / "single" / "ranking.jsonl", tmp_path / "hosts" / "ranking.jsonl"
+    launch(_rank(tiny_policy, single, tmp_path / "single_counts"), num_processes=1)
+    result = launch(_rank(tiny_policy, hosts, tmp_path / "hosts_counts"))
+    expected = _rows(single)
+    assert [row["id"] for row in expected] == [f"synthetic-train-0-{i}" for i in range(12)]
+    # likelihood-weighted entropies: a float per problem that any other sample would change
+    assert len({row["semantic_entropy"] for row in expected}) == 12
+    assert _rows(hosts) == expected  # 3 batches: process 0 ranked batches 0 and 2, process 1 batch 1
+    assert _rows(hosts.with_name("ranking.sorted.jsonl")) == _rows(single.with_name("ranking.sorted.jsonl"))
+    assert not list(hosts.parent.glob("*.part-*"))
+    # 3 batches of 4 prompts x 4 samples: each process verified only its own batches' rows
+    assert _verified(tmp_path / "single_counts", 0) == 48
+    assert [_verified(tmp_path / "hosts_counts", p) for p in (0, 1)] == [32, 16]
+    assert sum("rank: 12 problems in the ranking" in line for lines in result.output for line in lines) == 1
