@@ -14,7 +14,7 @@ listing every problem with its dotted key; an unknown key names the closest vali
 Sections: model, data (with data.curriculum), rollout, algorithm (with algorithm.loss, the
 loss library's `PolicyLossConfig`), optimizer, mesh (`entropy_rl.parallel.MeshConfig`
 fields), checkpoint, logging, eval, warmstart; run-level fields: seed, run_dir,
-total_steps, resume, max_consecutive_nonfinite.
+total_steps, resume, resume_allow_changes, max_consecutive_nonfinite.
 """
 
 from __future__ import annotations
@@ -224,7 +224,8 @@ class TrainConfig:
     seed: int = 0
     run_dir: str = "runs/stapo-tiny"
     total_steps: int = 120
-    resume: bool = True  # continue from RUN_DIR's latest checkpoint when there is one
+    resume: bool = True  # continue from RUN_DIR's latest checkpoint when there is one; false: move the old run aside
+    resume_allow_changes: bool = False  # resume although the config changed beyond total_steps, logging, cadences
     max_consecutive_nonfinite: int = 5  # stop after this many skipped non-finite updates in a row
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)

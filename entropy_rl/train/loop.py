@@ -34,9 +34,10 @@ from entropy_rl.eval.metrics import benchmark_metrics
 from entropy_rl.parallel import COMPILER_OPTIONS, make_mesh
 from entropy_rl.rewards import extract_boxed, get_verifier
 from entropy_rl.rollout import Rollout, generate
-from entropy_rl.train.checkpoint import Checkpointer, build_policy
+from entropy_rl.train.checkpoint import Checkpointer, build_policy, set_aside_previous_run
 from entropy_rl.train.config import TrainConfig
 from entropy_rl.train.metrics import METRICS_FILE, TENSORBOARD_SUBDIR, MetricsLogger
+from entropy_rl.train.signals import StopSignals
 from entropy_rl.train.step import (StepConfig, TrainState, UpdateBatch, create_train_state, no_grad_logprobs,
                                    make_optimizer, make_train_step, token_statistics)
 from entropy_rl.train.warmstart import warm_start
@@ -335,11 +336,13 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
                              chunk_size=config.model.logprob_chunk_size,
                              num_micro_batches=mini_rows // a.micro_batch_size if a.micro_batch_size else 1)
     state = create_train_state(policy, optimizer, mesh)
+    if not config.resume:
+        set_aside_previous_run(config.run_dir)
     checkpointer = Checkpointer.from_config(config)
     run = Run()
     ref_params = jax.tree.map(jnp.copy, state.params) if _needs_reference(config) else None
-    restored = checkpointer.restore(params=state.params, train_state=_train_state_tree(state, ref_params)) \
-        if config.resume else None
+    restored = checkpointer.resume(params=state.params, train_state=_train_state_tree(state, ref_params),
+                                   config=config) if config.resume else None
     if restored is not None:
         t = restored.train_state
         state = state.replace(params=restored.params, opt_state=t["opt_state"], step=t["step"],
@@ -366,8 +369,10 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
     if run.warmstart and start_step == 0:
         logger.write(f"warm start: loss {run.warmstart['warmstart/loss_first']:.3f} -> "
                      f"{run.warmstart['warmstart/loss_last']:.3f}; held-out accuracy {run.before['accuracy']:.3f}")
+    stop = StopSignals.install()  # SIGTERM: finish the step, save it, stop (train/signals.py)
     try:
         for step in range(start_step, config.total_steps):
+            checkpointer.check()  # a failed background save stops the run here
             step_start = time.time()
             step_key = jax.random.fold_in(seed_key, step)
             groups, sampled, rounds = collect_groups(state.model(), iterator, encode, tokenizer, sampling,
@@ -414,16 +419,18 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
                     f"good checkpoint is step {checkpointer.latest_step()} in {checkpointer.directory}; lower "
                     "optimizer.learning_rate or check the rewards and the model's dtype")
             last = step + 1 == config.total_steps
-            if last or (step + 1) % config.checkpoint.every_steps == 0:
+            if last or (step + 1) % config.checkpoint.every_steps == 0 or stop.requested:
                 checkpointer.save(step + 1, params=state.params, train_state=_train_state_tree(state, ref_params),
                                   data_state={"iterator": iterator.state_dict(), "run": dataclasses.asdict(run)},
                                   config=config)
+            stop.finish_if_requested(step + 1, checkpointer)
             if config.eval.every_steps and (step + 1) % config.eval.every_steps == 0 and not last:
                 result = heldout_eval(state.model(), tokenizer, heldout, encode, eval_key, config=config, mesh=mesh)
                 logger.log(step + 1, eval_log(result, config))
         after = heldout_eval(state.model(), tokenizer, heldout, encode, eval_key, config=config, mesh=mesh)
         logger.log(config.total_steps, eval_log(after, config))
     finally:
+        stop.uninstall()
         logger.close()
         checkpointer.close()
     return summarize(config, run, after, checkpointer, time.time() - start_time)
