@@ -65,8 +65,9 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read, written or resumed; the message says which and why."""
 
 
-class CheckpointCorrupt(CheckpointError):
-    """Checkpoint `step` in `directory` is damaged (`reason`)."""
+class CheckpointCorrupt(CheckpointError, ValueError):
+    """Checkpoint `step` in `directory` is damaged (`reason`). A ValueError too, so that the
+    commands that report bad input in one line (eval, export) report it the same way."""
 
     def __init__(self, step: int, directory: str, reason: str):
         super().__init__(f"checkpoint {step} in {directory} is damaged: {reason}")
@@ -500,7 +501,9 @@ def load_policy(path: str | os.PathLike, *, step: int | None = None, mesh: jax.s
                 return _load_step(checkpointer, candidate, mesh)
             except CheckpointCorrupt as corrupt:
                 if candidate == candidates[-1]:
-                    raise
+                    others = [s for s in checkpointer.all_steps() if s != corrupt.step]
+                    raise CheckpointCorrupt(corrupt.step, corrupt.directory, f"{corrupt.reason}. Other steps on "
+                                            f"disk: {others or 'none'}") from None
                 _say(f"{corrupt}; loading the previous checkpoint")
     finally:
         checkpointer.close()
