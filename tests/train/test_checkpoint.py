@@ -1,5 +1,8 @@
 """Orbax checkpoints: bitwise round trip (params, optimizer state, counters, PRNG keys, JSON
-state, config), keep-last-N, restore onto a mesh, and rebuilding the policy from a run."""
+state, config), keep-last-N, restore onto a mesh, and rebuilding the policy from a run.
+Faults: damaged steps, config changes on resume, resume=false, a failed save."""
+
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -238,9 +241,10 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
-def test_damaged_latest_step_is_moved_aside_and_the_previous_one_resumed(tmp_path, policy, damage):
+def test_damaged_latest_step_is_moved_aside_and_the_previous_one_resumed(tmp_path, policy, damage, caplog):
     config, params, train_state = _two_steps(tmp_path, policy)
     DAMAGE[damage](tmp_path / "checkpoints" / "2")
+    caplog.set_level(logging.WARNING)
     messages = []
     with ck.Checkpointer(tmp_path, max_to_keep=5) as loader:
         restored = loader.resume(params=params, train_state=train_state, config=config, log=messages.append)
@@ -250,6 +254,7 @@ def test_damaged_latest_step_is_moved_aside_and_the_previous_one_resumed(tmp_pat
         loader.save(2, params=params, train_state=train_state, data_state={"position": 2}, config=config)
     assert len(messages) == 1 and "checkpoint 2 in" in messages[0] and "is damaged" in messages[0]
     assert "config" not in messages[0].split("damaged")[0]  # reported as damage, not as a config mismatch
+    assert "NoneType" not in messages[0] and not [r for r in caplog.records if r.levelno >= logging.ERROR]
     aside = [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("corrupt-2-")]
     assert len(aside) == 1 and aside[0] in messages[0]
     with ck.Checkpointer(tmp_path, read_only=True) as reader:  # the moved step is not taken for a step
@@ -313,7 +318,7 @@ def test_resume_false_moves_the_old_run_aside(tmp_path, policy):
 
 
 @pytest.mark.parametrize("async_save", [True, False])
-def test_a_failed_save_is_one_error_naming_step_path_and_cause(tmp_path, policy, async_save):
+def test_a_failed_save_is_one_error_naming_step_path_and_cause(tmp_path, policy, async_save, caplog):
     """Disk full, for real: a file-size limit makes the array writes fail (EFBIG) as ENOSPC would."""
     import resource
     import signal
@@ -337,6 +342,7 @@ def test_a_failed_save_is_one_error_naming_step_path_and_cause(tmp_path, policy,
     assert message.startswith(f"could not save checkpoint 3 to {tmp_path}/checkpoints/3: ")
     assert "File too large [errno 27]" in message and "the previous checkpoint, step 2, is intact" in message
     assert len(message.splitlines()) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # Orbax's tracebacks are not shown
     with ck.Checkpointer(tmp_path, read_only=True) as reader:
         assert reader.all_steps() == [1, 2]  # max_to_keep=2 removed nothing for the failed step
     after = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "checkpoints").rglob("*")
