@@ -40,6 +40,7 @@ import os
 import re
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -177,6 +178,31 @@ class _OrbaxErrorsReportedHere(logging.Filter):
 for _name in ("absl", "asyncio"):
     if not any(isinstance(f, _OrbaxErrorsReportedHere) for f in logging.getLogger(_name).filters):
         logging.getLogger(_name).addFilter(_OrbaxErrorsReportedHere())
+
+
+def _is_late_write_callback(error: BaseException | None) -> bool:
+    """The RuntimeError a TensorStore write reports when it completes after the event loop of
+    its (failed, already reported) Orbax save has closed."""
+    if not isinstance(error, RuntimeError) or str(error) != "Event loop is closed":
+        return False
+    frames = [frame.name for frame in traceback.extract_tb(error.__traceback__)]
+    return "call_soon_threadsafe" in frames
+
+
+def _drop_late_write_callbacks(previous_hook: Callable) -> Callable:
+    """A `sys.unraisablehook` that drops `_is_late_write_callback` errors (one 5-line traceback
+    per array of a failed save) and passes everything else to `previous_hook`."""
+
+    def hook(unraisable) -> None:
+        if not _is_late_write_callback(unraisable.exc_value):
+            previous_hook(unraisable)
+
+    hook.drops_late_write_callbacks = True
+    return hook
+
+
+if not getattr(sys.unraisablehook, "drops_late_write_callbacks", False):
+    sys.unraisablehook = _drop_late_write_callbacks(sys.unraisablehook)
 
 
 class Restored(NamedTuple):

@@ -348,3 +348,24 @@ def test_a_failed_save_is_one_error_naming_step_path_and_cause(tmp_path, policy,
     after = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "checkpoints").rglob("*")
              if p.is_file() and p.relative_to(tmp_path).parts[1] in ("1", "2")}
     assert after == before
+
+
+def test_late_write_callbacks_of_a_failed_save_are_not_printed():
+    """TensorStore writes finishing after a failed save's event loop closed report one
+    'Event loop is closed' traceback each; only those are dropped."""
+    import asyncio
+    import types
+
+    loop = asyncio.new_event_loop()
+    loop.close()
+    try:
+        loop.call_soon_threadsafe(print)
+    except RuntimeError as error:
+        late = error
+    other = RuntimeError("Event loop is closed")  # same text, not from a late callback
+    seen = []
+    hook = ck._drop_late_write_callbacks(seen.append)
+    for error in (late, other, ValueError("x")):
+        hook(types.SimpleNamespace(exc_value=error))
+    assert [unraisable.exc_value for unraisable in seen] == [other, seen[1].exc_value]
+    assert isinstance(seen[1].exc_value, ValueError)
