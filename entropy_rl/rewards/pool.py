@@ -7,8 +7,9 @@ parent kills and replaces a worker that has not answered `grace_s` after the ite
 fresh interpreters running `entropy_rl.rewards.worker.main`, never forks of the caller, so they
 are safe beside JAX's threads and never re-import the caller's `__main__`. A replacement
 starts in the background and takes items once it reports ready. Every pool is closed at
-interpreter exit; workers also die with the parent process (PR_SET_PDEATHSIG, set from a
-thread that lives as long as the process, so any thread may use a pool) or on EOF.
+interpreter exit; workers also die with the parent process (PR_SET_PDEATHSIG; they are
+started from a thread that lives as long as the process, so any thread may use a pool) or on
+EOF.
 """
 
 from __future__ import annotations
@@ -153,10 +154,12 @@ class VerifierPool:
     worker's address space (a check that needs more fails as one error). Use as a context
     manager or call `close()`; open pools are closed at exit.
 
-    Thread-safe: calls from several threads share the workers, each call holding a worker
-    only while one of its items runs, so up to `num_workers` items of concurrent calls run at
-    once and a call with free workers never waits for another call's slow items. The workers
-    belong to the process, not to the thread that started them (`_Spawner`).
+    Thread-safe: calls from several threads share the workers. A call holds a worker while one
+    of its items runs; calls waiting for workers get them one at a time in turn, so up to
+    `num_workers` items of concurrent calls run at once and a small call waits for at most
+    one item of each other call (each bounded by its `timeout_s + grace_s`), never for a
+    large call's whole batch. The workers belong to the process, not to the thread that
+    started them (`_Spawner`).
     """
 
     def __init__(
@@ -175,6 +178,7 @@ class VerifierPool:
         self.preload = tuple(preload)
         self._workers: list[_Worker] = []  # every live worker, idle or held by a call
         self._idle: list[_Worker] = []  # the ones no call holds (ready or still starting)
+        self._waiting: collections.deque[_Call] = collections.deque()  # calls waiting for a worker, in turn
         self._owner_pid = os.getpid()
         self._released = threading.Condition()
         _OPEN_POOLS.add(self)
@@ -196,16 +200,34 @@ class VerifierPool:
             self._workers[self._workers.index(worker)] = replacement
         return replacement
 
-    def _acquire(self, wanted: int) -> list[_Worker]:
-        """Up to `wanted` idle workers (starting them all on first use)."""
+    def _acquire(self, call: "_Call") -> _Worker | None:
+        """An idle worker for `call` when it is its turn, else None (it keeps its place).
+
+        Calls that want workers queue up and get one worker per turn, so concurrent calls
+        share the pool: a small call is never stuck behind a large one. Workers start on
+        first use."""
         with self._released:
             if self._owner_pid != os.getpid():  # a forked copy: the workers are the parent's
-                self._workers, self._idle, self._owner_pid = [], [], os.getpid()
+                self._workers, self._idle, self._waiting, self._owner_pid = [], [], collections.deque(), os.getpid()
             if not self._workers:
                 self._workers = [self._new_worker() for _ in range(self.num_workers)]
                 self._idle = list(self._workers)
-            taken, self._idle = self._idle[:wanted], self._idle[wanted:]
-            return taken
+            if call not in self._waiting:
+                self._waiting.append(call)
+            if not self._idle or self._waiting[0] is not call:
+                return None
+            self._waiting.popleft()
+            return self._idle.pop(0)
+
+    def _withdraw(self, call: "_Call") -> None:
+        """`call` wants no more workers."""
+        with self._released:
+            if call in self._waiting:
+                self._waiting.remove(call)
+
+    def _others_waiting(self, call: "_Call") -> bool:
+        with self._released:
+            return any(waiting is not call for waiting in self._waiting)
 
     def _release(self, workers) -> None:
         with self._released:
@@ -236,6 +258,7 @@ class VerifierPool:
                 call.held[call.held.index(worker)] = self._replace(worker)
             raise
         finally:
+            self._withdraw(call)
             self._release(call.held)
         return call.outcomes
 
@@ -243,7 +266,7 @@ class VerifierPool:
         """Stop every worker and wait for it; idempotent."""
         with self._released:
             workers = self._workers if self._owner_pid == os.getpid() else []
-            self._workers, self._idle = [], []
+            self._workers, self._idle, self._waiting = [], [], collections.deque()
         for worker in workers:
             worker.stop()
         _OPEN_POOLS.discard(self)
@@ -268,14 +291,21 @@ class _Call:
         self.busy: dict[_Worker, tuple[int, float]] = {}  # worker -> (item index, kill deadline)
 
     def step(self) -> None:
-        """Take free workers, dispatch, wait for the first answer or deadline, collect, expire."""
-        if len(self.queue) > len(self.held) - len(self.busy):
-            self.held += self.pool._acquire(len(self.queue) - (len(self.held) - len(self.busy)))
-        self._dispatch()
-        if not self.queue:  # hand back what this call no longer needs
-            spare = [worker for worker in self.held if worker not in self.busy]
-            self.held = [worker for worker in self.held if worker in self.busy]
+        """Hand back spare workers, take free ones in turn, dispatch, wait for the first answer
+        or deadline, collect, expire."""
+        idle = [worker for worker in self.held if worker not in self.busy]
+        if not self.queue or self.pool._others_waiting(self):  # spare, or owed to a waiting call
+            spare = idle if not self.queue else [worker for worker in idle if worker.ready]
+            self.held = [worker for worker in self.held if worker not in spare]
             self.pool._release(spare)
+        while len(self.queue) > len(self.held) - len(self.busy):
+            worker = self.pool._acquire(self)
+            if worker is None:
+                break
+            self.held.append(worker)
+        if len(self.queue) <= len(self.held) - len(self.busy):
+            self.pool._withdraw(self)
+        self._dispatch()
         watched = {worker.receiver: worker for worker in self.held if worker in self.busy or not worker.ready}
         deadlines = [deadline for _, deadline in self.busy.values()]
         deadlines += [w.started_at + _STARTUP_TIMEOUT_S for w in self.held if not w.ready]

@@ -159,6 +159,14 @@ with VerifierPool(2, grace_s=0.3, warm_up=False, preload=()) as pool:
         report["quick_s"] = time.monotonic() - start
         report["hang"] = hang.result()
         report["hang_s"] = time.monotonic() - start
+    # A small call beside a large one waits for one of its items, not for its whole batch.
+    with concurrent.futures.ThreadPoolExecutor(2) as executor:
+        large = executor.submit(pool.map, checks + ":sleep_in_python", [(1.0,)] * 6, timeout_s=5.0)
+        time.sleep(0.2)
+        start = time.monotonic()
+        report["small"] = pool.map(checks + ":echo", [("s",)], timeout_s=5.0)
+        report["small_s"] = time.monotonic() - start
+        report["large"] = large.result()
     bad = []
     for timeout in (0, -1.0, float("nan"), float("inf"), "5"):
         try:
@@ -180,4 +188,6 @@ def test_pool_from_threads_in_a_fresh_process():
     assert report["parallel"] == [[["ok", True]]] * 2 and report["parallel_s"] < 1.8  # serialised: >= 2 s
     assert report["quick"] == [["ok", "q"]] and report["quick_s"] < 0.5
     assert report["hang"] == [["timeout", None]] and report["hang_s"] < 0.5 + 0.3 + 1.0
+    assert report["small"] == [["ok", "s"]] and report["small_s"] < 1.5  # behind the whole batch: >= 2.8 s
+    assert report["large"] == [["ok", True]] * 6
     assert len(report["bad"]) == 5 and all("timeout_s must be a finite number of seconds > 0" in m for m in report["bad"])
