@@ -50,7 +50,7 @@ def deferred_interrupts() -> Iterator[None]:
         yield
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
         for signum in held:
             signal.raise_signal(signum)  # the restored handler runs: KeyboardInterrupt, StopSignals, ...
 
@@ -90,7 +90,7 @@ class StopSignals:
     def uninstall(self) -> None:
         """Restore the handlers that were there before `install`."""
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
         self._previous.clear()
 
     def finish_if_requested(self, step: int, checkpointer) -> None:
