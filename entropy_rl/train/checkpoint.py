@@ -111,6 +111,16 @@ def split_changes(saved: TrainConfig, current: TrainConfig) -> tuple[list[str], 
     return harmless, refused
 
 
+def _on_first_process(action: Callable[[], None], name: str) -> None:
+    """`action()` (a file move) on process 0 only; every process goes on once it is done."""
+    if jax.process_index() == 0:
+        action()
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def set_aside_previous_run(run_dir: str | os.PathLike, log: Callable[[str], None] = _say) -> str | None:
     """For `resume=false`: move a previous run's checkpoints, metrics.jsonl and TensorBoard
     events into RUN_DIR/previous-<time>/ (nothing is deleted) and say so; returns that
@@ -120,11 +130,14 @@ def set_aside_previous_run(run_dir: str | os.PathLike, log: Callable[[str], None
     if not os.path.isdir(checkpoints) or not os.listdir(checkpoints):
         return None
     target = os.path.join(run_dir, time.strftime("previous-%Y%m%dT%H%M%S"))
-    if jax.process_index() == 0:
+
+    def move() -> None:
         os.makedirs(target)
         for name in (CHECKPOINT_SUBDIR, METRICS_FILE, TENSORBOARD_SUBDIR):
             if os.path.exists(os.path.join(run_dir, name)):
                 os.rename(os.path.join(run_dir, name), os.path.join(target, name))
+
+    _on_first_process(move, "set_aside_previous_run")
     log(f"resume=false: the previous run in {run_dir} (checkpoints, metrics) was moved to {target}")
     return target
 
@@ -394,8 +407,8 @@ class Checkpointer:
             log(f"{corrupt}; skipping it")
             return
         target = os.path.join(self.directory, time.strftime(f"corrupt-{corrupt.step}-%Y%m%dT%H%M%S"))
-        if jax.process_index() == 0:
-            os.rename(os.path.join(self.directory, str(corrupt.step)), target)
+        _on_first_process(lambda: os.rename(os.path.join(self.directory, str(corrupt.step)), target),
+                          f"set_aside_{corrupt.step}")
         self._manager.reload()
         log(f"{corrupt}\nmoved it to {target}; trying the previous checkpoint")
 
