@@ -10,11 +10,14 @@ Column mapping (first present wins, dotted keys reach into nested objects):
            of the last `\\boxed{}` of the worked solution)
   id:      `id`, `unique_id`, `idx`, `extra_info.index`, else `<file stem>-<row>`
   source:  `source`, `data_source`, else the file stem
-Every other column goes to `Problem.meta` (`solution` included, for warm starts).
+Every other column goes to `Problem.meta` (`solution` included).
 
-A bad row (not an object, no problem text, no answer, an empty answer, invalid JSON) raises
-`DataError` naming the file and the row (1-based); `on_bad_row="skip"` skips it instead, and
-the returned `ProblemList.skipped` lists every skipped row and why. Nothing is dropped silently.
+A bad row (not an object, no problem text, no answer, an empty answer, invalid JSON, a line
+that is not UTF-8 text) raises `DataError` naming the file and the row (1-based);
+`on_bad_row="skip"` skips it instead, and the returned `ProblemList.skipped` lists every
+skipped row and why. Nothing is dropped silently. A file that cannot be read at all (not
+UTF-8 JSON, a damaged parquet file) or that gives no problem (empty, every row skipped) raises
+`DataError` naming the file.
 """
 
 from __future__ import annotations
@@ -135,18 +138,25 @@ def _problem_from_row(row: Any, row_number: int, stem: str, keys: dict[str, Any]
 
 
 def _read_jsonl(path: str) -> Iterator[tuple[int, Any]]:
-    with open(path, encoding="utf-8") as file:
-        for line_number, line in enumerate(file, start=1):
+    """(line number, parsed row) per non-blank line; a line that is not UTF-8 text or not
+    JSON gives a `_BadJson` (a bad row, skippable), never a bare decoding error."""
+    with open(path, "rb") as file:
+        for line_number, raw in enumerate(file, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield line_number, _BadJson(f"not UTF-8 text ({error.reason} at byte {error.start})")
+                continue
             if not line.strip():
                 continue
             try:
                 yield line_number, json.loads(line)
             except json.JSONDecodeError as error:
-                yield line_number, _BadJson(str(error))
+                yield line_number, _BadJson(f"invalid JSON: {error}")
 
 
 class _BadJson:
-    """Marker for a jsonl line that does not parse."""
+    """Marker for a jsonl line that cannot be read (the message says why)."""
 
     def __init__(self, message: str):
         self.message = message
@@ -154,9 +164,11 @@ class _BadJson:
 
 def _read_json(path: str) -> Iterator[tuple[int, Any]]:
     """A JSON list of rows, `{"data": [...]}`, or a dict of equal-length columns."""
-    with open(path, encoding="utf-8") as file:
+    with open(path, "rb") as file:
         try:
-            content = json.load(file)
+            content = json.loads(file.read().decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from error
         except json.JSONDecodeError as error:
             raise DataError(f"{path}: not valid JSON: {error}") from error
     if isinstance(content, dict) and isinstance(content.get("data"), list):
@@ -183,8 +195,22 @@ def _read_table(path: str, split: str | None) -> Iterator[tuple[int, Any]]:
                 raise DataError(f"{path}: choose a split with split=... among {names}")
             dataset = dataset[chosen]
     else:
-        dataset = datasets.Dataset.from_parquet(path)
+        dataset = _read_parquet(path)
     yield from enumerate(dataset, start=1)
+
+
+def _read_parquet(path: str):
+    """A parquet file as a `datasets.Dataset`; DataError naming the file when it is not one
+    (an empty file, a truncated or foreign one)."""
+    import datasets
+    import pyarrow.parquet
+
+    try:
+        if pyarrow.parquet.read_metadata(path).num_rows == 0:  # fails fast, with the reason, on a damaged file
+            return []
+        return datasets.Dataset.from_parquet(path)
+    except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as error:  # ArrowInvalid is a ValueError
+        raise DataError(f"{path}: not a readable parquet file ({type(error).__name__}: {str(error)[:200]})") from error
 
 
 def _rows(path: str, split: str | None) -> Iterator[tuple[int, Any]]:
@@ -224,12 +250,16 @@ def load_problems(
     for row_number, row in _rows(path, split):
         try:
             if isinstance(row, _BadJson):
-                raise ValueError(f"invalid JSON: {row.message}")
+                raise ValueError(row.message)
             problems.append(_problem_from_row(row, row_number, stem, keys))
         except ValueError as error:
             if on_bad_row == "error":
                 raise DataError(f"{path}: row {row_number}: {error}") from error
             skipped.append(f"row {row_number}: {error}")
+    if not problems:
+        reason = (f"all {len(skipped)} rows are bad and were skipped ({'; '.join(skipped[:3])})" if skipped
+                  else "no rows (the file is empty)")
+        raise DataError(f"{path}: no problems: {reason}")
     if skipped:
         logger.warning("%s: skipped %d bad rows (%s)", path, len(skipped), "; ".join(skipped[:5]))
     return ProblemList(problems, skipped)

@@ -7,23 +7,29 @@ parent kills and replaces a worker that has not answered `grace_s` after the ite
 fresh interpreters running `entropy_rl.rewards.worker.main`, never forks of the caller, so they
 are safe beside JAX's threads and never re-import the caller's `__main__`. A replacement
 starts in the background and takes items once it reports ready. Every pool is closed at
-interpreter exit; workers also die with the parent (PR_SET_PDEATHSIG) or on EOF.
+interpreter exit; workers also die with the parent process (PR_SET_PDEATHSIG; they are
+started from a thread that lives as long as the process, so any thread may use a pool) or on
+EOF.
 """
 
 from __future__ import annotations
 
 import atexit
 import collections
+import concurrent.futures
+import math
 import multiprocessing.connection
+import numbers
 import os
 import pathlib
+import queue
 import subprocess
 import sys
 import threading
 import time
 import weakref
 from multiprocessing.connection import Connection
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from entropy_rl.rewards.worker import ERROR, OK, PRELOAD_MODULES, TIMEOUT
 
@@ -84,6 +90,57 @@ class _Worker:
 _OPEN_POOLS: "weakref.WeakSet[VerifierPool]" = weakref.WeakSet()
 
 
+class _Spawner:
+    """One long-lived thread that starts every worker process.
+
+    A worker asks the kernel to kill it when its parent dies (PR_SET_PDEATHSIG), and Linux
+    ties that signal to the *thread* that forked it: a worker started from a short-lived
+    thread (a ThreadPoolExecutor's) would die when that thread exits. Starting every worker
+    from this thread, which lives as long as the process, ties the workers to the process.
+    """
+
+    def __init__(self):
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._pid = os.getpid()
+        threading.Thread(target=self._serve, name="verifier-spawner", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            create, done = self._requests.get()
+            try:
+                done.set_result(create())
+            except BaseException as error:  # noqa: BLE001 - handed to the caller
+                done.set_exception(error)
+
+    def start(self, create: Callable[[], "_Worker"]) -> "_Worker":
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        self._requests.put((create, done))
+        return done.result()
+
+
+_spawner: _Spawner | None = None
+_spawner_lock = threading.Lock()
+
+
+def _spawn(create: Callable[[], "_Worker"]) -> "_Worker":
+    """`create()` run on the process's spawner thread (a new one after a fork)."""
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None or _spawner._pid != os.getpid():
+            _spawner = _Spawner()
+        spawner = _spawner
+    return spawner.start(create)
+
+
+def check_timeout(timeout_s: float) -> float:
+    """`timeout_s` as a float if it is a finite positive number of seconds, else ValueError."""
+    is_number = isinstance(timeout_s, numbers.Real) and not isinstance(timeout_s, bool)
+    value = float(timeout_s) if is_number else math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"timeout_s must be a finite number of seconds > 0, got {timeout_s!r}")
+    return value
+
+
 class VerifierPool:
     """A fixed number of persistent worker processes running checks with per-item deadlines.
 
@@ -96,6 +153,13 @@ class VerifierPool:
     CPU that the first math items would otherwise pay inside their deadlines). `memory_limit_mb` caps each
     worker's address space (a check that needs more fails as one error). Use as a context
     manager or call `close()`; open pools are closed at exit.
+
+    Thread-safe: calls from several threads share the workers. A call holds a worker while one
+    of its items runs; calls waiting for workers get them one at a time in turn, so up to
+    `num_workers` items of concurrent calls run at once and a small call waits for at most
+    one item of each other call (each bounded by its `timeout_s + grace_s`), never for a
+    large call's whole batch. The workers belong to the process, not to the thread that
+    started them (`_Spawner`).
     """
 
     def __init__(
@@ -112,26 +176,66 @@ class VerifierPool:
         self.memory_limit_mb = memory_limit_mb
         self.warm_up = warm_up
         self.preload = tuple(preload)
-        self._workers: list[_Worker] = []
+        self._workers: list[_Worker] = []  # every live worker, idle or held by a call
+        self._idle: list[_Worker] = []  # the ones no call holds (ready or still starting)
+        self._waiting: collections.deque[_Call] = collections.deque()  # calls waiting for a worker, in turn
         self._owner_pid = os.getpid()
-        self._lock = threading.Lock()
+        self._released = threading.Condition()
         _OPEN_POOLS.add(self)
 
     @property
     def pids(self) -> list[int]:
         """Process ids of the current workers (empty before first use and after close)."""
-        return [worker.process.pid for worker in self._workers]
+        with self._released:
+            return [worker.process.pid for worker in self._workers]
 
     def _new_worker(self) -> _Worker:
-        return _Worker(self.memory_limit_mb, self.warm_up, self.preload)
+        return _spawn(lambda: _Worker(self.memory_limit_mb, self.warm_up, self.preload))
 
-    def _replace(self, slot: int) -> None:
-        self._workers[slot].kill()
-        self._workers[slot] = self._new_worker()
+    def _replace(self, worker: _Worker) -> _Worker:
+        """Kill `worker`; its replacement (starting in the background) goes to the caller."""
+        worker.kill()
+        replacement = self._new_worker()
+        with self._released:
+            self._workers[self._workers.index(worker)] = replacement
+        return replacement
 
-    def _mark_ready(self, slot: int) -> None:
+    def _acquire(self, call: "_Call") -> _Worker | None:
+        """An idle worker for `call` when it is its turn, else None (it keeps its place).
+
+        Calls that want workers queue up and get one worker per turn, so concurrent calls
+        share the pool: a small call is never stuck behind a large one. Workers start on
+        first use."""
+        with self._released:
+            if self._owner_pid != os.getpid():  # a forked copy: the workers are the parent's
+                self._workers, self._idle, self._waiting, self._owner_pid = [], [], collections.deque(), os.getpid()
+            if not self._workers:
+                self._workers = [self._new_worker() for _ in range(self.num_workers)]
+                self._idle = list(self._workers)
+            if call not in self._waiting:
+                self._waiting.append(call)
+            if not self._idle or self._waiting[0] is not call:
+                return None
+            self._waiting.popleft()
+            return self._idle.pop(0)
+
+    def _withdraw(self, call: "_Call") -> None:
+        """`call` wants no more workers."""
+        with self._released:
+            if call in self._waiting:
+                self._waiting.remove(call)
+
+    def _others_waiting(self, call: "_Call") -> bool:
+        with self._released:
+            return any(waiting is not call for waiting in self._waiting)
+
+    def _release(self, workers) -> None:
+        with self._released:
+            self._idle.extend(worker for worker in workers if worker in self._workers)
+            self._released.notify_all()
+
+    def _mark_ready(self, worker: _Worker) -> None:
         """Read a starting worker's hello; a worker that cannot even start is a real error."""
-        worker = self._workers[slot]
         try:
             hello = worker.receiver.recv()
         except (EOFError, OSError):
@@ -140,79 +244,31 @@ class VerifierPool:
             raise RuntimeError(f"verifier worker failed to start (exit code {worker.process.poll()}); see its stderr")
         worker.ready = True
 
-    def _receive(self, slot: int) -> tuple[str, Any]:
-        try:
-            return self._workers[slot].receiver.recv()
-        except (EOFError, OSError):  # crashed mid-item (segfault, memory limit, os._exit)
-            self._replace(slot)
-            return ERROR, "worker process died"
-
     def map(self, target: str, args_list: Sequence[tuple], *, timeout_s: float = 5.0) -> list[tuple[str, Any]]:
-        """Run `target(*args)` for every args tuple; one (status, value) per item, in order."""
-        outcomes: list[tuple[str, Any]] = [(ERROR, None)] * len(args_list)
-        queue = collections.deque(range(len(args_list)))
-        with self._lock:
-            if self._owner_pid != os.getpid():  # a forked copy: the workers are the parent's
-                self._workers, self._owner_pid = [], os.getpid()
-            if queue and not self._workers:
-                self._workers = [self._new_worker() for _ in range(self.num_workers)]
-            busy: dict[int, tuple[int, float]] = {}  # slot -> (item index, kill deadline)
-            try:
-                while queue or busy:
-                    self._step(queue, busy, outcomes, args_list, target, timeout_s)
-            except BaseException:
-                for slot in list(busy):  # interrupted (Ctrl-C): their late answers must not leak
-                    self._replace(slot)
-                raise
-        return outcomes
+        """Run `target(*args)` for every args tuple; one (status, value) per item, in order.
 
-    def _step(self, queue, busy, outcomes, args_list, target: str, timeout_s: float) -> None:
-        """Dispatch, wait for the first answer or deadline, collect, expire."""
-        self._dispatch(queue, busy, args_list, target, timeout_s)
-        deadlines = [deadline for _, deadline in busy.values()]
-        deadlines += [w.started_at + _STARTUP_TIMEOUT_S for w in self._workers if not w.ready]
-        watched = {self._workers[slot].receiver: slot for slot in range(self.num_workers)
-                   if slot in busy or not self._workers[slot].ready}
-        ready = multiprocessing.connection.wait(list(watched), max(0.0, min(deadlines) - time.monotonic()))
-        for slot in sorted(watched[connection] for connection in ready):
-            if not self._workers[slot].ready:
-                self._mark_ready(slot)
-            else:
-                outcomes[busy.pop(slot)[0]] = self._receive(slot)
-        self._expire(busy, outcomes)
-
-    def _dispatch(self, queue, busy, args_list, target: str, timeout_s: float) -> None:
-        """Give the next items to ready idle workers."""
-        for slot, worker in enumerate(self._workers):
-            if queue and worker.ready and slot not in busy:
-                index = queue.popleft()
-                try:
-                    worker.sender.send((target, tuple(args_list[index]), timeout_s))
-                except OSError:  # died while idle: replace it, the item goes back to the queue
-                    queue.appendleft(index)
-                    self._replace(slot)
-                    continue
-                busy[slot] = (index, time.monotonic() + timeout_s + self.grace_s)
-
-    def _expire(self, busy, outcomes) -> None:
-        """Kill and replace workers past their item's deadline; check startup deadlines."""
-        now = time.monotonic()
-        for slot, (index, deadline) in list(busy.items()):
-            if now > deadline:  # stuck where the worker's timer cannot reach
-                outcomes[index] = (TIMEOUT, None)
-                del busy[slot]
-                self._replace(slot)
-        for worker in self._workers:
-            if not worker.ready and now > worker.started_at + _STARTUP_TIMEOUT_S:
-                raise RuntimeError(f"verifier worker did not start within {_STARTUP_TIMEOUT_S:.0f} s")
+        `timeout_s` (finite, > 0) bounds each item once a worker has it (plus `grace_s`)."""
+        timeout_s = check_timeout(timeout_s)
+        call = _Call(self, target, args_list, timeout_s)
+        try:
+            while call.queue or call.busy:
+                call.step()
+        except BaseException:
+            for worker in list(call.busy):  # interrupted (Ctrl-C): their late answers must not leak
+                call.held[call.held.index(worker)] = self._replace(worker)
+            raise
+        finally:
+            self._withdraw(call)
+            self._release(call.held)
+        return call.outcomes
 
     def close(self) -> None:
         """Stop every worker and wait for it; idempotent."""
-        with self._lock:
-            if self._owner_pid == os.getpid():
-                for worker in self._workers:
-                    worker.stop()
-            self._workers = []
+        with self._released:
+            workers = self._workers if self._owner_pid == os.getpid() else []
+            self._workers, self._idle, self._waiting = [], [], collections.deque()
+        for worker in workers:
+            worker.stop()
         _OPEN_POOLS.discard(self)
 
     def __enter__(self) -> "VerifierPool":
@@ -220,6 +276,88 @@ class VerifierPool:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class _Call:
+    """One `VerifierPool.map` call: its queue of items, the workers it holds, their deadlines."""
+
+    _POLL_S = 0.05  # how often a call with queued items looks for workers freed by other calls
+
+    def __init__(self, pool: VerifierPool, target: str, args_list: Sequence[tuple], timeout_s: float):
+        self.pool, self.target, self.args_list, self.timeout_s = pool, target, args_list, timeout_s
+        self.outcomes: list[tuple[str, Any]] = [(ERROR, None)] * len(args_list)
+        self.queue = collections.deque(range(len(args_list)))
+        self.held: list[_Worker] = []  # workers this call holds: starting, idle or busy
+        self.busy: dict[_Worker, tuple[int, float]] = {}  # worker -> (item index, kill deadline)
+
+    def step(self) -> None:
+        """Hand back spare workers, take free ones in turn, dispatch, wait for the first answer
+        or deadline, collect, expire."""
+        idle = [worker for worker in self.held if worker not in self.busy]
+        if not self.queue or self.pool._others_waiting(self):  # spare, or owed to a waiting call
+            spare = idle if not self.queue else [worker for worker in idle if worker.ready]
+            self.held = [worker for worker in self.held if worker not in spare]
+            self.pool._release(spare)
+        while len(self.queue) > len(self.held) - len(self.busy):
+            worker = self.pool._acquire(self)
+            if worker is None:
+                break
+            self.held.append(worker)
+        if len(self.queue) <= len(self.held) - len(self.busy):
+            self.pool._withdraw(self)
+        self._dispatch()
+        watched = {worker.receiver: worker for worker in self.held if worker in self.busy or not worker.ready}
+        deadlines = [deadline for _, deadline in self.busy.values()]
+        deadlines += [w.started_at + _STARTUP_TIMEOUT_S for w in self.held if not w.ready]
+        if self.queue:
+            deadlines.append(time.monotonic() + self._POLL_S)
+        wait_s = max(0.0, min(deadlines) - time.monotonic())
+        if not watched:  # every worker is held by other calls: wait until one comes back
+            with self.pool._released:
+                self.pool._released.wait(wait_s)
+            return
+        for connection in multiprocessing.connection.wait(list(watched), wait_s):
+            worker = watched[connection]
+            if not worker.ready:
+                self.pool._mark_ready(worker)
+            else:
+                self.outcomes[self.busy.pop(worker)[0]] = self._receive(worker)
+        self._expire()
+
+    def _swap(self, worker: _Worker) -> None:
+        self.held[self.held.index(worker)] = self.pool._replace(worker)
+
+    def _receive(self, worker: _Worker) -> tuple[str, Any]:
+        try:
+            return worker.receiver.recv()
+        except (EOFError, OSError):  # crashed mid-item (segfault, memory limit, os._exit)
+            self._swap(worker)
+            return ERROR, "worker process died"
+
+    def _dispatch(self) -> None:
+        """Give the next items to this call's ready idle workers."""
+        for worker in list(self.held):
+            if self.queue and worker.ready and worker not in self.busy:
+                index = self.queue.popleft()
+                try:
+                    worker.sender.send((self.target, tuple(self.args_list[index]), self.timeout_s))
+                except OSError:  # died while idle: replace it, the item goes back to the queue
+                    self.queue.appendleft(index)
+                    self._swap(worker)
+                    continue
+                self.busy[worker] = (index, time.monotonic() + self.timeout_s + self.pool.grace_s)
+
+    def _expire(self) -> None:
+        """Kill and replace workers past their item's deadline; check startup deadlines."""
+        now = time.monotonic()
+        for worker, (index, deadline) in list(self.busy.items()):
+            if now > deadline:  # stuck where the worker's timer cannot reach
+                self.outcomes[index] = (TIMEOUT, None)
+                del self.busy[worker]
+                self._swap(worker)
+        for worker in self.held:
+            if not worker.ready and now > worker.started_at + _STARTUP_TIMEOUT_S:
+                raise RuntimeError(f"verifier worker did not start within {_STARTUP_TIMEOUT_S:.0f} s")
 
 
 _shared_pool: VerifierPool | None = None

@@ -14,19 +14,208 @@ the mesh it is started with. Saving is asynchronous: the arrays are copied off t
 then written in the background while training goes on; `wait()` blocks until the files are
 final. Orbax writes each step to a temporary directory and renames it when complete, so a
 run killed at any moment resumes from its last complete checkpoint.
+
+Faults (each reported as a `CheckpointError` naming the step, the directory and the cause):
+
+- a damaged step (a truncated or missing file, an empty step directory) is `CheckpointCorrupt`,
+  told apart from a checkpoint of another model (a `ValueError` listing the config changes)
+  by reading the saved arrays' metadata. `Checkpointer.resume` moves a damaged step aside to
+  `checkpoints/corrupt-<step>-<time>` and continues from the newest intact step; readers
+  (`load_policy`) skip it without moving anything;
+- resuming under a changed config: the harmless changes (`HARMLESS_CHANGES`: total_steps,
+  logging, eval and checkpoint cadence, the mesh, resume flags) are listed, any other change
+  is refused (`ResumeConfigError`, naming the keys) unless `resume_allow_changes=true`;
+- a save that fails (disk full, permissions), in the background or not, raises
+  `CheckpointSaveError` at the next `check()` / `save()` / `wait()`; the previous checkpoints
+  stay as they were;
+- `resume=false` on a directory with checkpoints moves the old run aside
+  (`set_aside_previous_run`), it never deletes it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
+import sys
+import time
+import traceback
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import orbax.checkpoint as ocp
 
 from entropy_rl.train.config import ModelConfig, TrainConfig, config_diff, config_from_dict, config_to_dict
+from entropy_rl.train.metrics import METRICS_FILE, TENSORBOARD_SUBDIR
+from entropy_rl.train.signals import deferred_interrupts
 
 CHECKPOINT_SUBDIR = "checkpoints"
+# Config keys (a trailing "." covers a whole section) that may change when a run resumes: they
+# change neither the arrays, nor the data, nor what the run computes.
+HARMLESS_CHANGES = ("run_dir", "total_steps", "resume", "resume_allow_changes", "max_consecutive_nonfinite",
+                    "logging.", "eval.every_steps", "checkpoint.", "mesh.")
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read, written or resumed; the message says which and why."""
+
+
+class CheckpointCorrupt(CheckpointError, ValueError):
+    """Checkpoint `step` in `directory` is damaged (`reason`). A ValueError too, so that the
+    commands that report bad input in one line (eval, export) report it the same way."""
+
+    def __init__(self, step: int, directory: str, reason: str):
+        super().__init__(f"checkpoint {step} in {directory} is damaged: {reason}")
+        self.step, self.directory, self.reason = step, directory, reason
+
+
+class CheckpointSaveError(CheckpointError):
+    """Writing a checkpoint failed."""
+
+
+class ResumeConfigError(CheckpointError):
+    """The run directory's checkpoint was saved under a config that differs in a way that matters."""
+
+
+def _cause(error: BaseException) -> str:
+    """The innermost OSError of an exception chain (disk full, permissions; TensorStore's
+    `os_error_code`), else the error's first line: `Type: message`."""
+    seen, innermost = set(), error
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError):
+            innermost = error
+        error = error.__cause__ or error.__context__
+    text = (str(innermost).strip().splitlines() or [""])[0]
+    os_error = re.search(r"os_error_code='?(\d+)", text)  # TensorStore's form of an OSError
+    if os_error:
+        code = int(os_error.group(1))
+        return f"{os.strerror(code)} [errno {code}] ({type(innermost).__name__}: {text[:160]} ...)"
+    return f"{type(innermost).__name__}: {text[:300]}"
+
+
+def split_changes(saved: TrainConfig, current: TrainConfig) -> tuple[list[str], list[str]]:
+    """(harmless, refused) `"key: old -> new"` differences between a checkpoint's config and
+    the current one (`HARMLESS_CHANGES`)."""
+    harmless, refused = [], []
+    for change in config_diff(saved, current):
+        key = change.split(":", 1)[0]
+        ok = any(key == name or (name.endswith(".") and key.startswith(name)) for name in HARMLESS_CHANGES)
+        (harmless if ok else refused).append(change)
+    return harmless, refused
+
+
+def _on_first_process(action: Callable[[], None], name: str) -> None:
+    """`action()` (a file move) on process 0 only; every process goes on once it is done."""
+    if jax.process_index() == 0:
+        action()
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def set_aside_previous_run(run_dir: str | os.PathLike, log: Callable[[str], None] = _say) -> str | None:
+    """For `resume=false`: move a previous run's checkpoints, metrics.jsonl and TensorBoard
+    events into RUN_DIR/previous-<time>/ (nothing is deleted) and say so; returns that
+    directory, None when there was no checkpoint."""
+    run_dir = os.fspath(run_dir)
+    checkpoints = os.path.join(run_dir, CHECKPOINT_SUBDIR)
+    if not os.path.isdir(checkpoints) or not os.listdir(checkpoints):
+        return None
+    target = os.path.join(run_dir, time.strftime("previous-%Y%m%dT%H%M%S"))
+
+    def move() -> None:
+        os.makedirs(target)
+        for name in (CHECKPOINT_SUBDIR, METRICS_FILE, TENSORBOARD_SUBDIR):
+            if os.path.exists(os.path.join(run_dir, name)):
+                os.rename(os.path.join(run_dir, name), os.path.join(target, name))
+
+    _on_first_process(move, "set_aside_previous_run")
+    log(f"resume=false: the previous run in {run_dir} (checkpoints, metrics) was moved to {target}")
+    return target
+
+
+def _leaf_shapes(tree: Any) -> dict[tuple[str, ...], tuple[int, ...] | None]:
+    """{path: shape} of a pytree's leaves (arrays, ShapeDtypeStructs or Orbax metadata), the
+    path as strings; None for typed PRNG keys, which are saved as their key data."""
+    shapes = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        key = tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+        dtype = getattr(leaf, "dtype", None)
+        typed_key = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+        shapes[key] = None if typed_key or not hasattr(leaf, "shape") else tuple(leaf.shape)
+    return shapes
+
+
+def _tree_differences(item: str, saved: Any, target: Any) -> list[str]:
+    """How the arrays of a checkpoint item differ from the restore target (empty: they fit)."""
+    saved, target = _leaf_shapes(saved), _leaf_shapes(target)
+    name = lambda key: f"{item}/{'/'.join(key)}"  # noqa: E731
+    differences = [f"{name(key)} missing in the checkpoint" for key in target if key not in saved]
+    differences += [f"{name(key)} only in the checkpoint" for key in saved if key not in target]
+    differences += [f"{name(key)}: saved {saved[key]}, wanted {target[key]}" for key in target
+                    if key in saved and None not in (saved[key], target[key]) and saved[key] != target[key]]
+    return differences
+
+
+class _OrbaxErrorsReportedHere(logging.Filter):
+    """Drops the error records of Orbax's failures: a failed save logs its traceback several
+    times from its background threads (about 200 lines per array written) before `wait`
+    re-raises it, and asyncio reports the sibling tasks' errors when they are collected;
+    every Orbax call of this module turns that error into one CheckpointError message."""
+
+    @staticmethod
+    def _from_orbax(filename: str) -> bool:
+        return f"{os.sep}orbax{os.sep}" in filename
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        if self._from_orbax(record.pathname):
+            return False
+        trace = record.exc_info[1].__traceback__ if record.exc_info and record.exc_info[1] else None
+        while trace is not None:
+            if self._from_orbax(trace.tb_frame.f_code.co_filename):
+                return False
+            trace = trace.tb_next
+        return True
+
+
+for _name in ("absl", "asyncio"):
+    if not any(isinstance(f, _OrbaxErrorsReportedHere) for f in logging.getLogger(_name).filters):
+        logging.getLogger(_name).addFilter(_OrbaxErrorsReportedHere())
+
+
+def _is_late_write_callback(error: BaseException | None) -> bool:
+    """The RuntimeError a TensorStore write reports when it completes after the event loop of
+    its (failed, already reported) Orbax save has closed."""
+    if not isinstance(error, RuntimeError) or str(error) != "Event loop is closed":
+        return False
+    frames = [frame.name for frame in traceback.extract_tb(error.__traceback__)]
+    return "call_soon_threadsafe" in frames
+
+
+def _drop_late_write_callbacks(previous_hook: Callable) -> Callable:
+    """A `sys.unraisablehook` that drops `_is_late_write_callback` errors (one 5-line traceback
+    per array of a failed save) and passes everything else to `previous_hook`."""
+
+    def hook(unraisable) -> None:
+        if not _is_late_write_callback(unraisable.exc_value):
+            previous_hook(unraisable)
+
+    hook.drops_late_write_callbacks = True
+    return hook
+
+
+if not getattr(sys.unraisablehook, "drops_late_write_callbacks", False):
+    sys.unraisablehook = _drop_late_write_callbacks(sys.unraisablehook)
 
 
 class Restored(NamedTuple):
@@ -78,6 +267,9 @@ class Checkpointer:
             cleanup_tmp_directories=not read_only,  # what a killed run left half-written
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self.read_only = read_only
+        self._pending: int | None = None  # the step being written in the background
+        self._failed = False  # a save failed (and was reported): nothing more to wait for
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> "Checkpointer":
@@ -94,14 +286,40 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, *, params: Any, train_state: Any, data_state: dict, config: TrainConfig) -> None:
-        """Start writing checkpoint `step` (asynchronous unless async_save=False); keeps the last N."""
+        """Start writing checkpoint `step` (asynchronous unless async_save=False); keeps the last N.
+
+        Waits for the previous save first. A failure (now or, for an asynchronous save, at the
+        next `check` / `save` / `wait`) raises CheckpointSaveError; Ctrl-C is held until the
+        arrays are copied off the devices, so an interrupt never abandons a started save."""
+        self.wait()
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(params),
             train_state=ocp.args.StandardSave(train_state),
             data_state=ocp.args.JsonSave(data_state),
             config=ocp.args.JsonSave(config_to_dict(config)),
         )
-        self._manager.save(step, args=args, force=True)
+        self._pending = step
+        try:
+            with deferred_interrupts():
+                self._manager.save(step, args=args, force=True)
+        except Exception as error:  # noqa: BLE001 - any failure to write is reported the same way
+            self._raise_save_error(error)
+        if not self._manager.is_saving_in_progress():  # synchronous (or already finished)
+            self.wait()
+
+    def _raise_save_error(self, error: BaseException) -> None:
+        step, self._pending, self._failed = self._pending, None, True
+        with contextlib.suppress(Exception):
+            self._manager.reload()  # the steps really on disk
+        previous = self.latest_step()
+        kept = f"the previous checkpoint, step {previous}, is intact" if previous is not None else "no earlier checkpoint"
+        raise CheckpointSaveError(f"could not save checkpoint {step} to {os.path.join(self.directory, str(step))}: "
+                                  f"{_cause(error)}. Training stopped; {kept}.") from None
+
+    def check(self) -> None:
+        """Raise CheckpointSaveError if a background save has failed (cheap: call every step)."""
+        if self._pending is not None and not self._manager.is_saving_in_progress():
+            self.wait()
 
     def restore(self, *, params: Any, train_state: Any, step: int | None = None,
                 config: TrainConfig | None = None) -> Restored | None:
@@ -119,20 +337,80 @@ class Checkpointer:
             data_state=ocp.args.JsonRestore(),
             config=ocp.args.JsonRestore(),
         )
-        try:
-            restored = self._manager.restore(step, args=args)
-        except (ValueError, TypeError, KeyError) as e:  # arrays of another shape or structure
-            raise ValueError(self._mismatch_message(step, e, config)) from e
+        restored = self._restore(step, args, {"params": params, "train_state": train_state}, config)
         return Restored(step, restored.params, restored.train_state, restored.data_state,
                         config_from_dict(restored.config, check_paths=False))
 
-    def _mismatch_message(self, step: int, error: Exception, config: TrainConfig | None) -> str:
+    def _restore(self, step: int, args: ocp.args.Composite, targets: dict[str, Any], config: TrainConfig | None):
+        """`manager.restore`, its failure classified: CheckpointCorrupt for a damaged step,
+        ValueError naming the config differences for arrays that do not fit the targets."""
+        try:
+            return self._manager.restore(step, args=args)
+        except Exception as error:  # noqa: BLE001 - classified below from the saved metadata
+            differences = self._array_differences(step, targets)
+            if not differences:  # unreadable metadata, or arrays that fit: the files are what is wrong
+                raise CheckpointCorrupt(step, self.directory, _cause(error)) from None
+            raise ValueError(self._mismatch_message(step, differences, config)) from None
+
+    def _array_differences(self, step: int, targets: dict[str, Any]) -> list[str] | None:
+        """How the arrays saved at `step` differ from `targets` ({item: target tree}) by their
+        metadata (shapes and tree paths); None when that metadata cannot be read (damage)."""
+        differences = []
+        for item, target in targets.items():
+            checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+            try:
+                saved = checkpointer.metadata(os.path.join(self.directory, str(step), item)).item_metadata.tree
+            except Exception:  # noqa: BLE001 - missing or unreadable metadata
+                return None
+            finally:
+                checkpointer.close()
+            differences += _tree_differences(item, saved, target)
+        return differences
+
+    def _mismatch_message(self, step: int, array_differences: list[str], config: TrainConfig | None) -> str:
         saved = self.saved_config(step)
         differences = config_diff(saved, config) if config is not None else ["(the current config was not given)"]
-        return (f"checkpoint {step} in {self.directory} does not fit this run ({type(error).__name__}: "
-                f"{str(error)[:300]}).\nIt was saved with a different config:\n  "
-                + "\n  ".join(differences)
-                + "\nUse another run_dir, or resume=false to start over in this one.")
+        return (f"checkpoint {step} in {self.directory} does not fit this run ("
+                + "; ".join(array_differences[:5]) + ").\nIt was saved with a different config:\n  "
+                + "\n  ".join(differences or ["(no difference: the model code changed since)"])
+                + "\nUse another run_dir, or resume=false to start over in this one (the old run is moved aside).")
+
+    def resume(self, *, params: Any, train_state: Any, config: TrainConfig,
+               log: Callable[[str], None] = _say) -> Restored | None:
+        """What a training run continues from: its newest intact checkpoint, None if there is none.
+
+        A damaged step is named, moved aside to `checkpoints/corrupt-<step>-<time>` and the
+        next older one tried. Config changes since the checkpoint: the `HARMLESS_CHANGES` are
+        logged, any other raises ResumeConfigError naming them, unless
+        `config.resume_allow_changes` (then they are logged too)."""
+        for step in reversed(self.all_steps()):
+            try:
+                harmless, refused = split_changes(self.saved_config(step), config)
+                if refused and not config.resume_allow_changes:
+                    raise ResumeConfigError(
+                        f"checkpoint {step} in {self.directory} was saved under another config; resuming would "
+                        "change:\n  " + "\n  ".join(refused) + "\nRevert these, or set resume_allow_changes=true to "
+                        "resume with them, or resume=false to start over (the old run is moved aside), or use "
+                        "another run_dir.")
+                restored = self.restore(params=params, train_state=train_state, step=step, config=config)
+            except CheckpointCorrupt as corrupt:
+                self._set_aside(corrupt, log)
+                continue
+            if harmless or refused:
+                log(f"resuming from checkpoint {step} with config changes:\n  " + "\n  ".join(harmless + refused))
+            return restored
+        return None
+
+    def _set_aside(self, corrupt: CheckpointCorrupt, log: Callable[[str], None]) -> None:
+        """Move a damaged step out of the way (readers only skip it)."""
+        if self.read_only:
+            log(f"{corrupt}; skipping it")
+            return
+        target = os.path.join(self.directory, time.strftime(f"corrupt-{corrupt.step}-%Y%m%dT%H%M%S"))
+        _on_first_process(lambda: os.rename(os.path.join(self.directory, str(corrupt.step)), target),
+                          f"set_aside_{corrupt.step}")
+        self._manager.reload()
+        log(f"{corrupt}\nmoved it to {target}; trying the previous checkpoint")
 
     def restore_params(self, params: Any, step: int | None = None) -> tuple[int, Any]:
         """Only the parameters of checkpoint `step` (default: latest), like the target `params`."""
@@ -140,24 +418,40 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         args = ocp.args.Composite(params=ocp.args.StandardRestore(_abstract(params)))
-        return step, self._manager.restore(step, args=args).params
+        return step, self._restore(step, args, {"params": params}, None).params
 
     def saved_config(self, step: int | None = None) -> TrainConfig:
-        """The TrainConfig stored with checkpoint `step` (default: latest)."""
+        """The TrainConfig stored with checkpoint `step` (default: latest); CheckpointCorrupt
+        when it cannot be read."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        except Exception as error:  # noqa: BLE001 - a missing or unreadable JSON file
+            raise CheckpointCorrupt(step, self.directory, f"config: {_cause(error)}") from None
         return config_from_dict(restored.config, check_paths=False)
 
     def wait(self) -> None:
-        """Block until every asynchronous save has been written."""
-        self._manager.wait_until_finished()
+        """Block until every asynchronous save has been written; CheckpointSaveError if one failed."""
+        if self._failed:
+            return
+        try:
+            self._manager.wait_until_finished()
+        except Exception as error:  # noqa: BLE001 - any failure to write is reported the same way
+            self._raise_save_error(error)
+        self._pending = None
 
     def close(self) -> None:
-        """Wait for pending saves and release the manager's resources."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Wait for pending saves (saying so: an interrupted run still completes its last
+        checkpoint) and release the manager's resources."""
+        try:
+            if self._pending is not None and self._manager.is_saving_in_progress():
+                _say(f"waiting for checkpoint {self._pending} to be written to {self.directory} ...")
+            self.wait()
+        finally:
+            with contextlib.suppress(Exception) if self._failed else contextlib.nullcontext():
+                self._manager.close()
 
     def __enter__(self) -> "Checkpointer":
         return self
@@ -228,22 +522,36 @@ def load_policy(path: str | os.PathLike, *, step: int | None = None, mesh: jax.s
     with the checkpoint, its parameters restored sharded over `mesh`, or with no mesh whole on
     this process's first local device. Either way the checkpoint may come from any topology
     (another mesh, device count or number of processes): Orbax reads each target shard from
-    the saved parts.
+    the saved parts. Without a step, a damaged latest checkpoint is named and the newest intact
+    one loaded.
     """
-    from flax import nnx
-
     run_dir, path_step = locate_checkpoint(path)
     step = path_step if step is None else step
     checkpointer = Checkpointer(run_dir, async_save=False, read_only=True)
     try:
-        config = checkpointer.saved_config(step)
-        policy, tokenizer = build_policy(config.model, seed=config.seed, abstract=True)
-        graphdef, params = nnx.split(policy)
-        _, params = checkpointer.restore_params(_restore_targets(params, mesh), step)
+        candidates = [step] if step is not None else list(reversed(checkpointer.all_steps())) or [None]
+        for candidate in candidates:  # a damaged latest step is skipped; a requested one is not
+            try:
+                return _load_step(checkpointer, candidate, mesh)
+            except CheckpointCorrupt as corrupt:
+                if candidate == candidates[-1]:
+                    others = [s for s in checkpointer.all_steps() if s != corrupt.step]
+                    raise CheckpointCorrupt(corrupt.step, corrupt.directory, f"{corrupt.reason}. Other steps on "
+                                            f"disk: {others or 'none'}") from None
+                _say(f"{corrupt}; loading the previous checkpoint")
     finally:
         checkpointer.close()
-    return nnx.merge(graphdef, params), tokenizer
 
+
+def _load_step(checkpointer: Checkpointer, step: int | None, mesh: jax.sharding.Mesh | None):
+    """(policy, tokenizer) of checkpoint `step` (None: the latest) of an open checkpointer."""
+    from flax import nnx
+
+    config = checkpointer.saved_config(step)
+    policy, tokenizer = build_policy(config.model, seed=config.seed, abstract=True)
+    graphdef, params = nnx.split(policy)
+    _, params = checkpointer.restore_params(_restore_targets(params, mesh), step)
+    return nnx.merge(graphdef, params), tokenizer
 
 
 def _restore_targets(params: Any, mesh: jax.sharding.Mesh | None) -> Any:

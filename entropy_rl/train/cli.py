@@ -59,13 +59,21 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"entropy-rl train: invalid config for {jax.device_count()} devices:\n{e}", file=sys.stderr)
         return 2
+    from entropy_rl.train.checkpoint import CheckpointError
     from entropy_rl.train.loop import train
+    from entropy_rl.train.signals import Preempted
 
     try:
         summary = train(config)
     except KeyboardInterrupt:
         print(f"\ninterrupted; the same command resumes from the last checkpoint in {config.run_dir}", file=sys.stderr)
         return 130
+    except Preempted as e:
+        print(f"entropy-rl train: {e}", file=sys.stderr)
+        return e.exit_code
+    except CheckpointError as e:
+        print(f"entropy-rl train: {e}", file=sys.stderr)
+        return 1
     if jax.process_index() == 0:  # one summary for a multi-host run
         print(format_summary(summary))
     return 0

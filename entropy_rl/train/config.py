@@ -10,7 +10,7 @@ algorithm.loss is the loss library's `PolicyLossConfig` and mesh is `MeshConfig`
 
 Sections: model, data (with data.curriculum), rollout, algorithm (with algorithm.loss),
 optimizer, mesh, checkpoint, logging, eval, warmstart; run-level fields: seed, run_dir,
-total_steps, resume, max_consecutive_nonfinite.
+total_steps, resume, resume_allow_changes, max_consecutive_nonfinite.
 """
 
 from __future__ import annotations
@@ -322,7 +322,8 @@ class TrainConfig(Section):
     seed: int = 0
     run_dir: Annotated[str, Field(min_length=1)] = "runs/stapo-tiny"
     total_steps: NonNegative = 120
-    resume: bool = True
+    resume: bool = True  # continue from RUN_DIR's latest checkpoint when there is one; false: move the old run aside
+    resume_allow_changes: bool = False  # resume although the config changed beyond total_steps, logging, cadences
     max_consecutive_nonfinite: Positive = 5
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()

@@ -46,9 +46,10 @@ from entropy_rl.parallel import COMPILER_OPTIONS, batch_sharding, make_mesh
 from entropy_rl.parallel.hosts import allgather_host_values, global_from_host_rows, is_multiprocess, mesh_process_count
 from entropy_rl.rollout import Rollout
 from entropy_rl.rollout.scoring import gather_scores, score_batch
-from entropy_rl.train.checkpoint import Checkpointer, build_policy
+from entropy_rl.train.checkpoint import Checkpointer, build_policy, set_aside_previous_run
 from entropy_rl.train.config import TrainConfig
 from entropy_rl.train.metrics import METRICS_FILE, TENSORBOARD_SUBDIR, MetricsLogger
+from entropy_rl.train.signals import StopSignals
 from entropy_rl.train.step import (StepConfig, TrainState, UpdateBatch, create_train_state, no_grad_logprobs,
                                    make_optimizer, non_finite_counts, make_train_step, token_statistics)
 from entropy_rl.train.warmstart import warm_start
@@ -383,6 +384,8 @@ def set_up(config: TrainConfig, devices: Sequence[jax.Device] | None = None) -> 
                              chunk_size=config.model.logprob_chunk_size,
                              num_micro_batches=mini_rows // a.micro_batch_size if a.micro_batch_size else 1)
     seed_key = jax.random.key(config.seed)
+    if not config.resume:  # a fresh run in a used run_dir: the old one is moved aside, never deleted
+        set_aside_previous_run(config.run_dir)
     trainer = Trainer(config=config, mesh=mesh, tokenizer=tokenizer, encode=encode, problems=problems,
                       heldout=heldout_problems(config), iterator=make_iterator(config, problems), sampling=sampling,
                       prompt_length=prompt_length, optimizer=optimizer, schedule=schedule, step_config=step_config,
@@ -399,8 +402,8 @@ def restore_or_initialize(trainer: Trainer, policy: nnx.Module) -> tuple[TrainSt
     state = create_train_state(policy, trainer.optimizer, trainer.mesh)
     needs_reference = losses.get_policy_loss(config.algorithm.name).needs_reference(config.algorithm.loss)
     ref_params = _copy(state.params) if needs_reference else None
-    restored = trainer.checkpointer.restore(params=state.params, train_state=_train_state_tree(state, ref_params)) \
-        if config.resume else None
+    restored = trainer.checkpointer.resume(params=state.params, train_state=_train_state_tree(state, ref_params),
+                                           config=config) if config.resume else None
     if restored is not None:
         t = restored.train_state
         state = state.replace(params=restored.params, opt_state=t["opt_state"], step=t["step"])
@@ -490,16 +493,19 @@ def count_step(run: Run, scalars: dict[str, float], state: TrainState, *, step: 
             "optimizer.learning_rate or check the rewards and the model's dtype")
 
 
-def after_step(trainer: Trainer, state: TrainState, ref_params, run: Run, logger: MetricsLogger, step: int) -> None:
-    """After step `step` (1-based) is counted: a checkpoint every checkpoint.every_steps and at
-    the last step, a held-out evaluation every eval.every_steps (the last step's is the
-    final one, done by `train`)."""
+def after_step(trainer: Trainer, state: TrainState, ref_params, run: Run, logger: MetricsLogger, step: int,
+               stop: StopSignals) -> None:
+    """After step `step` (1-based) is counted: a checkpoint every checkpoint.every_steps, at
+    the last step and when a SIGTERM asked to stop (then `Preempted` is raised once it is
+    saved), a held-out evaluation every eval.every_steps (the last step's is the final one,
+    done by `train`)."""
     config = trainer.config
     last = step == config.total_steps
-    if last or step % config.checkpoint.every_steps == 0:
+    if last or step % config.checkpoint.every_steps == 0 or stop.requested:
         trainer.checkpointer.save(step, params=state.params, train_state=_train_state_tree(state, ref_params),
                                   data_state={"iterator": trainer.iterator.state_dict(),
                                               "run": dataclasses.asdict(run)}, config=config)
+    stop.finish_if_requested(step, trainer.checkpointer)
     if config.eval.every_steps and step % config.eval.every_steps == 0 and not last:
         logger.log(step, eval_log(trainer.evaluate(state), config.eval.benchmark))
 
@@ -516,15 +522,18 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
     if run.warmstart and start_step == 0:
         logger.write(f"warm start: loss {run.warmstart['warmstart/loss_first']:.3f} -> "
                      f"{run.warmstart['warmstart/loss_last']:.3f}; held-out accuracy {run.before['accuracy']:.3f}")
+    stop = StopSignals.install()  # SIGTERM: finish the step, save it, stop (train/signals.py)
     try:
         for step in range(start_step, config.total_steps):
+            trainer.checkpointer.check()  # a failed background save stops the run here
             state, metrics = rl_step(trainer, programs, state, ref_params, step)
             scalars = logger.log(step + 1, metrics)
             count_step(run, scalars, state, step=step + 1, config=config, checkpointer=trainer.checkpointer)
-            after_step(trainer, state, ref_params, run, logger, step + 1)
+            after_step(trainer, state, ref_params, run, logger, step + 1, stop)
         after = trainer.evaluate(state)
         logger.log(config.total_steps, eval_log(after, config.eval.benchmark))
     finally:
+        stop.uninstall()
         logger.close()
         trainer.checkpointer.close()
     return summarize(config, run, after, trainer.checkpointer, time.time() - start_time)

@@ -1,7 +1,8 @@
 """Supervised warm start of a freshly initialised policy on the built-in task's target texts.
 
 A random tiny Qwen3 answers nothing correctly, so RL would see no reward. A short run of
-teacher forcing on `prompt -> meta["solution"] + eos` (e.g. `\\boxed{85}<|im_end|>`) teaches
+teacher forcing on `prompt -> \\boxed{answer} + eos` (e.g. `\\boxed{85}<|im_end|>`), from the
+problems' answers (any dataset, the built-in task's or a file's), teaches
 the answer format and some arithmetic, leaving room for RL to improve the accuracy:
 
     loss = - sum_t m_t log pi(y_t | prompt, y_<t) / sum_t m_t      (target tokens only)
@@ -29,9 +30,9 @@ from entropy_rl.train.step import UpdateBatch, make_schedule, response_logprobs,
 def target_batch(problems: Sequence[Problem], encode_prompt: Callable[[Problem], list[int]], tokenizer
                  ) -> UpdateBatch:
     """Teacher-forcing arrays of every problem: left-padded prompts [N, P], right-padded
-    targets `solution + eos` [N, T] with their mask (advantages and log-probs unused, zero)."""
+    targets `\\boxed{answer} + eos` [N, T] with their mask (advantages and log-probs unused, zero)."""
     prompts = [encode_prompt(p) for p in problems]
-    targets = [tokenizer.encode(p.meta["solution"]) + [tokenizer.eos_token_id] for p in problems]
+    targets = [tokenizer.encode(f"\\boxed{{{p.answer}}}") + [tokenizer.eos_token_id] for p in problems]
     num, prompt_len, target_len = len(problems), max(map(len, prompts)), max(map(len, targets))
     pad = tokenizer.pad_token_id
     prompt_tokens = np.full((num, prompt_len), pad, np.int32)

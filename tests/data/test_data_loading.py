@@ -143,3 +143,55 @@ def test_file_errors(tmp_path):
         load_problems(tmp_path / "x.json")
     with pytest.raises(ValueError, match="on_bad_row"):
         load_problems(tmp_path / "x.json", on_bad_row="ignore")
+
+
+def test_unreadable_files_name_file_and_row(tmp_path):
+    good = json.dumps({"problem": "1+1?", "answer": "2"}).encode()
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(good + b"\n" + bytes(range(128, 256)) + b"\n" + good + b"\n")
+    with pytest.raises(DataError, match=r"binary.jsonl: row 2: not UTF-8 text"):
+        load_problems(binary)
+    skipped = load_problems(binary, on_bad_row="skip")  # skip mode covers undecodable lines
+    assert len(skipped) == 2 and skipped.skipped[0].startswith("row 2: not UTF-8 text")
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe[]")
+    with pytest.raises(DataError, match=r"binary.json: not UTF-8 text"):
+        load_problems(tmp_path / "binary.json")
+    for name, content in [("empty.jsonl", b""), ("blank.jsonl", b"\n \n"), ("empty.json", b"[]")]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataError, match=rf"{name}: no problems: no rows"):
+            load_problems(tmp_path / name)
+    bad = tmp_path / "all_bad.jsonl"
+    bad.write_text(json.dumps({"problem": "no answer"}) + "\n{oops\n")
+    with pytest.raises(DataError, match=r"all_bad.jsonl: no problems: all 2 rows are bad .*row 1: no answer column"):
+        load_problems(bad, on_bad_row="skip")
+
+
+def test_damaged_and_empty_parquet_name_the_file(tmp_path):
+    path = tmp_path / "good.parquet"
+    datasets.Dataset.from_list([{"problem": "1+1?", "answer": "2"}] * 3).to_parquet(str(path))
+    data = path.read_bytes()
+    for name, content in [("zero.parquet", b""), ("truncated.parquet", data[: len(data) // 2]),
+                          ("text.parquet", b"problem,answer\n1+1?,2\n")]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataError, match=rf"{name}: not a readable parquet file"):
+            load_problems(tmp_path / name)
+    datasets.Dataset.from_list([{"problem": "1+1?", "answer": "2"}]).select([]).to_parquet(str(tmp_path / "no_rows.parquet"))
+    with pytest.raises(DataError, match=r"no_rows.parquet: no problems: no rows"):
+        load_problems(tmp_path / "no_rows.parquet")
+
+
+def test_warm_start_targets_come_from_a_user_datasets_answers(tmp_path):
+    from entropy_rl.data import synthetic_problems
+    from entropy_rl.data.tokenizer import BuiltinTokenizer
+    from entropy_rl.train.warmstart import target_batch
+
+    tokenizer = BuiltinTokenizer()
+    path = tmp_path / "user.jsonl"  # no `solution` column: the DAPO / plain question-answer layout
+    path.write_text("".join(json.dumps({"question": f"What is {i}+1?", "answer": str(i + 1)}) + "\n" for i in range(3)))
+    batch = target_batch(load_problems(path), lambda p: tokenizer.encode(p.problem), tokenizer)
+    targets = [tokenizer.decode(row[mask.astype(bool)]) for row, mask in zip(batch.tokens, batch.mask)]
+    assert targets == [f"\\boxed{{{i + 1}}}<|im_end|>" for i in range(3)]
+    synthetic = synthetic_problems(4, seed=0)  # the built-in task's targets are unchanged: its solution is the box
+    batch = target_batch(synthetic, lambda p: tokenizer.encode(p.problem), tokenizer)
+    assert [tokenizer.decode(row[m.astype(bool)]) for row, m in zip(batch.tokens, batch.mask)] == [
+        p.meta["solution"] + "<|im_end|>" for p in synthetic]

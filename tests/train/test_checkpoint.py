@@ -1,5 +1,8 @@
 """Orbax checkpoints: bitwise round trip (params, optimizer state, counters, PRNG keys, JSON
-state, config), keep-last-N, restore onto a mesh, and rebuilding the policy from a run."""
+state, config), keep-last-N, restore onto a mesh, and rebuilding the policy from a run.
+Faults: damaged steps, config changes on resume, resume=false, a failed save."""
+
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +15,7 @@ from entropy_rl.model import save_hf
 from entropy_rl.parallel import MeshConfig, make_mesh, state_shardings
 from entropy_rl.train import checkpoint as ck
 from entropy_rl.train.config import TrainConfig, load_config
+from entropy_rl.train.config import replace as replace_config
 
 SMALL_MODEL = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=2",
                "model.num_attention_heads=2", "model.num_key_value_heads=1", "model.head_dim=16"]
@@ -199,3 +203,169 @@ def test_restore_into_another_architecture_names_the_config_differences(tmp_path
         loader.restore(params=wider, train_state=train_state, config=other)
     message = str(info.value)
     assert "checkpoint 1" in message and "model.hidden_size: 32 -> 64" in message and "resume=false" in message
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def _two_steps(tmp_path, policy, config=None):
+    """A run directory with checkpoints 1 and 2 (different train_state), and the targets."""
+    config = config or _config(tmp_path)
+    params, train_state = _run_state(policy, seed=0)
+    with ck.Checkpointer(tmp_path, max_to_keep=5) as saver:
+        for step in (1, 2):
+            saver.save(step, params=params, train_state=dict(train_state, step=jnp.asarray(step, jnp.int32)),
+                       data_state={"position": step}, config=config)
+    return config, params, train_state
+
+
+def _truncate_arrays(step_dir):
+    for path in step_dir.glob("params/**/d/*"):
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size // 2)
+
+
+def _empty(step_dir):
+    import shutil
+
+    shutil.rmtree(step_dir)
+    step_dir.mkdir()
+
+
+DAMAGE = {
+    "truncated arrays": _truncate_arrays,
+    "no params metadata": lambda d: [p.unlink() for p in (d / "params").glob("*METADATA*")],
+    "no config": lambda d: (d / "config" / "metadata").unlink(),
+    "empty step directory": _empty,
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_latest_step_is_moved_aside_and_the_previous_one_resumed(tmp_path, policy, damage, caplog):
+    config, params, train_state = _two_steps(tmp_path, policy)
+    DAMAGE[damage](tmp_path / "checkpoints" / "2")
+    caplog.set_level(logging.WARNING)
+    messages = []
+    with ck.Checkpointer(tmp_path, max_to_keep=5) as loader:
+        restored = loader.resume(params=params, train_state=train_state, config=config, log=messages.append)
+        assert restored.step == 1 and restored.data_state == {"position": 1}
+        assert int(restored.train_state["step"]) == 1
+        assert loader.all_steps() == [1]
+        loader.save(2, params=params, train_state=train_state, data_state={"position": 2}, config=config)
+    assert len(messages) == 1 and "checkpoint 2 in" in messages[0] and "is damaged" in messages[0]
+    assert "config" not in messages[0].split("damaged")[0]  # reported as damage, not as a config mismatch
+    assert "NoneType" not in messages[0] and not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    aside = [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("corrupt-2-")]
+    assert len(aside) == 1 and aside[0] in messages[0]
+    with ck.Checkpointer(tmp_path, read_only=True) as reader:  # the moved step is not taken for a step
+        assert reader.all_steps() == [1, 2]
+
+
+def test_readers_skip_a_damaged_latest_step_and_name_a_damaged_requested_one(tmp_path, policy, capsys):
+    config = _config(tmp_path / "run")
+    _two_steps(tmp_path / "run", policy, config)
+    _truncate_arrays(tmp_path / "run" / "checkpoints" / "2")
+    loaded, _ = ck.load_policy(config.run_dir)
+    _assert_bitwise_equal(nnx.state(loaded), _run_state(policy, seed=0)[0])
+    assert "checkpoint 2 in" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["1", "2"]  # nothing moved
+    with pytest.raises(ck.CheckpointCorrupt, match=r"checkpoint 2 in .* is damaged: .*Other steps on disk: \[1\]"):
+        ck.load_policy(config.run_dir, step=2)
+
+
+def test_an_array_mismatch_is_not_reported_as_damage(tmp_path, policy):
+    config, params, train_state = _two_steps(tmp_path, policy)
+    wider = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[:-1] + (x.shape[-1] * 2,), x.dtype), params)
+    other = replace_config(config, model={"hidden_size": 64})
+    with ck.Checkpointer(tmp_path) as loader, pytest.raises(ValueError) as info:
+        loader.resume(params=wider, train_state=train_state, config=replace_config(other, resume_allow_changes=True))
+    assert "model.hidden_size: 32 -> 64" in str(info.value) and "saved (" in str(info.value)
+    assert not isinstance(info.value, ck.CheckpointCorrupt)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
+
+
+def test_resume_lists_harmless_config_changes_and_refuses_others(tmp_path, policy):
+    config, params, train_state = _two_steps(tmp_path, policy)
+    harmless = replace_config(config, total_steps=500, logging={"tensorboard": False}, eval={"every_steps": 7},
+                              checkpoint={"every_steps": 3})
+    messages = []
+    with ck.Checkpointer(tmp_path) as loader:
+        assert loader.resume(params=params, train_state=train_state, config=harmless, log=messages.append).step == 2
+    assert len(messages) == 1 and all(key in messages[0] for key in
+                                      ("total_steps: 120 -> 500", "logging.tensorboard", "eval.every_steps", "checkpoint.every_steps"))
+    changed = replace_config(harmless, optimizer={"learning_rate": 0.05}, algorithm={"name": "grpo"})
+    with ck.Checkpointer(tmp_path) as loader, pytest.raises(ck.ResumeConfigError) as info:
+        loader.resume(params=params, train_state=train_state, config=changed, log=messages.append)
+    message = str(info.value)
+    assert "checkpoint 2" in message and "optimizer.learning_rate" in message and "algorithm.name" in message
+    assert "total_steps" not in message and "resume_allow_changes=true" in message
+    allowed = replace_config(changed, resume_allow_changes=True)
+    with ck.Checkpointer(tmp_path) as loader:
+        assert loader.resume(params=params, train_state=train_state, config=allowed, log=messages.append).step == 2
+    assert "optimizer.learning_rate" in messages[-1] and "total_steps" in messages[-1]
+
+
+def test_resume_false_moves_the_old_run_aside(tmp_path, policy):
+    _two_steps(tmp_path, policy)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+    messages = []
+    moved = ck.set_aside_previous_run(tmp_path, log=messages.append)
+    assert moved in messages[0] and "resume=false" in messages[0]
+    assert sorted(p.name for p in (tmp_path / moved / "checkpoints").iterdir()) == ["1", "2"]
+    assert (tmp_path / moved / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.jsonl").exists()
+    assert ck.set_aside_previous_run(tmp_path, log=messages.append) is None and len(messages) == 1
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_a_failed_save_is_one_error_naming_step_path_and_cause(tmp_path, policy, async_save, caplog):
+    """Disk full, for real: a file-size limit makes the array writes fail (EFBIG) as ENOSPC would."""
+    import resource
+    import signal
+
+    config, params, train_state = _two_steps(tmp_path, policy)
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "checkpoints").rglob("*") if p.is_file()}
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead of killing
+    saver = ck.Checkpointer(tmp_path, max_to_keep=2, async_save=async_save)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, limits[1]))
+        with pytest.raises(ck.CheckpointSaveError) as info:
+            saver.save(3, params=params, train_state=train_state, data_state={}, config=config)
+            saver.check()
+            saver.wait()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
+        saver.close()  # no second error
+    message = str(info.value)
+    assert message.startswith(f"could not save checkpoint 3 to {tmp_path}/checkpoints/3: ")
+    assert "File too large [errno 27]" in message and "the previous checkpoint, step 2, is intact" in message
+    assert len(message.splitlines()) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # Orbax's tracebacks are not shown
+    with ck.Checkpointer(tmp_path, read_only=True) as reader:
+        assert reader.all_steps() == [1, 2]  # max_to_keep=2 removed nothing for the failed step
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "checkpoints").rglob("*")
+             if p.is_file() and p.relative_to(tmp_path).parts[1] in ("1", "2")}
+    assert after == before
+
+
+def test_late_write_callbacks_of_a_failed_save_are_not_printed():
+    """TensorStore writes finishing after a failed save's event loop closed report one
+    'Event loop is closed' traceback each; only those are dropped."""
+    import asyncio
+    import types
+
+    loop = asyncio.new_event_loop()
+    loop.close()
+    try:
+        loop.call_soon_threadsafe(print)
+    except RuntimeError as error:
+        late = error
+    other = RuntimeError("Event loop is closed")  # same text, not from a late callback
+    seen = []
+    hook = ck._drop_late_write_callbacks(seen.append)
+    for error in (late, other, ValueError("x")):
+        hook(types.SimpleNamespace(exc_value=error))
+    assert [unraisable.exc_value for unraisable in seen] == [other, seen[1].exc_value]
+    assert isinstance(seen[1].exc_value, ValueError)
