@@ -63,6 +63,8 @@ def check_attention_options(implementation: str, interpret: bool, dtype: str, he
     """Raises ValueError for an implementation that cannot run with these options."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"attention_implementation {implementation!r} is not one of {IMPLEMENTATIONS}")
+    if not isinstance(interpret, bool):
+        raise ValueError(f"attention_interpret must be true or false, got {interpret!r}")
     if interpret and implementation not in PALLAS_IMPLEMENTATIONS:
         raise ValueError(f"attention_interpret=True runs a Pallas kernel {PALLAS_IMPLEMENTATIONS} in "
                          f"interpret mode; attention_implementation={implementation!r} has none")
@@ -74,16 +76,15 @@ def check_attention_options(implementation: str, interpret: bool, dtype: str, he
                          f"at most 256, got {head_dim}")
 
 
-def resolve_implementation(implementation: str, length: int, block_size: int, dtype,
-                           backend: str | None = None) -> str:
+def resolve_implementation(implementation: str, length: int, block_size: int, dtype) -> str:
     """The implementation `causal_attention` runs: `implementation` itself unless "auto",
-    which picks by `backend` (default jax.default_backend()), dtype and length T."""
+    which picks by jax.default_backend(), the dtype and the length T."""
     if implementation != "auto":
         return implementation
-    backend = jax.default_backend() if backend is None else backend
+    backend = jax.default_backend()
     if backend == "tpu":
         return "splash"
-    if backend in ("gpu", "cuda") and jnp.dtype(dtype).name in CUDNN_DTYPES:
+    if backend == "gpu" and jnp.dtype(dtype).name in CUDNN_DTYPES:
         return "cudnn"
     return "dense" if length <= block_size else "blockwise"
 
@@ -146,7 +147,8 @@ def splash_attention(q, k, v, real, *, block_size: int, interpret: bool) -> jax.
 
     T is padded to a multiple of the block (min(block_size, T) rounded up to 128); the
     padded keys are segment 0 and seen by no query. Splash has no softmax scale: q is
-    multiplied by 1/sqrt(D) first (as MaxText does).
+    multiplied by 1/sqrt(D) first (as MaxText does). On TPU, bfloat16 inputs need the
+    default matmul precision: Mosaic rejects jax_default_matmul_precision="highest" there.
     """
     batch, length, heads, head_dim = q.shape
     kv_heads = k.shape[2]
@@ -165,15 +167,9 @@ def splash_attention(q, k, v, real, *, block_size: int, interpret: bool) -> jax.
     return _zero_padding_queries(out, real)
 
 
-@functools.lru_cache(maxsize=64)
 def _splash_kernel(length: int, groups: int, block: int, interpret: bool):
     """The causal splash MQA kernel of `groups` query heads over one kv head, T = length.
-    Built eagerly (its block-mask tables are concrete arrays, so the cache can outlive a trace)."""
-    with jax.ensure_compile_time_eval():
-        return _make_splash_kernel(length, groups, block, interpret)
-
-
-def _make_splash_kernel(length: int, groups: int, block: int, interpret: bool):
+    Built at each trace: its block-mask tables become constants of the traced program."""
     mask = splash.MultiHeadMask([splash.CausalMask((length, length))] * groups)
     sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                               block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,

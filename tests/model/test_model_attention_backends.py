@@ -26,8 +26,10 @@ IMPLEMENTATIONS = ("dense", "blockwise") + KERNELS
 
 @pytest.fixture
 def runnable_cudnn(monkeypatch):
-    """The cuDNN path with jax's XLA implementation of the same lengths contract."""
+    """The cuDNN path with jax's XLA implementation of the same lengths contract, which also
+    takes float32."""
     monkeypatch.setattr(attention, "CUDNN_IMPLEMENTATION", "xla")
+    monkeypatch.setattr(attention, "CUDNN_DTYPES", attention.CUDNN_DTYPES + ("float32",))
 
 
 def padding_mask(batch: int = 3) -> np.ndarray:
@@ -160,6 +162,8 @@ def test_unsupported_combinations_are_config_errors():
         tiny_config(attention_interpret=True)
     with pytest.raises(ValueError, match="'cudnn' needs dtype in .* got dtype='float32'"):
         tiny_config(attention_implementation="cudnn")
+    with pytest.raises(ValueError, match="attention_interpret must be true or false, got 'yes'"):
+        tiny_config(attention_implementation="splash", attention_interpret="yes")
     with pytest.raises(ValueError, match="multiple of 8 and at most 256, got 12"):
         tiny_config(attention_implementation="cudnn", dtype="bfloat16", head_dim=12)
     assert tiny_config(attention_implementation="splash", attention_interpret=True).attention_interpret
