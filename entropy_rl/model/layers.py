@@ -1,5 +1,6 @@
 """Building blocks of the Qwen decoder: parameters with logical axes, RMSNorm, RoPE,
-grouped-query attention and the SwiGLU MLP.
+grouped-query attention (its kernels by backend in model/attention.py; the KV-cache path
+here) and the SwiGLU MLP.
 
 Parameter layouts are chosen for sharding by name (see entropy_rl.parallel): projections
 keep heads as their own axis, e.g. q_proj [heads, head_dim, embed], o_proj
