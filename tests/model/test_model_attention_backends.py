@@ -99,8 +99,11 @@ def run_attention(implementation, q, k, v, real, d_out, dtype=jnp.float32):
     return forward_backward(*(jnp.asarray(a, dtype) for a in (q, k, v, d_out)))
 
 
-@pytest.mark.parametrize("heads,kv_heads", [(4, 2), (8, 2)])
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+# blockwise with G = 2 and the dense/blockwise bf16 and whole-model cases are in
+# test_model_attention.py, test_model_gradients.py and test_model_qwen.py.
+@pytest.mark.parametrize("implementation,heads,kv_heads",
+                         [(name, 4, 2) for name in IMPLEMENTATIONS if name != "blockwise"]
+                         + [(name, 8, 2) for name in IMPLEMENTATIONS])
 def test_attention_equals_float64_reference(implementation, heads, kv_heads, runnable_cudnn):
     """G = 2 and 4 query heads per kv head, left/right/both padding, T = 100: values to 1e-5
     and gradients to 2e-5 at real queries; the kernels return zeros at padding queries."""
@@ -114,18 +117,19 @@ def test_attention_equals_float64_reference(implementation, heads, kv_heads, run
         np.testing.assert_array_equal(np.asarray(out)[~real], 0.0)
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("implementation", KERNELS)
 def test_attention_in_bfloat16_follows_float64_reference(implementation, runnable_cudnn):
     """bfloat16 inputs (bf16 rounding: 2^-8 relative) against the float64 reference of the
-    same bf16-rounded inputs."""
+    same bf16-rounded inputs. Measured largest errors: values 0.0086, gradients 0.0205
+    (pallas_gpu's dk/dv; the others <= 0.0135, as dense and blockwise attention's)."""
     q, k, v, real, d_out = (np.asarray(jnp.asarray(a, jnp.bfloat16).astype(jnp.float32)) if a.dtype != bool
                             else a for a in attention_case(4, 2, seed=1))
     out, grads = run_attention(implementation, q, k, v, real, d_out, jnp.bfloat16)
     assert out.dtype == jnp.bfloat16
     expected_out, *expected_grads = reference_attention(q, k, v, real, d_out)
-    np.testing.assert_allclose(np.asarray(out, np.float32)[real], expected_out[real], atol=3e-2)
+    np.testing.assert_allclose(np.asarray(out, np.float32)[real], expected_out[real], atol=2e-2)
     for got, expected in zip(grads, expected_grads):
-        np.testing.assert_allclose(np.asarray(got, np.float32), expected, atol=6e-2)
+        np.testing.assert_allclose(np.asarray(got, np.float32), expected, atol=4e-2)
 
 
 def test_auto_picks_by_backend_dtype_and_length(monkeypatch):
@@ -169,12 +173,12 @@ def test_unsupported_combinations_are_config_errors():
     assert tiny_config(attention_implementation="splash", attention_interpret=True).attention_interpret
 
 
-def model_config(implementation, **overrides):
+def model_config(implementation):
+    """A 1-layer Qwen3 (hidden 32, 4 query heads over 2 kv heads of dim 16) with this attention."""
     return tiny_config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                       attention_block_size=BLOCK if implementation == "blockwise" else 512,
                        attention_implementation=implementation,
-                       attention_interpret=implementation in attention.PALLAS_IMPLEMENTATIONS, **overrides)
+                       attention_interpret=implementation in attention.PALLAS_IMPLEMENTATIONS)
 
 
 def model_batch():
@@ -203,7 +207,7 @@ def dense_model_results():
     return masked_loss_and_grads(model_config("dense"), *model_batch())
 
 
-@pytest.mark.parametrize("implementation", ("blockwise",) + KERNELS)
+@pytest.mark.parametrize("implementation", KERNELS)
 def test_model_logits_and_gradients_equal_dense(implementation, dense_model_results, runnable_cudnn):
     """The same random Qwen3 weights under each implementation: logits at real tokens and
     every parameter gradient of a loss over real tokens equal dense attention's."""
