@@ -1,6 +1,6 @@
 """Blockwise causal attention for long sequences: the flash-attention algorithm in plain JAX.
 
-Dense attention (`layers.grouped_attention`) keeps each layer's float32 probabilities
+Dense attention (`attention.grouped_attention`) keeps each layer's float32 probabilities
 [B, H, T, T] for the backward pass: 32 GiB per layer for one 16k-token sequence of
 Qwen3-8B (32 heads). Here the T queries and keys are cut into blocks of `block` tokens. A
 query block meets only the key blocks at or before it, with an online softmax (Milakov &

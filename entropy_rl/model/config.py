@@ -14,6 +14,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from entropy_rl.model.attention import check_attention_options
+
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -33,8 +35,12 @@ class QwenConfig:
     of the parameters; both are stored as names ("float32", "bfloat16") so the config stays
     YAML-friendly and hashable. Norms, softmax and logits are float32 whatever these are.
     `remat=True` rematerialises each decoder layer in the backward pass (training memory).
-    Sequences longer than `attention_block_size` tokens take blockwise (flash) attention,
-    whose memory grows as T * attention_block_size instead of T^2 (see model/blockwise.py).
+    `attention_implementation` picks the attention kernel of a forward pass without a KV
+    cache: "auto" (splash on TPU, cuDNN on GPU in bfloat16/float16, else dense up to
+    `attention_block_size` tokens and blockwise (flash) attention beyond, whose memory grows
+    as T * attention_block_size instead of T^2), "dense", "blockwise", "splash", "cudnn" or
+    "pallas_gpu"; `attention_interpret=True` runs the Pallas kernels (splash, pallas_gpu)
+    in interpret mode, on any backend (see model/attention.py).
     """
 
     vocab_size: int
@@ -54,6 +60,8 @@ class QwenConfig:
     param_dtype: str = "float32"
     remat: bool = False
     attention_block_size: int = 512
+    attention_implementation: str = "auto"
+    attention_interpret: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "dtype", dtype_name(self.dtype))
@@ -69,6 +77,11 @@ class QwenConfig:
                 f"num_key_value_heads ({self.num_key_value_heads})")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        try:
+            check_attention_options(self.attention_implementation, self.attention_interpret,
+                                    self.dtype, self.head_dim)
+        except ValueError as error:
+            raise ValueError(f"QwenConfig: {error}") from None
 
     @property
     def model_type(self) -> str:

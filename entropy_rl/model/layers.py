@@ -1,5 +1,6 @@
 """Building blocks of the Qwen decoder: parameters with logical axes, RMSNorm, RoPE,
-grouped-query attention and the SwiGLU MLP.
+grouped-query attention (its kernels by backend in model/attention.py; the KV-cache path
+here) and the SwiGLU MLP.
 
 Parameter layouts are chosen for sharding by name (see entropy_rl.parallel): projections
 keep heads as their own axis, e.g. q_proj [heads, head_dim, embed], o_proj
@@ -16,7 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from entropy_rl.model.blockwise import NEG_INF, blockwise_causal_attention
+from entropy_rl.model.attention import causal_attention, causal_padding_mask, grouped_attention
+from entropy_rl.model.blockwise import NEG_INF
 from entropy_rl.model.cache import write_keys, write_values
 
 
@@ -69,98 +71,6 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     x1, x2 = jnp.split(xf, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
     return (xf * cos + rotated * sin).astype(x.dtype)
-
-
-def causal_padding_mask(attention_mask: jax.Array) -> jax.Array:
-    """bool [B, T, T]: query t sees key s iff s <= t and key s is a real token."""
-    chex.assert_rank(attention_mask, 2)
-    length = attention_mask.shape[1]
-    causal = jnp.tril(jnp.ones((length, length), bool))
-    return causal[None] & attention_mask.astype(bool)[:, None, :]
-
-
-def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, attention_mask: jax.Array,
-                     block_size: int) -> jax.Array:
-    """Causal self-attention of T tokens: q [B, T, H, D], k/v [B, T, KV, D], attention_mask
-    [B, T] (1 = real token) -> [B, T, H, D]; query t sees key s iff s <= t and s is real.
-
-    Up to `block_size` tokens, `grouped_attention` (dense: its [B, H, T, T] probabilities
-    are kept for the backward pass); longer sequences, `blockwise_causal_attention`
-    (O(T * block_size) memory). They differ only on queries that see no key (left padding):
-    uniform weights there, zeros here.
-    """
-    if q.shape[1] <= block_size:
-        return grouped_attention(q, k, v, causal_padding_mask(attention_mask))
-    return blockwise_causal_attention(q, k, v, attention_mask, block_size)
-
-
-def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """softmax(q k^T / sqrt(head_dim) + mask) v without repeating the kv heads.
-
-    q [B, T, H, D], k/v [B, S, KV, D], mask bool [B, T, S] -> [B, T, H, D]. The H = KV * G
-    query heads are grouped G per kv head; scores and softmax are float32. Fully masked
-    rows (padding queries) get uniform weights instead of NaN, and no gradient.
-
-    Computed head-major: the G * T queries of a kv head are the rows of one matmul. The
-    gradient is written by hand (`_attention_backward`), about 1.2x faster on CPU than
-    autodiff's, which transposes the [.., T, S] score gradients.
-    """
-    chex.assert_rank([q, k, v, mask], [4, 4, 4, 3])
-    return _attention(q, k, v, mask)
-
-
-def _to_head_major(x: jax.Array, kv_heads: int) -> jax.Array:
-    """[B, T, KV * G, D] -> [B, KV, G * T, D]."""
-    batch, length, heads, head_dim = x.shape
-    x = x.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
-    return x.transpose(0, 2, 3, 1, 4).reshape(batch, kv_heads, -1, head_dim)
-
-
-def _from_head_major(x: jax.Array, length: int) -> jax.Array:
-    """[B, KV, G * T, D] -> [B, T, KV * G, D]."""
-    batch, kv_heads, rows, head_dim = x.shape
-    x = x.reshape(batch, kv_heads, rows // length, length, head_dim)
-    return x.transpose(0, 3, 1, 2, 4).reshape(batch, length, -1, head_dim)
-
-
-def _attention_forward(q, k, v, mask):
-    """(out [B, T, H, D], residuals): probs = softmax(where(mask, q k^T / sqrt(D), -inf))
-    [B, KV, G * T, S] (float32), out = probs v."""
-    batch, length, heads, head_dim = q.shape
-    kv_heads = k.shape[2]
-    q_rows = _to_head_major(q, kv_heads)
-    keys, values = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-    scores = jnp.einsum("bkmd,bksd->bkms", q_rows, keys, preferred_element_type=jnp.float32)
-    row_mask = jnp.broadcast_to(mask[:, None, None], (batch, 1, heads // kv_heads) + mask.shape[1:])
-    row_mask = row_mask.reshape(batch, 1, -1, mask.shape[-1])
-    probs = jax.nn.softmax(jnp.where(row_mask, scores * head_dim ** -0.5, NEG_INF), axis=-1)
-    out_rows = jnp.einsum("bkms,bksd->bkmd", probs.astype(v.dtype), values)
-    return _from_head_major(out_rows, length), (q_rows, keys, values, row_mask, probs, out_rows)
-
-
-def _attention_backward(residuals, d_out):
-    """With p = softmax(s) and o = p v: dv = p^T do, dp = do v^T,
-    ds = p (dp - rowsum(do * o)) / sqrt(D) (zero where masked), dq = ds k, dk = ds^T q."""
-    q_rows, keys, values, row_mask, probs, out_rows = residuals
-    d_rows = _to_head_major(d_out, keys.shape[1])
-    dtype = values.dtype
-    d_values = jnp.einsum("bkms,bkmd->bksd", probs.astype(dtype), d_rows)
-    d_probs = jnp.einsum("bkmd,bksd->bkms", d_rows, values, preferred_element_type=jnp.float32)
-    delta = jnp.sum(d_rows.astype(jnp.float32) * out_rows.astype(jnp.float32), axis=-1, keepdims=True)
-    d_scores = jnp.where(row_mask, probs * (d_probs - delta), 0.0) * q_rows.shape[-1] ** -0.5
-    d_scores = d_scores.astype(dtype)
-    d_q = jnp.einsum("bkms,bksd->bkmd", d_scores, keys)
-    d_k = jnp.einsum("bkms,bkmd->bksd", d_scores, q_rows)
-    return (_from_head_major(d_q, d_out.shape[1]), d_k.transpose(0, 2, 1, 3),
-            d_values.transpose(0, 2, 1, 3), None)
-
-
-@jax.custom_vjp
-def _attention(q, k, v, mask):
-    return _attention_forward(q, k, v, mask)[0]
-
-
-_attention.defvjp(_attention_forward, _attention_backward)
 
 
 def cached_attention(q, k, v, mask, k_cache, v_cache, cache_mask) -> jax.Array:
@@ -263,6 +173,7 @@ class Attention(nnx.Module):
         pd = jnp.dtype(c.param_dtype)
         self.dtype = jnp.dtype(c.dtype)
         self.block_size = c.attention_block_size
+        self.implementation, self.interpret = c.attention_implementation, c.attention_interpret
         self.q_proj = init_param(rngs, (c.num_attention_heads, c.head_dim, c.hidden_size),
                                  ("heads", "head_dim", "embed"), pd)
         self.k_proj = init_param(rngs, (c.num_key_value_heads, c.head_dim, c.hidden_size),
@@ -309,7 +220,8 @@ class Attention(nnx.Module):
         k = apply_rope(self._project(x, self.k_proj, self.k_bias, self.k_norm), cos, sin)
         v = self._project(x, self.v_proj, self.v_bias, None)
         if cache is None:
-            out, new_cache = causal_attention(q, k, v, attention_mask, self.block_size), (k, v)
+            out = causal_attention(q, k, v, attention_mask, self.block_size, self.implementation, self.interpret)
+            new_cache = (k, v)
         else:
             k_cache, v_cache, cache_mask, slot = cache
             out = cached_attention(q, k, v, causal_padding_mask(attention_mask), k_cache.astype(self.dtype),
