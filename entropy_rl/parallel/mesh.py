@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
 
 MESH_AXES = ("data", "fsdp", "tensor")
+_LAUNCHER_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,23 +51,52 @@ def make_mesh(mesh_config: MeshConfig = MeshConfig(), devices=None) -> jax.shard
                          axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
-def _num_processes_from_env() -> int:
-    """Process count announced by the launcher (JAX, SLURM, Open MPI, TPU pod), else 1."""
-    for key in ("JAX_NUM_PROCESSES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
-        if key in os.environ:
-            return int(os.environ[key])
-    return len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) or 1
+def distributed_arguments(env: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """The keyword arguments of jax.distributed.initialize for the launcher that started this
+    process, or None when it runs alone (env: default os.environ).
+
+    - a plain launcher (tools/launch_local.py, a GPU cluster script): JAX_COORDINATOR_ADDRESS
+      ("host:port" of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID, passed explicitly
+      (jax reads only the address from the environment);
+    - SLURM (srun: SLURM_NTASKS > 1), Open MPI (mpirun: OMPI_COMM_WORLD_SIZE > 1) and TPU pod
+      slices (TPU_WORKER_HOSTNAMES with several hosts): {} (jax detects these itself).
+    """
+    env = os.environ if env is None else env
+    if "JAX_COORDINATOR_ADDRESS" in env or "JAX_NUM_PROCESSES" in env or "JAX_PROCESS_ID" in env:
+        missing = [key for key in _LAUNCHER_VARIABLES if not env.get(key)]
+        if missing:
+            raise ValueError(f"multi-process start-up: {', '.join(missing)} not set; a plain launcher sets all of "
+                             f"{', '.join(_LAUNCHER_VARIABLES)}")
+        num_processes, process_id = (_integer(env, key) for key in _LAUNCHER_VARIABLES[1:])
+        if not 0 <= process_id < num_processes:
+            raise ValueError(f"multi-process start-up: JAX_PROCESS_ID={process_id} is not in "
+                             f"[0, JAX_NUM_PROCESSES={num_processes})")
+        if num_processes == 1:
+            return None
+        return {"coordinator_address": env["JAX_COORDINATOR_ADDRESS"], "num_processes": num_processes,
+                "process_id": process_id}
+    hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+    if (_integer(env, "SLURM_NTASKS", 1) > 1 or _integer(env, "OMPI_COMM_WORLD_SIZE", 1) > 1
+            or len(hosts) > 1):
+        return {}
+    return None
+
+
+def _integer(env: Mapping[str, str], key: str, default: int | None = None) -> int:
+    try:
+        return int(env[key]) if key in env or default is None else default
+    except ValueError:
+        raise ValueError(f"multi-process start-up: {key}={env[key]!r} is not an integer") from None
 
 
 def initialize_distributed() -> bool:
-    """Calls jax.distributed.initialize() when several processes are configured.
+    """Starts jax's distributed runtime when this process is one of several (see
+    `distributed_arguments`); does nothing on one process or when it is already started.
 
-    Several processes are recognised by JAX_COORDINATOR_ADDRESS, or a process count > 1 in
-    JAX_NUM_PROCESSES, SLURM_NTASKS, OMPI_COMM_WORLD_SIZE or TPU_WORKER_HOSTNAMES (which
-    jax.distributed.initialize() then auto-detects). Call it before any other jax call.
-    Returns True when the distributed runtime was started.
+    Call it before any other jax call. Returns True when it started the runtime.
     """
-    if "JAX_COORDINATOR_ADDRESS" not in os.environ and _num_processes_from_env() <= 1:
+    arguments = distributed_arguments()
+    if arguments is None or jax.distributed.is_initialized():
         return False
-    jax.distributed.initialize()
+    jax.distributed.initialize(**arguments)
     return True

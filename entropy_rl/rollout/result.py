@@ -1,13 +1,12 @@
-"""`Rollout`: the sampled responses, on the host as numpy arrays."""
+"""`Rollout`: the sampled responses (a pytree: host numpy arrays, or jax arrays once placed)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
+from flax import struct
 
 
-@dataclasses.dataclass(frozen=True)
+@struct.dataclass
 class Rollout:
     """N = len(prompts) * n sampled responses; row i answers prompt i // n.
 

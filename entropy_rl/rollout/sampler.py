@@ -38,6 +38,8 @@ from tqdm.auto import tqdm
 from entropy_rl.model import KVCache
 from entropy_rl.model.cache import repeat_rows
 from entropy_rl.parallel import COMPILER_OPTIONS, batch_sharding, constrain
+from entropy_rl.parallel.hosts import (addressable_rows, allgather_rows, global_from_host_rows, host_block,
+                                       is_multiprocess)
 from entropy_rl.rollout.batching import left_pad_prompts, round_up
 from entropy_rl.rollout.config import SamplingConfig
 from entropy_rl.rollout.result import Rollout, assemble_rollout
@@ -164,17 +166,17 @@ def _record(state: DecodeState, tokens: jax.Array, logprobs: jax.Array) -> Decod
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "program", "n", "batch"), compiler_options=COMPILER_OPTIONS)
-def _prefill(graphdef, params, prompt_ids, prompt_mask, rng, stop_token_ids, pad_token_id, *, program: _Program,
-             n: int, batch: int) -> DecodeState:
+def _prefill(graphdef, params, prompt_ids, prompt_mask, rng, stop_token_ids, pad_token_id, row_ids=None, *,
+             program: _Program, n: int, batch: int) -> DecodeState:
     """Fill the cache with the prompts [B_p, P], copy each prompt's row to its n samples'
     adjacent rows (the first `batch` <= B_p * n kept), and sample the first response token
-    of each row."""
+    of each row. Row r draws from fold_in(rng, row_ids[r]) (row_ids [batch] int32; None = r)."""
     _TRACE_COUNTS["prefill"] += 1
     model = nnx.merge(graphdef, params)
     logits, cache = _prefill_logits(model, prompt_ids, prompt_mask, program.cache_sizes(prompt_ids.shape[1])[0])
     logits = constrain(repeat_rows(logits, n, batch), ("batch", None))
     cache = _constrain_cache(cache.repeat_rows(n, batch))
-    row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(batch))
+    row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(batch) if row_ids is None else row_ids)
     state = DecodeState(
         cache=cache,
         last_tokens=constrain(jnp.zeros((batch,), jnp.int32), ("batch",)),
@@ -235,21 +237,34 @@ def generate(
     PRNG key; row r (0 <= r < len(prompts) * n) draws from fold_in(rng, r), so its sample
     does not depend on the batch it is in. progress=True shows a tqdm bar updated every
     config.progress_chunk tokens. Returns a host-side `Rollout`.
+
+    On several JAX processes each passes its own share of the prompts (`host_share`): the
+    global batch holds every host's rows, host by host, and each host gets back a Rollout of
+    its own rows only, whose row r draws from fold_in(rng, r + n * the prompts of the hosts
+    before it): the samples of one process given all the prompts.
     """
     program = _Program.from_config(config, mesh)
-    row_multiple = 1 if mesh is None else _batch_shards(mesh)
-    prompt_ids, prompt_mask = left_pad_prompts(
-        prompts, pad_token_id=config.pad_token_id, prompt_bucket=config.prompt_bucket, row_multiple=row_multiple
-    )
+    if is_multiprocess(mesh):
+        prompt_ids, prompt_mask, row_ids = _host_prompt_block(prompts, config, mesh)
+        ids, mask = (global_from_host_rows(x, mesh) for x in (prompt_ids, prompt_mask))
+        row_ids = global_from_host_rows(row_ids, mesh)
+        batch = row_ids.shape[0]
+    else:
+        row_multiple = 1 if mesh is None else _batch_shards(mesh)
+        prompt_ids, prompt_mask = left_pad_prompts(
+            prompts, pad_token_id=config.pad_token_id, prompt_bucket=config.prompt_bucket, row_multiple=row_multiple
+        )
+        ids, mask, row_ids = _to_device(prompt_ids, mesh), _to_device(prompt_mask, mesh), None
+        batch = round_up(len(prompts) * config.n, row_multiple)
     _check_vocab(model, prompt_ids)
     graphdef, params = nnx.split(model)
-    ids, mask = _to_device(prompt_ids, mesh), _to_device(prompt_mask, mesh)
-    batch = round_up(len(prompts) * config.n, row_multiple)
     with program.mesh_context():
         state = _prefill(graphdef, params, ids, mask, rng, _stop_token_array(config), jnp.int32(config.pad_token_id),
-                         program=program, n=config.n, batch=batch)
+                         row_ids, program=program, n=config.n, batch=batch)
         state = _decode_all(graphdef, params, state, program, config, prompt_ids.shape[1], progress)
-    tokens, logprobs, lengths, stopped = jax.device_get((state.tokens, state.logprobs, state.lengths, state.stopped))
+    # each host reads back only its own rows
+    tokens, logprobs, lengths, stopped = (addressable_rows(x) for x in (state.tokens, state.logprobs, state.lengths,
+                                                                         state.stopped))
     return assemble_rollout(
         prompt_tokens=np.repeat(prompt_ids, config.n, axis=0),
         prompt_mask=np.repeat(prompt_mask, config.n, axis=0),
@@ -288,6 +303,27 @@ def _decode_all(graphdef, params, state, program, config, prompt_slots, progress
                         return state
                 done = stop_step
     return state
+
+
+def _host_prompt_block(prompts: Sequence[Sequence[int]], config: SamplingConfig, mesh
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """This host's block of a multi-host batch: prompt ids and mask [R, P] and row ids [R n].
+
+    Every host's block has the same shape: R = the largest host's prompt count rounded up to
+    its batch shards, P = the longest prompt of any host rounded up to config.prompt_bucket
+    (filler rows as in `left_pad_prompts`). Row ids continue those of the hosts before.
+    """
+    shards = _batch_shards(mesh) // jax.process_count()
+    counts = allgather_rows(np.asarray([[len(prompts), max(map(len, prompts), default=1)]]), mesh)
+    rows, length = round_up(int(counts[:, 0].max()), shards), round_up(int(counts[:, 1].max()), config.prompt_bucket)
+    ids, mask = (left_pad_prompts(prompts, pad_token_id=config.pad_token_id, prompt_bucket=length) if prompts
+                 else (np.zeros((0, length), np.int32), np.zeros((0, length), np.int32)))
+    filler = rows - len(prompts)
+    ids = np.pad(ids, ((0, filler), (0, 0)), constant_values=config.pad_token_id)
+    mask = np.pad(mask, ((0, filler), (0, 0)))
+    mask[len(prompts):, -1] = 1  # filler rows: one pad token, so attention always has a key
+    first_row = config.n * int(counts[:host_block(mesh), 0].sum())
+    return ids, mask, np.arange(first_row, first_row + rows * config.n, dtype=np.int32)
 
 
 def _stop_token_array(config: SamplingConfig) -> jax.Array:

@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted; the same command resumes from the last checkpoint in {config.run_dir}", file=sys.stderr)
         return 130
-    print(format_summary(summary))
+    if jax.process_index() == 0:  # one summary for a multi-host run
+        print(format_summary(summary))
     return 0
 
 

@@ -1,17 +1,27 @@
-"""`train(config) -> summary`: the RL loop, one step top to bottom (DESIGN.md's data flow).
+"""`train(config) -> summary`: the RL loop, one step top to bottom.
 
-    prompts (iterator / curriculum) -> rollout: n responses per prompt
-      -> rewards (verifier, DAPO overlong penalty) -> group advantages
-      [-> dynamic sampling: drop zero-variance groups, sample more, at most k rounds]
-      -> old log-probs and entropy (one no-grad forward), reference log-probs (when used)
-      -> ppo_epochs x mini-batches of the compiled train step
-      -> metrics -> checkpoint (every N steps and the last) / held-out eval
+    set_up                  mesh, policy, data, sampling and update settings (`Trainer`)
+    restore_or_initialize   the last checkpoint, or a fresh state and the held-out "before"
+    for each step, rl_step:
+        prompts (iterator / curriculum) -> rollout: n responses per prompt
+          -> rewards (verifier, DAPO overlong penalty) -> group advantages
+          [-> dynamic sampling: drop zero-variance groups, sample more, at most k rounds]
+          -> old log-probs and entropy (one no-grad forward), reference log-probs (when used)
+          -> ppo_epochs x mini-batches of the compiled train step
+    count_step, after_step  metrics and counters -> checkpoint (every N steps and the last)
+                            / held-out eval (`entropy_rl.eval.heldout`)
 
 Every random choice of step s comes from fold_in(key(seed), s), and the data iterator's
 state is checkpointed, so a run killed at any point and restarted continues exactly as an
 uninterrupted run would (bitwise on the CPU). Shapes are static: prompts are padded to one
 length for the whole run and a step always updates on data.batch_size groups, so the
 sampler and the train step compile once.
+
+On several JAX processes (one per host) every process runs this same loop: the iterator
+draws the same global prompts everywhere, each host samples back, decodes and verifies its
+share of them (`entropy_rl.rollout.scoring`), the small per-row rewards are gathered so every
+host takes the same decisions, and the update batch is built on the devices from each host's
+rows; log-probs and mini-batches never leave the devices. Only process 0 writes metrics.
 """
 
 from __future__ import annotations
@@ -27,13 +37,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from entropy_rl import losses
 from entropy_rl.data import LEVELS, Problem, PromptIterator, default_instruction, format_prompt, load_problems, synthetic_problems
-from entropy_rl.eval.metrics import benchmark_metrics
-from entropy_rl.parallel import COMPILER_OPTIONS, make_mesh
-from entropy_rl.rewards import extract_boxed, get_verifier
-from entropy_rl.rollout import Rollout, generate
+from entropy_rl.eval.heldout import bootstrap_interval, eval_log, heldout_eval
+from entropy_rl.parallel import COMPILER_OPTIONS, batch_sharding, make_mesh
+from entropy_rl.parallel.hosts import allgather_host_values, global_from_host_rows, is_multiprocess
+from entropy_rl.rollout import Rollout
+from entropy_rl.rollout.scoring import gather_scores, score_batch
 from entropy_rl.train.checkpoint import Checkpointer, build_policy
 from entropy_rl.train.config import TrainConfig
 from entropy_rl.train.metrics import METRICS_FILE, TENSORBOARD_SUBDIR, MetricsLogger
@@ -41,8 +53,6 @@ from entropy_rl.train.step import (StepConfig, TrainState, UpdateBatch, create_t
                                    make_optimizer, make_train_step, token_statistics)
 from entropy_rl.train.warmstart import warm_start
 
-CONFIDENCE = 0.95
-BOOTSTRAP_RESAMPLES = 2000
 _token_statistics = jax.jit(token_statistics, compiler_options=COMPILER_OPTIONS)
 
 
@@ -117,7 +127,12 @@ class PromptEncoder:
 
 @dataclasses.dataclass
 class Groups:
-    """G groups of n responses (host numpy); row i belongs to group i // n."""
+    """G groups of n responses; row i belongs to group i // n.
+
+    rollout holds the rows' arrays: host numpy on one process; on several, global jax arrays
+    split over the batch axes (each host's rows built on its own devices). The small per-row
+    results are host numpy, the whole batch's on every host.
+    """
 
     rollout: Rollout
     correct: np.ndarray  # [G n] verifier reward (1 = correct)
@@ -127,16 +142,29 @@ class Groups:
 
     def select(self, groups: np.ndarray, n: int) -> "Groups":
         rows = (np.asarray(groups)[:, None] * n + np.arange(n)[None]).reshape(-1)
-        rollout = Rollout(**{f.name: getattr(self.rollout, f.name)[rows] for f in dataclasses.fields(Rollout)})
+        rollout = jax.tree.map(lambda x: x[rows] if isinstance(x, np.ndarray) else _take_rows(x, rows), self.rollout)
         return Groups(rollout, self.correct[rows], self.rewards[rows], [self.answers[i] for i in rows],
                       self.verifier_failures)
 
     @staticmethod
     def concatenate(parts: Sequence["Groups"]) -> "Groups":
-        rollout = Rollout(**{f.name: np.concatenate([getattr(p.rollout, f.name) for p in parts])
-                             for f in dataclasses.fields(Rollout)})
+        def concatenate(*xs):
+            return np.concatenate(xs) if all(isinstance(x, np.ndarray) for x in xs) else _concatenate_rows(*xs)
+
+        rollout = jax.tree.map(concatenate, *[p.rollout for p in parts])
         return Groups(rollout, np.concatenate([p.correct for p in parts]), np.concatenate([p.rewards for p in parts]),
                       [a for p in parts for a in p.answers], sum(p.verifier_failures for p in parts))
+
+
+@jax.jit
+def _take_rows(x: jax.Array, rows: np.ndarray) -> jax.Array:
+    """x[rows] on the devices (rows: host numpy, the same on every host)."""
+    return x[rows]
+
+
+@jax.jit
+def _concatenate_rows(*xs: jax.Array) -> jax.Array:
+    return jnp.concatenate(xs)
 
 
 def overlong_penalty(lengths: np.ndarray, *, max_length: int, buffer: int, factor: float) -> np.ndarray:
@@ -150,18 +178,18 @@ def overlong_penalty(lengths: np.ndarray, *, max_length: int, buffer: int, facto
 
 def sample_groups(model, problems: Sequence[Problem], encode, tokenizer, sampling, key, *, config: TrainConfig,
                   mesh) -> Groups:
-    """n responses per problem, verified and rewarded."""
-    rollout = generate(model, [encode(p) for p in problems], sampling, key, mesh=mesh)
-    responses = [tokenizer.decode(row[:length], skip_special_tokens=True)
-                 for row, length in zip(rollout.tokens, rollout.lengths)]
-    truths = [p.answer for p in problems for _ in range(sampling.n)]
-    verdict = get_verifier(config.data.verifier)(responses, truths, timeout_s=config.data.reward_timeout_s)
-    correct = np.asarray(verdict.rewards, np.float32)
+    """n responses per problem, verified and rewarded (`entropy_rl.rollout.scoring`: each host
+    samples back, decodes and verifies its share; the per-row rewards are then gathered)."""
+    scored = score_batch(model, problems, encode, tokenizer, sampling, key, verifier=config.data.verifier,
+                         timeout_s=config.data.reward_timeout_s, mesh=mesh)
+    gathered = gather_scores(scored, mesh)
     a = config.algorithm
-    rewards = correct + overlong_penalty(rollout.lengths, max_length=sampling.max_new_tokens,
-                                         buffer=a.overlong_buffer_len, factor=a.overlong_penalty_factor)
-    return Groups(rollout, correct, rewards, [extract_boxed(r) for r in responses],
-                  verdict.num_errors + verdict.num_timeouts)
+    rewards = gathered.rewards + overlong_penalty(gathered.lengths, max_length=sampling.max_new_tokens,
+                                                  buffer=a.overlong_buffer_len, factor=a.overlong_penalty_factor)
+    rollout = scored.rollout
+    if is_multiprocess(mesh):
+        rollout = jax.tree.map(lambda x: global_from_host_rows(x, mesh), rollout)
+    return Groups(rollout, gathered.rewards, rewards, gathered.answers, gathered.verifier_failures)
 
 
 def collect_groups(model, iterator, encode, tokenizer, sampling, key, *, config: TrainConfig, mesh
@@ -171,7 +199,8 @@ def collect_groups(model, iterator, encode, tokenizer, sampling, key, *, config:
     Without dynamic sampling: one batch of data.batch_size prompts. With it (DAPO): keep the
     groups whose rewards differ, sample further batches until data.batch_size such groups
     or algorithm.max_sampling_rounds rounds, then fill with zero-variance groups / trim to
-    data.batch_size groups, so the update always has the same shape.
+    data.batch_size groups, so the update always has the same shape. The decisions read
+    the gathered rewards, so every host takes the same ones.
     """
     n, size = sampling.n, config.data.batch_size
     rounds, sampled, kept, zero_variance = 0, [], [], []
@@ -198,19 +227,24 @@ def group_advantages(rewards: np.ndarray, n: int, config: TrainConfig) -> np.nda
     return np.asarray(losses.group_advantages(grouped, estimator=a.advantage_estimator, eps=a.advantage_eps)).reshape(-1)
 
 
+def _host_values(x) -> np.ndarray:
+    """A small per-row array of a Rollout on the host: as is, or gathered from every host."""
+    return x if isinstance(x, np.ndarray) else allgather_host_values(x)
+
+
 def rollout_metrics(groups: Groups, sampled: Groups, n: int) -> dict[str, float]:
     """Reward, accuracy, lengths and the online semantic entropy of the sampled groups."""
     from entropy_rl.semantic_entropy import group_semantic_entropy
 
-    r = sampled.rollout
+    lengths, stopped = _host_values(sampled.rollout.lengths), _host_values(sampled.rollout.stopped)
     answers = [sampled.answers[i:i + n] for i in range(0, len(sampled.answers), n)]
     zero_var = np.asarray(losses.zero_variance_groups(jnp.asarray(sampled.rewards.reshape(-1, n))))
     return {
         "reward/mean": float(sampled.rewards.mean()),
         "accuracy": float(sampled.correct.mean()),
-        "response_length/mean": float(r.lengths.mean()),
-        "response_length/max": float(r.lengths.max()),
-        "response_length/truncated_fraction": float(np.mean(~r.stopped)),
+        "response_length/mean": float(lengths.mean()),
+        "response_length/max": float(lengths.max()),
+        "response_length/truncated_fraction": float(np.mean(~stopped)),
         "groups/zero_variance_fraction": float(zero_var.mean()),
         "groups/update_accuracy": float(groups.correct.mean()),
         "reward/verifier_failures": float(sampled.verifier_failures),
@@ -218,55 +252,26 @@ def rollout_metrics(groups: Groups, sampled: Groups, n: int) -> dict[str, float]
     }
 
 
-def update_batch(groups: Groups, advantages: np.ndarray, prompt_length: int) -> UpdateBatch:
-    """The groups' rows as an UpdateBatch, prompts left-padded to `prompt_length` (static)."""
+def _place_rows(x, mesh: jax.sharding.Mesh):
+    """x split over the mesh's batch axes: a host array (the whole batch, the same on every
+    host) or a global jax array of any sharding."""
+    sharding = batch_sharding(mesh)
+    if isinstance(x, np.ndarray):
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    return jax.jit(lambda y: y, out_shardings=sharding)(x)
+
+
+def update_batch(groups: Groups, advantages: np.ndarray, prompt_length: int, mesh: jax.sharding.Mesh) -> UpdateBatch:
+    """The groups' rows as an UpdateBatch on the mesh (split over its batch axes), prompts
+    left-padded to `prompt_length` (static); old_logp still None."""
     r = groups.rollout
     pad = prompt_length - r.prompt_tokens.shape[1]
     if pad < 0:
         raise ValueError(f"prompt of {r.prompt_tokens.shape[1]} tokens exceeds the run's {prompt_length}")
-    zeros = np.zeros(r.tokens.shape, np.float32)
-    return UpdateBatch(prompt_tokens=np.pad(r.prompt_tokens, ((0, 0), (pad, 0))),
-                       prompt_mask=np.pad(r.prompt_mask, ((0, 0), (pad, 0))), tokens=r.tokens, mask=r.mask,
-                       advantages=advantages.astype(np.float32), old_logp=zeros)
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-def bootstrap_interval(per_problem: np.ndarray, *, seed: int = 0, paired_with: np.ndarray | None = None
-                       ) -> tuple[float, float]:
-    """95% percentile bootstrap interval over problems of mean(per_problem) (or of the mean
-    paired difference per_problem - paired_with)."""
-    values = per_problem if paired_with is None else per_problem - paired_with
-    rng = np.random.default_rng(seed)
-    resamples = values[rng.integers(0, len(values), size=(BOOTSTRAP_RESAMPLES, len(values)))].mean(axis=1)
-    tail = (1 - CONFIDENCE) / 2 * 100
-    return float(np.percentile(resamples, tail)), float(np.percentile(resamples, 100 - tail))
-
-
-def heldout_eval(model, tokenizer, problems: Sequence[Problem], encode, key, *, config: TrainConfig, mesh
-                 ) -> dict[str, Any]:
-    """Held-out accuracy: eval.n samples per problem at eval.temperature, prompts formatted as
-    in training. {"accuracy", "ci" (95% bootstrap over problems), "per_problem", ...}."""
-    e = config.eval
-    sampling = config.rollout.sampling_config(stop_token_ids=tokenizer.stop_token_ids, pad_token_id=tokenizer.pad_token_id,
-                                              temperature=e.temperature, top_p=e.top_p, n=e.n,
-                                              max_new_tokens=e.max_new_tokens or config.rollout.max_new_tokens)
-    groups = sample_groups(model, problems, encode, tokenizer, sampling, key, config=config, mesh=mesh)
-    correct = groups.correct.reshape(len(problems), e.n)
-    per_problem = correct.mean(axis=1)
-    return {"accuracy": float(per_problem.mean()), "ci": bootstrap_interval(per_problem),
-            "scores": benchmark_metrics(correct.astype(int).tolist()),
-            "per_problem": per_problem.tolist(), "num_problems": len(problems), "n": e.n,
-            "distinct_problems": len({p.problem for p in problems}),
-            "temperature": e.temperature, "response_length": float(groups.rollout.lengths.mean())}
-
-
-def eval_log(result: dict[str, Any], config: TrainConfig) -> dict[str, float]:
-    """`eval/accuracy` and `eval/<benchmark>/{accuracy, avg@k, pass@k}` of a `heldout_eval`."""
-    scores = {f"eval/{config.eval.benchmark}/{key}": value for key, value in result["scores"].items()
-              if "@" in key or key == "accuracy"}
-    return {"eval/accuracy": result["accuracy"], **scores}
+    left_pad = (lambda x: x) if pad == 0 else (lambda x: jnp.pad(x, ((0, 0), (pad, 0))))
+    batch = UpdateBatch(prompt_tokens=left_pad(r.prompt_tokens), prompt_mask=left_pad(r.prompt_mask),
+                        tokens=r.tokens, mask=r.mask, advantages=advantages.astype(np.float32), old_logp=None)
+    return jax.tree.map(lambda x: _place_rows(x, mesh), batch)
 
 
 # --------------------------------------------------------------------------- the run
@@ -308,22 +313,76 @@ def _prompt_length(problems: Sequence[Problem], encode, bucket: int) -> int:
     return int(math.ceil(longest / bucket) * bucket)
 
 
+@jax.jit
+def _copy(tree):
+    return jax.tree.map(jnp.copy, tree)
+
+
+@jax.jit
 def _mean_metrics(per_update: list[dict]) -> dict[str, jax.Array]:
+    """Each metric's mean over the step's updates (one program: no op-by-op dispatch on
+    arrays that span several processes)."""
     return {key: jnp.mean(jnp.stack([m[key] for m in per_update])) for key in per_update[0]}
 
 
-def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
-    """Run (or resume) the RL training of `config` on `devices` (default: all); returns the
-    summary (see `summary_table`)."""
-    start_time = time.time()
+@jax.jit
+def _rollout_checks(old_logp: jax.Array, sampler_logp: jax.Array, batch: UpdateBatch) -> tuple[jax.Array, jax.Array]:
+    """(max |old - sampler log-prob| over response tokens, prompt + response tokens of the batch)."""
+    mismatch = jnp.max(jnp.abs(old_logp - sampler_logp) * batch.mask)
+    return mismatch, jnp.sum(batch.mask) + jnp.sum(batch.prompt_mask)
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Everything a run sets up once: the mesh, data, sampling and update settings."""
+
+    config: TrainConfig
+    mesh: jax.sharding.Mesh
+    tokenizer: Any
+    encode: PromptEncoder
+    problems: list[Problem]
+    heldout: list[Problem]
+    iterator: Any
+    sampling: Any  # SamplingConfig of the rollouts
+    prompt_length: int
+    optimizer: Any
+    schedule: Any
+    step_config: StepConfig
+    checkpointer: Checkpointer
+    seed_key: jax.Array
+    eval_key: jax.Array  # the same held-out samples' randomness before, during and after
+
+    @property
+    def mini_batches(self) -> int:
+        return self.config.data.batch_size // self.config.algorithm.mini_batch_size
+
+    @property
+    def mini_rows(self) -> int:
+        return self.config.algorithm.mini_batch_size * self.sampling.n
+
+    def evaluate(self, state: TrainState) -> dict[str, Any]:
+        return heldout_eval(state.model(), self.tokenizer, self.heldout, self.encode, self.eval_key,
+                            config=self.config, mesh=self.mesh)
+
+
+@dataclasses.dataclass
+class Programs:
+    """The compiled programs of the update: the train step, no-grad log-probs, row selection."""
+
+    train_step: Any
+    logprobs: Any
+    take_rows: Any
+
+
+def set_up(config: TrainConfig, devices: Sequence[jax.Device] | None = None) -> tuple[Trainer, nnx.Module]:
+    """(the run's Trainer, the freshly built policy on the mesh)."""
     mesh = make_mesh(config.mesh, devices=devices)
+    if jax.process_count() > 1 and config.data.batch_size % jax.process_count():
+        raise ValueError(f"data.batch_size = {config.data.batch_size} prompts do not split over "
+                         f"{jax.process_count()} processes")
     policy, tokenizer = build_policy(config.model, seed=config.seed, mesh=mesh)
     encode = PromptEncoder(config, tokenizer)
     problems = training_problems(config)
-    heldout = heldout_problems(config)
-    iterator = make_iterator(config, problems)
-    seed_key = jax.random.key(config.seed)
-    eval_key = jax.random.fold_in(seed_key, 2**31 - 1)  # the same samples' randomness before and after
     prompt_length = _prompt_length(problems, encode, config.rollout.prompt_bucket)
     sampling = config.rollout.sampling_config(stop_token_ids=tokenizer.stop_token_ids,
                                               pad_token_id=tokenizer.pad_token_id, prompt_bucket=prompt_length)
@@ -334,33 +393,138 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
     step_config = StepConfig(a.name, a.loss, temperature=sampling.temperature or 1.0,
                              chunk_size=config.model.logprob_chunk_size,
                              num_micro_batches=mini_rows // a.micro_batch_size if a.micro_batch_size else 1)
-    state = create_train_state(policy, optimizer, mesh)
-    checkpointer = Checkpointer.from_config(config)
-    run = Run()
-    ref_params = jax.tree.map(jnp.copy, state.params) if _needs_reference(config) else None
-    restored = checkpointer.restore(params=state.params, train_state=_train_state_tree(state, ref_params)) \
+    seed_key = jax.random.key(config.seed)
+    trainer = Trainer(config=config, mesh=mesh, tokenizer=tokenizer, encode=encode, problems=problems,
+                      heldout=heldout_problems(config), iterator=make_iterator(config, problems), sampling=sampling,
+                      prompt_length=prompt_length, optimizer=optimizer, schedule=schedule, step_config=step_config,
+                      checkpointer=Checkpointer.from_config(config), seed_key=seed_key,
+                      eval_key=jax.random.fold_in(seed_key, 2**31 - 1))
+    return trainer, policy
+
+
+def restore_or_initialize(trainer: Trainer, policy: nnx.Module) -> tuple[TrainState, Any, Run, int]:
+    """(train state, reference parameters or None, counters, first step): the last checkpoint
+    when config.resume finds one; else a fresh state (after the warm start when configured)
+    and the held-out accuracy before training."""
+    config = trainer.config
+    state = create_train_state(policy, trainer.optimizer, trainer.mesh)
+    ref_params = _copy(state.params) if _needs_reference(config) else None
+    restored = trainer.checkpointer.restore(params=state.params, train_state=_train_state_tree(state, ref_params)) \
         if config.resume else None
     if restored is not None:
         t = restored.train_state
         state = state.replace(params=restored.params, opt_state=t["opt_state"], step=t["step"],
                               num_skipped=t["num_skipped"])
-        ref_params = t.get("ref_params")
-        iterator.load_state_dict(restored.data_state["iterator"])
-        run = Run(**restored.data_state["run"])
-        start_step = restored.step
-    else:
-        start_step = 0
-        if config.warmstart.enabled and config.model.hf_path is None and config.warmstart.steps > 0:
-            w = config.warmstart
-            run.warmstart = warm_start(policy, problems, encode, tokenizer, steps=w.steps, batch_size=w.batch_size,
-                                       learning_rate=w.learning_rate, seed=config.seed, mesh=mesh)
-            state = create_train_state(policy, optimizer, mesh)
-            ref_params = jax.tree.map(jnp.copy, state.params) if ref_params is not None else None
-        run.before = heldout_eval(state.model(), tokenizer, heldout, encode, eval_key, config=config, mesh=mesh)
-    train_step = make_train_step(state, mesh, optimizer=optimizer, schedule=schedule, config=step_config)
-    logprobs = functools.partial(no_grad_logprobs, state.graphdef, mesh=mesh, temperature=step_config.temperature,
-                                 chunk_size=step_config.chunk_size)
+        trainer.iterator.load_state_dict(restored.data_state["iterator"])
+        return state, t.get("ref_params"), Run(**restored.data_state["run"]), restored.step
+    run = Run()
+    if config.warmstart.enabled and config.model.hf_path is None and config.warmstart.steps > 0:
+        w = config.warmstart
+        run.warmstart = warm_start(policy, trainer.problems, trainer.encode, trainer.tokenizer, steps=w.steps,
+                                   batch_size=w.batch_size, learning_rate=w.learning_rate, seed=config.seed,
+                                   mesh=trainer.mesh)
+        state = create_train_state(policy, trainer.optimizer, trainer.mesh)
+        ref_params = _copy(state.params) if ref_params is not None else None
+    run.before = trainer.evaluate(state)
+    return state, ref_params, run, 0
+
+
+def compile_programs(trainer: Trainer, state: TrainState) -> Programs:
+    mesh, step_config = trainer.mesh, trainer.step_config
+    return Programs(
+        train_step=make_train_step(state, mesh, optimizer=trainer.optimizer, schedule=trainer.schedule,
+                                   config=step_config),
+        logprobs=functools.partial(no_grad_logprobs, state.graphdef, mesh=mesh, temperature=step_config.temperature,
+                                   chunk_size=step_config.chunk_size),
+        # a mini-batch: rows of the update batch gathered on the devices, split as the batch
+        take_rows=jax.jit(lambda batch, rows: jax.tree.map(lambda x: x[rows], batch),
+                          out_shardings=batch_sharding(mesh)),
+    )
+
+
+def rl_step(trainer: Trainer, programs: Programs, state: TrainState, ref_params, step: int
+            ) -> tuple[TrainState, dict[str, Any], int]:
+    """One RL step: sample and score, advantages, old / reference log-probs, then
+    ppo_epochs x mini-batches of updates. Returns (state, the step's metrics, updates made)."""
+    config, sampling, a = trainer.config, trainer.sampling, trainer.config.algorithm
+    step_start = time.time()
+    step_key = jax.random.fold_in(trainer.seed_key, step)
+    groups, sampled, rounds = collect_groups(state.model(), trainer.iterator, trainer.encode, trainer.tokenizer,
+                                             sampling, jax.random.fold_in(step_key, 0), config=config,
+                                             mesh=trainer.mesh)
+    advantages = group_advantages(groups.rewards, sampling.n, config)
+    batch = update_batch(groups, advantages, trainer.prompt_length, trainer.mesh)
+    rollout_time = time.time() - step_start
+
+    old_logp, entropy = programs.logprobs(state.params, batch)
+    ref_logp = None if ref_params is None else programs.logprobs(ref_params, batch)[0]
+    batch = batch.replace(old_logp=old_logp, ref_logp=ref_logp)  # stays on the devices
+    metrics = dict(_token_statistics(old_logp, entropy, batch.advantages, batch.mask))
+    metrics["rollout/logp_mismatch"], tokens = _rollout_checks(old_logp, _place_rows(groups.rollout.logprobs,
+                                                                                      trainer.mesh), batch)
+
+    per_update = []
+    update_key = jax.random.fold_in(step_key, 1)
+    for epoch in range(a.ppo_epochs):
+        order = np.asarray(jax.random.permutation(jax.random.fold_in(update_key, epoch), len(advantages)))
+        for k in range(trainer.mini_batches):
+            mini = programs.take_rows(batch, order[k * trainer.mini_rows:(k + 1) * trainer.mini_rows])
+            state, update_metrics = programs.train_step(state, mini, jax.random.fold_in(update_key, 1000 * epoch + k))
+            per_update.append(update_metrics)
+    update_metrics = _mean_metrics(per_update)
+    jax.block_until_ready(state.params)
+    step_time = time.time() - step_start
+
+    metrics |= {k if k.startswith("loss") or k in ("grad_norm", "lr", "skipped") else f"update/{k}": v
+                for k, v in update_metrics.items()}
     flag_metric = _flag_metric(config)
+    if flag_metric is not None:
+        metrics["loss/masked_fraction"] = update_metrics[flag_metric]
+    metrics |= rollout_metrics(groups, sampled, sampling.n)
+    metrics |= {"time/rollout": rollout_time, "time/update": step_time - rollout_time, "time/step": step_time,
+                "time/tokens_per_s": float(tokens) / step_time, "sampling/rounds": rounds}
+    return state, metrics, len(per_update)
+
+
+def count_step(run: Run, scalars: dict[str, float], num_updates: int, *, step: int, config: TrainConfig,
+               checkpointer: Checkpointer) -> None:
+    """Add a logged step to the run's counters; stop after max_consecutive_nonfinite skipped
+    updates in a row."""
+    run.steps_logged += 1
+    run.entropy_start = scalars["entropy/mean"] if run.entropy_start is None else run.entropy_start
+    run.entropy_end = scalars["entropy/mean"]
+    run.masked_fraction_sum += scalars.get("loss/masked_fraction", 0.0)
+    skipped = int(round(scalars["skipped"] * num_updates))
+    run.num_skipped += skipped
+    run.consecutive_nonfinite = run.consecutive_nonfinite + skipped if skipped == num_updates else 0
+    if run.consecutive_nonfinite >= config.max_consecutive_nonfinite:
+        raise FloatingPointError(
+            f"{run.consecutive_nonfinite} non-finite updates in a row at step {step}: stopping. The last "
+            f"good checkpoint is step {checkpointer.latest_step()} in {checkpointer.directory}; lower "
+            "optimizer.learning_rate or check the rewards and the model's dtype")
+
+
+def after_step(trainer: Trainer, state: TrainState, ref_params, run: Run, logger: MetricsLogger, step: int) -> None:
+    """After step `step` (1-based) is counted: a checkpoint every checkpoint.every_steps and at
+    the last step, a held-out evaluation every eval.every_steps (the last step's is the
+    final one, done by `train`)."""
+    config = trainer.config
+    last = step == config.total_steps
+    if last or step % config.checkpoint.every_steps == 0:
+        trainer.checkpointer.save(step, params=state.params, train_state=_train_state_tree(state, ref_params),
+                                  data_state={"iterator": trainer.iterator.state_dict(),
+                                              "run": dataclasses.asdict(run)}, config=config)
+    if config.eval.every_steps and step % config.eval.every_steps == 0 and not last:
+        logger.log(step, eval_log(trainer.evaluate(state), config.eval.benchmark))
+
+
+def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
+    """Run (or resume) the RL training of `config` on `devices` (default: all, on every
+    process of a multi-host job); returns the summary (see `summary_table`)."""
+    start_time = time.time()
+    trainer, policy = set_up(config, devices)
+    state, ref_params, run, start_step = restore_or_initialize(trainer, policy)
+    programs = compile_programs(trainer, state)
     logger = MetricsLogger(config.run_dir, config.logging, total_steps=config.total_steps, start_step=start_step,
                            config=config)
     if run.warmstart and start_step == 0:
@@ -368,65 +532,16 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
                      f"{run.warmstart['warmstart/loss_last']:.3f}; held-out accuracy {run.before['accuracy']:.3f}")
     try:
         for step in range(start_step, config.total_steps):
-            step_start = time.time()
-            step_key = jax.random.fold_in(seed_key, step)
-            groups, sampled, rounds = collect_groups(state.model(), iterator, encode, tokenizer, sampling,
-                                                     jax.random.fold_in(step_key, 0), config=config, mesh=mesh)
-            advantages = group_advantages(groups.rewards, sampling.n, config)
-            batch = update_batch(groups, advantages, prompt_length)
-            rollout_time = time.time() - step_start
-            old_logp, entropy = logprobs(state.params, batch)
-            batch = jax.device_get(batch.replace(  # host arrays: mini-batches are sliced on the host
-                old_logp=old_logp, ref_logp=None if ref_params is None else logprobs(ref_params, batch)[0]))
-            metrics = dict(_token_statistics(old_logp, entropy, jnp.asarray(batch.advantages), jnp.asarray(batch.mask)))
-            metrics["rollout/logp_mismatch"] = jnp.max(jnp.abs(old_logp - groups.rollout.logprobs) * batch.mask)
-            per_update = []
-            update_key = jax.random.fold_in(step_key, 1)
-            for epoch in range(a.ppo_epochs):
-                order = np.asarray(jax.random.permutation(jax.random.fold_in(update_key, epoch), len(advantages)))
-                for k in range(mini_batches):
-                    rows = order[k * mini_rows:(k + 1) * mini_rows]
-                    mini = jax.tree.map(lambda x: x[rows], batch)
-                    state, update_metrics = train_step(state, mini, jax.random.fold_in(update_key, 1000 * epoch + k))
-                    per_update.append(update_metrics)
-            update_metrics = _mean_metrics(per_update)
-            jax.block_until_ready(state.params)
-            step_time = time.time() - step_start
-            metrics |= {k if k.startswith("loss") or k in ("grad_norm", "lr", "skipped") else f"update/{k}": v
-                        for k, v in update_metrics.items()}
-            if flag_metric is not None:
-                metrics["loss/masked_fraction"] = update_metrics[flag_metric]
-            metrics |= rollout_metrics(groups, sampled, sampling.n)
-            metrics |= {"time/rollout": rollout_time, "time/update": step_time - rollout_time, "time/step": step_time,
-                        "time/tokens_per_s": float(groups.rollout.lengths.sum() + batch.prompt_mask.sum()) / step_time,
-                        "sampling/rounds": rounds}
+            state, metrics, num_updates = rl_step(trainer, programs, state, ref_params, step)
             scalars = logger.log(step + 1, metrics)
-            run.steps_logged += 1
-            run.entropy_start = scalars["entropy/mean"] if run.entropy_start is None else run.entropy_start
-            run.entropy_end = scalars["entropy/mean"]
-            run.masked_fraction_sum += scalars.get("loss/masked_fraction", 0.0)
-            skipped = int(round(scalars["skipped"] * len(per_update)))
-            run.num_skipped += skipped
-            run.consecutive_nonfinite = run.consecutive_nonfinite + skipped if skipped == len(per_update) else 0
-            if run.consecutive_nonfinite >= config.max_consecutive_nonfinite:
-                raise FloatingPointError(
-                    f"{run.consecutive_nonfinite} non-finite updates in a row at step {step + 1}: stopping. The last "
-                    f"good checkpoint is step {checkpointer.latest_step()} in {checkpointer.directory}; lower "
-                    "optimizer.learning_rate or check the rewards and the model's dtype")
-            last = step + 1 == config.total_steps
-            if last or (step + 1) % config.checkpoint.every_steps == 0:
-                checkpointer.save(step + 1, params=state.params, train_state=_train_state_tree(state, ref_params),
-                                  data_state={"iterator": iterator.state_dict(), "run": dataclasses.asdict(run)},
-                                  config=config)
-            if config.eval.every_steps and (step + 1) % config.eval.every_steps == 0 and not last:
-                result = heldout_eval(state.model(), tokenizer, heldout, encode, eval_key, config=config, mesh=mesh)
-                logger.log(step + 1, eval_log(result, config))
-        after = heldout_eval(state.model(), tokenizer, heldout, encode, eval_key, config=config, mesh=mesh)
-        logger.log(config.total_steps, eval_log(after, config))
+            count_step(run, scalars, num_updates, step=step + 1, config=config, checkpointer=trainer.checkpointer)
+            after_step(trainer, state, ref_params, run, logger, step + 1)
+        after = trainer.evaluate(state)
+        logger.log(config.total_steps, eval_log(after, config.eval.benchmark))
     finally:
         logger.close()
-        checkpointer.close()
-    return summarize(config, run, after, checkpointer, time.time() - start_time)
+        trainer.checkpointer.close()
+    return summarize(config, run, after, trainer.checkpointer, time.time() - start_time)
 
 
 # --------------------------------------------------------------------------- summary
