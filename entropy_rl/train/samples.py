@@ -74,7 +74,7 @@ def sample_records(step: int, batch, entropy, *, rows: np.ndarray, rewards: np.n
         records.append({
             "step": step, "row": int(row),
             "prompt": tokenizer.decode(prompt, skip_special_tokens=False),
-            "response": tokenizer.decode(tokens[i, :length].tolist(), skip_special_tokens=False),
+            "response": tokenizer.decode(tokens[i, :length].tolist(), skip_special_tokens=True),  # as verified
             "reward": float(rewards[row]), "correct": float(correct[row]), "answer": answers[row],
             "length": length, "advantage": float(advantages[i]),
             "logp": [round(float(x), 5) for x in logp[i, :length]],
