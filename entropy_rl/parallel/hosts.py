@@ -6,7 +6,8 @@ of rows (the mesh lists devices process by process). `host_block` finds this pro
 block; the host builds its block with `jax.make_array_from_process_local_data` and reads
 back only `addressable_rows`, so no process fetches rows that live on another one. Small
 per-row results (rewards, answers) are exchanged with `allgather_rows` / `allgather_strings`.
-On one process every function here is the identity or a plain copy.
+With a mesh of one process's devices (one process, or `--mesh none`-like local runs on
+several) every function here is the identity or a plain copy.
 """
 
 from __future__ import annotations
@@ -26,13 +27,27 @@ def _batch_shards(mesh: jax.sharding.Mesh) -> int:
     return int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
 
 
+def mesh_process_count(mesh: jax.sharding.Mesh | None) -> int:
+    """How many processes own devices of `mesh` (1 without a mesh)."""
+    return 1 if mesh is None else len({device.process_index for device in mesh.devices.flat})
+
+
+def is_multiprocess(mesh: jax.sharding.Mesh | None) -> bool:
+    """Whether `mesh` spans the devices of several processes (then every process owns some)."""
+    processes = mesh_process_count(mesh)
+    if processes > 1 and processes != jax.process_count():
+        raise ValueError(f"a mesh over {processes} of the {jax.process_count()} processes: use every process's "
+                         "devices, or only this process's")
+    return processes > 1
+
+
 def host_blocks(mesh: jax.sharding.Mesh) -> list[int]:
     """blocks[p]: the position of process p's rows among the batch's per-process blocks.
 
     Raises ValueError when the batch axes do not give every process one contiguous block of
     the same size (e.g. a "tensor" axis spanning processes while the batch does not).
     """
-    shards, processes = _batch_shards(mesh), jax.process_count()
+    shards, processes = _batch_shards(mesh), mesh_process_count(mesh)
     rows_of: dict[int, set[int]] = {}
     for device, index in batch_sharding(mesh).devices_indices_map((shards,)).items():
         rows_of.setdefault(device.process_index, set()).update(range(shards)[index[0]])
@@ -49,8 +64,8 @@ def host_blocks(mesh: jax.sharding.Mesh) -> list[int]:
 
 
 def host_block(mesh: jax.sharding.Mesh | None) -> int:
-    """This process's block index (0 on one process or without a mesh)."""
-    if mesh is None or jax.process_count() == 1:
+    """This process's block index (0 when the mesh is one process's, or without a mesh)."""
+    if not is_multiprocess(mesh):
         return 0
     return host_blocks(mesh)[jax.process_index()]
 
@@ -58,23 +73,19 @@ def host_block(mesh: jax.sharding.Mesh | None) -> int:
 def host_share(num_items: int, mesh: jax.sharding.Mesh | None) -> slice:
     """This host's contiguous share of `num_items` items (prompts of a step) in block order:
     block b gets items [b * k + min(b, r), ...) with num_items = k * P + r (sizes differ by
-    at most one). The whole range on one process."""
-    processes = 1 if mesh is None else jax.process_count()
+    at most one). The whole range when the mesh is one process's."""
+    processes = mesh_process_count(mesh)
     block = host_block(mesh)
     size, extra = divmod(num_items, processes)
     start = block * size + min(block, extra)
     return slice(start, start + size + (block < extra))
 
 
-def is_multiprocess(mesh: jax.sharding.Mesh | None) -> bool:
-    return mesh is not None and jax.process_count() > 1
-
-
 def global_from_host_rows(local: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
     """The batch-sharded global array whose block of rows on this process is `local` (every
     process passes the same number of rows)."""
     sharding = batch_sharding(mesh)
-    shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
+    shape = (local.shape[0] * mesh_process_count(mesh), *local.shape[1:])
     return jax.make_array_from_process_local_data(sharding, local, shape)
 
 

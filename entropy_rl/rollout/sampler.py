@@ -39,7 +39,7 @@ from entropy_rl.model import KVCache
 from entropy_rl.model.cache import repeat_rows
 from entropy_rl.parallel import COMPILER_OPTIONS, batch_sharding, constrain
 from entropy_rl.parallel.hosts import (addressable_rows, allgather_rows, global_from_host_rows, host_block,
-                                       is_multiprocess)
+                                       is_multiprocess, mesh_process_count)
 from entropy_rl.rollout.batching import left_pad_prompts, round_up
 from entropy_rl.rollout.config import SamplingConfig
 from entropy_rl.rollout.result import Rollout, assemble_rollout
@@ -313,7 +313,7 @@ def _host_prompt_block(prompts: Sequence[Sequence[int]], config: SamplingConfig,
     its batch shards, P = the longest prompt of any host rounded up to config.prompt_bucket
     (filler rows as in `left_pad_prompts`). Row ids continue those of the hosts before.
     """
-    shards = _batch_shards(mesh) // jax.process_count()
+    shards = _batch_shards(mesh) // mesh_process_count(mesh)
     counts = allgather_rows(np.asarray([[len(prompts), max(map(len, prompts), default=1)]]), mesh)
     rows, length = round_up(int(counts[:, 0].max()), shards), round_up(int(counts[:, 1].max()), config.prompt_bucket)
     ids, mask = (left_pad_prompts(prompts, pad_token_id=config.pad_token_id, prompt_bucket=length) if prompts

@@ -46,7 +46,7 @@ from entropy_rl.data import (LEVELS, Problem, PromptIterator, deduplicate, defau
                              load_problems, synthetic_problems)
 from entropy_rl.eval.heldout import bootstrap_interval, eval_log, heldout_eval
 from entropy_rl.parallel import COMPILER_OPTIONS, batch_sharding, make_mesh
-from entropy_rl.parallel.hosts import allgather_host_values, global_from_host_rows, is_multiprocess
+from entropy_rl.parallel.hosts import allgather_host_values, global_from_host_rows, is_multiprocess, mesh_process_count
 from entropy_rl.rollout import Rollout
 from entropy_rl.rollout.batching import geometric_bucket
 from entropy_rl.rollout.scoring import gather_scores, score_batch
@@ -426,9 +426,9 @@ class Programs:
 def set_up(config: TrainConfig, devices: Sequence[jax.Device] | None = None) -> tuple[Trainer, nnx.Module]:
     """(the run's Trainer, the freshly built policy on the mesh)."""
     mesh = make_mesh(config.mesh, devices=devices)
-    if jax.process_count() > 1 and config.data.batch_size % jax.process_count():
-        raise ValueError(f"data.batch_size = {config.data.batch_size} prompts do not split over "
-                         f"{jax.process_count()} processes")
+    processes = mesh_process_count(mesh)
+    if config.data.batch_size % processes:
+        raise ValueError(f"data.batch_size = {config.data.batch_size} prompts do not split over {processes} processes")
     policy, tokenizer = build_policy(config.model, seed=config.seed, mesh=mesh)
     encode = PromptEncoder(config, tokenizer)
     problems = training_problems(config)

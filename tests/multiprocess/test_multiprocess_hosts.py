@@ -16,6 +16,7 @@ def mesh():
 
 def test_one_process_holds_every_row(mesh):
     assert hosts.host_blocks(mesh) == [0] and hosts.host_block(mesh) == 0 and not hosts.is_multiprocess(mesh)
+    assert hosts.mesh_process_count(mesh) == 1 and hosts.mesh_process_count(None) == 1
     assert hosts.host_share(7, mesh) == slice(0, 7) and hosts.host_share(7, None) == slice(0, 7)
 
 
@@ -36,7 +37,7 @@ def test_gathers_are_the_identity_on_one_process(mesh):
 @pytest.mark.parametrize("items, processes", [(8, 2), (5, 2), (3, 4), (1, 3)])
 def test_shares_tile_the_items_in_block_order(monkeypatch, mesh, items, processes):
     """host_share of every block of P hosts: contiguous, in order, sizes differ by at most one."""
-    monkeypatch.setattr(jax, "process_count", lambda: processes)
+    monkeypatch.setattr(hosts, "mesh_process_count", lambda _mesh: processes)
     shares = []
     for block in range(processes):
         monkeypatch.setattr(hosts, "host_block", lambda _mesh, block=block: block)

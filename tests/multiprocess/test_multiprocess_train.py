@@ -18,7 +18,7 @@ from entropy_rl.train import checkpoint as ck
 from entropy_rl.train.metrics import read_metrics
 
 SCRIPT = str(Path(__file__).with_name("counting_train.py"))
-STEPS, BATCH, N, HELDOUT, EVAL_N = 2, 4, 4, 8, 2
+STEPS, BATCH, N, HELDOUT, EVAL_N = 2, 4, 4, 4, 4  # held-out batches shaped as the rollouts: no more programs
 TINY_RUN = [
     f"total_steps={STEPS}", "checkpoint.every_steps=1", "checkpoint.max_to_keep=5",
     f"data.batch_size={BATCH}", "data.num_synthetic_problems=64", "algorithm.mini_batch_size=2",
