@@ -639,7 +639,7 @@ def _announce_stage(iterator, shown: int | None, step: int, num_stages: int, wri
     stage = getattr(iterator, "stage", None)
     if stage is not None and stage != shown:
         write(f"curriculum: stage {stage + 1} of {num_stages} (semantic entropy low to high) "
-              f"starts at step {step}")
+              f"from step {step}")
     return stage
 
 

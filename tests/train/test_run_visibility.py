@@ -58,7 +58,7 @@ def _config(tmp_path: pathlib.Path, **overrides) -> TrainConfig:
         "model.tokenizer": QWEN3_TOKENIZER, "model.hidden_size": 32, "model.intermediate_size": 64,
         "model.num_hidden_layers": 1, "model.num_attention_heads": 2, "model.num_key_value_heads": 1,
         "model.head_dim": 16, "warmstart.enabled": False, "eval.benchmark": str(tmp_path / "problems.jsonl"),
-        "eval.num_problems": 2, "eval.n": 2, "logging.tensorboard": False, "logging.samples_per_step": 8,
+        "eval.num_problems": 2, "eval.n": 4, "logging.tensorboard": False, "logging.samples_per_step": 8,
     }
     return replace(TrainConfig(), **values | overrides)
 
