@@ -175,3 +175,15 @@ def test_curriculum_keys_ranking_file_and_on_missing(tmp_path):
     assert {p.id for _ in range(2) for p in iterator.next_batch()} == {"p0", "p1"}  # stage 1: low entropy
     with pytest.raises(ValueError, match="on_missing=drop"):
         loop.make_iterator(replace(config, **{"data.curriculum.on_missing": "error"}), problems)
+
+
+def test_rank_deduplicates_like_training(tmp_path, capsys):
+    from entropy_rl.ranking import RankCommandConfig, load_dataset
+
+    path = _problem_file(tmp_path)
+    config = RankCommandConfig(policy="unused", output=str(tmp_path / "ranking.jsonl"),
+                               data={"dataset": str(path), "verifier": "math"})
+    problems = load_dataset(config)
+    assert len(problems) == 8 and len({p.id for p in problems}) == 8 and "p0-again" not in {p.id for p in problems}
+    assert "1 repeated problems removed" in capsys.readouterr().err
+    assert len(load_dataset(config.model_copy(update={"data": config.data.model_copy(update={"deduplicate": False})}))) == 9
