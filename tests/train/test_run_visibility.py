@@ -187,3 +187,16 @@ def test_rank_deduplicates_like_training(tmp_path, capsys):
     assert len(problems) == 8 and len({p.id for p in problems}) == 8 and "p0-again" not in {p.id for p in problems}
     assert "1 repeated problems removed" in capsys.readouterr().err
     assert len(load_dataset(config.model_copy(update={"data": config.data.model_copy(update={"deduplicate": False})}))) == 9
+
+
+def test_steps_without_learning_signal_or_answers_are_warned_then_counted():
+    run, lines = loop.Run(), []
+    silent = {"groups/zero_variance_fraction": 1.0, "accuracy": 0.0, "reward/no_answer_fraction": 0.9}
+    for step in range(1, 13):
+        loop.warn_without_signal(run, silent, step, verifier="math", write=lines.append)
+    loop.warn_without_signal(run, {**silent, "groups/zero_variance_fraction": 0.5, "reward/no_answer_fraction": 0.5},
+                             13, verifier="math", write=lines.append)
+    assert run.steps_without_signal == run.steps_without_answers == 12
+    assert [line.split(":")[0] for line in lines] == ["warning"] * 4  # steps 1 and 11, each kind
+    assert "step 1: no learning signal" in lines[0] and "'math' verifier found no answer in 90%" in lines[1]
+    assert "step 11: no learning signal" in lines[2] and "(11 such steps so far)" in lines[2]
