@@ -200,3 +200,19 @@ def test_steps_without_learning_signal_or_answers_are_warned_then_counted():
     assert [line.split(":")[0] for line in lines] == ["warning"] * 4  # steps 1 and 11, each kind
     assert "step 1: no learning signal" in lines[0] and "'math' verifier found no answer in 90%" in lines[1]
     assert "step 11: no learning signal" in lines[2] and "(11 such steps so far)" in lines[2]
+
+
+def test_groups_of_different_prompt_buckets_concatenate_left_padded():
+    from entropy_rl.rollout import Rollout
+
+    def groups(width, value):
+        rows = 2
+        rollout = Rollout(prompt_tokens=np.full((rows, width), value, np.int32), prompt_mask=np.ones((rows, width), np.int32),
+                          tokens=np.zeros((rows, 3), np.int32), mask=np.ones((rows, 3), np.int32),
+                          logprobs=np.zeros((rows, 3), np.float32), lengths=np.full(rows, 3, np.int32),
+                          stopped=np.ones(rows, bool), prompt_index=np.arange(rows))
+        return loop.Groups(rollout, np.zeros(rows, np.float32), np.zeros(rows, np.float32), [None] * rows)
+
+    joined = loop.Groups.concatenate([groups(2, 7), groups(4, 9)]).rollout
+    assert joined.prompt_tokens.tolist() == [[0, 0, 7, 7]] * 2 + [[9, 9, 9, 9]] * 2
+    assert joined.prompt_mask.tolist() == [[0, 0, 1, 1]] * 2 + [[1, 1, 1, 1]] * 2
