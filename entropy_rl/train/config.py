@@ -168,7 +168,7 @@ class DataConfig(Section):
     (None = the \\boxed{} default for datasets, none for the synthetic task; "" = none);
     `batch_size` counts prompts per RL step (each gets `rollout.n` responses); `on_bad_row`
     "skip" drops bad dataset rows and counts them; `deduplicate` drops repeated problems
-    (same text and answer; counted); `max_prompt_length` (tokens, None = no limit) drops
+    (same statement up to whitespace; counted); `max_prompt_length` (tokens, None = no limit) drops
     longer prompts, naming them in a warning.
     """
 
@@ -256,7 +256,8 @@ class CheckpointConfig(Section):
 
 
 class LoggingConfig(Section):
-    """Metric sinks: RUN_DIR/metrics.jsonl always; TensorBoard, wandb, a progress bar."""
+    """Metric sinks: RUN_DIR/metrics.jsonl always; TensorBoard, wandb, a progress bar (a live
+    bar on a terminal, else a plain line every log_every_s seconds); RUN_DIR/samples.jsonl."""
 
     tensorboard: bool = True
     wandb: bool = False
