@@ -87,7 +87,7 @@ class MetricsLogger:
         if config is not None:
             save_config(config, os.path.join(self.run_dir, CONFIG_FILE))
         path = os.path.join(self.run_dir, METRICS_FILE)
-        _drop_rows_after(path, start_step)
+        _drop_rows_after(path, start_step if start_step else -1)  # a fresh start (step 0) rewrites the log
         self._jsonl = open(path, "a")
         if logging.tensorboard:
             self._tensorboard = _open_tensorboard(self.run_dir, start_step, config)

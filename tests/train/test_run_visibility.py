@@ -216,3 +216,15 @@ def test_groups_of_different_prompt_buckets_concatenate_left_padded():
     joined = loop.Groups.concatenate([groups(2, 7), groups(4, 9)]).rollout
     assert joined.prompt_tokens.tolist() == [[0, 0, 7, 7]] * 2 + [[9, 9, 9, 9]] * 2
     assert joined.prompt_mask.tolist() == [[0, 0, 1, 1]] * 2 + [[1, 1, 1, 1]] * 2
+
+
+def test_a_fresh_start_rewrites_the_log_so_step_zero_is_logged_once(tmp_path):
+    from entropy_rl.train.config import LoggingConfig
+    from entropy_rl.train.metrics import MetricsLogger
+
+    quiet = LoggingConfig(tensorboard=False, progress_bar=False)
+    for _ in range(2):  # killed before its first checkpoint, then started again from step 0
+        with MetricsLogger(tmp_path, quiet, total_steps=2) as logger:
+            logger.log(0, {"eval/accuracy": 0.25})
+            logger.log(1, {"loss": 1.0})
+    assert [row["step"] for row in read_metrics(tmp_path)] == [0, 1]
