@@ -57,7 +57,8 @@ def one_of(choices: Iterable[str] | Callable[[], Iterable[str]]) -> AfterValidat
 
 
 def paths_checked(info: ValidationInfo) -> bool:
-    """Whether validators should check that files exist (`load_command_config(check_paths=...)`)."""
+    """Whether validators should check what this machine and process have: that files exist, that
+    a verifier is registered (`load_command_config(check_paths=...)`; off for a saved config)."""
     return (info.context or {}).get("check_paths", True)
 
 

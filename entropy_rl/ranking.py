@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +41,8 @@ from pydantic import Field
 from tqdm import tqdm
 
 from entropy_rl.configuration import Section, add_config_arguments, command_config, one_of
-from entropy_rl.data import DEFAULT_LEVELS, INSTRUCTION, Problem, default_instruction, format_prompt, load_problems, synthetic_problems
+from entropy_rl.data import (DEFAULT_LEVELS, INSTRUCTION, Problem, deduplicate, default_instruction, format_prompt,
+                             load_problems, synthetic_problems)
 from entropy_rl.data.curriculum import parse_ranking_line
 from entropy_rl.data.synthetic import LEVELS
 from entropy_rl.eval.cli import command_mesh, evaluated_checkpoint, load_checkpoint, mesh_flag
@@ -313,7 +315,13 @@ def load_dataset(config: RankCommandConfig) -> list[Problem]:
     d = config.data
     if d.dataset == "synthetic":
         return synthetic_problems(d.num_synthetic_problems, seed=config.data_seed, levels=d.level_names, split=config.split)
-    return load_problems(d.dataset, problem_key=d.problem_key, answer_key=d.answer_key, on_bad_row=d.on_bad_row)
+    problems = list(load_problems(d.dataset, problem_key=d.problem_key, answer_key=d.answer_key, on_bad_row=d.on_bad_row))
+    if d.deduplicate:  # as training does, so the ranking's ids match the trained problems
+        problems, removed = deduplicate(problems)
+        if removed and jax.process_index() == 0:
+            print(f"data: {removed} repeated problems removed from {d.dataset} ({len(problems)} distinct kept; "
+                  "data.deduplicate=false keeps them)", file=sys.stderr)
+    return problems
 
 
 def host_output(output: Path, process_index: int, process_count: int) -> Path:

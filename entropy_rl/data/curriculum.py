@@ -106,7 +106,7 @@ class CurriculumIterator:
         if unranked and on_missing == "error":
             raise ValueError(
                 f"{len(unranked)} of {len(problems)} problems have no ranking row (e.g. {unranked[:5]}); "
-                "rank them or pass on_missing='drop'"
+                "rank them (`entropy-rl rank`) or leave them out (data.curriculum.on_missing=drop)"
             )
         self._problems = [p for p in problems if str(p.id) in entropy_by_id]
         ids = [str(p.id) for p in self._problems]

@@ -15,6 +15,15 @@ def round_up(value: int, multiple: int) -> int:
     return max(multiple, -(-value // multiple) * multiple)
 
 
+def geometric_bucket(length: int, base: int) -> int:
+    """Smallest base * 2**k (k >= 0) that is >= length: a batch's padded prompt length, so
+    prompts of 1..L tokens use about log2(L / base) + 1 distinct shapes."""
+    bucket = base
+    while bucket < length:
+        bucket *= 2
+    return bucket
+
+
 def left_pad_prompts(
     prompts: Sequence[Sequence[int]], *, pad_token_id: int, prompt_bucket: int, row_multiple: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ import numpy as np
 
 from entropy_rl.data import Problem
 from entropy_rl.parallel.hosts import allgather_rows, allgather_strings, host_share
-from entropy_rl.rewards import extract_boxed, get_verifier
+from entropy_rl.rewards import extract_answer_line, extract_boxed, get_verifier
 from entropy_rl.rollout.config import SamplingConfig
 from entropy_rl.rollout.result import Rollout
 from entropy_rl.rollout.sampler import generate
@@ -72,7 +72,8 @@ def score_batch(model, problems: Sequence[Problem], encode: Callable[[Problem], 
     truths = [p.answer for p in mine for _ in range(sampling.n)]
     check = get_verifier(verifier)
     verdict = check(responses, truths) if timeout_s is None else check(responses, truths, timeout_s=timeout_s)
-    return ScoredBatch(share, rollout, responses, [extract_boxed(r) for r in responses],
+    extract = extract_answer_line if verifier == "answer_line" else extract_boxed  # the form the verifier reads
+    return ScoredBatch(share, rollout, responses, [extract(r) for r in responses],
                        np.asarray(verdict.rewards, np.float32), verdict.num_errors + verdict.num_timeouts)
 
 

@@ -490,6 +490,11 @@ def build_policy(model: ModelConfig, *, seed: int, mesh: jax.sharding.Mesh | Non
 
     tokenizer = load_policy_tokenizer(model)
     config = qwen_config(model, tokenizer.vocab_size)
+    if tokenizer.vocab_size > config.vocab_size:  # checked before any weight is read or a prompt sampled
+        raise ValueError(f"the tokenizer ({model.tokenizer or model.hf_path or 'builtin'}) has {tokenizer.vocab_size} "
+                         f"token ids but the model ({model.hf_path or 'built-in'}) has a vocabulary of "
+                         f"{config.vocab_size}: ids >= {config.vocab_size} have no embedding; use the model's own "
+                         "tokenizer (model.tokenizer) or model.vocab_size >= the tokenizer's")
     if model.hf_path is not None and not abstract:
         policy = load_hf(model.hf_path, dtype=config.dtype, param_dtype=config.param_dtype, mesh=mesh,
                          remat=config.remat, attention_block_size=config.attention_block_size)

@@ -149,12 +149,14 @@ class CurriculumConfig(Section):
     ranking_file: Optional[str] = None
     num_stages: Positive = 2
     epochs_per_stage: Positive = 5
+    on_missing: Annotated[str, one_of(("error", "drop"))] = "error"  # a problem without a ranking row
 
     @field_validator("ranking_file")
     @classmethod
     def _exists(cls, path: Optional[str], info: ValidationInfo) -> Optional[str]:
         if path is not None and paths_checked(info) and not os.path.exists(path):
-            raise ValueError(f"{path!r} does not exist")
+            raise ValueError(f"{path!r} does not exist: write it with `entropy-rl rank` (same data.* settings), "
+                             "or set data.curriculum.ranking_file=null to train without the curriculum")
         return path
 
 
@@ -165,7 +167,9 @@ class DataConfig(Section):
     registered verifier ("synthetic", "math", ...); `instruction` is appended to each problem
     (None = the \\boxed{} default for datasets, none for the synthetic task; "" = none);
     `batch_size` counts prompts per RL step (each gets `rollout.n` responses); `on_bad_row`
-    "skip" drops bad dataset rows and counts them.
+    "skip" drops bad dataset rows and counts them; `deduplicate` drops repeated problems
+    (same statement up to whitespace; counted); `max_prompt_length` (tokens, None = no limit) drops
+    longer prompts, naming them in a warning.
     """
 
     dataset: str = "synthetic"
@@ -173,12 +177,14 @@ class DataConfig(Section):
     synthetic_levels: tuple[int, ...] = (1, 2)
     problem_key: Optional[str] = None
     answer_key: Optional[str] = None
-    verifier: Annotated[str, one_of(verifier_names)] = "synthetic"
+    verifier: str = "synthetic"
     reward_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     prompt_style: Annotated[str, one_of(PROMPT_STYLES)] = "plain"
     instruction: Optional[str] = None
     batch_size: Positive = 16
     on_bad_row: Annotated[str, one_of(("error", "skip"))] = "error"
+    deduplicate: bool = True
+    max_prompt_length: Optional[Positive] = None
     curriculum: CurriculumConfig = CurriculumConfig()
 
     @property
@@ -195,6 +201,13 @@ class DataConfig(Section):
             known = ", ".join(f"{i} {name}" for i, name in enumerate(names, 1))
             raise ValueError(f"{bad or 'no level'}: levels are numbered 1..{len(names)} ({known})")
         return levels
+
+    @field_validator("verifier")
+    @classmethod
+    def _registered_verifier(cls, verifier: str, info: ValidationInfo) -> str:
+        # like a path, a name registered in this process: a saved config read elsewhere (export,
+        # eval of a run that registered its own verifier) skips it with the path checks
+        return one_of(verifier_names).func(verifier) if paths_checked(info) else verifier
 
     @field_validator("dataset")
     @classmethod
@@ -250,13 +263,17 @@ class CheckpointConfig(Section):
 
 
 class LoggingConfig(Section):
-    """Metric sinks: RUN_DIR/metrics.jsonl always; TensorBoard, wandb, a progress bar."""
+    """Metric sinks: RUN_DIR/metrics.jsonl always; TensorBoard, wandb, a progress bar (a live
+    bar on a terminal, else a plain line every log_every_s seconds); RUN_DIR/samples.jsonl."""
 
     tensorboard: bool = True
     wandb: bool = False
     wandb_project: str = "entropy-rl"
     wandb_entity: Optional[str] = None
     progress_bar: bool = True
+    log_every_s: Annotated[float, Field(gt=0)] = 30.0  # plain progress lines when output is not a terminal
+    samples_per_step: NonNegative = 4  # responses kept in RUN_DIR/samples.jsonl per step
+    samples_max_mb: Annotated[float, Field(gt=0)] = 50.0  # samples.jsonl stops growing past this
 
 
 def check_benchmark(benchmark: str, *, check_paths: bool = True) -> str:

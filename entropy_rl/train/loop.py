@@ -14,8 +14,9 @@
 Every random choice of step s comes from fold_in(key(seed), s), and the data iterator's
 state is checkpointed, so a run killed at any point and restarted continues exactly as an
 uninterrupted run would (bitwise on the CPU). Shapes are static: prompts are padded to one
-length for the whole run and a step always updates on data.batch_size groups, so the
-sampler and the train step compile once.
+length per batch (the batch's longest prompt rounded up to rollout.prompt_bucket x 2^k,
+`entropy_rl.rollout.batching.geometric_bucket`) and a step always updates on data.batch_size
+groups, so the sampler and the train step compile once per prompt bucket (a handful).
 
 On several JAX processes (one per host) every process runs this same loop: the iterator
 draws the same global prompts everywhere, each host samples back, decodes and verifies its
@@ -28,9 +29,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
+import json
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,15 +42,19 @@ import numpy as np
 from flax import nnx
 
 from entropy_rl import losses
-from entropy_rl.data import LEVELS, Problem, PromptIterator, default_instruction, format_prompt, load_problems, synthetic_problems
+from entropy_rl.data import (LEVELS, Problem, PromptIterator, deduplicate, default_instruction, format_prompt,
+                             load_problems, synthetic_problems)
 from entropy_rl.eval.heldout import bootstrap_interval, eval_log, heldout_eval
 from entropy_rl.parallel import COMPILER_OPTIONS, batch_sharding, make_mesh
 from entropy_rl.parallel.hosts import allgather_host_values, global_from_host_rows, is_multiprocess, mesh_process_count
 from entropy_rl.rollout import Rollout
+from entropy_rl.rollout.batching import geometric_bucket
 from entropy_rl.rollout.scoring import gather_scores, score_batch
 from entropy_rl.train.checkpoint import Checkpointer, build_policy, set_aside_previous_run
 from entropy_rl.train.config import TrainConfig
 from entropy_rl.train.metrics import METRICS_FILE, TENSORBOARD_SUBDIR, MetricsLogger
+from entropy_rl.train.progress import say
+from entropy_rl.train.samples import SamplesWriter, sample_records, sample_rows_of
 from entropy_rl.train.signals import StopSignals
 from entropy_rl.train.step import (StepConfig, TrainState, UpdateBatch, create_train_state, no_grad_logprobs,
                                    make_optimizer, non_finite_counts, make_train_step, token_statistics)
@@ -71,11 +77,34 @@ def synthetic_levels(levels: Sequence[int]) -> tuple[str, ...]:
 
 
 def training_problems(config: TrainConfig) -> list[Problem]:
-    """The training split: the built-in task, or a dataset file / directory."""
+    """The training split: the built-in task, or a dataset file / directory (repeated
+    problems dropped and counted when data.deduplicate)."""
     d = config.data
     if d.dataset == "synthetic":
         return synthetic_problems(d.num_synthetic_problems, seed=config.seed, levels=synthetic_levels(d.synthetic_levels))
-    return list(load_problems(d.dataset, problem_key=d.problem_key, answer_key=d.answer_key, on_bad_row=d.on_bad_row))
+    problems = list(load_problems(d.dataset, problem_key=d.problem_key, answer_key=d.answer_key, on_bad_row=d.on_bad_row))
+    if d.deduplicate:
+        problems, removed = deduplicate(problems)
+        if removed:
+            say(f"data: {removed} repeated problems removed from {d.dataset} ({len(problems)} distinct kept; "
+                "data.deduplicate=false keeps them)")
+    return problems
+
+
+def drop_long_prompts(problems: Sequence[Problem], encode, max_length: int) -> list[Problem]:
+    """The problems whose prompt has at most max_length tokens; the others are named in a
+    warning (id and length). Raises when none is left."""
+    lengths = [len(encode(p)) for p in problems]
+    kept = [p for p, length in zip(problems, lengths) if length <= max_length]
+    dropped = [(p.id, length) for p, length in zip(problems, lengths) if length > max_length]
+    if dropped:
+        shown = ", ".join(f"{pid!r} ({length} tokens)" for pid, length in dropped[:5])
+        warnings.warn(f"data.max_prompt_length={max_length}: {len(dropped)} of {len(problems)} prompts are longer and "
+                      f"left out: {shown}{', ...' if len(dropped) > 5 else ''}", stacklevel=2)
+    if not kept:
+        raise ValueError(f"data.max_prompt_length={max_length}: every prompt is longer (shortest "
+                         f"{min(lengths)} tokens)")
+    return kept
 
 
 def heldout_problems(config: TrainConfig) -> list[Problem]:
@@ -98,7 +127,7 @@ def make_iterator(config: TrainConfig, problems: Sequence[Problem]):
     from entropy_rl.data.curriculum import CurriculumIterator
 
     return CurriculumIterator(problems, c.ranking_file, config.data.batch_size, seed=config.seed,
-                              num_stages=c.num_stages, epochs_per_stage=c.epochs_per_stage)
+                              num_stages=c.num_stages, epochs_per_stage=c.epochs_per_stage, on_missing=c.on_missing)
 
 
 def prompt_instruction(config: TrainConfig) -> str:
@@ -152,7 +181,8 @@ class Groups:
         def concatenate(*xs):
             return np.concatenate(xs) if all(isinstance(x, np.ndarray) for x in xs) else _concatenate_rows(*xs)
 
-        rollout = jax.tree.map(concatenate, *[p.rollout for p in parts])
+        width = max(p.rollout.prompt_tokens.shape[1] for p in parts)  # rounds of different prompt buckets
+        rollout = jax.tree.map(concatenate, *[_widen_prompts(p.rollout, width) for p in parts])
         return Groups(rollout, np.concatenate([p.correct for p in parts]), np.concatenate([p.rewards for p in parts]),
                       [a for p in parts for a in p.answers], sum(p.verifier_failures for p in parts))
 
@@ -168,6 +198,24 @@ def _concatenate_rows(*xs: jax.Array) -> jax.Array:
     return jnp.concatenate(xs)
 
 
+def _widen_prompts(rollout: Rollout, width: int) -> Rollout:
+    """The rollout with its prompts left-padded (token 0, mask 0) to `width` columns."""
+    pad = width - rollout.prompt_tokens.shape[1]
+    if pad == 0:
+        return rollout
+    left_pad = (lambda x: np.pad(x, ((0, 0), (pad, 0)))) if isinstance(rollout.prompt_tokens, np.ndarray) \
+        else jax.jit(lambda x: jnp.pad(x, ((0, 0), (pad, 0))))
+    return rollout.replace(prompt_tokens=left_pad(rollout.prompt_tokens), prompt_mask=left_pad(rollout.prompt_mask))
+
+
+def batch_sampling(sampling, problems: Sequence[Problem], encode):
+    """`sampling` with prompt_bucket = this batch's padded prompt length: its longest prompt
+    rounded up to sampling.prompt_bucket x 2^k (a handful of lengths over a run, not the
+    dataset's longest prompt for every batch)."""
+    longest = max(len(encode(p)) for p in problems)
+    return dataclasses.replace(sampling, prompt_bucket=geometric_bucket(longest, sampling.prompt_bucket))
+
+
 def overlong_penalty(lengths: np.ndarray, *, max_length: int, buffer: int, factor: float) -> np.ndarray:
     """DAPO's soft overlong punishment [N]: 0 up to max_length - buffer, then falling linearly
     to -factor at max_length."""
@@ -180,7 +228,9 @@ def overlong_penalty(lengths: np.ndarray, *, max_length: int, buffer: int, facto
 def sample_groups(model, problems: Sequence[Problem], encode, tokenizer, sampling, key, *, config: TrainConfig,
                   mesh) -> Groups:
     """n responses per problem, verified and rewarded (`entropy_rl.rollout.scoring`: each host
-    samples back, decodes and verifies its share; the per-row rewards are then gathered)."""
+    samples back, decodes and verifies its share; the per-row rewards are then gathered);
+    prompts padded to the batch's bucket (`batch_sampling`)."""
+    sampling = batch_sampling(sampling, problems, encode)
     scored = score_batch(model, problems, encode, tokenizer, sampling, key, verifier=config.data.verifier,
                          timeout_s=config.data.reward_timeout_s, mesh=mesh)
     gathered = gather_scores(scored, mesh)
@@ -249,6 +299,7 @@ def rollout_metrics(groups: Groups, sampled: Groups, n: int) -> dict[str, float]
         "groups/zero_variance_fraction": float(zero_var.mean()),
         "groups/update_accuracy": float(groups.correct.mean()),
         "reward/verifier_failures": float(sampled.verifier_failures),
+        "reward/no_answer_fraction": float(np.mean([a is None for a in sampled.answers])),
         "semantic_entropy/mean": float(np.mean(group_semantic_entropy(answers, exact_match_only=True))),
     }
 
@@ -262,15 +313,11 @@ def _place_rows(x, mesh: jax.sharding.Mesh):
     return jax.jit(lambda y: y, out_shardings=sharding)(x)
 
 
-def update_batch(groups: Groups, advantages: np.ndarray, prompt_length: int, mesh: jax.sharding.Mesh) -> UpdateBatch:
-    """The groups' rows as an UpdateBatch on the mesh (split over its batch axes), prompts
-    left-padded to `prompt_length` (static); old_logp still None."""
+def update_batch(groups: Groups, advantages: np.ndarray, mesh: jax.sharding.Mesh) -> UpdateBatch:
+    """The groups' rows as an UpdateBatch on the mesh (split over its batch axes), prompts as
+    sampled (left-padded to the batch's prompt bucket); old_logp still None."""
     r = groups.rollout
-    pad = prompt_length - r.prompt_tokens.shape[1]
-    if pad < 0:
-        raise ValueError(f"prompt of {r.prompt_tokens.shape[1]} tokens exceeds the run's {prompt_length}")
-    left_pad = (lambda x: x) if pad == 0 else (lambda x: jnp.pad(x, ((0, 0), (pad, 0))))
-    batch = UpdateBatch(prompt_tokens=left_pad(r.prompt_tokens), prompt_mask=left_pad(r.prompt_mask),
+    batch = UpdateBatch(prompt_tokens=r.prompt_tokens, prompt_mask=r.prompt_mask,
                         tokens=r.tokens, mask=r.mask, advantages=advantages.astype(np.float32), old_logp=None)
     return jax.tree.map(lambda x: _place_rows(x, mesh), batch)
 
@@ -289,6 +336,8 @@ class Run:
     steps_logged: int = 0
     before: dict | None = None
     warmstart: dict | None = None
+    steps_without_signal: int = 0  # every group's rewards equal: all advantages 0
+    steps_without_answers: int = 0  # the verifier extracted no answer from most responses
 
 
 def _train_state_tree(state: TrainState, ref_params) -> dict:
@@ -296,11 +345,6 @@ def _train_state_tree(state: TrainState, ref_params) -> dict:
     if ref_params is not None:
         tree["ref_params"] = ref_params
     return tree
-
-
-def _prompt_length(problems: Sequence[Problem], encode, bucket: int) -> int:
-    longest = max(len(encode(p)) for p in problems)
-    return int(math.ceil(longest / bucket) * bucket)
 
 
 @jax.jit
@@ -333,8 +377,7 @@ class Trainer:
     problems: list[Problem]
     heldout: list[Problem]
     iterator: Any
-    sampling: Any  # SamplingConfig of the rollouts
-    prompt_length: int
+    sampling: Any  # SamplingConfig of the rollouts (prompt_bucket: the base of each batch's bucket)
     optimizer: Any
     schedule: Any
     step_config: StepConfig
@@ -350,9 +393,15 @@ class Trainer:
     def mini_rows(self) -> int:
         return self.config.algorithm.mini_batch_size * self.sampling.n
 
-    def evaluate(self, state: TrainState) -> dict[str, Any]:
-        return heldout_eval(state.model(), self.tokenizer, self.heldout, self.encode, self.eval_key,
-                            config=self.config, mesh=self.mesh)
+    def evaluate(self, state: TrainState, label: str) -> dict[str, Any]:
+        """The held-out evaluation, announced before and after (it can take long)."""
+        e = self.config.eval
+        say(f"held-out eval ({label}): {len(self.heldout)} {e.benchmark} problems x {e.n} samples ...")
+        start = time.time()
+        result = heldout_eval(state.model(), self.tokenizer, self.heldout, self.encode, self.eval_key,
+                              config=self.config, mesh=self.mesh)
+        say(f"held-out eval ({label}): accuracy {result['accuracy']:.3f} in {time.time() - start:.0f} s")
+        return result
 
 
 @dataclasses.dataclass
@@ -373,9 +422,10 @@ def set_up(config: TrainConfig, devices: Sequence[jax.Device] | None = None) -> 
     policy, tokenizer = build_policy(config.model, seed=config.seed, mesh=mesh)
     encode = PromptEncoder(config, tokenizer)
     problems = training_problems(config)
-    prompt_length = _prompt_length(problems, encode, config.rollout.prompt_bucket)
+    if config.data.max_prompt_length is not None:
+        problems = drop_long_prompts(problems, encode, config.data.max_prompt_length)
     sampling = config.rollout.sampling_config(stop_token_ids=tokenizer.stop_token_ids,
-                                              pad_token_id=tokenizer.pad_token_id, prompt_bucket=prompt_length)
+                                              pad_token_id=tokenizer.pad_token_id)
     a = config.algorithm
     mini_batches = config.data.batch_size // a.mini_batch_size
     optimizer, schedule = make_optimizer(config.optimizer, config.total_steps * a.ppo_epochs * mini_batches)
@@ -388,7 +438,7 @@ def set_up(config: TrainConfig, devices: Sequence[jax.Device] | None = None) -> 
         set_aside_previous_run(config.run_dir)
     trainer = Trainer(config=config, mesh=mesh, tokenizer=tokenizer, encode=encode, problems=problems,
                       heldout=heldout_problems(config), iterator=make_iterator(config, problems), sampling=sampling,
-                      prompt_length=prompt_length, optimizer=optimizer, schedule=schedule, step_config=step_config,
+                      optimizer=optimizer, schedule=schedule, step_config=step_config,
                       checkpointer=Checkpointer.from_config(config), seed_key=seed_key,
                       eval_key=jax.random.fold_in(seed_key, 2**31 - 1))
     return trainer, policy
@@ -417,7 +467,7 @@ def restore_or_initialize(trainer: Trainer, policy: nnx.Module) -> tuple[TrainSt
                                    mesh=trainer.mesh)
         state = create_train_state(policy, trainer.optimizer, trainer.mesh)
         ref_params = _copy(state.params) if ref_params is not None else None
-    run.before = trainer.evaluate(state)
+    run.before = trainer.evaluate(state, "before training")
     return state, ref_params, run, 0
 
 
@@ -434,10 +484,11 @@ def compile_programs(trainer: Trainer, state: TrainState) -> Programs:
     )
 
 
-def rl_step(trainer: Trainer, programs: Programs, state: TrainState, ref_params, step: int
-            ) -> tuple[TrainState, dict[str, Any]]:
+def rl_step(trainer: Trainer, programs: Programs, state: TrainState, ref_params, step: int,
+            samples: SamplesWriter | None = None) -> tuple[TrainState, dict[str, Any]]:
     """One RL step: sample and score, advantages, old / reference log-probs, then
-    ppo_epochs x mini-batches of updates. Returns (state, the step's metrics)."""
+    ppo_epochs x mini-batches of updates (a few responses to `samples`, token by token).
+    Returns (state, the step's metrics)."""
     config, sampling, a = trainer.config, trainer.sampling, trainer.config.algorithm
     step_start = time.time()
     step_key = jax.random.fold_in(trainer.seed_key, step)
@@ -445,7 +496,7 @@ def rl_step(trainer: Trainer, programs: Programs, state: TrainState, ref_params,
                                              sampling, jax.random.fold_in(step_key, 0), config=config,
                                              mesh=trainer.mesh)
     advantages = group_advantages(groups.rewards, sampling.n, config)
-    batch = update_batch(groups, advantages, trainer.prompt_length, trainer.mesh)
+    batch = update_batch(groups, advantages, trainer.mesh)
     rollout_time = time.time() - step_start
 
     old_logp, entropy = programs.logprobs(state.params, batch)
@@ -454,6 +505,14 @@ def rl_step(trainer: Trainer, programs: Programs, state: TrainState, ref_params,
     metrics = dict(_token_statistics(old_logp, entropy, batch.advantages, batch.mask))
     metrics["rollout/logp_mismatch"], tokens = _rollout_checks(old_logp, _place_rows(groups.rollout.logprobs,
                                                                                       trainer.mesh), batch)
+    metrics["rollout/prompt_length"] = batch.prompt_tokens.shape[1]  # the batch's prompt bucket
+    flag_metric = losses.get_policy_loss(a.name).flag_metric
+    if samples is not None and config.logging.samples_per_step:
+        rows = sample_rows_of(len(advantages), config.logging.samples_per_step)
+        samples.write(sample_records(step + 1, batch, entropy, rows=rows, rewards=groups.rewards,
+                                     correct=groups.correct, answers=groups.answers, tokenizer=trainer.tokenizer,
+                                     loss_name=a.name, loss_config=trainer.step_config.loss,
+                                     flag=flag_metric and f"loss/{flag_metric}", mesh=trainer.mesh))
 
     per_update = []
     update_key = jax.random.fold_in(step_key, 1)
@@ -468,7 +527,6 @@ def rl_step(trainer: Trainer, programs: Programs, state: TrainState, ref_params,
     step_time = time.time() - step_start
 
     metrics |= update_metrics
-    flag_metric = losses.get_policy_loss(a.name).flag_metric
     if flag_metric is not None:
         metrics["loss/masked_fraction"] = update_metrics[f"loss/{flag_metric}"]
     metrics |= rollout_metrics(groups, sampled, sampling.n)
@@ -493,6 +551,25 @@ def count_step(run: Run, scalars: dict[str, float], state: TrainState, *, step: 
             "optimizer.learning_rate or check the rewards and the model's dtype")
 
 
+def warn_without_signal(run: Run, scalars: dict[str, float], step: int, *, verifier: str, write) -> None:
+    """Warn (first time, then every 10th) about steps that cannot learn: every group's rewards
+    equal (all advantages 0), or no answer extracted from most responses (a format problem)."""
+    if scalars["groups/zero_variance_fraction"] == 1.0:
+        run.steps_without_signal += 1
+        if run.steps_without_signal % 10 == 1:
+            write(f"warning: step {step}: no learning signal: in every group all responses got the same reward "
+                  f"(accuracy {scalars['accuracy']:.0%}), so every advantage is 0 ({run.steps_without_signal} such "
+                  "steps so far); the problems may be too easy or too hard for the policy "
+                  "(groups/zero_variance_fraction in metrics.jsonl)")
+    if scalars["reward/no_answer_fraction"] > 0.5:
+        run.steps_without_answers += 1
+        if run.steps_without_answers % 10 == 1:
+            write(f"warning: step {step}: the {verifier!r} verifier found no answer in "
+                  f"{scalars['reward/no_answer_fraction']:.0%} of the responses ({run.steps_without_answers} such steps "
+                  "so far); check that data.instruction asks for the format data.verifier reads (samples.jsonl "
+                  "holds example responses)")
+
+
 def after_step(trainer: Trainer, state: TrainState, ref_params, run: Run, logger: MetricsLogger, step: int,
                stop: StopSignals) -> None:
     """After step `step` (1-based) is counted: a checkpoint every checkpoint.every_steps, at
@@ -507,7 +584,7 @@ def after_step(trainer: Trainer, state: TrainState, ref_params, run: Run, logger
                                               "run": dataclasses.asdict(run)}, config=config)
     stop.finish_if_requested(step, trainer.checkpointer)
     if config.eval.every_steps and step % config.eval.every_steps == 0 and not last:
-        logger.log(step, eval_log(trainer.evaluate(state), config.eval.benchmark))
+        logger.log(step, eval_log(trainer.evaluate(state, f"step {step}"), config.eval.benchmark))
 
 
 def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
@@ -519,27 +596,60 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
     programs = compile_programs(trainer, state)
     logger = MetricsLogger(config.run_dir, config.logging, total_steps=config.total_steps, start_step=start_step,
                            config=config)
+    samples = SamplesWriter(config.run_dir, start_step=start_step, max_mb=config.logging.samples_max_mb,
+                            enabled=jax.process_index() == 0)
+    if start_step:
+        logger.write(f"resuming from step {start_step} of {config.total_steps} "
+                     f"({os.path.join(trainer.checkpointer.directory, str(start_step))})")
+    else:
+        logger.log(0, eval_log(run.before, config.eval.benchmark))  # the baseline of the curves
     if run.warmstart and start_step == 0:
         logger.write(f"warm start: loss {run.warmstart['warmstart/loss_first']:.3f} -> "
                      f"{run.warmstart['warmstart/loss_last']:.3f}; held-out accuracy {run.before['accuracy']:.3f}")
     stop = StopSignals.install()  # SIGTERM: finish the step, save it, stop (train/signals.py)
+    stage = None
     try:
         for step in range(start_step, config.total_steps):
             trainer.checkpointer.check()  # a failed background save stops the run here
-            state, metrics = rl_step(trainer, programs, state, ref_params, step)
+            state, metrics = rl_step(trainer, programs, state, ref_params, step, samples)
+            stage = _announce_stage(trainer.iterator, stage, step + 1, config.data.curriculum.num_stages, logger.write)
             scalars = logger.log(step + 1, metrics)
             count_step(run, scalars, state, step=step + 1, config=config, checkpointer=trainer.checkpointer)
+            warn_without_signal(run, scalars, step + 1, verifier=config.data.verifier, write=logger.write)
             after_step(trainer, state, ref_params, run, logger, step + 1, stop)
-        after = trainer.evaluate(state)
+        after = trainer.evaluate(state, "final")
         logger.log(config.total_steps, eval_log(after, config.eval.benchmark))
     finally:
         stop.uninstall()
         logger.close()
         trainer.checkpointer.close()
-    return summarize(config, run, after, trainer.checkpointer, time.time() - start_time)
+    summary = summarize(config, run, after, trainer.checkpointer, time.time() - start_time)
+    if jax.process_index() == 0:
+        save_summary(summary, config.run_dir)
+    return summary
+
+
+def _announce_stage(iterator, shown: int | None, step: int, num_stages: int, write) -> int | None:
+    """Write a line when the SENT curriculum's stage changes; returns the stage shown."""
+    stage = getattr(iterator, "stage", None)
+    if stage is not None and stage != shown:
+        write(f"curriculum: stage {stage + 1} of {num_stages} (semantic entropy low to high) "
+              f"from step {step}")
+    return stage
 
 
 # --------------------------------------------------------------------------- summary
+
+SUMMARY_FILE, SUMMARY_TABLE_FILE = "summary.json", "summary.txt"
+
+
+def save_summary(summary: dict[str, Any], run_dir: str) -> None:
+    """RUN_DIR/summary.json (the summary without its table) and RUN_DIR/summary.txt (the table)."""
+    from entropy_rl.jsonl import write_text_atomic
+
+    values = {key: value for key, value in summary.items() if key != "table"}
+    write_text_atomic(os.path.join(run_dir, SUMMARY_FILE), json.dumps(values, indent=2) + "\n")
+    write_text_atomic(os.path.join(run_dir, SUMMARY_TABLE_FILE), summary["table"] + "\n")
 
 
 def summarize(config: TrainConfig, run: Run, after: dict, checkpointer: Checkpointer, seconds: float) -> dict[str, Any]:

@@ -87,16 +87,16 @@ class MetricsLogger:
         if config is not None:
             save_config(config, os.path.join(self.run_dir, CONFIG_FILE))
         path = os.path.join(self.run_dir, METRICS_FILE)
-        _drop_rows_after(path, start_step)
+        _drop_rows_after(path, start_step if start_step else -1)  # a fresh start (step 0) rewrites the log
         self._jsonl = open(path, "a")
         if logging.tensorboard:
             self._tensorboard = _open_tensorboard(self.run_dir, start_step, config)
         if logging.wandb:
             self._wandb = _open_wandb(self.run_dir, logging, config)
-        if logging.progress_bar:
-            from tqdm.auto import tqdm
+        from entropy_rl.train.progress import open_progress  # a live bar on a terminal, else plain lines
 
-            self._progress = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+        self._progress = open_progress(total=total_steps, initial=start_step, every_s=logging.log_every_s,
+                                       live=logging.progress_bar)
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
         """Write one step's metrics (scalars) to every sink; returns them as Python floats."""

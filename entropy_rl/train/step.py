@@ -230,7 +230,7 @@ def token_statistics(logp: jax.Array, entropy: jax.Array, advantages: jax.Array,
 # --------------------------------------------------------------------------- the step
 
 
-def _loss_inputs(batch: UpdateBatch, logp: jax.Array, entropy: jax.Array) -> losses.LossInputs:
+def loss_inputs(batch: UpdateBatch, logp: jax.Array, entropy: jax.Array) -> losses.LossInputs:
     """The policy losses' batch: `logp`, `entropy` [B, T] and the batch's arrays (advantages
     broadcast over tokens)."""
     token_adv = jnp.broadcast_to(batch.advantages[:, None], batch.mask.shape).astype(jnp.float32)
@@ -257,7 +257,7 @@ def _whole_batch_gradients(params, batch: UpdateBatch, rng, *, graphdef, config:
     def loss_fn(p):
         logp, entropy = response_logprobs(graphdef, p, batch, temperature=config.temperature,
                                           chunk_size=config.chunk_size)
-        return losses.policy_loss(config.loss_name, _loss_inputs(batch, logp, entropy), config=config.loss, rng=rng)
+        return losses.policy_loss(config.loss_name, loss_inputs(batch, logp, entropy), config=config.loss, rng=rng)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return loss, grads, metrics
@@ -272,7 +272,7 @@ def _accumulated_gradients(params, batch: UpdateBatch, rng, *, graphdef, config:
     forward = functools.partial(response_logprobs, graphdef, temperature=config.temperature,
                                 chunk_size=config.chunk_size)
     logp, entropy = forward(jax.lax.stop_gradient(params), batch)
-    prepared = losses.prepare_policy_loss(config.loss_name, _loss_inputs(batch, logp, entropy), config=config.loss,
+    prepared = losses.prepare_policy_loss(config.loss_name, loss_inputs(batch, logp, entropy), config=config.loss,
                                           rng=rng)
     denominator = prepared.denominator[0]
     micro = _split_micro_batches((batch, prepared), config.num_micro_batches)
@@ -280,7 +280,7 @@ def _accumulated_gradients(params, batch: UpdateBatch, rng, *, graphdef, config:
     def micro_loss(p, micro_batch, micro_prepared):
         micro_logp, micro_entropy = forward(p, micro_batch)
         numerator, metric_sums = losses.policy_loss_terms(
-            config.loss_name, micro_prepared, _loss_inputs(micro_batch, micro_logp, micro_entropy), config=config.loss)
+            config.loss_name, micro_prepared, loss_inputs(micro_batch, micro_logp, micro_entropy), config=config.loss)
         return losses.safe_divide(numerator, denominator), metric_sums
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)

@@ -1,0 +1,106 @@
+"""RUN_DIR/samples.jsonl: a few of each step's responses, token by token, as the update saw them.
+
+One row per kept response:
+
+    {"step", "row", "prompt", "response", "reward", "correct", "answer", "length", "advantage",
+     "logp": [T'], "entropy": [T'], "flagged": [T'], "dropped": [T'], "penalised": [T'], "flag": str|None}
+
+over the response's T' tokens. logp / entropy are the policy's at the start of the step (the
+update's old log-probs, at the sampling temperature); the flags are the method's whole-batch
+selection (`entropy_rl.losses.prepare_policy_loss`) on those log-probs, which is what the
+step's first update uses: `flagged` = tokens the method masked or penalised (the tokens its
+`loss/<flag>` metric counts, e.g. STAPO's spurious tokens), `dropped` = valid tokens without
+weight in the policy-gradient numerator, `penalised` = tokens with a non-zero penalty
+coefficient (SENT, KL-Cov). Rows of steps after a resumed run's checkpoint are dropped (as in
+metrics.jsonl); the file stops growing at logging.samples_max_mb. Only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from entropy_rl import losses
+from entropy_rl.jsonl import append_rows, read_rows, rewrite_rows
+from entropy_rl.train.step import loss_inputs
+
+SAMPLES_FILE = "samples.jsonl"
+
+
+def sample_rows_of(num_rows: int, per_step: int) -> np.ndarray:
+    """Rows kept from a batch of num_rows: per_step of them, evenly spread (distinct groups first)."""
+    return np.unique(np.linspace(0, num_rows - 1, min(per_step, num_rows)).astype(np.int64))
+
+
+@functools.partial(jax.jit, static_argnames=("loss_name", "loss_config", "out_sharding"))
+def _token_flags(batch, entropy, rows, *, loss_name, loss_config, out_sharding):
+    """(flagged, dropped, penalised) float32 [len(rows), T] of the whole batch's selection."""
+    prepared = losses.prepare_policy_loss(loss_name, loss_inputs(batch, batch.old_logp, entropy), config=loss_config,
+                                          rng=jax.random.key(0))
+    valid = batch.mask != 0
+    flags = (prepared.flagged, (valid & (prepared.pg_weight == 0)).astype(jnp.float32),
+             (valid & (prepared.coef != 0)).astype(jnp.float32))
+    picked = tuple(f[rows] for f in flags) + (batch.old_logp[rows], entropy[rows], batch.tokens[rows],
+                                              batch.mask[rows], batch.prompt_tokens[rows], batch.prompt_mask[rows],
+                                              batch.advantages[rows])
+    return jax.lax.with_sharding_constraint(picked, out_sharding)
+
+
+def _host(x: jax.Array) -> np.ndarray:
+    """A replicated (possibly multi-process) array as host numpy."""
+    return np.asarray(x.addressable_data(0))
+
+
+def sample_records(step: int, batch, entropy, *, rows: np.ndarray, rewards: np.ndarray, correct: np.ndarray,
+                   answers: list, tokenizer, loss_name: str, loss_config: Any, flag: str | None,
+                   mesh: jax.sharding.Mesh) -> list[dict[str, Any]]:
+    """samples.jsonl rows for `rows` of the step's update batch (global row indices; every
+    process must call it: the flags are one computation over the mesh)."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    picked = _token_flags(batch, entropy, jnp.asarray(rows), loss_name=loss_name, loss_config=loss_config,
+                          out_sharding=replicated)
+    flagged, dropped, penalised, logp, ent, tokens, mask, prompt_tokens, prompt_mask, advantages = map(_host, picked)
+    records = []
+    for i, row in enumerate(rows):
+        length = int(mask[i].sum())
+        prompt = prompt_tokens[i][prompt_mask[i] != 0].tolist()
+        records.append({
+            "step": step, "row": int(row),
+            "prompt": tokenizer.decode(prompt, skip_special_tokens=False),
+            "response": tokenizer.decode(tokens[i, :length].tolist(), skip_special_tokens=True),  # as verified
+            "reward": float(rewards[row]), "correct": float(correct[row]), "answer": answers[row],
+            "length": length, "advantage": float(advantages[i]),
+            "logp": [round(float(x), 5) for x in logp[i, :length]],
+            "entropy": [round(float(x), 5) for x in ent[i, :length]],
+            "flagged": flagged[i, :length].astype(int).tolist(), "dropped": dropped[i, :length].astype(int).tolist(),
+            "penalised": penalised[i, :length].astype(int).tolist(), "flag": flag,
+        })
+    return records
+
+
+class SamplesWriter:
+    """Appends sample rows to RUN_DIR/samples.jsonl (process 0 only), at most max_mb MB."""
+
+    def __init__(self, run_dir: str, *, start_step: int, max_mb: float, enabled: bool):
+        self.path = os.path.join(run_dir, SAMPLES_FILE)
+        self.max_bytes = int(max_mb * 2**20)
+        self.enabled = enabled
+        self.full = False
+        if enabled and os.path.exists(self.path):
+            rewrite_rows(self.path, [r for r in read_rows(self.path) if r.get("step", -1) <= start_step])
+
+    def write(self, records: list[dict[str, Any]]) -> bool:
+        """Append the records; False once the file has reached its size bound (nothing written)."""
+        if not self.enabled or self.full:
+            return False
+        if os.path.exists(self.path) and os.path.getsize(self.path) >= self.max_bytes:
+            self.full = True
+            return False
+        append_rows(self.path, records)
+        return True
