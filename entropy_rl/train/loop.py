@@ -359,7 +359,8 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
         run.before = heldout_eval(state.model(), tokenizer, heldout, encode, eval_key, config=config, mesh=mesh)
     train_step = make_train_step(state, mesh, optimizer=optimizer, schedule=schedule, config=step_config)
     logprobs = functools.partial(no_grad_logprobs, state.graphdef, mesh=mesh, temperature=step_config.temperature,
-                                 chunk_size=step_config.chunk_size)
+                                 chunk_size=step_config.chunk_size,
+                                 num_micro_batches=step_config.num_micro_batches * mini_batches)
     flag_metric = _flag_metric(config)
     logger = MetricsLogger(config.run_dir, config.logging, total_steps=config.total_steps, start_step=start_step,
                            config=config)
