@@ -199,12 +199,13 @@ def _policy_config(config, preset: str | None):
 
 
 def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int | None,
-         preset: str | None = None, prompt_length: int | None = None) -> Plan:
+         preset: str | None = None, prompt_length: int | None = None, rollout_rows: int | None = None) -> Plan:
     """Compile the run's programs for `devices` on abstract inputs and collect their memory.
 
     Shapes: prompts of `prompt_length` tokens (default rollout.prompt_bucket), responses of
-    rollout.max_new_tokens; a rollout of data.batch_size prompts x rollout.n samples (its KV
-    cache holds prompt + response slots per row); the no-grad forward over the whole rollout
+    rollout.max_new_tokens; the sampler's programs on `rollout_rows` rows (default: the whole
+    rollout, data.batch_size prompts x rollout.n samples; fewer = a rollout run in row chunks),
+    whose KV cache holds prompt + response slots per row; the no-grad forward over the whole rollout
     in the train loop's micro-batches; the train step on one mini-batch.
     """
     from flax import nnx
@@ -231,7 +232,12 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
 
     prompt_length = prompt_length or r.prompt_bucket
     response_length = r.max_new_tokens
-    prompts, rollout_rows, mini_rows = config.data.batch_size, config.data.batch_size * r.n, a.mini_batch_size * r.n
+    all_rows, mini_rows = config.data.batch_size * r.n, a.mini_batch_size * r.n
+    rollout_rows = rollout_rows or all_rows
+    if rollout_rows % r.n or all_rows % rollout_rows:
+        raise ValueError(f"rollout_rows {rollout_rows} must be a multiple of rollout.n = {r.n} dividing "
+                         f"data.batch_size x rollout.n = {all_rows}")
+    prompts = rollout_rows // r.n
     num_micro = mini_rows // a.micro_batch_size if a.micro_batch_size else 1
 
     def update_batch(rows):
@@ -284,7 +290,7 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
     lowerings = {
         "prefill": lambda: prefill_program.lower(params, prompt_ids, prompt_ids),
         "decode_step": lambda: decode_program.lower(params, cache, last_tokens),
-        "no_grad_logprobs": lambda: no_grad.lower(params, update_batch(rollout_rows)),
+        "no_grad_logprobs": lambda: no_grad.lower(params, update_batch(all_rows)),
         "train_step": lambda: train_step.lower(state, update_batch(mini_rows), key),
     }
     return Plan(target=target, device_kind=devices[0].device_kind, chips=len(devices), mesh=dict(mesh.shape),
@@ -356,6 +362,8 @@ def _parser():
     parser.add_argument("--model", metavar="PRESET", help="the policy's architecture by preset name (e.g. qwen3-8b) "
                         "when model.hf_path is not on this machine")
     parser.add_argument("--prompt-length", type=int, help="prompt tokens (default rollout.prompt_bucket)")
+    parser.add_argument("--rollout-rows", type=int, help="rows of the sampler's programs (default: the whole "
+                        "rollout, data.batch_size x rollout.n): plan a rollout run in row chunks")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override any config field")
     return parser
@@ -380,6 +388,6 @@ def main(argv: list[str] | None = None) -> int:
         devices = jax.devices()
         hbm, target = local_hbm_bytes(devices[0]), f"the {len(devices)} {devices[0].platform} devices present"
     result = plan(config, devices, target=target, hbm_bytes=hbm, preset=args.model,
-                  prompt_length=args.prompt_length)
+                  prompt_length=args.prompt_length, rollout_rows=args.rollout_rows)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_plan(result))
     return 0 if not result.overflowing else 1
