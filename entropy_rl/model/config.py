@@ -35,7 +35,8 @@ class QwenConfig:
     `remat=True` rematerialises each decoder layer in the backward pass (training memory).
     `scan_layers=True` runs the cache-free forward (training, log-probs, prefill) as one
     jax.lax.scan over the stacked layers, so compile time and the compiler's memory analysis
-    do not grow with depth; False unrolls the layers (parameters are stored per layer either way).
+    do not grow with depth (the paper configs); False (default) unrolls the layers, which keeps
+    the CPU runs' numerics bit for bit. Parameters are stored per layer either way.
     Sequences longer than `attention_block_size` tokens take blockwise (flash) attention,
     whose memory grows as T * attention_block_size instead of T^2 (see model/blockwise.py).
     """
@@ -56,7 +57,7 @@ class QwenConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
-    scan_layers: bool = True
+    scan_layers: bool = False
     attention_block_size: int = 512
 
     def __post_init__(self):

@@ -176,7 +176,7 @@ def qwen_config(model: ModelConfig, vocab_size: int):
     from entropy_rl.model import QwenConfig
 
     numerics = dict(dtype=model.dtype, param_dtype=model.param_dtype, remat=model.remat,
-                    attention_block_size=model.attention_block_size)
+                    scan_layers=model.scan_layers, attention_block_size=model.attention_block_size)
     if model.hf_path is not None:
         return QwenConfig.from_hf(model.hf_path, **numerics)
     return QwenConfig(
@@ -221,7 +221,8 @@ def build_policy(model: ModelConfig, *, seed: int, mesh: jax.sharding.Mesh | Non
     config = qwen_config(model, tokenizer.vocab_size)
     if model.hf_path is not None and not abstract:
         policy = load_hf(model.hf_path, dtype=config.dtype, param_dtype=config.param_dtype, mesh=mesh,
-                         remat=config.remat, attention_block_size=config.attention_block_size)
+                         remat=config.remat, scan_layers=config.scan_layers,
+                         attention_block_size=config.attention_block_size)
         return policy, tokenizer
     create = lambda: Qwen(config, rngs=nnx.Rngs(seed))  # noqa: E731
     if abstract:

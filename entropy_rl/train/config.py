@@ -73,6 +73,7 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    scan_layers: bool = False  # one jax.lax.scan over the layers (compile time independent of depth)
     attention_block_size: int = 512  # longer sequences take blockwise attention (memory ~ T, not T^2)
     logprob_chunk_size: int = 0  # > 0: stream the vocabulary in chunks of this size (big V)
 
