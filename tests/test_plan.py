@@ -14,7 +14,7 @@ OVERRIDES = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hi
              "model.num_attention_heads=4", "model.num_key_value_heads=2", "model.head_dim=8",
              "model.vocab_size=128", "model.tie_word_embeddings=false", "data.batch_size=8", "rollout.n=4",
              "rollout.max_new_tokens=16", "rollout.prompt_bucket=8", "algorithm.mini_batch_size=4",
-             "algorithm.micro_batch_size=8"]
+             "algorithm.micro_batch_size=8", "model.scan_layers=true"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_plan_for_a_tpu_topology(tpu_plan):
     count = 2 * 128 * 32 + 2 * layer + 32
     sharded = count - 2 * (2 * 32 + 2 * 8) - 32  # norms stay replicated
     assert p.parameters == 4 * (sharded // 4 + (count - sharded))
-    assert p.optimizer_state == 2 * p.parameters  # Adam's two moments
+    assert p.optimizer_state == 2 * p.parameters + 2 * 4  # Adam's two moments, its and the schedule's int32 counts
     # KV cache: 32 rows (8 prompts x 4) over 4 chips, 2 layers x (k, v) x 2 kv heads x 8 x (8 + 16) slots,
     # float32, plus the valid mask [32, 24] (bool) split by rows.
     assert p.kv_cache == 2 * 2 * (32 // 4) * 2 * 8 * 24 * 4 + (32 // 4) * 24 + 4
