@@ -66,3 +66,19 @@ def test_plan_command_line(capsys, monkeypatch, tpu_plan):
     assert printed["verdict"] == "fits" and len(printed["programs"]) == 4
     with pytest.raises(RuntimeError, match="tpu-plan"):
         planning.topology_devices("v99:1x1")
+
+
+def test_multi_slice_mesh_puts_data_across_slices():
+    from jax.experimental import topologies
+
+    from entropy_rl.parallel import MeshConfig, make_mesh
+
+    devices = topologies.get_topology_desc(topology_name="v5p:2x2x1", platform="tpu", num_slices=2).devices
+    config = MeshConfig(slices=2, data=1, fsdp=-1)
+    assert config.axis_sizes(len(devices)) == (2, 4, 1)
+    mesh = make_mesh(config, devices=devices)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    # data index d holds slice d's 4 chips: fsdp stays within a slice (ICI), data crosses DCN.
+    assert [{d.slice_index for d in mesh.devices[i].flat} for i in range(2)] == [{0}, {1}]
+    with pytest.raises(ValueError, match="cannot be split into 3 slices"):
+        MeshConfig(slices=3).axis_sizes(8)
