@@ -4,7 +4,6 @@ layers, and a traced program whose size does not grow with depth."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
 from entropy_rl.model import Qwen, tiny_config
@@ -29,9 +28,9 @@ def _loss_grads_and_prefill(config):
     return value, grads, prefill
 
 
-@pytest.mark.parametrize("remat", [False, True])
-def test_scanned_layers_equal_unrolled_layers(remat):
-    config = tiny_config(num_hidden_layers=3, hidden_size=32, intermediate_size=64, remat=remat)
+def test_scanned_layers_equal_unrolled_layers():
+    # remat on: the scan body under jax.checkpoint, the unrolled layers under nnx.remat.
+    config = tiny_config(num_hidden_layers=2, hidden_size=32, intermediate_size=64, remat=True)
     unrolled = _loss_grads_and_prefill(config.replace(scan_layers=False))
     scanned = _loss_grads_and_prefill(config.replace(scan_layers=True))
     assert jax.tree.structure(unrolled) == jax.tree.structure(scanned)
