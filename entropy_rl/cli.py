@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "plot": ("entropy_rl.eval.plot", "main", "PNG figures of one or more run directories"),
     "rank": ("entropy_rl.ranking", "main", "rank a dataset by semantic entropy (SENT curriculum input)"),
     "export": ("entropy_rl.train.export", "main", "write a checkpoint's policy as an HF checkpoint"),
+    "plan": ("entropy_rl.plan", "main", "per-chip memory of a run's compiled programs (a TPU topology via libtpu)"),
 }
 
 

@@ -35,6 +35,10 @@ class QwenConfig:
     of the parameters; both are stored as names ("float32", "bfloat16") so the config stays
     YAML-friendly and hashable. Norms, softmax and logits are float32 whatever these are.
     `remat=True` rematerialises each decoder layer in the backward pass (training memory).
+    `scan_layers=True` runs the cache-free forward (training, log-probs, prefill) as one
+    jax.lax.scan over the stacked layers, so compile time and the compiler's memory analysis
+    do not grow with depth (the paper configs); False (default) unrolls the layers, which keeps
+    the CPU runs' numerics bit for bit. Parameters are stored per layer either way.
     `attention_implementation` picks the attention kernel of a forward pass without a KV
     cache: "auto" (splash on TPU, cuDNN on GPU in bfloat16/float16, else dense up to
     `attention_block_size` tokens and blockwise (flash) attention beyond, whose memory grows
@@ -59,6 +63,7 @@ class QwenConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    scan_layers: bool = False
     attention_block_size: int = 512
     attention_implementation: str = "auto"
     attention_interpret: bool = False

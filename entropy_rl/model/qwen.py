@@ -31,8 +31,30 @@ def default_positions(attention_mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+# jax.checkpoint policy of a rematerialised layer: only its inputs are saved for the backward.
+REMAT_POLICY = jax.checkpoint_policies.nothing_saveable
+
+
 def _run_layer(layer, x, cos, sin, attention_mask):
     return layer(x, cos, sin, attention_mask)
+
+
+def stack_layers(layers) -> tuple[nnx.GraphDef, nnx.State]:
+    """(one layer's graphdef, the layers' parameters stacked on a new leading axis [L, ...]).
+
+    Under `jax.set_mesh` each stacked parameter keeps its own logical sharding (the layer
+    axis unsplit). Used inside a traced program, the stack is a copy of the layers'
+    parameters in their storage dtype; gradients flow back to each layer's own arrays.
+    """
+    graphdef, _ = nnx.split(layers[0])
+
+    def stack(*variables):
+        value = jnp.stack([v[...] for v in variables])
+        axes = variables[0].get_metadata().get("out_sharding")
+        return variables[0].replace(constrain(value, (None, *axes)) if axes else value)
+
+    states = [nnx.state(layer) for layer in layers]
+    return graphdef, jax.tree.map(stack, *states, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 class Qwen(nnx.Module):
@@ -106,14 +128,31 @@ class Qwen(nnx.Module):
         if positions is None:
             positions = default_positions(attention_mask)
         cos, sin = self._rope(positions)
-        run_layer = nnx.remat(_run_layer) if self.config.remat else _run_layer
         x = self._embed(input_ids)
+        if self.config.scan_layers:
+            x, (keys, values) = self._scan_layers(x, cos, sin, attention_mask)
+            return self.norm(x), list(zip(keys, values))
+        run_layer = nnx.remat(_run_layer, policy=REMAT_POLICY) if self.config.remat else _run_layer
         keys_values = []
         for layer in self.layers:
             x, kv = run_layer(layer, x, cos, sin, attention_mask)
             x = constrain(x, BATCH_ACTIVATION)
             keys_values.append(kv)
         return self.norm(x), keys_values
+
+    def _scan_layers(self, x, cos, sin, attention_mask):
+        """(x after the L layers, (k, v) each [L, B, T, KV, head_dim]) with jax.lax.scan over
+        the stacked layers (`stack_layers`): one compiled layer body whatever L, each layer
+        rematerialised (REMAT_POLICY) when config.remat."""
+        graphdef, stacked = stack_layers(self.layers)
+
+        def body(h, layer_state):
+            h, kv = nnx.merge(graphdef, layer_state)(h, cos, sin, attention_mask)
+            return constrain(h, BATCH_ACTIVATION), kv
+
+        if self.config.remat:
+            body = jax.checkpoint(body, policy=REMAT_POLICY)
+        return jax.lax.scan(body, x, stacked)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """float32 logits [B, T, V] from final hidden states [B, T, D]."""

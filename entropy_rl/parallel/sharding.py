@@ -6,6 +6,8 @@ Parameters carry logical axis names in their `out_sharding` metadata (entropy_rl
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
@@ -84,3 +86,27 @@ def constrain(x: jax.Array, axes: tuple) -> jax.Array:
     if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_mesh(axes, mesh, x.shape))
+
+
+class MeshBound:
+    """A jitted function traced, compiled and called under `jax.set_mesh(mesh)`, so the
+    model's `constrain` calls shard activations by logical axis instead of being no-ops.
+
+    `__call__` runs the program; `lower` / `trace` give its lowering (e.g. to count
+    sharding constraints or to compile for another topology) under the same mesh.
+    """
+
+    def __init__(self, jitted: Callable, mesh: jax.sharding.Mesh):
+        self.jitted, self.mesh = jitted, mesh
+
+    def __call__(self, *args, **kwargs):
+        with jax.set_mesh(self.mesh):
+            return self.jitted(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        with jax.set_mesh(self.mesh):
+            return self.jitted.lower(*args, **kwargs)
+
+    def trace(self, *args, **kwargs):
+        with jax.set_mesh(self.mesh):
+            return self.jitted.trace(*args, **kwargs)

@@ -1,7 +1,9 @@
-"""XLA compiler options that entropy-rl's compiled programs use (`jax.jit(..., compiler_options=...)`).
+"""XLA compiler options of entropy-rl's compiled programs, by backend.
 
-Both are XLA:CPU options; GPU and TPU compilers do not read xla_cpu_* options, so the same
-programs compile unchanged there. Measured on the 168M benchmark model (tools/bench/):
+`compiler_options(platform)` gives the options of a program that runs on `platform`
+("cpu", "gpu", "tpu"): XLA:CPU options on the CPU, none elsewhere (GPU and TPU programs
+compile with their compilers' defaults). `mesh_compiler_options(mesh)` reads the platform
+from the mesh's devices. Measured on the 168M benchmark model (tools/bench/):
 
 - xla_cpu_use_xnnpack: matmuls run through XNNPACK's kernels; forward+backward about 1.1x
   faster than with the default dot emitter.
@@ -9,7 +11,24 @@ programs compile unchanged there. Measured on the 168M benchmark model (tools/be
   layer's KV cache around a decode step's in-place slot write (a step runs about 3x slower).
 """
 
-COMPILER_OPTIONS = {
+from __future__ import annotations
+
+import jax
+
+CPU_COMPILER_OPTIONS = {
     "xla_cpu_use_xnnpack": True,
     "xla_cpu_copy_insertion_use_region_analysis": True,
 }
+
+# The CPU options under their former name (programs that only ever run on the CPU: tools/bench).
+COMPILER_OPTIONS = CPU_COMPILER_OPTIONS
+
+
+def compiler_options(platform: str) -> dict[str, bool]:
+    """The compiler options of a program for `platform`: CPU_COMPILER_OPTIONS on "cpu", else {}."""
+    return dict(CPU_COMPILER_OPTIONS) if platform == "cpu" else {}
+
+
+def mesh_compiler_options(mesh: jax.sharding.Mesh) -> dict[str, bool]:
+    """`compiler_options` of the platform of the mesh's devices."""
+    return compiler_options(mesh.devices.flat[0].platform)

@@ -497,7 +497,8 @@ def build_policy(model: ModelConfig, *, seed: int, mesh: jax.sharding.Mesh | Non
                          "tokenizer (model.tokenizer) or model.vocab_size >= the tokenizer's")
     if model.hf_path is not None and not abstract:
         policy = load_hf(model.hf_path, dtype=config.dtype, param_dtype=config.param_dtype, mesh=mesh,
-                         remat=config.remat, attention_block_size=config.attention_block_size)
+                         remat=config.remat, scan_layers=config.scan_layers,
+                         attention_block_size=config.attention_block_size)
         return policy, tokenizer
     create = lambda: Qwen(config, rngs=nnx.Rngs(seed))  # noqa: E731
     if abstract:

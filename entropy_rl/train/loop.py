@@ -477,7 +477,8 @@ def compile_programs(trainer: Trainer, state: TrainState) -> Programs:
         train_step=make_train_step(state, mesh, optimizer=trainer.optimizer, schedule=trainer.schedule,
                                    config=step_config),
         logprobs=functools.partial(no_grad_logprobs, state.graphdef, mesh=mesh, temperature=step_config.temperature,
-                                   chunk_size=step_config.chunk_size),
+                                   chunk_size=step_config.chunk_size,
+                                   num_micro_batches=step_config.num_micro_batches * trainer.mini_batches),
         # a mini-batch: rows of the update batch gathered on the devices, split as the batch
         take_rows=jax.jit(lambda batch, rows: jax.tree.map(lambda x: x[rows], batch),
                           out_shardings=batch_sharding(mesh)),

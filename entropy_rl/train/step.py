@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import chex
 import jax
@@ -29,7 +29,7 @@ from flax import nnx, struct
 from jax.sharding import NamedSharding, PartitionSpec
 
 from entropy_rl import losses
-from entropy_rl.parallel import COMPILER_OPTIONS, batch_sharding, variable_sharding
+from entropy_rl.parallel import MeshBound, batch_sharding, mesh_compiler_options, variable_sharding
 
 # Quantiles of the token entropy reported each step.
 ENTROPY_QUANTILES = (0.1, 0.5, 0.9)
@@ -181,6 +181,9 @@ def response_logprobs(graphdef: nnx.GraphDef, params: nnx.State, batch: UpdateBa
     The model reads prompt + response [B, P + T - 1]; the hidden state at position P + j - 1
     predicts response token j. Log-softmax and entropy stream the vocabulary in chunks of
     `chunk_size` rows of the unembedding (0 = all at once), never materialising [B, T, V].
+    Mixed precision as in sampling (`Qwen.logits`): the logits dot takes compute-dtype
+    operands (bf16 hidden states and unembedding under dtype=bfloat16) and accumulates in
+    float32; the float32 master weights receive the gradient through the cast.
     Values on padding positions are finite but meaningless (mask them).
     """
     chex.assert_rank([batch.prompt_tokens, batch.tokens], 2)
@@ -189,7 +192,7 @@ def response_logprobs(graphdef: nnx.GraphDef, params: nnx.State, batch: UpdateBa
     input_ids = jnp.concatenate([batch.prompt_tokens, batch.tokens[:, :-1]], axis=1)
     attention_mask = jnp.concatenate([batch.prompt_mask, batch.mask[:, :-1]], axis=1)
     hidden = model.hidden_states(input_ids, attention_mask)[:, prompt_length - 1:]
-    unembedding = model.unembedding()
+    unembedding = model.unembedding().astype(model.dtype)  # as the sampler's logits: compute-dtype operands
     return losses.chunked_logprobs_and_entropy(hidden, unembedding, batch.tokens,
                                                chunk_size=chunk_size or unembedding.shape[0],
                                                temperature=temperature or 1.0)
@@ -266,12 +269,14 @@ def _whole_batch_gradients(params, batch: UpdateBatch, rng, *, graphdef, config:
 def _accumulated_gradients(params, batch: UpdateBatch, rng, *, graphdef, config: StepConfig):
     """Like `_whole_batch_gradients`, over M micro-batches with jax.lax.scan.
 
-    A no-grad forward over the whole batch feeds `prepare_policy_loss` (selections and the
-    denominator); each micro-batch adds d(numerator_k / denominator)/dparams.
+    A no-grad forward over the whole batch, itself run micro-batch by micro-batch, feeds
+    `prepare_policy_loss` (selections and the denominator); each micro-batch adds
+    d(numerator_k / denominator)/dparams.
     """
     forward = functools.partial(response_logprobs, graphdef, temperature=config.temperature,
                                 chunk_size=config.chunk_size)
-    logp, entropy = forward(jax.lax.stop_gradient(params), batch)
+    logp, entropy = micro_batched_logprobs(graphdef, params, batch, temperature=config.temperature,
+                                           chunk_size=config.chunk_size, num_micro_batches=config.num_micro_batches)
     prepared = losses.prepare_policy_loss(config.loss_name, loss_inputs(batch, logp, entropy), config=config.loss,
                                           rng=rng)
     denominator = prepared.denominator[0]
@@ -318,28 +323,52 @@ def train_step(state: TrainState, batch: UpdateBatch, rng: jax.Array, *, optimiz
 
 
 def make_train_step(state: TrainState, mesh: jax.sharding.Mesh, *, optimizer: optax.GradientTransformation,
-                    schedule: optax.Schedule, config: StepConfig
-                    ) -> Callable[[TrainState, UpdateBatch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+                    schedule: optax.Schedule, config: StepConfig) -> MeshBound:
     """`train_step` compiled with explicit shardings: state by logical axes (donated), the
-    batch split over ("data", "fsdp"), the PRNG key and the metrics replicated."""
+    batch split over ("data", "fsdp"), the PRNG key and the metrics replicated; traced and
+    run under `jax.set_mesh(mesh)`, so the model's activation constraints are active."""
     replicated = NamedSharding(mesh, PartitionSpec())
     shardings = state_sharding(state, mesh)
     step = functools.partial(train_step, optimizer=optimizer, schedule=schedule, config=config)
-    return jax.jit(step, in_shardings=(shardings, batch_sharding(mesh), replicated),
-                   out_shardings=(shardings, replicated), donate_argnums=0,
-                   compiler_options=COMPILER_OPTIONS)
+    return MeshBound(jax.jit(step, in_shardings=(shardings, batch_sharding(mesh), replicated),
+                             out_shardings=(shardings, replicated), donate_argnums=0,
+                             compiler_options=mesh_compiler_options(mesh)), mesh)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "temperature", "chunk_size"),
-                   compiler_options=COMPILER_OPTIONS)
-def _no_grad_logprobs(graphdef, params, batch, *, temperature, chunk_size):
-    return jax.lax.stop_gradient(response_logprobs(graphdef, params, batch, temperature=temperature,
-                                                   chunk_size=chunk_size))
+def micro_batched_logprobs(graphdef: nnx.GraphDef, params: nnx.State, batch: UpdateBatch, *, temperature: float = 1.0,
+                           chunk_size: int = 0, num_micro_batches: int = 1) -> tuple[jax.Array, jax.Array]:
+    """No-grad `response_logprobs` over M micro-batches in sequence (jax.lax.map), so the
+    forward's temporaries are those of B / M rows; (logp, entropy) [B, T] in the batch's row
+    order (micro-batch k = rows k, k + M, ... as in `_split_micro_batches`)."""
+    params = jax.lax.stop_gradient(params)
+    forward = functools.partial(response_logprobs, graphdef, params, temperature=temperature, chunk_size=chunk_size)
+    if num_micro_batches == 1:
+        return forward(batch)
+    per_micro = jax.lax.map(forward, _split_micro_batches(batch, num_micro_batches))
+    # [M, B / M, T] -> [B / M, M, T] -> [B, T]: row j * M + k is micro-batch k's row j.
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), per_micro)
+
+
+def make_no_grad_logprobs(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, *, temperature: float = 1.0,
+                          chunk_size: int = 0, num_micro_batches: int = 1) -> MeshBound:
+    """Compiled `micro_batched_logprobs` (params, batch) -> (logp, entropy) [B, T], the batch
+    split over ("data", "fsdp"), traced and run under `jax.set_mesh(mesh)`: the old and
+    reference log-probs of a rollout."""
+    forward = functools.partial(micro_batched_logprobs, graphdef, temperature=temperature, chunk_size=chunk_size,
+                                num_micro_batches=num_micro_batches)
+    rows = batch_sharding(mesh)
+    return MeshBound(jax.jit(forward, in_shardings=(None, rows), out_shardings=(rows, rows),
+                             compiler_options=mesh_compiler_options(mesh)), mesh)
 
 
 def no_grad_logprobs(graphdef: nnx.GraphDef, params: nnx.State, batch: UpdateBatch, *, mesh: jax.sharding.Mesh,
-                     temperature: float = 1.0, chunk_size: int = 0) -> tuple[jax.Array, jax.Array]:
-    """Compiled no-grad `response_logprobs` with the batch split over the mesh: the old and
-    reference log-probs of a rollout, one forward each. (logp, entropy) [B, T]."""
+                     temperature: float = 1.0, chunk_size: int = 0, num_micro_batches: int = 1
+                     ) -> tuple[jax.Array, jax.Array]:
+    """`make_no_grad_logprobs(...)(params, batch)` (compiled once per graphdef, mesh and settings)."""
     batch = jax.device_put(batch, batch_sharding(mesh))
-    return _no_grad_logprobs(graphdef, params, batch, temperature=temperature, chunk_size=chunk_size)
+    program = _cached_no_grad_logprobs(graphdef, mesh, temperature=temperature, chunk_size=chunk_size,
+                                       num_micro_batches=num_micro_batches)
+    return program(params, batch)
+
+
+_cached_no_grad_logprobs = functools.lru_cache(maxsize=16)(make_no_grad_logprobs)

@@ -13,7 +13,6 @@ with AdamW (constant lr after a short warm-up). Deterministic: the batches are d
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -23,7 +22,7 @@ import optax
 from flax import nnx
 
 from entropy_rl.data import Problem
-from entropy_rl.parallel import COMPILER_OPTIONS
+from entropy_rl.parallel import MeshBound, mesh_compiler_options
 from entropy_rl.train.step import UpdateBatch, make_schedule, response_logprobs, tree_shardings
 
 
@@ -51,15 +50,14 @@ def warm_start(model: nnx.Module, problems: Sequence[Problem], encode_prompt: Ca
                tokenizer, *, steps: int, batch_size: int, learning_rate: float, seed: int,
                mesh: jax.sharding.Mesh) -> dict[str, float]:
     """Fine-tune `model` in place for `steps` AdamW updates of `batch_size` problems on their
-    target texts. Returns {"warmstart/loss_first", "warmstart/loss_last"} (mean of the first
-    and last 10 updates)."""
+    target texts (one compiled update, traced and run under `jax.set_mesh(mesh)`). Returns
+    {"warmstart/loss_first", "warmstart/loss_last"} (mean of the first and last 10 updates)."""
     data = target_batch(problems, encode_prompt, tokenizer)
     graphdef, params = nnx.split(model)
     optimizer = optax.adamw(make_schedule(learning_rate=learning_rate, warmup_steps=min(20, steps // 10),
                                           total_steps=steps), weight_decay=0.0)
     shardings = tree_shardings(params, mesh)
 
-    @functools.partial(jax.jit, compiler_options=COMPILER_OPTIONS)
     def update(params, opt_state, batch):
         def loss_fn(p):
             logp, _ = response_logprobs(graphdef, p, batch)
@@ -71,6 +69,7 @@ def warm_start(model: nnx.Module, problems: Sequence[Problem], encode_prompt: Ca
         params = jax.lax.with_sharding_constraint(optax.apply_updates(params, updates), shardings)
         return params, opt_state, loss
 
+    update = MeshBound(jax.jit(update, compiler_options=mesh_compiler_options(mesh)), mesh)
     opt_state = optimizer.init(params)
     rng = np.random.default_rng(seed)
     losses = []

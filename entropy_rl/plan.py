@@ -1,0 +1,393 @@
+"""`entropy-rl plan`: what each compiled program of a run needs per chip, before the run.
+
+Compiles the run's programs (train step, no-grad log-probs, prefill, one decode step) on
+abstract inputs (`jax.ShapeDtypeStruct`s with the run's shardings, no weights) for the
+devices present or, with libtpu installed (`pip install -e ".[tpu-plan]"`), for a named TPU
+topology such as "v5p:2x4x4" on any machine, and reads the compiler's own per-chip memory
+analysis. Also the analysis helpers the tests use: `count_sharding_constraints` (in a
+jaxpr) and `collective_bytes` (in an optimized HLO module).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.extend as jex
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+# HLO collectives whose results travel between devices.
+_COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+_COLLECTIVE_LINE = re.compile(r"= (.+?) (?:%s)(?:-start)?\(" % "|".join(_COLLECTIVES))
+_ARRAY_TYPE = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
+
+
+def _jaxprs(jaxpr: jex.core.Jaxpr) -> Iterator[jex.core.Jaxpr]:
+    """`jaxpr` and every jaxpr nested in its equations (jit, scan, remat, custom_vjp, ...)."""
+    yield jaxpr
+    for sub in jex.core.subjaxprs(jaxpr):
+        yield from _jaxprs(sub)
+
+
+def count_sharding_constraints(jaxpr) -> int:
+    """Number of `sharding_constraint` equations in a (Closed)Jaxpr, nested ones included.
+
+    On `fn.trace(...).jaxpr` of a program traced under `jax.set_mesh(mesh)` this counts the
+    model's active `constrain` calls; without a mesh they are no-ops and the count is 0.
+    """
+    root = getattr(jaxpr, "jaxpr", jaxpr)
+    return sum(eqn.primitive.name == "sharding_constraint" for sub in _jaxprs(root) for eqn in sub.eqns)
+
+
+def collective_bytes(hlo_text: str) -> int:
+    """Bytes produced by the collectives (all-gather, all-reduce, reduce-scatter, all-to-all,
+    collective-permute) of an optimized HLO module's text, per device and per execution of
+    each instruction (a collective inside a loop body counts once)."""
+    total = 0
+    for match in _COLLECTIVE_LINE.finditer(hlo_text):
+        for dtype, dims in _ARRAY_TYPE.findall(match.group(1)):
+            if dtype == "token":
+                continue
+            size = int(np.prod([int(d) for d in dims.split(",") if d], dtype=np.int64))
+            total += size * _dtype_bytes(dtype)
+    return total
+
+
+def large_copies(hlo_text: str, min_bytes: int) -> int:
+    """Number of `copy` instructions in an optimized HLO module's text whose result holds at
+    least `min_bytes` bytes (e.g. a decode step copying a layer's whole KV cache)."""
+    count = 0
+    for match in re.finditer(r"= (\S+) copy(?:-start)?\(", hlo_text):
+        for dtype, dims in _ARRAY_TYPE.findall(match.group(1)):
+            size = int(np.prod([int(d) for d in dims.split(",") if d], dtype=np.int64)) * _dtype_bytes(dtype)
+            count += size >= min_bytes
+    return count
+
+
+def _dtype_bytes(hlo_dtype: str) -> int:
+    """Bytes of one element of an HLO type name (f32, bf16, s32, pred, ...)."""
+    if hlo_dtype == "pred":
+        return 1
+    bits = int(re.sub(r"\D", "", hlo_dtype) or 8)
+    return max(bits // 8, 1)
+
+
+# --------------------------------------------------------------------------- the plan
+
+GIB = 2**30
+
+# HBM per chip by TPU generation (topology name prefix), as the TPU compiler reports it
+# available ("exceeds available HBM (95.74G)" on v5p).
+TPU_HBM_BYTES = {"v4": 32 * GIB, "v5p": int(95.74 * GIB), "v5e": 16 * GIB, "v5litepod": 16 * GIB,
+                 "v6e": 32 * GIB}
+
+# Logical axes of each layer's KVCache arrays (keys [B, KV, D, S], values [B, KV, S, D]).
+_CACHE_KEYS_AXES = ("batch", "kv_heads", "head_dim", None)
+_CACHE_VALUES_AXES = ("batch", "kv_heads", None, "head_dim")
+
+# The programs of one RL step, in the order a step runs them.
+PROGRAMS = ("prefill", "decode_step", "no_grad_logprobs", "train_step")
+
+
+@dataclasses.dataclass
+class ProgramMemory:
+    """One compiled program's memory per chip (bytes), from the compiler's memory analysis.
+
+    total = arguments + outputs - aliased (donated buffers reused for outputs) + temporaries.
+    When the compiler itself refused the program for lack of memory, `error` holds its
+    message and total what it says the program needs (or -1 if it does not say).
+    """
+
+    name: str
+    arguments: int = 0
+    outputs: int = 0
+    aliased: int = 0
+    temporaries: int = 0
+    total: int = 0
+    compile_s: float = 0.0
+    error: str | None = None
+    cache_copies: int | None = None  # decode step: copies of >= one layer's cache (None: not checked)
+
+
+@dataclasses.dataclass
+class Plan:
+    """Per-chip memory of a run's programs on `chips` devices of `device_kind`."""
+
+    target: str
+    device_kind: str
+    chips: int
+    mesh: dict[str, int]
+    hbm_bytes: int | None
+    parameters: int
+    optimizer_state: int
+    kv_cache: int
+    shapes: dict[str, int]
+    programs: list[ProgramMemory]
+
+    @property
+    def overflowing(self) -> list[str]:
+        """Names of the programs that do not fit in HBM, in the order a step runs them."""
+        if self.hbm_bytes is None:
+            return [p.name for p in self.programs if p.error]
+        return [p.name for p in self.programs if p.error or p.total > self.hbm_bytes]
+
+    @property
+    def verdict(self) -> str:
+        if self.overflowing:
+            return f"does not fit: {self.overflowing[0]} overflows first"
+        return "fits" if self.hbm_bytes is not None else "compiles (HBM of these devices unknown)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"fits": not self.overflowing, "verdict": self.verdict}
+
+
+def _shard_bytes(tree) -> int:
+    """Bytes per device of a tree of sharded ShapeDtypeStructs (the largest shard)."""
+    return sum(int(np.prod(leaf.sharding.shard_shape(leaf.shape), dtype=np.int64)) * leaf.dtype.itemsize
+               for leaf in jax.tree.leaves(tree))
+
+
+def _abstract(tree, shardings):
+    """ShapeDtypeStructs of `tree`'s leaves carrying `shardings` (a matching tree)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def _memory(name: str, lowered_fn, copy_bytes: int | None = None) -> ProgramMemory:
+    """Compile `lowered_fn()` and read its memory analysis (or the compiler's out-of-memory
+    error); with `copy_bytes`, also count its copies of at least that many bytes."""
+    start = time.time()
+    try:
+        compiled = lowered_fn().compile()
+        stats = compiled.memory_analysis()
+    except Exception as error:  # the TPU compiler refuses programs that exceed HBM
+        message = str(error)
+        if "RESOURCE_EXHAUSTED" not in message and "exceeds" not in message and "memory" not in message.lower():
+            raise
+        needed = re.search(r"Used ([\d.]+)([GMK]) of", message) or re.search(r"\(([\d.]+)([GMK])\) exceeds", message)
+        total = int(float(needed.group(1)) * {"G": GIB, "M": 2**20, "K": 2**10}[needed.group(2)]) if needed else -1
+        return ProgramMemory(name, total=total, compile_s=time.time() - start, error=message.splitlines()[0][:300])
+    memory = ProgramMemory(name, arguments=stats.argument_size_in_bytes, outputs=stats.output_size_in_bytes,
+                           aliased=stats.alias_size_in_bytes, temporaries=stats.temp_size_in_bytes,
+                           compile_s=time.time() - start,
+                           cache_copies=None if copy_bytes is None else large_copies(compiled.as_text(), copy_bytes))
+    memory.total = memory.arguments + memory.outputs - memory.aliased + memory.temporaries
+    return memory
+
+
+def _policy_config(config, preset: str | None):
+    """The QwenConfig of the run's policy: a named preset (when the checkpoint is not on this
+    machine), the checkpoint's config.json, or the built-in architecture."""
+    from entropy_rl.model import QwenConfig
+    from entropy_rl.train.checkpoint import load_policy_tokenizer, qwen_config
+
+    m = config.model
+    if preset is not None:
+        return QwenConfig.preset(preset, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
+                                 scan_layers=m.scan_layers, attention_block_size=m.attention_block_size)
+    if m.hf_path is not None and not os.path.exists(m.hf_path):
+        raise FileNotFoundError(f"model.hf_path {m.hf_path} is not on this machine: name the architecture "
+                                "with --model (e.g. --model qwen3-8b)")
+    vocab = m.vocab_size or (0 if m.hf_path else load_policy_tokenizer(m).vocab_size)
+    return qwen_config(m, vocab)
+
+
+def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int | None,
+         preset: str | None = None, prompt_length: int | None = None, rollout_rows: int | None = None) -> Plan:
+    """Compile the run's programs for `devices` on abstract inputs and collect their memory.
+
+    Shapes: prompts of `prompt_length` tokens (default rollout.prompt_bucket), responses of
+    rollout.max_new_tokens; the sampler's programs on `rollout_rows` rows (default: the whole
+    rollout, data.batch_size prompts x rollout.n samples; fewer = a rollout run in row chunks),
+    whose KV cache holds prompt + response slots per row; the no-grad forward over the whole rollout
+    in the train loop's micro-batches; the train step on one mini-batch.
+    """
+    from flax import nnx
+
+    from entropy_rl.model import KVCache, Qwen
+    from entropy_rl.parallel import batch_sharding, logical_to_mesh, make_mesh, mesh_compiler_options
+    from entropy_rl.parallel.sharding import MeshBound, state_shardings
+    from entropy_rl.train.step import (StepConfig, TrainState, UpdateBatch, make_no_grad_logprobs, make_optimizer,
+                                       make_train_step, state_sharding)
+
+    mesh = make_mesh(config.mesh, devices=devices)
+    model_config = _policy_config(config, preset)
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: Qwen(model_config, rngs=nnx.Rngs(0))))
+    params = _abstract(params, state_shardings(params, mesh))
+    a, r = config.algorithm, config.rollout
+    mini_batches = config.data.batch_size // a.mini_batch_size
+    optimizer, schedule = make_optimizer(config.optimizer, config.total_steps * a.ppo_epochs * mini_batches)
+    opt_state = jax.eval_shape(optimizer.init, params)
+    scalar = jax.ShapeDtypeStruct((), np.int32)
+    state = TrainState(graphdef=graphdef, params=params, opt_state=opt_state, step=scalar, num_skipped=scalar)
+    state = _abstract(state, state_sharding(state, mesh))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    rows_sharding = batch_sharding(mesh)
+
+    prompt_length = prompt_length or r.prompt_bucket
+    response_length = r.max_new_tokens
+    all_rows, mini_rows = config.data.batch_size * r.n, a.mini_batch_size * r.n
+    rollout_rows = rollout_rows or all_rows
+    if rollout_rows % r.n or all_rows % rollout_rows:
+        raise ValueError(f"rollout_rows {rollout_rows} must be a multiple of rollout.n = {r.n} dividing "
+                         f"data.batch_size x rollout.n = {all_rows}")
+    prompts = rollout_rows // r.n
+    num_micro = mini_rows // a.micro_batch_size if a.micro_batch_size else 1
+
+    def update_batch(rows):
+        def array(shape, dtype):
+            return jax.ShapeDtypeStruct(shape, dtype, sharding=rows_sharding)
+        tokens = array((rows, response_length), np.int32)
+        return UpdateBatch(prompt_tokens=array((rows, prompt_length), np.int32),
+                           prompt_mask=array((rows, prompt_length), np.int32), tokens=tokens, mask=tokens,
+                           advantages=array((rows,), np.float32), old_logp=array((rows, response_length), np.float32))
+
+    step_config = StepConfig(a.name, a.loss, temperature=r.temperature or 1.0,
+                             chunk_size=config.model.logprob_chunk_size, num_micro_batches=num_micro)
+    train_step = make_train_step(state, mesh, optimizer=optimizer, schedule=schedule, config=step_config)
+    key = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=replicated)
+    no_grad = make_no_grad_logprobs(graphdef, mesh, temperature=step_config.temperature,
+                                    chunk_size=step_config.chunk_size, num_micro_batches=num_micro * mini_batches)
+
+    slots = prompt_length + response_length
+    c = model_config
+    cache = jax.eval_shape(lambda: KVCache.zeros(c.num_hidden_layers, rollout_rows, slots, c.num_key_value_heads,
+                                                 c.head_dim, c.dtype))
+    cache_shardings = KVCache(
+        k=tuple(NamedSharding(mesh, logical_to_mesh(_CACHE_KEYS_AXES, mesh, k.shape)) for k in cache.k),
+        v=tuple(NamedSharding(mesh, logical_to_mesh(_CACHE_VALUES_AXES, mesh, v.shape)) for v in cache.v),
+        valid=rows_sharding, length=replicated)
+    cache = _abstract(cache, cache_shardings)
+    layer_cache = _shard_bytes(cache.v[0])
+    options = mesh_compiler_options(mesh)
+
+    def prefill(p, prompt_ids, prompt_mask):
+        """Prefill each prompt once, then its n samples' rows of the cache; first-token logits."""
+        model = nnx.merge(graphdef, p)
+        hidden, prompt_cache = model.prefill(prompt_ids, prompt_mask, slots)
+        return model.logits(hidden[:, -1:])[:, 0], prompt_cache.repeat_rows(r.n, rollout_rows)
+
+    def decode_step(p, step_cache, last_tokens):
+        """One token per row: logits and the cache with its slot written (cache donated)."""
+        ones = jnp.ones((last_tokens.shape[0], 1), jnp.int32)
+        logits, new_cache = nnx.merge(graphdef, p)(last_tokens[:, None], ones, cache=step_cache)
+        return jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32), new_cache
+
+    prompt_ids = jax.ShapeDtypeStruct((prompts, prompt_length), np.int32, sharding=rows_sharding)
+    last_tokens = jax.ShapeDtypeStruct((rollout_rows,), np.int32, sharding=rows_sharding)
+    param_shardings = state_shardings(params, mesh)
+    prefill_program = MeshBound(jax.jit(prefill, out_shardings=(rows_sharding, cache_shardings),
+                                        compiler_options=options), mesh)
+    decode_program = MeshBound(jax.jit(decode_step, in_shardings=(param_shardings, cache_shardings, rows_sharding),
+                                       out_shardings=(rows_sharding, cache_shardings), donate_argnums=1,
+                                       compiler_options=options), mesh)
+    lowerings = {
+        "prefill": lambda: prefill_program.lower(params, prompt_ids, prompt_ids),
+        "decode_step": lambda: decode_program.lower(params, cache, last_tokens),
+        "no_grad_logprobs": lambda: no_grad.lower(params, update_batch(all_rows)),
+        "train_step": lambda: train_step.lower(state, update_batch(mini_rows), key),
+    }
+    return Plan(target=target, device_kind=devices[0].device_kind, chips=len(devices), mesh=dict(mesh.shape),
+                hbm_bytes=hbm_bytes, parameters=_shard_bytes(params), optimizer_state=_shard_bytes(state.opt_state),
+                kv_cache=_shard_bytes(cache),
+                shapes={"layers": model_config.num_hidden_layers, "prompt_length": prompt_length,
+                        "response_length": response_length, "rollout_rows": rollout_rows,
+                        "mini_batch_rows": mini_rows, "micro_batches": num_micro},
+                programs=[_memory(name, lowerings[name], layer_cache if name == "decode_step" else None)
+                          for name in PROGRAMS])
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def topology_devices(topology: str) -> tuple[list, int | None]:
+    """(the devices of a TPU topology such as "v5p:2x4x4" (libtpu, no TPU needed), their HBM per chip)."""
+    from jax.experimental import topologies
+
+    try:
+        description = topologies.get_topology_desc(topology_name=topology, platform="tpu")
+    except Exception as error:
+        raise RuntimeError(f"cannot describe TPU topology {topology!r} ({error}); planning for a TPU topology "
+                           'needs libtpu: pip install -e ".[tpu-plan]"') from error
+    generation = topology.split(":")[0].lower()
+    return list(description.devices), TPU_HBM_BYTES.get(generation)
+
+
+def local_hbm_bytes(device) -> int | None:
+    """The memory limit of a present device (None where the runtime does not say, e.g. CPU)."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    return (stats or {}).get("bytes_limit")
+
+
+def format_plan(p: Plan) -> str:
+    """The plan as a per-chip table (GiB) and a verdict line."""
+    gib = lambda n: f"{n / GIB:8.2f}" if n >= 0 else "       ?"  # noqa: E731
+    hbm = f"{p.hbm_bytes / GIB:.2f} GiB HBM each" if p.hbm_bytes else "memory limit unknown"
+    mesh = " x ".join(f"{k}={v}" for k, v in p.mesh.items())
+    shapes = ", ".join(f"{k} {v}" for k, v in p.shapes.items())
+    lines = [f"plan for {p.target}: {p.chips} x {p.device_kind} ({hbm}), mesh {mesh}", f"shapes: {shapes}",
+             "per chip (GiB):",
+             f"  parameters        {gib(p.parameters)}",
+             f"  optimizer state   {gib(p.optimizer_state)}",
+             f"  KV cache (rollout){gib(p.kv_cache)}",
+             f"  {'program':<18}{'arguments':>10}{'outputs':>10}{'aliased':>10}{'temps':>10}{'total':>10}  fits",]
+    for m in p.programs:
+        fits = "no" if m.name in p.overflowing else ("yes" if p.hbm_bytes else "?")
+        lines.append(f"  {m.name:<18}  {gib(m.arguments)}  {gib(m.outputs)}  {gib(m.aliased)}  "
+                     f"{gib(m.temporaries)}  {gib(m.total)}  {fits}" + (f"  ({m.error})" if m.error else "")
+                     + (f"  ({m.cache_copies} copies of a layer's cache)" if m.cache_copies else ""))
+    lines.append(f"verdict: {p.verdict}")
+    return "\n".join(lines)
+
+
+def _parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="entropy-rl plan",
+        description="Compile a run's programs (train step, no-grad log-probs, prefill, one decode step) on "
+        "abstract inputs and print their memory per chip against the chip's HBM.",
+        epilog="example:\n  entropy-rl plan --config configs/paper/stapo_qwen3_8b.yaml "
+        "--config configs/mesh/tpu_v5p_64.yaml --topology v5p:2x4x4 --model qwen3-8b",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="YAML", action="append", default=[], help="config file(s), as for train")
+    parser.add_argument("--topology", help='a TPU topology, e.g. "v5p:2x4x4" (needs libtpu: the tpu-plan extra); '
+                        "default: the devices present")
+    parser.add_argument("--model", metavar="PRESET", help="the policy's architecture by preset name (e.g. qwen3-8b) "
+                        "when model.hf_path is not on this machine")
+    parser.add_argument("--prompt-length", type=int, help="prompt tokens (default rollout.prompt_bucket)")
+    parser.add_argument("--rollout-rows", type=int, help="rows of the sampler's programs (default: the whole "
+                        "rollout, data.batch_size x rollout.n): plan a rollout run in row chunks")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override any config field")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+    import sys
+
+    from entropy_rl.train.config import ConfigError, load_config
+
+    args = _parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config = load_config(args.config, args.overrides, check_paths=False)
+    except ConfigError as error:
+        print(f"entropy-rl plan: {error}", file=sys.stderr)
+        return 2
+    if args.topology:
+        devices, hbm = topology_devices(args.topology)
+        target = args.topology
+    else:
+        devices = jax.devices()
+        hbm, target = local_hbm_bytes(devices[0]), f"the {len(devices)} {devices[0].platform} devices present"
+    result = plan(config, devices, target=target, hbm_bytes=hbm, preset=args.model,
+                  prompt_length=args.prompt_length, rollout_rows=args.rollout_rows)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_plan(result))
+    return 0 if not result.overflowing else 1
