@@ -16,7 +16,10 @@ Exactness: row r's step-s token is drawn with fold_in(fold_in(rng, r), s) from l
 depend only on its own prompt and tokens, and its cache row has the static sampler's
 layout (the prompt at slots [0, P), its step-s token at P + s - 1), so each row gets the
 static sampler's tokens, log-probs, length and stop flag, whatever the slot count or the
-order of admission.
+order of admission. Log-probs agree to float32 rounding, not bitwise: XLA:CPU's matmuls
+(XNNPACK) round a row differently in batches of different sizes (~1e-6 on the test model,
+the same between two static batches of different sizes), which could flip a sampled token
+only at a near-tie of the inverse CDF.
 
 Per-row write positions with the model's one-slot-for-all-rows cache write: the slots'
 KVCache keeps `length` at the last slot C - 1 (a scratch slot no real token uses, since
@@ -30,11 +33,14 @@ Shapes: S slots, C cache slots, a prefill batch of 2^k prompts (the bucket of th
 prompts a refill admits, >= the batch shards of the mesh) and N = rows padded output rows:
 one decode program and log2(S) prefill programs at most per request shape.
 
-Multi-host boundary: `generate_refill` only touches host data through `place` (a host array
--> a device array: the sampler's input placement) and `agree` (a host int vector -> the
-element-wise maximum over processes, so every process calls the same programs with the same
-shapes the same number of times). Each process schedules its own rows into its own slots;
-the loop ends when no process has work left.
+Multi-host boundary: `generate_refill` touches host data only through `place` (a host array
+-> a device array: the sampler's input placement) and `agree` (an int vector -> its
+element-wise maximum over processes, `agree_across_processes`). Each process schedules its
+own rows into its own slots; `agree` makes every process call the same programs with the
+same prefill bucket the same number of times, and ends the loop only when no process has a
+row left. Still to be supplied by a multi-process `generate` (not tested here): `place`
+building global arrays from each process's rows (jax.make_array_from_process_local_data),
+with the slot and row indices it places offset to the process's first slot and row.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from entropy_rl.model import KVCache
@@ -74,7 +81,8 @@ class SlotState:
     generated); rows [S] int32 (the row in the slot); live [S] bool (the slot's row still
     decodes); keys [S] (the row's PRNG key); tokens [N, R] int32, logprobs [N, R] float32,
     lengths [N] int32, stopped [N] bool: the rows' outputs, written as they are sampled;
-    generated: int32 scalar, tokens sampled so far; stop_token_ids [8k] int32 (-1 unused),
+    generated: int32 scalar, tokens sampled so far; decode_steps: int32 scalar, steps of the
+    slot batch so far; stop_token_ids [8k] int32 (-1 unused),
     pad_token_id and max_new_tokens int32 scalars: data, not part of the program.
     """
 
@@ -89,6 +97,7 @@ class SlotState:
     lengths: jax.Array
     stopped: jax.Array
     generated: jax.Array
+    decode_steps: jax.Array
     stop_token_ids: jax.Array
     pad_token_id: jax.Array
     max_new_tokens: jax.Array
@@ -142,6 +151,7 @@ def _empty_slots(graphdef, params, stop_token_ids, pad_token_id, max_new_tokens,
         lengths=constrain(jnp.zeros((rows,), jnp.int32), ("batch",)),
         stopped=constrain(jnp.zeros((rows,), bool), ("batch",)),
         generated=jnp.zeros((), jnp.int32),
+        decode_steps=jnp.zeros((), jnp.int32),
         stop_token_ids=stop_token_ids,
         pad_token_id=pad_token_id,
         max_new_tokens=max_new_tokens,
@@ -233,9 +243,20 @@ def _refill_decode(graphdef, params, state: SlotState, max_steps, free_to_stop, 
         logits, cache = model(s.last_tokens[:, None], jnp.ones((num_slots, 1), jnp.int32), cache=s.cache)
         cache = constrain_cache(_settle_scratch(cache, s.steps, s.live, prompt_slots))
         tokens, logprobs = program.sample(logits[:, 0], step_keys(s.keys, s.steps))
-        return step + 1, _record(s.replace(cache=cache), tokens, logprobs, s.live)
+        return step + 1, _record(s.replace(cache=cache, decode_steps=s.decode_steps + 1), tokens, logprobs, s.live)
 
     return jax.lax.while_loop(running, decode_step, (jnp.int32(0), state))[1]
+
+
+# The last refill run's schedule in this process (see `last_schedule`).
+_LAST_SCHEDULE: dict[str, int] = {}
+
+
+def last_schedule() -> dict[str, int]:
+    """{"slots", "decode_steps", "prefill_calls", "tokens"} of this process's last refill run:
+    its slot batch stepped decode_steps times (slots * decode_steps row-steps) to sample
+    `tokens` tokens; prefill_calls refill prefills admitted the rows."""
+    return dict(_LAST_SCHEDULE)
 
 
 def _pow2_at_least(value: int, multiple: int) -> int:
@@ -246,25 +267,25 @@ def _pow2_at_least(value: int, multiple: int) -> int:
     return size
 
 
-def _single_process_max(values: np.ndarray) -> np.ndarray:
-    return values
+def agree_across_processes(values: np.ndarray) -> np.ndarray:
+    """The element-wise maximum of an int vector over all processes (itself in one process)."""
+    if jax.process_count() == 1:
+        return values
+    return np.asarray(multihost_utils.process_allgather(values)).max(axis=0)
 
 
 @dataclasses.dataclass
 class _Schedule:
-    """Host bookkeeping: which row each slot holds, which rows wait (in row order)."""
+    """This process's bookkeeping: the rows waiting for a slot (in row order), the live slots."""
 
-    num_slots: int
     waiting: deque
-    slot_rows: np.ndarray  # [S] int, -1 empty
     live: np.ndarray  # [S] bool
 
     def admit(self) -> list[tuple[int, int]]:
         """(slot, row) for as many waiting rows as there are free slots, in row order."""
         free = np.flatnonzero(~self.live)
         pairs = [(int(slot), self.waiting.popleft()) for slot in free[: len(self.waiting)]]
-        for slot, row in pairs:
-            self.slot_rows[slot], self.live[slot] = row, True
+        self.live[[slot for slot, _ in pairs]] = True
         return pairs
 
 
@@ -282,7 +303,7 @@ def generate_refill(
     slots: int,
     row_multiple: int,
     place: Callable[[np.ndarray], jax.Array],
-    agree: Callable[[np.ndarray], np.ndarray] = _single_process_max,
+    agree: Callable[[np.ndarray], np.ndarray] = agree_across_processes,
     progress: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Decode rows 0..num_rows-1 (row r answers prompt_ids[r // config.n], left-padded [*, P])
@@ -296,9 +317,9 @@ def generate_refill(
     state = _empty_slots(graphdef, params, stop_token_array(config), jnp.int32(config.pad_token_id),
                          jnp.int32(config.max_new_tokens), slots=slots, cache_slots=prompt_slots + program.response_slots,
                          rows=padded_rows, response_slots=program.response_slots)
-    schedule = _Schedule(slots, deque(range(num_rows)), np.full(slots, -1), np.zeros(slots, bool))
+    schedule = _Schedule(deque(range(num_rows)), np.zeros(slots, bool))
     chunk = config.progress_chunk if progress else np.iinfo(np.int32).max
-    start, finished = time.perf_counter(), 0
+    start, finished, prefill_calls = time.perf_counter(), 0, 0
     with tqdm(total=num_rows, desc="rollout", unit="row", disable=not progress) as bar:
         while True:
             pairs = schedule.admit()
@@ -313,14 +334,17 @@ def generate_refill(
             if prefill_batch:
                 state = _admit(graphdef, params, state, pairs, prompt_ids, prompt_mask, rng, prefill_batch, n,
                                slots, padded_rows, place, program)
+                prefill_calls += 1
             state = _refill_decode(graphdef, params, state, jnp.int32(chunk), jnp.int32(-free_to_stop),
                                    program=program, prompt_slots=prompt_slots)
-            live, generated = jax.device_get((state.live, state.generated))
-            schedule.live = np.asarray(live, bool) & (schedule.slot_rows >= 0)
+            live, generated, decode_steps = jax.device_get((state.live, state.generated, state.decode_steps))
+            schedule.live = np.array(live, bool)
             now_finished = num_rows - len(schedule.waiting) - int(schedule.live.sum())
             bar.update(now_finished - finished)
             finished = now_finished
             bar.set_postfix_str(f"{int(generated) / (time.perf_counter() - start):.0f} tok/s")
+    _LAST_SCHEDULE.update(slots=slots, decode_steps=int(decode_steps), prefill_calls=prefill_calls,
+                          tokens=int(generated))
     return state.tokens, state.logprobs, state.lengths, state.stopped
 
 

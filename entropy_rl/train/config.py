@@ -122,6 +122,9 @@ class RolloutConfig:
     prompt_bucket: int = 16
     response_bucket: int = 16
     decode_segments: int = 4
+    scheduler: str = "refill"  # refill | static; refill uses slots when max_slots or the budget is set
+    max_slots: int = 0
+    kv_cache_budget_gb: float = 0.0
 
     def sampling_config(self, *, stop_token_ids: Iterable[int], pad_token_id: int, **overrides: Any):
         """The rollout engine's `SamplingConfig` for these fields and a tokenizer's ids."""
