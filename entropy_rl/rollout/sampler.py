@@ -1,6 +1,10 @@
 """`generate`: batched sampling with a preallocated KV cache, compiled per bucketed shape.
 
-Compiled programs per (batch, prompt bucket, response bucket, sampling transform):
+Two schedulers return the same rows: with `SamplingConfig.scheduler="refill"` and fewer
+slots than rows (`max_slots`, `kv_cache_budget_gb`) the rows go through a fixed number of
+slots that finished rows free for waiting ones (`entropy_rl.rollout.refill`); otherwise
+the static schedule below decodes all rows as one batch. Its compiled programs per
+(batch, prompt bucket, response bucket, sampling transform):
 
     prefill: cache <- model(prompt), once per prompt, then copied to its n rows;
              y_0 ~ pi(. | prompt)
@@ -40,7 +44,6 @@ from entropy_rl.rollout.decoding import (
     TRACE_COUNTS,
     Program,
     batch_shards,
-    compile_counts,
     constrain_cache,
     prefill_logits,
     row_keys,
@@ -159,8 +162,10 @@ def generate(
     split over its ("data", "fsdp") axes (rows padded to a multiple of that size) and the
     model's parameters are used where they live (shard them with `shard_model`). rng is a
     PRNG key; row r (0 <= r < len(prompts) * n) draws from fold_in(rng, r), so its sample
-    does not depend on the batch it is in. progress=True shows a tqdm bar updated every
-    config.progress_chunk tokens. Returns a host-side `Rollout`.
+    does not depend on the batch it is in, nor on the scheduler (config.scheduler: refill
+    decodes the rows through the slots `slot_count` allows, when fewer than the rows).
+    progress=True shows a tqdm bar updated every config.progress_chunk tokens (refill:
+    finished rows / total and tokens/s). Returns a host-side `Rollout`.
     """
     program = Program.from_config(config, mesh)
     row_multiple = 1 if mesh is None else batch_shards(mesh)
