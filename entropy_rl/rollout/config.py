@@ -29,6 +29,14 @@ class SamplingConfig:
         program per shape).
       progress_chunk: with `progress=True`, decode steps per compiled call between two
         updates of the progress bar.
+      scheduler: "refill" runs all len(prompts) * n rows through a fixed number of slots
+        (`max_slots`, `kv_cache_budget_gb`): a row that finishes frees its slot for a waiting
+        row (see `entropy_rl.rollout.refill`); "static" decodes all rows as one batch until
+        the last one stops. Both return the same rollout; refill with at least as many slots
+        as rows is the static schedule.
+      max_slots: refill: the most rows decoded at once (0 = no limit but the budget).
+      kv_cache_budget_gb: refill: the most KV-cache memory of the slots, in GB (1e9 bytes;
+        0 = no limit but max_slots); the slot count is the largest that fits.
     """
 
     max_new_tokens: int = 256
@@ -42,6 +50,9 @@ class SamplingConfig:
     response_bucket: int = 64
     decode_segments: int = 4
     progress_chunk: int = 64
+    scheduler: str = "refill"
+    max_slots: int = 0
+    kv_cache_budget_gb: float = 0.0
 
     def __post_init__(self):
         # YAML lists arrive as lists; the config must stay hashable.
@@ -57,6 +68,9 @@ class SamplingConfig:
             (self.response_bucket >= 1, "response_bucket must be >= 1"),
             (self.decode_segments >= 1, "decode_segments must be >= 1"),
             (self.progress_chunk >= 1, "progress_chunk must be >= 1"),
+            (self.scheduler in ("refill", "static"), "scheduler must be 'refill' or 'static'"),
+            (self.max_slots >= 0, "max_slots must be >= 0 (0 = no limit)"),
+            (self.kv_cache_budget_gb >= 0, "kv_cache_budget_gb must be >= 0 (0 = no limit)"),
         ]
         for ok, message in checks:
             if not ok:

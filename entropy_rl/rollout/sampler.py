@@ -1,6 +1,10 @@
 """`generate`: batched sampling with a preallocated KV cache, compiled per bucketed shape.
 
-Compiled programs per (batch, prompt bucket, response bucket, sampling transform):
+Two schedulers return the same rows: with `SamplingConfig.scheduler="refill"` and fewer
+slots than rows (`max_slots`, `kv_cache_budget_gb`) the rows go through a fixed number of
+slots that finished rows free for waiting ones (`entropy_rl.rollout.refill`); otherwise
+the static schedule below decodes all rows as one batch. Its compiled programs per
+(batch, prompt bucket, response bucket, sampling transform):
 
     prefill: cache <- model(prompt), once per prompt, then copied to its n rows;
              y_0 ~ pi(. | prompt)
@@ -22,11 +26,7 @@ updates.
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import dataclasses
 import functools
-import math
 from collections.abc import Sequence
 
 import jax
@@ -42,62 +42,18 @@ from entropy_rl.parallel.hosts import (addressable_rows, allgather_rows, global_
                                        is_multiprocess, mesh_process_count)
 from entropy_rl.rollout.batching import left_pad_prompts, round_up
 from entropy_rl.rollout.config import SamplingConfig
+from entropy_rl.rollout.decoding import (
+    TRACE_COUNTS,
+    Program,
+    batch_shards,
+    constrain_cache,
+    prefill_logits,
+    row_keys,
+    step_keys,
+    stop_token_array,
+)
+from entropy_rl.rollout.refill import generate_refill, slot_count
 from entropy_rl.rollout.result import Rollout, assemble_rollout
-from entropy_rl.rollout.sampling import sample_tokens
-
-# Each layer's KVCache.k [B, KV, head_dim, S] and .v [B, KV, S, head_dim] by logical axis.
-_KEYS_AXES = ("batch", "kv_heads", "head_dim", None)
-_VALUES_AXES = ("batch", "kv_heads", None, "head_dim")
-
-# Number of times each compiled program was traced (= compiled) in this process.
-_TRACE_COUNTS: collections.Counter = collections.Counter()
-
-
-def compile_counts() -> dict[str, int]:
-    """{"prefill": k, "decode": m, "grow": g}: how many programs of each kind this process compiled."""
-    return {kind: _TRACE_COUNTS[kind] for kind in ("prefill", "decode", "grow")}
-
-
-@dataclasses.dataclass(frozen=True)
-class _Program:
-    """The static part of a generation: everything that selects a compiled program."""
-
-    response_slots: int
-    decode_segments: int
-    temperature: float
-    top_k: int
-    top_p: float
-    mesh: jax.sharding.Mesh | None  # traced under jax.set_mesh(mesh): shardings by logical axes
-
-    @classmethod
-    def from_config(cls, config: SamplingConfig, mesh) -> "_Program":
-        return cls(
-            response_slots=round_up(config.max_new_tokens, config.response_bucket),
-            decode_segments=config.decode_segments,
-            temperature=float(config.temperature),
-            top_k=config.top_k,
-            top_p=float(config.top_p),
-            mesh=mesh,
-        )
-
-    def sample(self, logits: jax.Array, keys: jax.Array):
-        return sample_tokens(logits, keys, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
-
-    def cache_sizes(self, prompt_slots: int) -> list[int]:
-        """The cache slots of each decode segment, increasing to prompt + response slots.
-
-        Segment i of n holds the P prompt slots and the first r_i = ceil(R * i / n) response
-        slots, r_i rounded up to a multiple of 8 (so short responses take one segment).
-        Decode step s reads slots [0, P + s - 1) and writes slot P + s - 1, so the segment
-        runs the steps s <= r_i.
-        """
-        ends = {min(round_up(-(-self.response_slots * i // self.decode_segments), 8), self.response_slots)
-                for i in range(1, self.decode_segments + 1)}
-        return [prompt_slots + end for end in sorted(ends)]
-
-    def mesh_context(self):
-        """jax.set_mesh(mesh), under which `constrain` (here and in the model) shards by name."""
-        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
 
 
 @struct.dataclass
@@ -124,33 +80,6 @@ class DecodeState:
     pad_token_id: jax.Array
 
 
-def _batch_shards(mesh) -> int:
-    """Number of pieces the batch dim is split into on `mesh`."""
-    axes = batch_sharding(mesh).spec[0]
-    return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
-
-
-def _constrain_cache(cache: KVCache) -> KVCache:
-    """The cache sharded by logical axes: batch as the activations, kv heads as the weights."""
-    return cache.replace(k=tuple(constrain(k, _KEYS_AXES) for k in cache.k),
-                         v=tuple(constrain(v, _VALUES_AXES) for v in cache.v),
-                         valid=constrain(cache.valid, ("batch", None)))
-
-
-def _prefill_logits(model, prompt_ids, prompt_mask, max_length):
-    """float32 logits [B, V] of the last prompt position, and the cache holding the prompts.
-
-    Only the last position is unembedded: all P would cost P times the unembedding FLOPs
-    and memory ([B, P, V], about a quarter of a 168M model's prefill).
-    """
-    hidden, cache = model.prefill(prompt_ids, prompt_mask, max_length)
-    return model.logits(hidden[:, -1:])[:, 0], cache
-
-
-def _step_keys(row_keys: jax.Array, step: jax.Array) -> jax.Array:
-    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
-
-
 def _record(state: DecodeState, tokens: jax.Array, logprobs: jax.Array) -> DecodeState:
     """Write the step's tokens (pad for rows already stopped) and advance the step."""
     tokens = jnp.where(state.stopped, state.pad_token_id, tokens)
@@ -167,16 +96,16 @@ def _record(state: DecodeState, tokens: jax.Array, logprobs: jax.Array) -> Decod
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "program", "n", "batch"), compiler_options=COMPILER_OPTIONS)
 def _prefill(graphdef, params, prompt_ids, prompt_mask, rng, stop_token_ids, pad_token_id, row_ids=None, *,
-             program: _Program, n: int, batch: int) -> DecodeState:
+             program: Program, n: int, batch: int) -> DecodeState:
     """Fill the cache with the prompts [B_p, P], copy each prompt's row to its n samples'
     adjacent rows (the first `batch` <= B_p * n kept), and sample the first response token
     of each row. Row r draws from fold_in(rng, row_ids[r]) (row_ids [batch] int32; None = r)."""
-    _TRACE_COUNTS["prefill"] += 1
+    TRACE_COUNTS["prefill"] += 1
     model = nnx.merge(graphdef, params)
-    logits, cache = _prefill_logits(model, prompt_ids, prompt_mask, program.cache_sizes(prompt_ids.shape[1])[0])
+    logits, cache = prefill_logits(model, prompt_ids, prompt_mask, program.cache_sizes(prompt_ids.shape[1])[0])
     logits = constrain(repeat_rows(logits, n, batch), ("batch", None))
-    cache = _constrain_cache(cache.repeat_rows(n, batch))
-    row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(batch) if row_ids is None else row_ids)
+    cache = constrain_cache(cache.repeat_rows(n, batch))
+    keys = row_keys(rng, jnp.arange(batch) if row_ids is None else row_ids)
     state = DecodeState(
         cache=cache,
         last_tokens=constrain(jnp.zeros((batch,), jnp.int32), ("batch",)),
@@ -185,19 +114,19 @@ def _prefill(graphdef, params, prompt_ids, prompt_mask, rng, stop_token_ids, pad
         lengths=constrain(jnp.zeros((batch,), jnp.int32), ("batch",)),
         stopped=constrain(jnp.zeros((batch,), bool), ("batch",)),
         step=jnp.zeros((), jnp.int32),
-        row_keys=row_keys,
+        row_keys=keys,
         stop_token_ids=stop_token_ids,
         pad_token_id=pad_token_id,
     )
-    first_tokens, first_logprobs = program.sample(logits, _step_keys(row_keys, state.step))
+    first_tokens, first_logprobs = program.sample(logits, step_keys(keys, state.step))
     return _record(state, first_tokens, first_logprobs)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "program"), donate_argnames=("state",),
                    compiler_options=COMPILER_OPTIONS)
-def _decode(graphdef, params, state: DecodeState, stop_step, *, program: _Program) -> DecodeState:
+def _decode(graphdef, params, state: DecodeState, stop_step, *, program: Program) -> DecodeState:
     """Decode one token per row per step until step == stop_step or every row stopped."""
-    _TRACE_COUNTS["decode"] += 1
+    TRACE_COUNTS["decode"] += 1
     model = nnx.merge(graphdef, params)
 
     def running(s: DecodeState):
@@ -206,7 +135,7 @@ def _decode(graphdef, params, state: DecodeState, stop_step, *, program: _Progra
     def step(s: DecodeState):
         ones = jnp.ones((s.last_tokens.shape[0], 1), jnp.int32)
         logits, cache = model(s.last_tokens[:, None], ones, cache=s.cache)
-        tokens, logprobs = program.sample(logits[:, 0], _step_keys(s.row_keys, s.step))
+        tokens, logprobs = program.sample(logits[:, 0], step_keys(s.row_keys, s.step))
         return _record(s.replace(cache=cache), tokens, logprobs)
 
     return jax.lax.while_loop(running, step, state)
@@ -215,8 +144,8 @@ def _decode(graphdef, params, state: DecodeState, stop_step, *, program: _Progra
 @functools.partial(jax.jit, static_argnames=("slots",))
 def _grow_cache(state: DecodeState, *, slots: int) -> DecodeState:
     """The state with its cache grown to `slots` slots (the next decode segment's)."""
-    _TRACE_COUNTS["grow"] += 1
-    return state.replace(cache=_constrain_cache(state.cache.grow(slots)))
+    TRACE_COUNTS["grow"] += 1
+    return state.replace(cache=constrain_cache(state.cache.grow(slots)))
 
 
 def generate(
@@ -235,36 +164,47 @@ def generate(
     split over its ("data", "fsdp") axes (rows padded to a multiple of that size) and the
     model's parameters are used where they live (shard them with `shard_model`). rng is a
     PRNG key; row r (0 <= r < len(prompts) * n) draws from fold_in(rng, r), so its sample
-    does not depend on the batch it is in. progress=True shows a tqdm bar updated every
-    config.progress_chunk tokens. Returns a host-side `Rollout`.
+    does not depend on the batch it is in, nor on the scheduler (config.scheduler: refill
+    decodes the rows through the slots `slot_count` allows, when fewer than the rows).
+    progress=True shows a tqdm bar updated every config.progress_chunk tokens (refill:
+    finished rows / total and tokens/s). Returns a host-side `Rollout`.
 
     On several JAX processes each passes its own share of the prompts (`host_share`): the
     global batch holds every host's rows, host by host, and each host gets back a Rollout of
     its own rows only, whose row r draws from fold_in(rng, r + n * the prompts of the hosts
-    before it): the samples of one process given all the prompts.
+    before it): the samples of one process given all the prompts. Several processes decode
+    with the static schedule (refill's per-host slots are not wired yet).
     """
-    program = _Program.from_config(config, mesh)
+    program = Program.from_config(config, mesh)
     if is_multiprocess(mesh):
         prompt_ids, prompt_mask, row_ids = _host_prompt_block(prompts, config, mesh)
         ids, mask = (global_from_host_rows(x, mesh) for x in (prompt_ids, prompt_mask))
         row_ids = global_from_host_rows(row_ids, mesh)
-        batch = row_ids.shape[0]
+        batch = slots = row_ids.shape[0]
     else:
-        row_multiple = 1 if mesh is None else _batch_shards(mesh)
+        row_multiple = 1 if mesh is None else batch_shards(mesh)
         prompt_ids, prompt_mask = left_pad_prompts(
             prompts, pad_token_id=config.pad_token_id, prompt_bucket=config.prompt_bucket, row_multiple=row_multiple
         )
         ids, mask, row_ids = _to_device(prompt_ids, mesh), _to_device(prompt_mask, mesh), None
         batch = round_up(len(prompts) * config.n, row_multiple)
+        slots = slot_count(config, model.config, prompt_ids.shape[1] + program.response_slots, batch, row_multiple)
     _check_vocab(model, prompt_ids)
     graphdef, params = nnx.split(model)
     with program.mesh_context():
-        state = _prefill(graphdef, params, ids, mask, rng, _stop_token_array(config), jnp.int32(config.pad_token_id),
-                         row_ids, program=program, n=config.n, batch=batch)
-        state = _decode_all(graphdef, params, state, program, config, prompt_ids.shape[1], progress)
+        if config.scheduler == "refill" and slots < batch:
+            outputs = generate_refill(graphdef, params, prompt_ids, prompt_mask, rng, config, program,
+                                      num_rows=len(prompts) * config.n, padded_rows=batch, slots=slots,
+                                      row_multiple=row_multiple, place=lambda array: _to_device(array, mesh),
+                                      progress=progress)
+        else:
+            state = _prefill(graphdef, params, ids, mask, rng, stop_token_array(config),
+                             jnp.int32(config.pad_token_id), row_ids, program=program, n=config.n, batch=batch)
+            state = _decode_all(graphdef, params, state, program, config, prompt_ids.shape[1], progress)
+            outputs = (state.tokens, state.logprobs, state.lengths, state.stopped)
     # each host reads back only its own rows
-    tokens, logprobs, lengths, stopped = (addressable_rows(x) for x in (state.tokens, state.logprobs, state.lengths,
-                                                                         state.stopped))
+    tokens, logprobs, lengths, stopped = (addressable_rows(x) if isinstance(x, jax.Array) else np.asarray(x)
+                                          for x in outputs)
     return assemble_rollout(
         prompt_tokens=np.repeat(prompt_ids, config.n, axis=0),
         prompt_mask=np.repeat(prompt_mask, config.n, axis=0),
@@ -280,7 +220,7 @@ def generate(
 
 
 def _decode_all(graphdef, params, state, program, config, prompt_slots, progress) -> DecodeState:
-    """Run the decode program to max_new_tokens, segment by segment (see `_Program.cache_sizes`),
+    """Run the decode program to max_new_tokens, segment by segment (see `Program.cache_sizes`),
     each in one call, or with progress=True in calls of config.progress_chunk steps between
     updates of a tqdm bar (these synchronise, and stop early once every row has stopped)."""
     chunk = config.progress_chunk if progress else config.max_new_tokens
@@ -313,7 +253,7 @@ def _host_prompt_block(prompts: Sequence[Sequence[int]], config: SamplingConfig,
     its batch shards, P = the longest prompt of any host rounded up to config.prompt_bucket
     (filler rows as in `left_pad_prompts`). Row ids continue those of the hosts before.
     """
-    shards = _batch_shards(mesh) // mesh_process_count(mesh)
+    shards = batch_shards(mesh) // mesh_process_count(mesh)
     counts = allgather_rows(np.asarray([[len(prompts), max(map(len, prompts), default=1)]]), mesh)
     rows, length = round_up(int(counts[:, 0].max()), shards), round_up(int(counts[:, 1].max()), config.prompt_bucket)
     ids, mask = (left_pad_prompts(prompts, pad_token_id=config.pad_token_id, prompt_bucket=length) if prompts
@@ -324,12 +264,6 @@ def _host_prompt_block(prompts: Sequence[Sequence[int]], config: SamplingConfig,
     mask[len(prompts):, -1] = 1  # filler rows: one pad token, so attention always has a key
     first_row = config.n * int(counts[:host_block(mesh), 0].sum())
     return ids, mask, np.arange(first_row, first_row + rows * config.n, dtype=np.int32)
-
-
-def _stop_token_array(config: SamplingConfig) -> jax.Array:
-    """int32 [S]: the stop ids padded with -1 to a multiple of 8 (a shape bucket)."""
-    stop_ids = list(config.stop_token_ids)
-    return jnp.asarray(stop_ids + [-1] * (round_up(len(stop_ids), 8) - len(stop_ids)), jnp.int32)
 
 
 def _to_device(array: np.ndarray, mesh) -> jax.Array:

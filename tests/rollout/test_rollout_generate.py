@@ -14,7 +14,7 @@ from flax import nnx
 from entropy_rl.model import load_hf
 from entropy_rl.parallel import MeshConfig, make_mesh
 from entropy_rl.rollout import SamplingConfig, compile_counts, generate, sampling_logprobs
-from entropy_rl.rollout.sampler import _Program
+from entropy_rl.rollout.decoding import Program
 
 VOCAB = 128
 PROMPTS = [[5, 17, 99, 3], [42], [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]]
@@ -183,7 +183,7 @@ def test_decode_segments_compile_once_each_and_equal_one_segment(model):
     before = compile_counts()
     segmented = generate(model, PROMPTS, config, jax.random.key(6))
     after = compile_counts()
-    assert {kind: after[kind] - before[kind] for kind in after} == {"prefill": 1, "decode": 3, "grow": 2}
+    assert {kind: after[kind] - before[kind] for kind in ("prefill", "decode", "grow")} == {"prefill": 1, "decode": 3, "grow": 2}
     whole = generate(model, PROMPTS, SamplingConfig(**{**config.__dict__, "decode_segments": 1}), jax.random.key(6))
     np.testing.assert_array_equal(segmented.tokens, whole.tokens)
     np.testing.assert_allclose(segmented.logprobs, whole.logprobs, atol=1e-5)
@@ -192,11 +192,11 @@ def test_decode_segments_compile_once_each_and_equal_one_segment(model):
 
 def test_segment_cache_sizes():
     issue_benchmark = SamplingConfig(max_new_tokens=256, response_bucket=64)
-    assert _Program.from_config(issue_benchmark, None).cache_sizes(128) == [192, 256, 320, 384]
+    assert Program.from_config(issue_benchmark, None).cache_sizes(128) == [192, 256, 320, 384]
     short = SamplingConfig(max_new_tokens=5, response_bucket=8, decode_segments=4)
-    assert _Program.from_config(short, None).cache_sizes(16) == [24]
+    assert Program.from_config(short, None).cache_sizes(16) == [24]
     uneven = SamplingConfig(max_new_tokens=100, response_bucket=100, decode_segments=3)
-    assert _Program.from_config(uneven, None).cache_sizes(0) == [40, 72, 100]
+    assert Program.from_config(uneven, None).cache_sizes(0) == [40, 72, 100]
 
 
 def test_progress_chunks_give_the_same_rollout_without_recompiling(model):

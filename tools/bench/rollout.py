@@ -24,11 +24,28 @@ over the cache).
     python tools/bench/rollout.py              # the issue's configuration
     python tools/bench/rollout.py --quick      # 32 new tokens, for a fast check
     python tools/bench/rollout.py --n 8        # 8 prompts x 8 samples
+
+Scheduler comparison (`--lengths`): the refill scheduler (--slots slots) against the static
+one on the same rows (same key: the same tokens, asserted), best of --repeats, interleaved:
+
+    skewed  a stop set of V * 4 / new_tokens token ids: random weights give a near-uniform
+            next-token distribution, so a row stops at each step with probability ~4 /
+            new_tokens (geometric lengths, median ~0.17 * new_tokens, ~2% reach the cap);
+            the measured length quantiles are printed
+    equal   no stop token: every row generates new_tokens tokens
+
+reporting decode steps, row-steps (batch rows x steps), the useful fraction (generated
+tokens / row-steps) and useful tokens/s; --torch adds transformers' generate on the same
+workload (the stop set as eos_token_id; its own random tokens, so its own lengths).
+
+    python tools/bench/rollout.py --lengths skewed --batch 512 --n 8 --new-tokens 512 --slots 128
+    python tools/bench/rollout.py --lengths skewed --model small ...   # a 4-layer model, for slow machines
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import time
 
@@ -41,12 +58,16 @@ import transformers
 from entropy_rl.model import load_hf
 from entropy_rl.parallel import COMPILER_OPTIONS
 from entropy_rl.rollout import SamplingConfig, generate
+from entropy_rl.rollout.refill import last_schedule
 from timing import best_times
 
 HF_CONFIG = dict(
     vocab_size=32768, hidden_size=1024, intermediate_size=3072, num_hidden_layers=8, num_attention_heads=16,
     num_key_value_heads=8, head_dim=64, max_position_embeddings=4096, tie_word_embeddings=False,
 )
+# --model small: the same shape family at 1/4 width, 4 layers, 1/4 vocabulary (about 6M parameters).
+SMALL_CONFIG = dict(HF_CONFIG, vocab_size=8192, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                    num_attention_heads=4, num_key_value_heads=2)
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -110,29 +131,37 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="32 new tokens instead of --new-tokens")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--n", type=int, default=1, help="samples per prompt (batch / n prompts)")
+    parser.add_argument("--lengths", choices=("skewed", "equal"), help="compare the refill and static schedulers")
+    parser.add_argument("--slots", type=int, default=128, help="--lengths: the refill scheduler's max_slots")
+    parser.add_argument("--model", choices=("bench", "small"), default="bench")
+    parser.add_argument("--torch", action="store_true", help="--lengths: also time transformers' generate")
     args = parser.parse_args()
     if args.batch % args.n:
         parser.error(f"--n {args.n} must divide --batch {args.batch}")
     new_tokens = 32 if args.quick else args.new_tokens
 
+    model_config = HF_CONFIG if args.model == "bench" else SMALL_CONFIG
     torch.manual_seed(0)
-    hf_config = transformers.Qwen3Config(**HF_CONFIG)
+    hf_config = transformers.Qwen3Config(**model_config)
     hf_model = transformers.Qwen3ForCausalLM(hf_config).eval()
     with tempfile.TemporaryDirectory() as path:
         hf_model.save_pretrained(path)
         model = load_hf(path)
-    prompts = np.random.default_rng(0).integers(1, HF_CONFIG["vocab_size"], (args.batch // args.n, args.prompt)).tolist()
+    prompts = np.random.default_rng(0).integers(1, model_config["vocab_size"], (args.batch // args.n, args.prompt)).tolist()
     params = sum(p.numel() for p in hf_model.parameters())
     print(f"Qwen3-shaped model, {params / 1e6:.0f}M parameters, float32; batch {args.batch} "
           f"({len(prompts)} prompts x {args.n}), prompt {args.prompt}, "
           f"{new_tokens} new tokens, sampling at temperature 1; {jax.devices()[0].platform} x{jax.device_count()}, "
           f"torch threads {torch.get_num_threads()}")
+    if args.lengths:
+        compare_schedulers(model, hf_model, prompts, args, new_tokens, model_config["vocab_size"])
+        return
 
     peak = matmul_peak_gflops()
     jax_side, torch_side = jax_runs(model, prompts, new_tokens, args.n), torch_runs(hf_model, prompts, new_tokens, args.n)
     wall, cpu = best_times({"jax 1": jax_side["1"], "torch 1": torch_side["1"], "jax N": jax_side["N"],
                             "torch N": torch_side["N"], "jax N+bar": jax_side["N+bar"]}, args.repeats, warm_up=False)
-    flops = decode_flops_per_token(HF_CONFIG, args.prompt + new_tokens / 2)
+    flops = decode_flops_per_token(model_config, args.prompt + new_tokens / 2)
     print(f"matmul peak (jnp.dot 2048^3, float32): {peak:.1f} GFLOP/s; decode matmul FLOPs/token {flops / 1e6:.0f}M")
     for label, times in (("wall-clock", wall), ("process CPU time (all threads)", cpu)):
         print(f"\n{label}:")
@@ -155,6 +184,61 @@ def report(times: dict, batch: int, new_tokens: int, flops: float, peak: float |
           f"without ({times['jax N+bar'] / times['jax N']:.3f}x the time)")
     print(f"speed-up vs transformers: prefill included {rates['jax'][0] / rates['torch'][0]:.2f}x, "
           f"decode only {rates['jax'][1] / rates['torch'][1]:.2f}x")
+
+
+def compare_schedulers(model, hf_model, prompts, args, new_tokens: int, vocab: int) -> None:
+    """Time the static and refill schedulers (and transformers with --torch) on one workload;
+    print steps, row-steps, useful fraction and useful tokens/s."""
+    stop_ids = ()
+    if args.lengths == "skewed":
+        stop_ids = tuple(np.random.default_rng(1).choice(np.arange(1, vocab), vocab * 4 // new_tokens, replace=False))
+    base = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, n=args.n, stop_token_ids=stop_ids,
+                          prompt_bucket=len(prompts[0]), response_bucket=64)
+    configs = {"static": SamplingConfig(**{**base.__dict__, "scheduler": "static"}),
+               "refill": SamplingConfig(**{**base.__dict__, "scheduler": "refill", "max_slots": args.slots})}
+    rollouts, schedules = {}, {}
+
+    def run(name):
+        rollouts[name] = generate(model, prompts, configs[name], jax.random.key(1))
+        schedules[name] = last_schedule() if name == "refill" else None
+
+    candidates = {name: functools.partial(run, name) for name in configs}
+    if args.torch:
+        candidates["transformers"] = functools.partial(_torch_stop_run, hf_model, prompts, new_tokens, args.n,
+                                                       stop_ids, rollouts)
+    wall, _ = best_times(candidates, args.repeats)
+    static, refill = rollouts["static"], rollouts["refill"]
+    np.testing.assert_array_equal(refill.tokens, static.tokens)  # the same rows, whatever the scheduler
+    lengths = static.lengths
+    print(f"workload {args.lengths}: {len(lengths)} rows, max {new_tokens} new tokens, {len(stop_ids)} stop ids; "
+          f"lengths median {np.median(lengths):.0f}, p90 {np.percentile(lengths, 90):.0f}, max {lengths.max()}, "
+          f"{np.mean(lengths == new_tokens):.1%} at the cap, {lengths.sum()} tokens")
+    # (batch, decode steps, generated tokens); a row's first token comes from its prefill.
+    rows = {"static": (len(lengths), int(lengths.max()) - 1, int(lengths.sum())),
+            "refill": (schedules["refill"]["slots"], schedules["refill"]["decode_steps"], int(refill.lengths.sum()))}
+    if args.torch:
+        rows["transformers"] = rollouts["transformers"]
+    print(f"{'':<14}{'batch':>7}{'decode steps':>14}{'row-steps':>11}{'useful':>8}{'seconds':>9}{'useful tok/s':>14}")
+    for name, (batch, steps, tokens) in rows.items():
+        useful = (tokens - len(lengths)) / max(1, batch * steps)  # decode-sampled tokens / decode row-steps
+        print(f"{name:<14}{batch:>7}{steps:>14}{batch * steps:>11}{useful:>8.1%}"
+              f"{wall[name]:>9.2f}{tokens / wall[name]:>14.1f}")
+    print(f"refill / static useful tokens/s: {wall['static'] / wall['refill']:.2f}x "
+          f"(static decode steps / refill decode steps: {rows['static'][1] / rows['refill'][1]:.2f}x; "
+          f"refill prefill calls {schedules['refill']['prefill_calls']})")
+
+
+def _torch_stop_run(hf_model, prompts, new_tokens: int, n: int, stop_ids, results: dict) -> None:
+    """transformers' generate on the workload: (batch, steps, generated tokens) into results."""
+    ids = torch.tensor(prompts)
+    with torch.inference_mode():
+        out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0,
+                                top_p=1.0, max_new_tokens=new_tokens, num_return_sequences=n, pad_token_id=0,
+                                eos_token_id=list(stop_ids) or None)
+    response = out[:, ids.shape[1]:].numpy()
+    hits = np.isin(response, stop_ids)
+    lengths = np.where(hits.any(1), hits.argmax(1) + 1, response.shape[1])
+    results["transformers"] = (response.shape[0], response.shape[1] - 1, int(lengths.sum()))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,117 @@
+"""What both schedulers of `generate` share: the compiled-program key, the per-row sampling
+keys, the cache's sharding and the prefill, and the counter of compiled programs."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from entropy_rl.model import KVCache
+from entropy_rl.parallel import batch_sharding, constrain
+from entropy_rl.rollout.batching import round_up
+from entropy_rl.rollout.config import SamplingConfig
+from entropy_rl.rollout.sampling import sample_tokens
+
+# Each layer's KVCache.k [B, KV, head_dim, S] and .v [B, KV, S, head_dim] by logical axis.
+_KEYS_AXES = ("batch", "kv_heads", "head_dim", None)
+_VALUES_AXES = ("batch", "kv_heads", None, "head_dim")
+
+# Number of times each compiled program was traced (= compiled) in this process.
+TRACE_COUNTS: collections.Counter = collections.Counter()
+PROGRAM_KINDS = ("prefill", "decode", "grow", "refill_prefill", "refill_decode", "slots")
+
+
+def compile_counts() -> dict[str, int]:
+    """{kind: programs of that kind this process compiled}: the static scheduler's "prefill",
+    "decode" and "grow", the refill scheduler's "refill_prefill", "refill_decode" and "slots"."""
+    return {kind: TRACE_COUNTS[kind] for kind in PROGRAM_KINDS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """The static part of a generation: everything that selects a compiled program."""
+
+    response_slots: int
+    decode_segments: int
+    temperature: float
+    top_k: int
+    top_p: float
+    mesh: jax.sharding.Mesh | None  # traced under jax.set_mesh(mesh): shardings by logical axes
+
+    @classmethod
+    def from_config(cls, config: SamplingConfig, mesh) -> "Program":
+        return cls(
+            response_slots=round_up(config.max_new_tokens, config.response_bucket),
+            decode_segments=config.decode_segments,
+            temperature=float(config.temperature),
+            top_k=config.top_k,
+            top_p=float(config.top_p),
+            mesh=mesh,
+        )
+
+    def sample(self, logits: jax.Array, keys: jax.Array):
+        return sample_tokens(logits, keys, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+
+    def cache_sizes(self, prompt_slots: int) -> list[int]:
+        """The cache slots of each decode segment, increasing to prompt + response slots.
+
+        Segment i of n holds the P prompt slots and the first r_i = ceil(R * i / n) response
+        slots, r_i rounded up to a multiple of 8 (so short responses take one segment).
+        Decode step s reads slots [0, P + s - 1) and writes slot P + s - 1, so the segment
+        runs the steps s <= r_i.
+        """
+        ends = {min(round_up(-(-self.response_slots * i // self.decode_segments), 8), self.response_slots)
+                for i in range(1, self.decode_segments + 1)}
+        return [prompt_slots + end for end in sorted(ends)]
+
+    def mesh_context(self):
+        """jax.set_mesh(mesh), under which `constrain` (here and in the model) shards by name."""
+        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+
+
+def batch_shards(mesh) -> int:
+    """Number of pieces the batch dim is split into on `mesh` (1 without one)."""
+    if mesh is None:
+        return 1
+    axes = batch_sharding(mesh).spec[0]
+    return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+
+
+def constrain_cache(cache: KVCache) -> KVCache:
+    """The cache sharded by logical axes: batch as the activations, kv heads as the weights."""
+    return cache.replace(k=tuple(constrain(k, _KEYS_AXES) for k in cache.k),
+                         v=tuple(constrain(v, _VALUES_AXES) for v in cache.v),
+                         valid=constrain(cache.valid, ("batch", None)))
+
+
+def prefill_logits(model, prompt_ids, prompt_mask, max_length):
+    """float32 logits [B, V] of the last prompt position, and the cache holding the prompts.
+
+    Only the last position is unembedded: all P would cost P times the unembedding FLOPs
+    and memory ([B, P, V], about a quarter of a 168M model's prefill).
+    """
+    hidden, cache = model.prefill(prompt_ids, prompt_mask, max_length)
+    return model.logits(hidden[:, -1:])[:, 0], cache
+
+
+def row_keys(rng: jax.Array, rows: jax.Array) -> jax.Array:
+    """PRNG keys [B] of the rows [B] (global row indices): fold_in(rng, row)."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, rows)
+
+
+def step_keys(keys: jax.Array, step: jax.Array) -> jax.Array:
+    """The keys [B] rows draw their step's token with: fold_in(keys[r], step[r]); step is a
+    scalar (every row at the same step) or [B]. A row's sample thus depends only on the
+    row and the step, not on the batch or the slot it runs in."""
+    return jax.vmap(jax.random.fold_in)(keys, jnp.broadcast_to(step, keys.shape))
+
+
+def stop_token_array(config: SamplingConfig) -> jax.Array:
+    """int32 [S]: the stop ids padded with -1 to a multiple of 8 (a shape bucket)."""
+    stop_ids = list(config.stop_token_ids)
+    return jnp.asarray(stop_ids + [-1] * (round_up(len(stop_ids), 8) - len(stop_ids)), jnp.int32)

@@ -1,0 +1,366 @@
+"""The refill scheduler: all rows of a request decoded through a fixed number of slots.
+
+A static batch decodes until its last row stops, so rows that stopped early keep stepping
+(and reading their cache) for nothing; with long-tailed response lengths most row-steps
+are wasted. Here S slots (`slot_count`: `max_slots`, or the most whose KV cache fits
+`kv_cache_budget_gb`) decode the len(prompts) * n rows; the host loop is
+
+    while a row waits or a slot is live:
+        refill_prefill: prefill waiting prompts (once per prompt for all its admitted
+                        samples), write their caches into free slots, sample each row's y_0
+        refill_decode:  decode every live slot one token per step, until a whole prompt's
+                        n rows could be admitted (n slots free), every slot is done, or
+                        progress_chunk steps passed (with progress=True)
+
+Exactness: row r's step-s token is drawn with fold_in(fold_in(rng, r), s) from logits that
+depend only on its own prompt and tokens, and its cache row has the static sampler's
+layout (the prompt at slots [0, P), its step-s token at P + s - 1), so each row gets the
+static sampler's tokens, log-probs, length and stop flag, whatever the slot count or the
+order of admission. Log-probs agree to float32 rounding, not bitwise: XLA:CPU's matmuls
+(XNNPACK) round a row differently in batches of different sizes (~1e-6 on the test model,
+the same between two static batches of different sizes), which could flip a sampled token
+only at a near-tie of the inverse CDF.
+
+Per-row write positions with the model's one-slot-for-all-rows cache write: the slots'
+KVCache keeps `length` at the last slot C - 1 (a scratch slot no real token uses, since
+C = P + round_up(max_new_tokens, response_bucket) > P + max_new_tokens - 1). A step feeds
+each slot's last token, the model writes its keys/values at the scratch slot (attention
+reads the valid slots and the new token itself, so the slot it lands in does not matter),
+then `_settle_scratch` moves them to the row's own slot P + s - 1 and marks that slot
+valid; rotary positions count the row's valid slots, so they are the static ones.
+
+Shapes: S slots, C cache slots, a prefill batch of 2^k prompts (the bucket of the waiting
+prompts a refill admits, >= the batch shards of the mesh) and N = rows padded output rows:
+one decode program and log2(S) prefill programs at most per request shape.
+
+Multi-host boundary: `generate_refill` touches host data only through `place` (a host array
+-> a device array: the sampler's input placement) and `agree` (an int vector -> its
+element-wise maximum over processes, `agree_across_processes`). Each process schedules its
+own rows into its own slots; `agree` makes every process call the same programs with the
+same prefill bucket the same number of times, and ends the loop only when no process has a
+row left. Still to be supplied by a multi-process `generate` (not tested here): `place`
+building global arrays from each process's rows (jax.make_array_from_process_local_data),
+with the slot and row indices it places offset to the process's first slot and row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections import deque
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+from jax.experimental import multihost_utils
+from tqdm.auto import tqdm
+
+from entropy_rl.model import KVCache
+from entropy_rl.parallel import COMPILER_OPTIONS, constrain
+from entropy_rl.rollout.config import SamplingConfig
+from entropy_rl.rollout.decoding import (
+    TRACE_COUNTS,
+    Program,
+    constrain_cache,
+    prefill_logits,
+    row_keys,
+    step_keys,
+    stop_token_array,
+)
+
+
+@struct.dataclass
+class SlotState:
+    """The refill scheduler's device state: S slots, N output rows, R response slots.
+
+    cache: KVCache [S, ..., C], `length` pinned to the scratch slot C - 1.
+    last_tokens [S] int32 (fed next step); steps [S] int32 (tokens the slot's row has
+    generated); rows [S] int32 (the row in the slot); live [S] bool (the slot's row still
+    decodes); keys [S] (the row's PRNG key); tokens [N, R] int32, logprobs [N, R] float32,
+    lengths [N] int32, stopped [N] bool: the rows' outputs, written as they are sampled;
+    generated: int32 scalar, tokens sampled so far; decode_steps: int32 scalar, steps of the
+    slot batch so far; stop_token_ids [8k] int32 (-1 unused),
+    pad_token_id and max_new_tokens int32 scalars: data, not part of the program.
+    """
+
+    cache: KVCache
+    last_tokens: jax.Array
+    steps: jax.Array
+    rows: jax.Array
+    live: jax.Array
+    keys: jax.Array
+    tokens: jax.Array
+    logprobs: jax.Array
+    lengths: jax.Array
+    stopped: jax.Array
+    generated: jax.Array
+    decode_steps: jax.Array
+    stop_token_ids: jax.Array
+    pad_token_id: jax.Array
+    max_new_tokens: jax.Array
+
+
+def kv_bytes_per_slot(model_config, cache_slots: int) -> int:
+    """Bytes of one slot's KV cache: 2 (k, v) * layers * kv heads * head_dim * C * itemsize,
+    plus C bytes of its valid mask."""
+    c = model_config
+    itemsize = jnp.dtype(c.dtype).itemsize
+    return 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * cache_slots * itemsize + cache_slots
+
+
+def slot_count(config: SamplingConfig, model_config, cache_slots: int, rows: int, row_multiple: int) -> int:
+    """The number of slots: the fewest of `rows`, config.max_slots and the slots whose KV
+    cache (`kv_bytes_per_slot` each, C = cache_slots) fits config.kv_cache_budget_gb,
+    rounded down to a multiple of row_multiple (the mesh's batch shards)."""
+    limit = rows
+    if config.max_slots:
+        limit = min(limit, config.max_slots)
+    per_slot = kv_bytes_per_slot(model_config, cache_slots)
+    if config.kv_cache_budget_gb:
+        limit = min(limit, int(config.kv_cache_budget_gb * 1e9 // per_slot))
+    slots = limit // row_multiple * row_multiple
+    if slots < 1:
+        raise ValueError(
+            f"SamplingConfig: max_slots {config.max_slots} and kv_cache_budget_gb {config.kv_cache_budget_gb} "
+            f"allow {limit} slots, fewer than the mesh's {row_multiple} batch shards (a slot's cache of "
+            f"{cache_slots} positions takes {per_slot / 1e9:.4g} GB)"
+        )
+    return slots
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "slots", "cache_slots", "rows", "response_slots"))
+def _empty_slots(graphdef, params, stop_token_ids, pad_token_id, max_new_tokens, *, slots: int, cache_slots: int,
+                 rows: int, response_slots: int) -> SlotState:
+    """Every slot empty (rows = `rows`, past the last output row), outputs padding."""
+    TRACE_COUNTS["slots"] += 1
+    model = nnx.merge(graphdef, params)
+    cache = model.init_cache(slots, cache_slots)
+    by_slot = functools.partial(constrain, axes=("batch",))
+    return SlotState(
+        cache=constrain_cache(cache.replace(length=jnp.int32(cache_slots - 1))),
+        last_tokens=by_slot(jnp.zeros((slots,), jnp.int32)),
+        steps=by_slot(jnp.zeros((slots,), jnp.int32)),
+        rows=by_slot(jnp.full((slots,), rows, jnp.int32)),
+        live=by_slot(jnp.zeros((slots,), bool)),
+        keys=row_keys(jax.random.key(0), jnp.zeros((slots,), jnp.int32)),
+        tokens=constrain(jnp.full((rows, response_slots), pad_token_id, jnp.int32), ("batch", None)),
+        logprobs=constrain(jnp.zeros((rows, response_slots), jnp.float32), ("batch", None)),
+        lengths=constrain(jnp.zeros((rows,), jnp.int32), ("batch",)),
+        stopped=constrain(jnp.zeros((rows,), bool), ("batch",)),
+        generated=jnp.zeros((), jnp.int32),
+        decode_steps=jnp.zeros((), jnp.int32),
+        stop_token_ids=stop_token_ids,
+        pad_token_id=pad_token_id,
+        max_new_tokens=max_new_tokens,
+    )
+
+
+def _record(state: SlotState, tokens: jax.Array, logprobs: jax.Array, writes: jax.Array) -> SlotState:
+    """Record the tokens [S] and log-probs [S] of the slots where `writes` [S]: write them at
+    their rows' current steps, advance those steps, and retire the rows that emitted a stop
+    token or reached max_new_tokens. Other slots keep their state."""
+    rows = jnp.where(writes, state.rows, state.tokens.shape[0])  # out of range: dropped
+    steps = state.steps + writes.astype(jnp.int32)
+    continues = ~jnp.isin(tokens, state.stop_token_ids) & (steps < state.max_new_tokens)
+    return state.replace(
+        last_tokens=jnp.where(writes, tokens, state.last_tokens),
+        tokens=state.tokens.at[rows, state.steps].set(tokens, mode="drop"),
+        logprobs=state.logprobs.at[rows, state.steps].set(logprobs, mode="drop"),
+        lengths=state.lengths.at[rows].set(steps, mode="drop"),
+        stopped=state.stopped.at[rows].set(jnp.isin(tokens, state.stop_token_ids), mode="drop"),
+        steps=steps,
+        live=jnp.where(writes, continues, state.live),
+        generated=state.generated + jnp.sum(writes, dtype=jnp.int32),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "program"), donate_argnames=("state",),
+                   compiler_options=COMPILER_OPTIONS)
+def _refill_prefill(graphdef, params, state: SlotState, prompt_ids, prompt_mask, sources, slots, rows, rng, *,
+                    program: Program) -> SlotState:
+    """Prefill the prompts [B_p, P] once each and start I admitted rows: row rows[i] (of prompt
+    sources[i] in this batch) goes to slot slots[i]; entries with slot >= S are dropped.
+    Writes each row's prompt cache at slots [0, P) of its slot (the rest invalid) and
+    samples its first token with fold_in(fold_in(rng, row), 0)."""
+    TRACE_COUNTS["refill_prefill"] += 1
+    model = nnx.merge(graphdef, params)
+    prompt_slots = prompt_ids.shape[1]
+    logits, prompt_cache = prefill_logits(model, prompt_ids, prompt_mask, prompt_slots)
+    cache = state.cache
+    valid = jnp.zeros((sources.shape[0], cache.max_length), bool).at[:, :prompt_slots].set(prompt_cache.valid[sources])
+    cache = cache.replace(
+        k=tuple(k.at[slots, :, :, :prompt_slots].set(new[sources], mode="drop") for k, new in zip(cache.k, prompt_cache.k)),
+        v=tuple(v.at[slots, :, :prompt_slots].set(new[sources], mode="drop") for v, new in zip(cache.v, prompt_cache.v)),
+        valid=cache.valid.at[slots].set(valid, mode="drop"),
+    )
+    keys = row_keys(rng, rows)
+    tokens, logprobs = program.sample(constrain(logits[sources], ("batch", None)), step_keys(keys, jnp.int32(0)))
+    admitted = state.replace(
+        cache=constrain_cache(cache),
+        rows=state.rows.at[slots].set(rows, mode="drop"),
+        keys=state.keys.at[slots].set(keys, mode="drop"),
+        steps=state.steps.at[slots].set(0, mode="drop"),
+    )
+
+    def by_slot(values, fill):
+        return jnp.full(state.live.shape, fill, values.dtype).at[slots].set(values, mode="drop")
+    return _record(admitted, by_slot(tokens, 0), by_slot(logprobs, 0.0), by_slot(jnp.ones_like(slots, bool), False))
+
+
+def _settle_scratch(cache: KVCache, steps: jax.Array, live: jax.Array, prompt_slots: int) -> KVCache:
+    """Move the keys/values each slot's step just wrote at the scratch slot C - 1 to the row's
+    own slot P + steps - 1 (marked valid where live), and empty the scratch slot again."""
+    scratch = cache.max_length - 1
+    slot_index = jnp.arange(steps.shape[0])
+    position = jnp.minimum(prompt_slots + steps - 1, scratch - 1)
+    return cache.replace(
+        k=tuple(k.at[slot_index, :, :, position].set(k[..., scratch]) for k in cache.k),
+        v=tuple(v.at[slot_index, :, position].set(v[:, :, scratch]) for v in cache.v),
+        valid=cache.valid.at[slot_index, position].set(live).at[:, scratch].set(False),
+        length=jnp.int32(scratch),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "program", "prompt_slots"), donate_argnames=("state",),
+                   compiler_options=COMPILER_OPTIONS)
+def _refill_decode(graphdef, params, state: SlotState, max_steps, free_to_stop, *, program: Program,
+                   prompt_slots: int) -> SlotState:
+    """Decode one token per live slot per step, for at most max_steps steps, while a slot
+    is live and fewer than free_to_stop slots are free (traced: no recompilation)."""
+    TRACE_COUNTS["refill_decode"] += 1
+    model = nnx.merge(graphdef, params)
+    num_slots = state.live.shape[0]
+
+    def running(carry):
+        step, s = carry
+        return (step < max_steps) & jnp.any(s.live) & (jnp.sum(~s.live) < free_to_stop)
+
+    def decode_step(carry):
+        step, s = carry
+        logits, cache = model(s.last_tokens[:, None], jnp.ones((num_slots, 1), jnp.int32), cache=s.cache)
+        cache = constrain_cache(_settle_scratch(cache, s.steps, s.live, prompt_slots))
+        tokens, logprobs = program.sample(logits[:, 0], step_keys(s.keys, s.steps))
+        return step + 1, _record(s.replace(cache=cache, decode_steps=s.decode_steps + 1), tokens, logprobs, s.live)
+
+    return jax.lax.while_loop(running, decode_step, (jnp.int32(0), state))[1]
+
+
+# The last refill run's schedule in this process (see `last_schedule`).
+_LAST_SCHEDULE: dict[str, int] = {}
+
+
+def last_schedule() -> dict[str, int]:
+    """{"slots", "decode_steps", "prefill_calls", "tokens"} of this process's last refill run:
+    its slot batch stepped decode_steps times (slots * decode_steps row-steps) to sample
+    `tokens` tokens; prefill_calls refill prefills admitted the rows."""
+    return dict(_LAST_SCHEDULE)
+
+
+def _pow2_at_least(value: int, multiple: int) -> int:
+    """The smallest multiple * 2^k >= value."""
+    size = multiple
+    while size < value:
+        size *= 2
+    return size
+
+
+def agree_across_processes(values: np.ndarray) -> np.ndarray:
+    """The element-wise maximum of an int vector over all processes (itself in one process)."""
+    if jax.process_count() == 1:
+        return values
+    return np.asarray(multihost_utils.process_allgather(values)).max(axis=0)
+
+
+@dataclasses.dataclass
+class _Schedule:
+    """This process's bookkeeping: the rows waiting for a slot (in row order), the live slots."""
+
+    waiting: deque
+    live: np.ndarray  # [S] bool
+
+    def admit(self) -> list[tuple[int, int]]:
+        """(slot, row) for as many waiting rows as there are free slots, in row order."""
+        free = np.flatnonzero(~self.live)
+        pairs = [(int(slot), self.waiting.popleft()) for slot in free[: len(self.waiting)]]
+        self.live[[slot for slot, _ in pairs]] = True
+        return pairs
+
+
+def generate_refill(
+    graphdef,
+    params,
+    prompt_ids: np.ndarray,
+    prompt_mask: np.ndarray,
+    rng: jax.Array,
+    config: SamplingConfig,
+    program: Program,
+    *,
+    num_rows: int,
+    padded_rows: int,
+    slots: int,
+    row_multiple: int,
+    place: Callable[[np.ndarray], jax.Array],
+    agree: Callable[[np.ndarray], np.ndarray] = agree_across_processes,
+    progress: bool = False,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Decode rows 0..num_rows-1 (row r answers prompt_ids[r // config.n], left-padded [*, P])
+    through `slots` slots. Returns the device arrays tokens [padded_rows, R] int32,
+    logprobs [padded_rows, R] float32, lengths [padded_rows] int32, stopped [padded_rows]
+    bool, as the static sampler's. Runs under the caller's mesh context. progress=True shows
+    finished rows / total and tokens/s."""
+    prompt_slots = prompt_ids.shape[1]
+    n = config.n
+    program = dataclasses.replace(program, decode_segments=1)  # unused here: one program for any value
+    state = _empty_slots(graphdef, params, stop_token_array(config), jnp.int32(config.pad_token_id),
+                         jnp.int32(config.max_new_tokens), slots=slots, cache_slots=prompt_slots + program.response_slots,
+                         rows=padded_rows, response_slots=program.response_slots)
+    schedule = _Schedule(deque(range(num_rows)), np.zeros(slots, bool))
+    chunk = config.progress_chunk if progress else np.iinfo(np.int32).max
+    start, finished, prefill_calls = time.perf_counter(), 0, 0
+    with tqdm(total=num_rows, desc="rollout", unit="row", disable=not progress) as bar:
+        while True:
+            pairs = schedule.admit()
+            free_to_stop = min(n, len(schedule.waiting)) if schedule.waiting else slots + 1
+            work, prefill_batch, free_to_stop = agree(np.array([
+                schedule.live.any() or bool(schedule.waiting),
+                _pow2_at_least(len({row // n for _, row in pairs}), row_multiple) if pairs else 0,
+                -free_to_stop,
+            ]))
+            if not work:
+                break
+            if prefill_batch:
+                state = _admit(graphdef, params, state, pairs, prompt_ids, prompt_mask, rng, prefill_batch, n,
+                               slots, padded_rows, place, program)
+                prefill_calls += 1
+            state = _refill_decode(graphdef, params, state, jnp.int32(chunk), jnp.int32(-free_to_stop),
+                                   program=program, prompt_slots=prompt_slots)
+            live, generated, decode_steps = jax.device_get((state.live, state.generated, state.decode_steps))
+            schedule.live = np.array(live, bool)
+            now_finished = num_rows - len(schedule.waiting) - int(schedule.live.sum())
+            bar.update(now_finished - finished)
+            finished = now_finished
+            bar.set_postfix_str(f"{int(generated) / (time.perf_counter() - start):.0f} tok/s")
+    _LAST_SCHEDULE.update(slots=slots, decode_steps=int(decode_steps), prefill_calls=prefill_calls,
+                          tokens=int(generated))
+    return state.tokens, state.logprobs, state.lengths, state.stopped
+
+
+def _admit(graphdef, params, state, pairs, prompt_ids, prompt_mask, rng, prefill_batch, n, slots, padded_rows, place,
+           program):
+    """Run the refill prefill for the (slot, row) pairs: their prompts, each once, padded to
+    prefill_batch prompts (repeating the first), and prefill_batch * n admission entries
+    (the unused ones dropped: slot S, row padded_rows)."""
+    prompts = sorted({row // n for _, row in pairs}) or [0]  # [0]: this process admits none
+    batch_prompts = prompts + [prompts[0]] * (prefill_batch - len(prompts))
+    position = {prompt: index for index, prompt in enumerate(prompts)}
+    entries = prefill_batch * n
+    sources = np.zeros(entries, np.int32)
+    targets = np.full(entries, slots, np.int32)
+    rows = np.full(entries, padded_rows, np.int32)
+    for index, (slot, row) in enumerate(pairs):
+        sources[index], targets[index], rows[index] = position[row // n], slot, row
+    return _refill_prefill(graphdef, params, state, place(prompt_ids[batch_prompts]), place(prompt_mask[batch_prompts]),
+                           place(sources), place(targets), place(rows), rng, program=program)
