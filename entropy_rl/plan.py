@@ -225,7 +225,7 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
     optimizer, schedule = make_optimizer(config.optimizer, config.total_steps * a.ppo_epochs * mini_batches)
     opt_state = jax.eval_shape(optimizer.init, params)
     scalar = jax.ShapeDtypeStruct((), np.int32)
-    state = TrainState(graphdef=graphdef, params=params, opt_state=opt_state, step=scalar, num_skipped=scalar)
+    state = TrainState(graphdef=graphdef, params=params, opt_state=opt_state, step=scalar)
     state = _abstract(state, state_sharding(state, mesh))
     replicated = NamedSharding(mesh, PartitionSpec())
     rows_sharding = batch_sharding(mesh)

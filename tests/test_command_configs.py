@@ -24,7 +24,7 @@ def test_each_command_accepts_the_shared_sections_from_overrides_and_files(comma
     config = printed(capsys, command, *SHARED)
     assert config["model"]["dtype"] == "bfloat16" and config["model"]["tokenizer"] == "builtin"
     assert (config["rollout"]["temperature"], config["rollout"]["top_k"]) == (0.5, 20)
-    assert config["mesh"] == {"data": 2, "fsdp": -1, "tensor": 1}
+    assert config["mesh"] == {"slices": 1, "data": 2, "fsdp": -1, "tensor": 1}
     (tmp_path / "shared.yaml").write_text("rollout: {max_new_tokens: 12}\nmesh: {tensor: 2}\n")
     config = printed(capsys, command, "--config", str(tmp_path / "shared.yaml"), "rollout.top_p=0.9")
     assert (config["rollout"]["max_new_tokens"], config["rollout"]["top_p"], config["mesh"]["tensor"]) == (12, 0.9, 2)

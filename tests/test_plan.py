@@ -33,7 +33,8 @@ def test_plan_for_a_tpu_topology(tpu_plan):
     count = 2 * 128 * 32 + 2 * layer + 32
     sharded = count - 2 * (2 * 32 + 2 * 8) - 32  # norms stay replicated
     assert p.parameters == 4 * (sharded // 4 + (count - sharded))
-    assert p.optimizer_state == 2 * p.parameters + 2 * 4  # Adam's two moments, its and the schedule's int32 counts
+    # Adam's two moments, its and the schedule's int32 counts, apply_if_finite's two int32 counts and a bool
+    assert p.optimizer_state == 2 * p.parameters + 2 * 4 + (4 + 4 + 1)
     # KV cache: 32 rows (8 prompts x 4) over 4 chips, 2 layers x (k, v) x 2 kv heads x 8 x (8 + 16) slots,
     # float32, plus the valid mask [32, 24] (bool) split by rows.
     assert p.kv_cache == 2 * 2 * (32 // 4) * 2 * 8 * 24 * 4 + (32 // 4) * 24 + 4

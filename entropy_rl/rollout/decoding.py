@@ -108,7 +108,7 @@ def step_keys(keys: jax.Array, step: jax.Array) -> jax.Array:
     """The keys [B] rows draw their step's token with: fold_in(keys[r], step[r]); step is a
     scalar (every row at the same step) or [B]. A row's sample thus depends only on the
     row and the step, not on the batch or the slot it runs in."""
-    return jax.vmap(jax.random.fold_in)(keys, jnp.broadcast_to(step, keys.shape))
+    return jax.vmap(jax.random.fold_in)(keys, jnp.broadcast_to(step, keys.shape[:1]))  # raw uint32 keys: [B, 2]
 
 
 def stop_token_array(config: SamplingConfig) -> jax.Array:

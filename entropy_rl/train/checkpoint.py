@@ -180,7 +180,10 @@ class _OrbaxErrorsReportedHere(logging.Filter):
             return True
         if self._from_orbax(record.pathname):
             return False
-        trace = record.exc_info[1].__traceback__ if record.exc_info and record.exc_info[1] else None
+        error = record.exc_info[1] if record.exc_info else None
+        if record.name == "asyncio" and "os_error_code" in str(error or record.getMessage()):
+            return False  # a TensorStore write's I/O error (a never-retrieved future of Orbax's save)
+        trace = error.__traceback__ if error is not None else None
         while trace is not None:
             if self._from_orbax(trace.tb_frame.f_code.co_filename):
                 return False

@@ -54,8 +54,9 @@ __all__ = ["ConfigError", "TrainConfig", "config_diff", "config_from_dict", "con
 
 
 def _check_mesh(mesh: MeshConfig) -> MeshConfig:
-    """`MeshConfig.axis_sizes`' rule (positive sizes, at most one -1) on a device count it fits."""
-    mesh.axis_sizes(math.prod(abs(getattr(mesh, axis)) or 1 for axis in MESH_AXES))
+    """`MeshConfig.axis_sizes`' rule (positive sizes, at most one -1, whole slices) on a device
+    count it fits."""
+    mesh.axis_sizes(max(mesh.slices, 1) * math.prod(abs(getattr(mesh, axis)) or 1 for axis in MESH_AXES))
     return mesh
 
 

@@ -13,7 +13,7 @@ from entropy_rl.model import Qwen, tiny_config
 from entropy_rl.parallel import CPU_COMPILER_OPTIONS, MeshConfig, compiler_options, make_mesh, shard_model
 from entropy_rl.plan import collective_bytes, count_sharding_constraints
 from entropy_rl.train.step import (StepConfig, UpdateBatch, create_train_state, make_no_grad_logprobs,
-                                   make_train_step, response_logprobs)
+                                   make_train_step, response_logprobs, skip_non_finite)
 
 B, P, T = 16, 4, 12
 
@@ -30,7 +30,7 @@ def _batch(vocab):
 def test_train_step_traced_under_mesh_has_constraints_and_fewer_collective_bytes():
     mesh = make_mesh(MeshConfig(fsdp=8))
     config = tiny_config(num_hidden_layers=1, vocab_size=128, hidden_size=32, intermediate_size=64)
-    optimizer = optax.sgd(1e-3)
+    optimizer = skip_non_finite(optax.sgd(1e-3))
     state = create_train_state(shard_model(Qwen(config, rngs=nnx.Rngs(0)), mesh), optimizer, mesh)
     step = make_train_step(state, mesh, optimizer=optimizer, schedule=optax.constant_schedule(1e-3),
                            config=StepConfig("ppo_clip", losses.PolicyLossConfig()))
