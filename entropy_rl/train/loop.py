@@ -52,7 +52,7 @@ from entropy_rl.rollout.batching import geometric_bucket
 from entropy_rl.rollout.scoring import gather_scores, score_batch
 from entropy_rl.train.checkpoint import Checkpointer, build_policy, set_aside_previous_run
 from entropy_rl.train.config import TrainConfig
-from entropy_rl.train.metrics import METRICS_FILE, TENSORBOARD_SUBDIR, MetricsLogger
+from entropy_rl.train.metrics import METRICS_FILE, TENSORBOARD_SUBDIR, MetricsLogger, read_metrics
 from entropy_rl.train.progress import say
 from entropy_rl.train.samples import SamplesWriter, sample_records, sample_rows_of
 from entropy_rl.train.signals import StopSignals
@@ -584,8 +584,29 @@ def after_step(trainer: Trainer, state: TrainState, ref_params, run: Run, logger
                                   data_state={"iterator": trainer.iterator.state_dict(),
                                               "run": dataclasses.asdict(run)}, config=config)
     stop.finish_if_requested(step, trainer.checkpointer)
-    if config.eval.every_steps and step % config.eval.every_steps == 0 and not last:
+    if _periodic_eval_due(config, step):
         logger.log(step, eval_log(trainer.evaluate(state, f"step {step}"), config.eval.benchmark))
+
+
+def _periodic_eval_due(config: TrainConfig, step: int) -> bool:
+    """Whether a held-out evaluation follows step `step` (the last step's is the final one)."""
+    return bool(config.eval.every_steps) and step % config.eval.every_steps == 0 and step < config.total_steps
+
+
+def _logged_eval_steps(run_dir: str) -> set[int]:
+    """The steps of RUN_DIR/metrics.jsonl that have a held-out evaluation row."""
+    return {row["step"] for row in read_metrics(run_dir) if "eval/accuracy" in row}
+
+
+def _finished_summary(config: TrainConfig) -> dict[str, Any] | None:
+    """The saved summary (with its "table") of a run that reached total_steps, else None."""
+    path = os.path.join(config.run_dir, SUMMARY_FILE)
+    if not os.path.exists(path) or config.total_steps not in _logged_eval_steps(config.run_dir):
+        return None
+    with open(path) as f:
+        summary = json.load(f)
+    with open(os.path.join(config.run_dir, SUMMARY_TABLE_FILE)) as f:
+        return summary | {"table": f.read().rstrip("\n")}
 
 
 def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
@@ -594,6 +615,13 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
     start_time = time.time()
     trainer, policy = set_up(config, devices)
     state, ref_params, run, start_step = restore_or_initialize(trainer, policy)
+    finished = _finished_summary(config) if start_step == config.total_steps else None
+    if finished is not None:  # a rerun of a finished run: nothing to redo, nothing appended
+        trainer.checkpointer.close()
+        say(f"the run in {config.run_dir} is finished (step {start_step} of {config.total_steps}): nothing to do; "
+            "raise total_steps to train further")
+        return finished
+    logged_evals = _logged_eval_steps(config.run_dir) if start_step else set()
     programs = compile_programs(trainer, state)
     logger = MetricsLogger(config.run_dir, config.logging, total_steps=config.total_steps, start_step=start_step,
                            config=config)
@@ -604,6 +632,10 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
                      f"({os.path.join(trainer.checkpointer.directory, str(start_step))})")
     else:
         logger.log(0, eval_log(run.before, config.eval.benchmark))  # the baseline of the curves
+    if start_step and _periodic_eval_due(config, start_step) and start_step not in logged_evals:
+        # stopped between the checkpoint of start_step and its evaluation: evaluate it now
+        logger.log(start_step, eval_log(trainer.evaluate(state, f"step {start_step}, missing from the log"),
+                                        config.eval.benchmark))
     if run.warmstart and start_step == 0:
         logger.write(f"warm start: loss {run.warmstart['warmstart/loss_first']:.3f} -> "
                      f"{run.warmstart['warmstart/loss_last']:.3f}; held-out accuracy {run.before['accuracy']:.3f}")
@@ -619,7 +651,8 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
             warn_without_signal(run, scalars, step + 1, verifier=config.data.verifier, write=logger.write)
             after_step(trainer, state, ref_params, run, logger, step + 1, stop)
         after = trainer.evaluate(state, "final")
-        logger.log(config.total_steps, eval_log(after, config.eval.benchmark))
+        if config.total_steps not in logged_evals:  # logged once, also when only the summary was lost
+            logger.log(config.total_steps, eval_log(after, config.eval.benchmark))
     finally:
         stop.uninstall()
         logger.close()
