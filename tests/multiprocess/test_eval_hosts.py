@@ -6,27 +6,17 @@ share of the rows; the table prints once."""
 import json
 from pathlib import Path
 
-import jax
-import numpy as np
 import pytest
-from flax import nnx
 
-from entropy_rl.data import load_tokenizer
-from entropy_rl.model import Qwen, save_hf, tiny_config
+from tests.multiprocess.tiny_policy import save_tiny_policy
+
 
 COUNTING_CLI = str(Path(__file__).with_name("counting_cli.py"))  # counts the rows each process verifies
 
 
 @pytest.fixture(scope="module")
 def tiny_policy(tmp_path_factory):
-    """A random one-layer Qwen3 saved as an HF checkpoint (weights drawn with numpy: no init compiles)."""
-    path = tmp_path_factory.mktemp("policy")
-    config = tiny_config(vocab_size=load_tokenizer("builtin").vocab_size, num_hidden_layers=1)
-    graphdef, shapes = nnx.split(nnx.eval_shape(lambda: Qwen(config, rngs=nnx.Rngs(0))))
-    rng = np.random.default_rng(2)
-    params = jax.tree.map(lambda s: jax.device_put((0.1 * rng.standard_normal(s.shape)).astype(s.dtype)), shapes)
-    save_hf(nnx.merge(graphdef, params), str(path))
-    return str(path)
+    return save_tiny_policy(tmp_path_factory.mktemp("policy"), seed=2)
 
 
 def _eval(policy, output, counts):
