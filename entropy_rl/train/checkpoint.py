@@ -320,9 +320,16 @@ class Checkpointer:
                                   f"{_cause(error)}. Training stopped; {kept}.") from None
 
     def check(self) -> None:
-        """Raise CheckpointSaveError if a background save has failed (cheap: call every step)."""
-        if self._pending is not None and not self._manager.is_saving_in_progress():
-            self.wait()
+        """Raise CheckpointSaveError if a background save has failed (cheap: call every step).
+
+        It never waits: on several processes each sees its part of a save finish at its own time,
+        and a wait (a barrier across the processes) entered by some of them only would deadlock."""
+        if self._pending is None or self._failed:
+            return
+        try:
+            self._manager.check_for_errors()
+        except Exception as error:  # noqa: BLE001 - any failure to write is reported the same way
+            self._raise_save_error(error)
 
     def restore(self, *, params: Any, train_state: Any, step: int | None = None,
                 config: TrainConfig | None = None) -> Restored | None:

@@ -14,6 +14,7 @@ import textwrap
 
 import jax
 import numpy as np
+import pytest
 import torch
 import transformers
 from flax import nnx
@@ -21,6 +22,9 @@ from flax import nnx
 from entropy_rl.parallel import MeshConfig, make_mesh, state_shardings
 from entropy_rl.train import checkpoint as ck
 from entropy_rl.train.config import load_config
+
+# one multi-process test at a time (`--dist loadgroup`): two would oversubscribe the cores
+pytestmark = pytest.mark.xdist_group("processes")
 
 SMALL_MODEL = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=2",
                "model.num_attention_heads=2", "model.num_key_value_heads=1", "model.head_dim=16"]

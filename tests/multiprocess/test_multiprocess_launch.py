@@ -7,6 +7,9 @@ import pytest
 from entropy_rl.parallel.mesh import distributed_arguments
 from tools.launch_local import LaunchResult, process_environment
 
+# one multi-process test at a time (`--dist loadgroup`): two would oversubscribe the cores
+pytestmark = pytest.mark.xdist_group("processes")
+
 LAUNCHER = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
 
 
@@ -72,7 +75,7 @@ def test_two_processes_form_one_runtime_and_sum_across_hosts(launch, tmp_path):
     """))
     result = launch([str(script)], timeout_s=120)
     for lines in result.output:
-        assert "devices 8 local 4 sum 12.0" in lines
+        assert any("devices 8 local 4 sum 12.0" in line for line in lines)  # gloo may write into the line
 
 
 def test_one_failing_process_stops_the_other(launch, tmp_path):

@@ -12,6 +12,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import scoring_run  # noqa: E402
 
+# one multi-process test at a time (`--dist loadgroup`): two would oversubscribe the cores
+pytestmark = pytest.mark.xdist_group("processes")
+
 
 @pytest.mark.slow
 def test_two_hosts_score_their_shares_of_the_one_process_batch(launch, tmp_path):

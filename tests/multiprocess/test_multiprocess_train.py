@@ -17,6 +17,9 @@ from entropy_rl.parallel import MeshConfig, make_mesh
 from entropy_rl.train import checkpoint as ck
 from entropy_rl.train.metrics import read_metrics
 
+# one multi-process test at a time (`--dist loadgroup`): two would oversubscribe the cores
+pytestmark = pytest.mark.xdist_group("processes")
+
 SCRIPT = str(Path(__file__).with_name("counting_train.py"))
 STEPS, BATCH, N, HELDOUT, EVAL_N = 2, 4, 4, 4, 4  # held-out batches shaped as the rollouts: no more programs
 TINY_RUN = [
@@ -40,7 +43,7 @@ def compile_cache(tmp_path_factory):
 
 def _train(launch, run_dir: Path, mesh: list[str], env: dict, **kwargs):
     run_dir.mkdir(exist_ok=True)
-    return launch([SCRIPT, str(run_dir), *TINY_RUN, *mesh, f"run_dir={run_dir}"], env=env, timeout_s=300, **kwargs)
+    return launch([SCRIPT, str(run_dir), *TINY_RUN, *mesh, f"run_dir={run_dir}"], env=env, timeout_s=600, **kwargs)
 
 
 def _verified(run_dir: Path, process: int) -> int:

@@ -11,6 +11,9 @@ import pytest
 
 from tests.multiprocess.tiny_policy import save_tiny_policy
 
+# one multi-process test at a time (`--dist loadgroup`): two would oversubscribe the cores
+pytestmark = pytest.mark.xdist_group("processes")
+
 
 COUNTING_CLI = str(Path(__file__).with_name("counting_cli.py"))  # counts the rows each process verifies
 

@@ -1,7 +1,7 @@
 """What a run tells its user and keeps in its run directory, and per-batch prompt buckets.
 
 One tiny STAPO run (1-layer policy, the real Qwen3 tokenizer, a problem file with a repeated
-problem and one very long prompt, 2 steps) then a resume of the finished run serve most tests:
+problem and one very long prompt, 2 steps) then a resume of it (its summary removed) serve most tests:
 the padded prompt length of every step is that of its own batch (not the dataset's longest),
 samples.jsonl's per-token flags add up to loss/spurious_fraction, the step-0 eval is in
 metrics.jsonl, summary.json / summary.txt are written, the resume names its step.
@@ -71,6 +71,8 @@ def finished_run(tmp_path_factory):
     first, second = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(first):
         summary = loop.train(config)
+    for name in (loop.SUMMARY_FILE, loop.SUMMARY_TABLE_FILE):  # as if stopped before the summary was written
+        (pathlib.Path(config.run_dir) / name).unlink()
     with contextlib.redirect_stdout(second):
         resumed = loop.train(config)  # every step is done: restores the last, evaluates, summarises
     return config, summary, first.getvalue(), second.getvalue(), resumed
