@@ -189,8 +189,7 @@ def _policy_config(config, preset: str | None):
 
     m = config.model
     if preset is not None:
-        return QwenConfig.preset(preset, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
-                                 scan_layers=m.scan_layers, attention_block_size=m.attention_block_size)
+        return QwenConfig.preset(preset, **m.runtime_options())
     if m.hf_path is not None and not os.path.exists(m.hf_path):
         raise FileNotFoundError(f"model.hf_path {m.hf_path} is not on this machine: name the architecture "
                                 "with --model (e.g. --model qwen3-8b)")

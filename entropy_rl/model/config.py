@@ -27,6 +27,10 @@ def dtype_name(dtype: Any) -> str:
     return name
 
 
+# jax.checkpoint_policies a rematerialised layer may use (QwenConfig.remat_policy).
+REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
+
+
 @dataclasses.dataclass(frozen=True)
 class QwenConfig:
     """Architecture and numerics of a Qwen dense decoder.
@@ -34,7 +38,10 @@ class QwenConfig:
     `dtype` is the compute dtype (activations, matmul inputs), `param_dtype` the storage dtype
     of the parameters; both are stored as names ("float32", "bfloat16") so the config stays
     YAML-friendly and hashable. Norms, softmax and logits are float32 whatever these are.
-    `remat=True` rematerialises each decoder layer in the backward pass (training memory).
+    `remat=True` rematerialises each decoder layer in the backward pass (training memory),
+    saving what `remat_policy` names (a `jax.checkpoint_policies` member, see REMAT_POLICIES):
+    "nothing_saveable" (default: only the layer's input, the least memory), "dots_saveable" or
+    "dots_with_no_batch_dims_saveable" (matmul outputs kept: less recomputation, more memory).
     `scan_layers=True` runs the cache-free forward (training, log-probs, prefill) as one
     jax.lax.scan over the stacked layers, so compile time and the compiler's memory analysis
     do not grow with depth (the paper configs); False (default) unrolls the layers, which keeps
@@ -63,6 +70,7 @@ class QwenConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    remat_policy: str = "nothing_saveable"
     scan_layers: bool = False
     attention_block_size: int = 512
     attention_implementation: str = "auto"
@@ -80,6 +88,8 @@ class QwenConfig:
             raise ValueError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"QwenConfig.remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         try:

@@ -31,10 +31,6 @@ def default_positions(attention_mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-# jax.checkpoint policy of a rematerialised layer: only its inputs are saved for the backward.
-REMAT_POLICY = jax.checkpoint_policies.nothing_saveable
-
-
 def _run_layer(layer, x, cos, sin, attention_mask):
     return layer(x, cos, sin, attention_mask)
 
@@ -132,7 +128,7 @@ class Qwen(nnx.Module):
         if self.config.scan_layers:
             x, (keys, values) = self._scan_layers(x, cos, sin, attention_mask)
             return self.norm(x), list(zip(keys, values))
-        run_layer = nnx.remat(_run_layer, policy=REMAT_POLICY) if self.config.remat else _run_layer
+        run_layer = nnx.remat(_run_layer, policy=self._remat_policy) if self.config.remat else _run_layer
         keys_values = []
         for layer in self.layers:
             x, kv = run_layer(layer, x, cos, sin, attention_mask)
@@ -143,7 +139,7 @@ class Qwen(nnx.Module):
     def _scan_layers(self, x, cos, sin, attention_mask):
         """(x after the L layers, (k, v) each [L, B, T, KV, head_dim]) with jax.lax.scan over
         the stacked layers (`stack_layers`): one compiled layer body whatever L, each layer
-        rematerialised (REMAT_POLICY) when config.remat."""
+        rematerialised (config.remat_policy) when config.remat."""
         graphdef, stacked = stack_layers(self.layers)
 
         def body(h, layer_state):
@@ -151,8 +147,13 @@ class Qwen(nnx.Module):
             return constrain(h, BATCH_ACTIVATION), kv
 
         if self.config.remat:
-            body = jax.checkpoint(body, policy=REMAT_POLICY)
+            body = jax.checkpoint(body, policy=self._remat_policy)
         return jax.lax.scan(body, x, stacked)
+
+    @property
+    def _remat_policy(self):
+        """The jax.checkpoint policy of a rematerialised layer (config.remat_policy)."""
+        return getattr(jax.checkpoint_policies, self.config.remat_policy)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """float32 logits [B, T, V] from final hidden states [B, T, D]."""

@@ -506,9 +506,7 @@ def build_policy(model: ModelConfig, *, seed: int, mesh: jax.sharding.Mesh | Non
                          f"{config.vocab_size}: ids >= {config.vocab_size} have no embedding; use the model's own "
                          "tokenizer (model.tokenizer) or model.vocab_size >= the tokenizer's")
     if model.hf_path is not None and not abstract:
-        policy = load_hf(model.hf_path, dtype=config.dtype, param_dtype=config.param_dtype, mesh=mesh,
-                         remat=config.remat, scan_layers=config.scan_layers,
-                         attention_block_size=config.attention_block_size)
+        policy = load_hf(model.hf_path, mesh=mesh, **model.runtime_options())
         return policy, tokenizer
     create = lambda: Qwen(config, rngs=nnx.Rngs(seed))  # noqa: E731
     if abstract:

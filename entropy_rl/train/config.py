@@ -99,10 +99,14 @@ class ModelConfig(pydantic.create_model("QwenFields", __base__=_PolicySource, **
     def qwen_config(self, tokenizer_vocab_size: int) -> QwenConfig:
         """The policy's `QwenConfig`: `hf_path`'s architecture, else these fields (vocabulary:
         `vocab_size`, or `tokenizer_vocab_size` when that is 0); the other fields as set here."""
-        fields = self._qwen_fields()
         if self.hf_path is not None:
-            return QwenConfig.from_hf(self.hf_path, **{k: v for k, v in fields.items() if k not in ARCHITECTURE_FIELDS})
-        return QwenConfig(**fields | {"vocab_size": self.vocab_size or tokenizer_vocab_size})
+            return QwenConfig.from_hf(self.hf_path, **self.runtime_options())
+        return QwenConfig(**self._qwen_fields() | {"vocab_size": self.vocab_size or tokenizer_vocab_size})
+
+    def runtime_options(self) -> dict[str, Any]:
+        """The QwenConfig fields that are not the architecture (dtypes, remat and its policy,
+        scan_layers, attention settings): what this section sets for any checkpoint."""
+        return {k: v for k, v in self._qwen_fields().items() if k not in ARCHITECTURE_FIELDS}
 
     def _qwen_fields(self) -> dict[str, Any]:
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(QwenConfig)}
@@ -242,7 +246,10 @@ class AlgorithmConfig(Section):
 
 class OptimizerConfig(Section):
     """AdamW with linear warm-up then a constant or cosine schedule, global-norm clipping.
-    Cosine ends at learning_rate * min_lr_ratio."""
+    Cosine ends at learning_rate * min_lr_ratio. Master weights and Adam moments are kept in
+    model.param_dtype (float32 in the paper configs); `mu_dtype: bfloat16` stores Adam's first
+    moment in bfloat16 (a quarter less optimizer-and-weight memory; optax keeps the second
+    moment, whose small values bfloat16 would flush, in the parameters' dtype)."""
 
     learning_rate: Annotated[float, Field(gt=0)] = 5e-4
     b1: Fraction = 0.9
@@ -253,6 +260,7 @@ class OptimizerConfig(Section):
     schedule: Annotated[str, one_of(("constant", "cosine"))] = "constant"
     min_lr_ratio: Fraction = 0.0
     grad_clip_norm: Optional[Annotated[float, Field(gt=0)]] = 1.0
+    mu_dtype: Optional[Annotated[str, one_of(("float32", "bfloat16"))]] = None
 
 
 class CheckpointConfig(Section):

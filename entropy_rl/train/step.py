@@ -130,7 +130,7 @@ def make_optimizer(optimizer_config, total_steps: int) -> tuple[optax.GradientTr
     o = optimizer_config
     schedule = make_schedule(learning_rate=o.learning_rate, warmup_steps=o.warmup_steps, total_steps=total_steps,
                              schedule=o.schedule, min_lr_ratio=o.min_lr_ratio)
-    adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
+    adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mu_dtype=o.mu_dtype)
     if o.grad_clip_norm is not None:
         adamw = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adamw)
     return skip_non_finite(adamw), schedule

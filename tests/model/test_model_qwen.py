@@ -38,6 +38,34 @@ def test_remat_gives_the_same_loss_and_gradients(batch):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
 
 
+def _checkpoint_policies(config, input_ids, attention_mask) -> list:
+    """The `policy` of every rematerialised region in the gradient's jaxpr."""
+    from entropy_rl.plan import _jaxprs
+
+    graphdef, state = nnx.split(Qwen(config, rngs=nnx.Rngs(0)))
+    loss = lambda state: jnp.sum(nnx.merge(graphdef, state).hidden_states(input_ids, attention_mask))  # noqa: E731
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(state).jaxpr
+    return [eqn.params["policy"] for sub in _jaxprs(jaxpr) for eqn in sub.eqns
+            if eqn.primitive.name in ("checkpoint", "remat2")]  # jax.checkpoint's primitive
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+@pytest.mark.parametrize("policy", ["dots_saveable", "dots_with_no_batch_dims_saveable"])
+def test_remat_policy_is_the_configured_one_and_keeps_gradients(batch, policy, scan_layers):
+    config = tiny_config(tie_word_embeddings=True, remat=True, remat_policy=policy, scan_layers=scan_layers)
+    assert set(_checkpoint_policies(config, *batch)) == {getattr(jax.checkpoint_policies, policy)}
+    default = tiny_config(tie_word_embeddings=True, remat=True, scan_layers=scan_layers)
+    assert set(_checkpoint_policies(default, *batch)) == {jax.checkpoint_policies.nothing_saveable}
+    plain = _loss_and_grads(tiny_config(tie_word_embeddings=True), *batch)
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(_loss_and_grads(config, *batch))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+def test_an_unknown_remat_policy_is_refused():
+    with pytest.raises(ValueError, match="remat_policy must be one of"):
+        tiny_config(remat_policy="save_everything")
+
+
 def test_blockwise_attention_gives_the_same_loss_and_gradients(batch):
     """7 tokens in blocks of 2 (padded to 8 inside), rematerialised, against dense attention,
     with left and right padding."""

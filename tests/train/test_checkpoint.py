@@ -161,10 +161,14 @@ def test_build_policy_from_an_hf_directory_and_with_a_mesh(tmp_path, policy):
     assert model.config.hidden_size == 32 and model.config.num_hidden_layers == 2
     save_hf(model, str(tmp_path / "hf"))
     hf_model = load_config(overrides=[f"model.hf_path={tmp_path / 'hf'}", "model.tokenizer=builtin",
-                                      "model.remat=true", "model.attention_block_size=64"]).model
+                                      "model.remat=true", "model.attention_block_size=64",
+                                      "model.remat_policy=dots_saveable", "model.attention_implementation=blockwise",
+                                      "model.scan_layers=true"]).model
     mesh = make_mesh(MeshConfig(fsdp=8))
     loaded, _ = ck.build_policy(hf_model, seed=1, mesh=mesh)
-    assert loaded.config.remat and loaded.config.attention_block_size == 64
+    # every non-architecture field of the model section reaches a checkpoint's config
+    assert {k: getattr(loaded.config, k) for k in hf_model.runtime_options()} == hf_model.runtime_options()
+    assert loaded.config.attention_implementation == "blockwise" and loaded.config.remat_policy == "dots_saveable"
     _assert_bitwise_equal(nnx.state(loaded), nnx.state(model))
     sharded, _ = ck.build_policy(config.model, seed=0, mesh=mesh)  # same seed: same weights, distributed
     _assert_bitwise_equal(nnx.state(sharded), nnx.state(model))

@@ -138,3 +138,33 @@ def test_non_finite_updates_are_skipped_and_counted_until_a_finite_one():
     assert int(state.step) == 4
     with pytest.raises(TypeError, match="skip_non_finite"):
         create_train_state(_model(mesh), optax.adamw(1e-2), mesh)
+
+
+def test_bfloat16_first_moment_halves_it_and_follows_the_float32_update():
+    """optimizer.mu_dtype=bfloat16: Adam's first moment is stored in bfloat16, the second
+    moment and the master weights stay float32, and the update matches float32 moments to
+    bfloat16 rounding of the first moment."""
+    from entropy_rl.train.config import OptimizerConfig
+    from entropy_rl.train.step import make_optimizer
+
+    mesh = _one_device_mesh()
+    runs = {}
+    for mu_dtype in (None, "bfloat16"):
+        optimizer, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-3, warmup_steps=0, mu_dtype=mu_dtype), 10)
+        state = create_train_state(_model(mesh), optimizer, mesh)
+        step = make_train_step(state, mesh, optimizer=optimizer, schedule=schedule,
+                               config=StepConfig("ppo_clip", losses.PolicyLossConfig()))
+        for seed in (0, 1):
+            state, _ = step(state, _batch(seed), jax.random.key(3))
+        adam = next(s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: hasattr(x, "mu")) if hasattr(s, "mu"))
+        runs[mu_dtype] = (jax.device_get(state.params), adam)
+    (params32, adam32), (params16, adam16) = runs[None], runs["bfloat16"]
+    assert {x.dtype for x in jax.tree.leaves(adam32.mu)} == {np.dtype("float32")}
+    assert {x.dtype for x in jax.tree.leaves(adam16.mu)} == {np.dtype(jax.numpy.bfloat16)}
+    assert {x.dtype for x in jax.tree.leaves(adam16.nu)} | {x.dtype for x in jax.tree.leaves(params16)} == {np.dtype("float32")}
+    for mu32, mu16 in zip(jax.tree.leaves(adam32.mu), jax.tree.leaves(adam16.mu)):
+        # two bfloat16 roundings (8 bits), relative to the leaf's scale (updates cancel in places)
+        np.testing.assert_allclose(np.asarray(mu16, np.float32), np.asarray(mu32), rtol=0,
+                                   atol=2 * 2**-8 * float(np.abs(mu32).max()))
+    # two steps of lr 1e-3: the parameters agree to a small fraction of one step's size
+    _assert_params_close(params16, params32, atol=2e-5)
