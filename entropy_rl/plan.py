@@ -306,8 +306,15 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
 
 
 def topology_devices(topology: str) -> tuple[list, int | None]:
-    """(the devices of a TPU topology such as "v5p:2x4x4" (libtpu, no TPU needed), their HBM per chip)."""
+    """(the devices of a TPU topology such as "v5p:2x4x4" (libtpu, no TPU needed), their HBM per chip).
+
+    Sets ALLOW_MULTIPLE_LIBTPU_LOAD (unless set): libtpu otherwise takes a machine-wide lock
+    file, so a plan would fail beside any other process holding libtpu (a second plan, a test
+    worker, a training job on a TPU host); compiling for a topology runs nothing on a TPU.
+    """
     from jax.experimental import topologies
+
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
     try:
         description = topologies.get_topology_desc(topology_name=topology, platform="tpu")

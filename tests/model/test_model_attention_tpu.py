@@ -1,7 +1,6 @@
 """The splash attention path compiles for a TPU (libtpu ahead-of-time, from this CPU host)
 at 16k tokens, under shard_map on a 4-chip v5p mesh, with memory linear in T."""
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -11,10 +10,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from entropy_rl.model.attention import causal_attention
 from entropy_rl.parallel.mesh import MESH_AXES
-
-# libtpu takes a machine-wide lock file unless told that several processes may load it
-# (pytest-xdist workers, other jobs); nothing here runs on a TPU.
-os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 HEADS, KV_HEADS, HEAD_DIM, BATCH = 8, 2, 128, 2  # Qwen3's head_dim; 4 query heads per kv head
 
