@@ -9,8 +9,8 @@ are wasted. Here S slots (`slot_count`: `max_slots`, or the most whose KV cache 
         refill_prefill: prefill waiting prompts (once per prompt for all its admitted
                         samples), write their caches into free slots, sample each row's y_0
         refill_decode:  decode every live slot one token per step, until a whole prompt's
-                        n rows could be admitted (n slots free), every slot is done, or
-                        progress_chunk steps passed (with progress=True)
+                        n rows could be admitted (n slots free, of one process's), every
+                        slot is done, or progress_chunk steps passed (with progress=True)
 
 Exactness: row r's step-s token is drawn with fold_in(fold_in(rng, r), s) from logits that
 depend only on its own prompt and tokens, and its cache row has the static sampler's
