@@ -9,8 +9,8 @@ are wasted. Here S slots (`slot_count`: `max_slots`, or the most whose KV cache 
         refill_prefill: prefill waiting prompts (once per prompt for all its admitted
                         samples), write their caches into free slots, sample each row's y_0
         refill_decode:  decode every live slot one token per step, until a whole prompt's
-                        n rows could be admitted (n slots free), every slot is done, or
-                        progress_chunk steps passed (with progress=True)
+                        n rows could be admitted (n slots free, of one process's), every
+                        slot is done, or progress_chunk steps passed (with progress=True)
 
 Exactness: row r's step-s token is drawn with fold_in(fold_in(rng, r), s) from logits that
 depend only on its own prompt and tokens, and its cache row has the static sampler's
@@ -33,14 +33,18 @@ Shapes: S slots, C cache slots, a prefill batch of 2^k prompts (the bucket of th
 prompts a refill admits, >= the batch shards of the mesh) and N = rows padded output rows:
 one decode program and log2(S) prefill programs at most per request shape.
 
-Multi-host boundary: `generate_refill` touches host data only through `place` (a host array
--> a device array: the sampler's input placement) and `agree` (an int vector -> its
-element-wise maximum over processes, `agree_across_processes`). Each process schedules its
-own rows into its own slots; `agree` makes every process call the same programs with the
-same prefill bucket the same number of times, and ends the loop only when no process has a
-row left. Still to be supplied by a multi-process `generate` (not tested here): `place`
-building global arrays from each process's rows (jax.make_array_from_process_local_data),
-with the slot and row indices it places offset to the process's first slot and row.
+Several processes (one per host): the S slots, the N output rows and each prefill batch are
+split into equal contiguous blocks, one per process (block b on the devices of process b,
+as a batch-sharded array is: `entropy_rl.parallel.hosts`). Each process schedules only its
+own rows (its share of the prompts x n) into its own S / processes slots, and builds each
+admission's global arrays from its block (`place`: jax.make_array_from_process_local_data),
+the slot, output-row and prefill-source indices offset to its block. Host decisions go
+through `agree` (an int vector -> its element-wise maximum over processes,
+`agree_across_processes`), so every process calls the same programs, with the same prefill
+bucket, the same number of times: the loop ends when no process has a row left, and a
+decode call ends when any process has enough free slots of its own to admit a prompt.
+Row r of a process draws from fold_in(rng, row_ids[r]) (its global row id), so its sample
+does not depend on the process count or the schedule.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from tqdm.auto import tqdm
 
 from entropy_rl.model import KVCache
 from entropy_rl.parallel import COMPILER_OPTIONS, constrain
+from entropy_rl.parallel.hosts import addressable_rows
 from entropy_rl.rollout.config import SamplingConfig
 from entropy_rl.rollout.decoding import (
     TRACE_COUNTS,
@@ -179,12 +184,12 @@ def _record(state: SlotState, tokens: jax.Array, logprobs: jax.Array, writes: ja
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "program"), donate_argnames=("state",),
                    compiler_options=COMPILER_OPTIONS)
-def _refill_prefill(graphdef, params, state: SlotState, prompt_ids, prompt_mask, sources, slots, rows, rng, *,
-                    program: Program) -> SlotState:
-    """Prefill the prompts [B_p, P] once each and start I admitted rows: row rows[i] (of prompt
-    sources[i] in this batch) goes to slot slots[i]; entries with slot >= S are dropped.
-    Writes each row's prompt cache at slots [0, P) of its slot (the rest invalid) and
-    samples its first token with fold_in(fold_in(rng, row), 0)."""
+def _refill_prefill(graphdef, params, state: SlotState, prompt_ids, prompt_mask, sources, slots, rows, row_ids, rng,
+                    *, program: Program) -> SlotState:
+    """Prefill the prompts [B_p, P] once each and start I admitted rows: output row rows[i]
+    (of prompt sources[i] in this batch) goes to slot slots[i]; entries with slot >= S are
+    dropped. Writes each row's prompt cache at slots [0, P) of its slot (the rest invalid)
+    and samples its first token with fold_in(fold_in(rng, row_ids[i]), 0)."""
     TRACE_COUNTS["refill_prefill"] += 1
     model = nnx.merge(graphdef, params)
     prompt_slots = prompt_ids.shape[1]
@@ -196,7 +201,7 @@ def _refill_prefill(graphdef, params, state: SlotState, prompt_ids, prompt_mask,
         v=tuple(v.at[slots, :, :prompt_slots].set(new[sources], mode="drop") for v, new in zip(cache.v, prompt_cache.v)),
         valid=cache.valid.at[slots].set(valid, mode="drop"),
     )
-    keys = row_keys(rng, rows)
+    keys = row_keys(rng, row_ids)
     tokens, logprobs = program.sample(constrain(logits[sources], ("batch", None)), step_keys(keys, jnp.int32(0)))
     admitted = state.replace(
         cache=constrain_cache(cache),
@@ -229,14 +234,16 @@ def _settle_scratch(cache: KVCache, steps: jax.Array, live: jax.Array, prompt_sl
 def _refill_decode(graphdef, params, state: SlotState, max_steps, free_to_stop, *, program: Program,
                    prompt_slots: int) -> SlotState:
     """Decode one token per live slot per step, for at most max_steps steps, while a slot
-    is live and fewer than free_to_stop slots are free (traced: no recompilation)."""
+    is live and each of the len(free_to_stop) equal blocks of slots (one per process) has
+    fewer than free_to_stop[b] free slots (traced [blocks] int32: no recompilation)."""
     TRACE_COUNTS["refill_decode"] += 1
     model = nnx.merge(graphdef, params)
     num_slots = state.live.shape[0]
 
     def running(carry):
         step, s = carry
-        return (step < max_steps) & jnp.any(s.live) & (jnp.sum(~s.live) < free_to_stop)
+        free = jnp.sum(~s.live.reshape(free_to_stop.shape[0], -1), axis=1)
+        return (step < max_steps) & jnp.any(s.live) & jnp.all(free < free_to_stop)
 
     def decode_step(carry):
         step, s = carry
@@ -253,9 +260,10 @@ _LAST_SCHEDULE: dict[str, int] = {}
 
 
 def last_schedule() -> dict[str, int]:
-    """{"slots", "decode_steps", "prefill_calls", "tokens"} of this process's last refill run:
-    its slot batch stepped decode_steps times (slots * decode_steps row-steps) to sample
-    `tokens` tokens; prefill_calls refill prefills admitted the rows."""
+    """{"slots", "decode_steps", "prefill_calls", "decode_calls", "tokens"} of this process's
+    last refill run: its slot batch (all processes' slots) stepped decode_steps times (slots *
+    decode_steps row-steps) to sample `tokens` tokens (all processes'), in decode_calls calls
+    of the decode program; prefill_calls refill prefills admitted the rows."""
     return dict(_LAST_SCHEDULE)
 
 
@@ -276,10 +284,10 @@ def agree_across_processes(values: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass
 class _Schedule:
-    """This process's bookkeeping: the rows waiting for a slot (in row order), the live slots."""
+    """This process's bookkeeping: its rows waiting for a slot (in row order), its live slots."""
 
     waiting: deque
-    live: np.ndarray  # [S] bool
+    live: np.ndarray  # [S / processes] bool: this process's block of the slots
 
     def admit(self) -> list[tuple[int, int]]:
         """(slot, row) for as many waiting rows as there are free slots, in row order."""
@@ -303,64 +311,82 @@ def generate_refill(
     slots: int,
     row_multiple: int,
     place: Callable[[np.ndarray], jax.Array],
+    row_ids: np.ndarray | None = None,
+    block: int = 0,
+    blocks: int = 1,
     agree: Callable[[np.ndarray], np.ndarray] = agree_across_processes,
     progress: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Decode rows 0..num_rows-1 (row r answers prompt_ids[r // config.n], left-padded [*, P])
-    through `slots` slots. Returns the device arrays tokens [padded_rows, R] int32,
-    logprobs [padded_rows, R] float32, lengths [padded_rows] int32, stopped [padded_rows]
-    bool, as the static sampler's. Runs under the caller's mesh context. progress=True shows
-    finished rows / total and tokens/s."""
+    """Decode this process's rows 0..num_rows-1 (row r answers prompt_ids[r // config.n],
+    left-padded [*, P]; it draws from fold_in(rng, row_ids[r]), row_ids None = r) through
+    its `slots / blocks` slots: this process is block `block` of `blocks` (one per process)
+    of the global slots, output rows and prefill batches (`place` builds a global array from
+    each process's block). Prefill batches hold a multiple of row_multiple prompts per block
+    (the block's batch shards). Returns the global device arrays tokens [padded_rows, R]
+    int32, logprobs [padded_rows, R] float32, lengths [padded_rows] int32, stopped
+    [padded_rows] bool, as the static sampler's: this process's rows are the block's first
+    num_rows. Runs under the caller's mesh context. progress=True shows this process's
+    finished rows / total and tokens/s (all processes')."""
     prompt_slots = prompt_ids.shape[1]
     n = config.n
+    block_slots = slots // blocks
+    row_ids = np.arange(num_rows, dtype=np.int32) if row_ids is None else row_ids
     program = dataclasses.replace(program, decode_segments=1)  # unused here: one program for any value
     state = _empty_slots(graphdef, params, stop_token_array(config), jnp.int32(config.pad_token_id),
                          jnp.int32(config.max_new_tokens), slots=slots, cache_slots=prompt_slots + program.response_slots,
                          rows=padded_rows, response_slots=program.response_slots)
-    schedule = _Schedule(deque(range(num_rows)), np.zeros(slots, bool))
+    schedule = _Schedule(deque(range(num_rows)), np.zeros(block_slots, bool))
     chunk = config.progress_chunk if progress else np.iinfo(np.int32).max
-    start, finished, prefill_calls = time.perf_counter(), 0, 0
+    start, finished, prefill_calls, decode_calls = time.perf_counter(), 0, 0, 0
     with tqdm(total=num_rows, desc="rollout", unit="row", disable=not progress) as bar:
         while True:
             pairs = schedule.admit()
-            free_to_stop = min(n, len(schedule.waiting)) if schedule.waiting else slots + 1
-            work, prefill_batch, free_to_stop = agree(np.array([
+            free_to_stop = np.zeros(blocks, np.int64)  # 0 for other blocks: the maximum is theirs
+            free_to_stop[block] = min(n, len(schedule.waiting)) if schedule.waiting else block_slots + 1
+            agreed = agree(np.array([
                 schedule.live.any() or bool(schedule.waiting),
                 _pow2_at_least(len({row // n for _, row in pairs}), row_multiple) if pairs else 0,
-                -free_to_stop,
+                *free_to_stop,
             ]))
+            work, prefill_batch, free_to_stop = agreed[0], agreed[1], agreed[2:]
             if not work:
                 break
             if prefill_batch:
-                state = _admit(graphdef, params, state, pairs, prompt_ids, prompt_mask, rng, prefill_batch, n,
-                               slots, padded_rows, place, program)
+                state = _admit(graphdef, params, state, pairs, prompt_ids, prompt_mask, row_ids, rng, prefill_batch, n,
+                               block, blocks, place, program)
                 prefill_calls += 1
-            state = _refill_decode(graphdef, params, state, jnp.int32(chunk), jnp.int32(-free_to_stop),
+            state = _refill_decode(graphdef, params, state, jnp.int32(chunk), jnp.asarray(free_to_stop, jnp.int32),
                                    program=program, prompt_slots=prompt_slots)
-            live, generated, decode_steps = jax.device_get((state.live, state.generated, state.decode_steps))
-            schedule.live = np.array(live, bool)
+            decode_calls += 1
+            schedule.live = addressable_rows(state.live).astype(bool)
+            generated, decode_steps = jax.device_get((state.generated, state.decode_steps))
             now_finished = num_rows - len(schedule.waiting) - int(schedule.live.sum())
             bar.update(now_finished - finished)
             finished = now_finished
             bar.set_postfix_str(f"{int(generated) / (time.perf_counter() - start):.0f} tok/s")
     _LAST_SCHEDULE.update(slots=slots, decode_steps=int(decode_steps), prefill_calls=prefill_calls,
-                          tokens=int(generated))
+                          decode_calls=decode_calls, tokens=int(generated))
     return state.tokens, state.logprobs, state.lengths, state.stopped
 
 
-def _admit(graphdef, params, state, pairs, prompt_ids, prompt_mask, rng, prefill_batch, n, slots, padded_rows, place,
-           program):
-    """Run the refill prefill for the (slot, row) pairs: their prompts, each once, padded to
-    prefill_batch prompts (repeating the first), and prefill_batch * n admission entries
-    (the unused ones dropped: slot S, row padded_rows)."""
+def _admit(graphdef, params, state, pairs, prompt_ids, prompt_mask, row_ids, rng, prefill_batch, n, block, blocks,
+           place, program):
+    """Run the refill prefill for this process's (slot, row) pairs (indices within its block
+    `block` of `blocks`): their prompts, each once, padded to prefill_batch prompts
+    (repeating the first), and prefill_batch * n admission entries (the unused ones dropped:
+    slot S, row N); sources, slots and rows offset to the block's first prompt, slot and row."""
+    num_slots, num_rows = state.live.shape[0], state.lengths.shape[0]
+    first_slot, first_row = block * num_slots // blocks, block * num_rows // blocks
     prompts = sorted({row // n for _, row in pairs}) or [0]  # [0]: this process admits none
     batch_prompts = prompts + [prompts[0]] * (prefill_batch - len(prompts))
-    position = {prompt: index for index, prompt in enumerate(prompts)}
+    position = {prompt: block * prefill_batch + index for index, prompt in enumerate(prompts)}
     entries = prefill_batch * n
     sources = np.zeros(entries, np.int32)
-    targets = np.full(entries, slots, np.int32)
-    rows = np.full(entries, padded_rows, np.int32)
+    targets = np.full(entries, num_slots, np.int32)
+    rows = np.full(entries, num_rows, np.int32)
+    keys = np.zeros(entries, np.int32)
     for index, (slot, row) in enumerate(pairs):
-        sources[index], targets[index], rows[index] = position[row // n], slot, row
+        sources[index], targets[index], rows[index] = position[row // n], first_slot + slot, first_row + row
+        keys[index] = row_ids[row]
     return _refill_prefill(graphdef, params, state, place(prompt_ids[batch_prompts]), place(prompt_mask[batch_prompts]),
-                           place(sources), place(targets), place(rows), rng, program=program)
+                           place(sources), place(targets), place(rows), place(keys), rng, program=program)

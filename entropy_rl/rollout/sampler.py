@@ -172,34 +172,35 @@ def generate(
     On several JAX processes each passes its own share of the prompts (`host_share`): the
     global batch holds every host's rows, host by host, and each host gets back a Rollout of
     its own rows only, whose row r draws from fold_in(rng, r + n * the prompts of the hosts
-    before it): the samples of one process given all the prompts. Several processes decode
-    with the static schedule (refill's per-host slots are not wired yet).
+    before it): the samples of one process given all the prompts. max_slots and
+    kv_cache_budget_gb then bound the global slots (`slot_count` of the global rows), split
+    evenly among the hosts: each host refills its own block of slots with its own rows.
     """
     program = Program.from_config(config, mesh)
+    shards, hosts = batch_shards(mesh), mesh_process_count(mesh)
     if is_multiprocess(mesh):
         prompt_ids, prompt_mask, row_ids = _host_prompt_block(prompts, config, mesh)
-        ids, mask = (global_from_host_rows(x, mesh) for x in (prompt_ids, prompt_mask))
-        row_ids = global_from_host_rows(row_ids, mesh)
-        batch = slots = row_ids.shape[0]
+        batch = row_ids.shape[0] * hosts
+        place = functools.partial(global_from_host_rows, mesh=mesh)
     else:
-        row_multiple = 1 if mesh is None else batch_shards(mesh)
         prompt_ids, prompt_mask = left_pad_prompts(
-            prompts, pad_token_id=config.pad_token_id, prompt_bucket=config.prompt_bucket, row_multiple=row_multiple
+            prompts, pad_token_id=config.pad_token_id, prompt_bucket=config.prompt_bucket, row_multiple=shards
         )
-        ids, mask, row_ids = _to_device(prompt_ids, mesh), _to_device(prompt_mask, mesh), None
-        batch = round_up(len(prompts) * config.n, row_multiple)
-        slots = slot_count(config, model.config, prompt_ids.shape[1] + program.response_slots, batch, row_multiple)
+        row_ids, batch = None, round_up(len(prompts) * config.n, shards)
+        place = functools.partial(_to_device, mesh=mesh)
+    slots = slot_count(config, model.config, prompt_ids.shape[1] + program.response_slots, batch, shards)
     _check_vocab(model, prompt_ids)
     graphdef, params = nnx.split(model)
     with program.mesh_context():
         if config.scheduler == "refill" and slots < batch:
             outputs = generate_refill(graphdef, params, prompt_ids, prompt_mask, rng, config, program,
                                       num_rows=len(prompts) * config.n, padded_rows=batch, slots=slots,
-                                      row_multiple=row_multiple, place=lambda array: _to_device(array, mesh),
-                                      progress=progress)
+                                      row_multiple=shards // hosts, place=place, row_ids=row_ids,
+                                      block=host_block(mesh), blocks=hosts, progress=progress)
         else:
-            state = _prefill(graphdef, params, ids, mask, rng, stop_token_array(config),
-                             jnp.int32(config.pad_token_id), row_ids, program=program, n=config.n, batch=batch)
+            state = _prefill(graphdef, params, place(prompt_ids), place(prompt_mask), rng, stop_token_array(config),
+                             jnp.int32(config.pad_token_id), None if row_ids is None else place(row_ids),
+                             program=program, n=config.n, batch=batch)
             state = _decode_all(graphdef, params, state, program, config, prompt_ids.shape[1], progress)
             outputs = (state.tokens, state.logprobs, state.lengths, state.stopped)
     # each host reads back only its own rows
