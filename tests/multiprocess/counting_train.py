@@ -4,9 +4,10 @@
 
 Registers the verifier "counting" (the built-in synthetic one, appending the number of
 responses of each call to COUNTS_DIR/verified.<JAX_PROCESS_ID>) and runs `entropy-rl train`
-with data.verifier=counting.
+with data.verifier=counting; prints the sampler's compile counts at the end ("compiled {...}").
 """
 
+import json
 import os
 import sys
 
@@ -24,9 +25,12 @@ def main() -> int:
             f.write(f"{len(responses)}\n")
         return synthetic(responses, truths, **kwargs)
 
+    from entropy_rl.rollout import compile_counts
     from entropy_rl.train.cli import main as train_main
 
-    return train_main([*argv, "data.verifier=counting"])
+    code = train_main([*argv, "data.verifier=counting"])
+    print("compiled", json.dumps(compile_counts()), flush=True)
+    return code
 
 
 if __name__ == "__main__":

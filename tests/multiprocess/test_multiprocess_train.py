@@ -96,12 +96,16 @@ def test_train_on_two_processes_resumes_bitwise_after_sigkill(launch, tmp_path, 
 def test_train_on_two_processes_data_by_fsdp_with_dynamic_sampling(launch, tmp_path, compile_cache):
     """mesh data=2 x fsdp=4 (each process one data replica) and DAPO's dynamic sampling (the
     random policy's groups all have reward 0, so every step samples max_sampling_rounds=2
-    batches and picks groups across them): the run finishes, logs each step once, and each
-    host verifies half of what one process would."""
+    batches and picks groups across them), rollouts and held-out evals decoding their 16 rows
+    through 8 refill slots (4 per host): the run finishes, logs each step once, and each host
+    verifies half of what one process would."""
     run_dir = tmp_path / "run"
     result = _train(launch, run_dir, ["mesh.data=2", "mesh.fsdp=4", "algorithm.dynamic_sampling=true",
-                                      "algorithm.max_sampling_rounds=2"], compile_cache)
+                                      "algorithm.max_sampling_rounds=2", "rollout.max_slots=8"], compile_cache)
     _check_run(result, run_dir)
     assert [row["sampling/rounds"] for row in read_metrics(run_dir) if "loss" in row] == [2] * STEPS
+    compiled = [json.loads(line.split("compiled ", 1)[1]) for lines in result.output for line in lines
+                if "compiled {" in line]  # the sampler's programs of each process (counting_train.py)
+    assert len(compiled) == 2 and all(c["refill_decode"] >= 1 and c["decode"] == 0 for c in compiled), compiled
     summary = json.dumps(read_metrics(run_dir)[-1])
     assert "eval/accuracy" in summary
