@@ -12,8 +12,10 @@ compiled program and device to device (no host round trip),
 
 each placed by `SAMPLING_AXIS_RULES`: the embed dim replicated, the MLP's hidden dim split
 over ("fsdp", "tensor"), heads and vocab over "tensor" (where a dim does not divide, it is
-replicated, as in `logical_to_mesh`). A decode step then moves only activations (the
-8-device test: 1/18 of the collective bytes of the training parameters' decode step).
+replicated, as in `logical_to_mesh`). A decode step then moves only activations: its
+collective bytes are 0.004x the training parameters' for a 2-layer model compiled for TPU
+v5p:2x2x1 (`tools/bench/sampling_view.py`; heads or vocab split over "fsdp" would meet the
+batch-split attention and logits, and XLA then all-gathers those weights).
 
 Memory per chip, bf16 (`itemsize(dtype)` per weight): the MLP / (fsdp x tensor), attention,
 embedding and lm_head / tensor. Qwen3-8B: 5.45 GiB on v5p-64 (fsdp=32), 1.60 GiB with
