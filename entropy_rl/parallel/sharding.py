@@ -26,6 +26,23 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("norm", None),
 )
 
+# The sampler's parameter view (`entropy_rl.rollout.params`): no weight is split over "fsdp"
+# along a dim that meets the batch-split activations (the embed dim: a per-token all-gather
+# of every weight; the heads and vocab dims: attention and logits split over the batch);
+# only the MLP's hidden dim, which no activation outside the MLP carries, is split over
+# ("fsdp", "tensor") (its collectives move activations: the input gathered over the batch,
+# the down projection's partial sums reduce-scattered).
+SAMPLING_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", None),
+    ("mlp", ("fsdp", "tensor")),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("norm", None),
+)
+
 
 def logical_to_mesh(axes: tuple, mesh: jax.sharding.Mesh, shape: tuple | None = None,
                     rules=LOGICAL_AXIS_RULES) -> PartitionSpec:
@@ -51,18 +68,18 @@ def logical_to_mesh(axes: tuple, mesh: jax.sharding.Mesh, shape: tuple | None = 
     return PartitionSpec(*spec)
 
 
-def variable_sharding(variable: nnx.Variable, mesh: jax.sharding.Mesh) -> NamedSharding:
-    """NamedSharding of a Variable from its logical axes (replicated when it has none)."""
+def variable_sharding(variable: nnx.Variable, mesh: jax.sharding.Mesh, rules=LOGICAL_AXIS_RULES) -> NamedSharding:
+    """NamedSharding of a Variable from its logical axes under `rules` (replicated when it has none)."""
     axes = variable.get_metadata().get("out_sharding")
     value = variable.get_value()
     if not axes:
         return NamedSharding(mesh, PartitionSpec())
-    return NamedSharding(mesh, logical_to_mesh(axes, mesh, value.shape))
+    return NamedSharding(mesh, logical_to_mesh(axes, mesh, value.shape, rules))
 
 
-def state_shardings(state: nnx.State, mesh: jax.sharding.Mesh):
-    """The state's tree with each Variable's value replaced by its NamedSharding."""
-    return jax.tree.map(lambda v: v.replace(variable_sharding(v, mesh)), state,
+def state_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules=LOGICAL_AXIS_RULES):
+    """The state's tree with each Variable's value replaced by its NamedSharding under `rules`."""
+    return jax.tree.map(lambda v: v.replace(variable_sharding(v, mesh, rules)), state,
                         is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 

@@ -37,6 +37,12 @@ class SamplingConfig:
       max_slots: refill: the most rows decoded at once (0 = no limit but the budget).
       kv_cache_budget_gb: refill: the most KV-cache memory of the slots, in GB (1e9 bytes;
         0 = no limit but max_slots); the slot count is the largest that fits.
+      sampling_copy: sample from the parameters' sampling view (`entropy_rl.rollout.params`):
+        the weights cast to the model's compute dtype and split for decoding (no per-token
+        all-gather of FSDP-split weights), made from the current parameters at the start of
+        each `generate` call and dropped at its end. It is made only where it changes
+        something (weights stored in another dtype, or a mesh of several devices); False
+        samples from the parameters as they are.
     """
 
     max_new_tokens: int = 256
@@ -53,6 +59,7 @@ class SamplingConfig:
     scheduler: str = "refill"
     max_slots: int = 0
     kv_cache_budget_gb: float = 0.0
+    sampling_copy: bool = True
 
     def __post_init__(self):
         # YAML lists arrive as lists; the config must stay hashable.

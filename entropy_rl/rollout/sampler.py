@@ -17,8 +17,10 @@ the slots its segment can have filled rather than the whole cache, whose reads d
 the attention of a decode step.
 
 The model is split with `nnx.split` into (graphdef, state) at the jit boundary: graphdef is
-static (part of the jit cache key), state is the very parameter arrays the trainer updates,
-passed by reference (no copy, never donated). The decode state (cache, token buffers) is
+static (part of the jit cache key); the programs read the state's sampling view
+(`SamplingConfig.sampling_copy`, `entropy_rl.rollout.params`: the weights in the compute
+dtype, split for decoding, made for the call) or else the very parameter arrays the trainer
+updates, passed by reference (no copy, never donated). The decode state (cache, token buffers) is
 donated to each decode call so XLA updates it in place. `stop_step` is a traced argument, so
 the same decode program runs the whole response, or chunks of it between progress-bar
 updates.
@@ -52,6 +54,7 @@ from entropy_rl.rollout.decoding import (
     step_keys,
     stop_token_array,
 )
+from entropy_rl.rollout.params import sampling_params
 from entropy_rl.rollout.refill import generate_refill, slot_count
 from entropy_rl.rollout.result import Rollout, assemble_rollout
 
@@ -191,6 +194,8 @@ def generate(
     slots = slot_count(config, model.config, prompt_ids.shape[1] + program.response_slots, batch, shards)
     _check_vocab(model, prompt_ids)
     graphdef, params = nnx.split(model)
+    if config.sampling_copy:
+        params = sampling_params(params, model.dtype, mesh)
     with program.mesh_context():
         if config.scheduler == "refill" and slots < batch:
             outputs = generate_refill(graphdef, params, prompt_ids, prompt_mask, rng, config, program,
