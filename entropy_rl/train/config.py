@@ -251,7 +251,7 @@ class OptimizerConfig(Section):
     moment in bfloat16 (a quarter less optimizer-and-weight memory; optax keeps the second
     moment, whose small values bfloat16 would flush, in the parameters' dtype)."""
 
-    learning_rate: Annotated[float, Field(gt=0)] = 5e-4
+    learning_rate: Annotated[float, Field(gt=0)] = 2e-4
     b1: Fraction = 0.9
     b2: Fraction = 0.999
     eps: Annotated[float, Field(ge=0)] = 1e-8
@@ -324,7 +324,7 @@ class WarmStartConfig(Section):
     """Short supervised warm start of a freshly initialised built-in policy (not for HF models)."""
 
     enabled: bool = True
-    steps: NonNegative = 500
+    steps: NonNegative = 1000
     batch_size: Positive = 32
     learning_rate: Annotated[float, Field(gt=0)] = 3e-3
 
@@ -347,7 +347,7 @@ class TrainConfig(Section):
 
     seed: int = 0
     run_dir: Annotated[str, Field(min_length=1)] = "runs/stapo-tiny"
-    total_steps: NonNegative = 120
+    total_steps: NonNegative = 200
     resume: bool = True  # continue from RUN_DIR's latest checkpoint when there is one; false: move the old run aside
     resume_allow_changes: bool = False  # resume although the config changed beyond total_steps, logging, cadences
     max_consecutive_nonfinite: Positive = 5
