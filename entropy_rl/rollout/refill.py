@@ -22,14 +22,14 @@ bitwise, because XLA:CPU's kernels round a row differently in batches of differe
 at a near-tie of the inverse CDF. Measured with jax 0.10.2 (row r of an M-row op against
 the same row in a 2-row op):
 - matmuls x [M, K] @ w [K, N] (w an argument, as the model's weights): XLA:CPU hands them
-  to YNNPACK, whose tiling depends on M (256 x 1024 and 3072 x 1024: M >= 63 differ; 32 x 8:
-  M = 7, 8, 13-16, >= 19), and an M = 1 product is a plain dot (vector-matrix) that differs
+  to YNNPACK, whose tiling depends on M (256 x 1024, 1024 x 3072, 3072 x 1024: M >= 63
+  differ; 32 x 8: M = 7, 8, 13, 16 and >= 19 of those tried), and an M = 1 product is a plain dot (vector-matrix) that differs
   from all; Eigen (YNNPACK and XNNPACK off) is no better, with one thread too.
   No xla_cpu_* option makes the dot batch-invariant (XNNPACK on/off, Eigen threading,
   OneDNN, strict dot math, the YNN/XNN fusion types).
 - row reductions: YNNPACK also takes reductions (its default fusion types), and its sums
   over the last axis differ from about 4096 elements on (sum over 128: M >= 32; softmax
-  over [2, 2, 56]: M >= 28), which changes norms, softmax and the sampler's log-softmax;
+  over [2, 2, 56]: M >= 19), which changes norms, softmax and the sampler's log-softmax;
   with `xla_cpu_experimental_ynn_fusion_type: LIBRARY_FUSION_TYPE_DOT` XLA emits them
   itself and they were batch-invariant at every size tried.
 - attention's batched products (`bkmd,bksd->bkms`, `bkms,bksd->bkmd`) were batch-invariant.
@@ -39,9 +39,8 @@ A fixed-shape matmul is position-invariant (a row gives the same result at any r
 refill rows bitwise equal to the static ones for 1, 2, 4, 5, 8 and 28 slots on one device
 (a prototype, T = 32; not in the code): under a mesh a tile's rows must also stay on one
 device (tiles sharded, T rows per device). Cost on a loaded machine, against one product,
-for [128 or 512, 1024] @ [1024, 3072]: T = 8 2.8-3.2x the time, T = 32-64 1.0-1.4x
-(/tmp/bw/tilespeed.py in the session of 2026-11-30; tools/bench/batch_invariance.py
-reprints the op findings).
+for [128 or 512, 1024] @ [1024, 3072]: T = 8 2.8-3.2x the time, T = 32-64 1.0-1.4x.
+tools/bench/batch_invariance.py reprints the op findings.
 
 Per-row write positions with the model's one-slot-for-all-rows cache write: the slots'
 KVCache keeps `length` at the last slot C - 1 (a scratch slot no real token uses, since
