@@ -18,8 +18,9 @@ layout (the prompt at slots [0, P), its step-s token at P + s - 1), so each row 
 static sampler's tokens, log-probs, length and stop flag, whatever the slot count or the
 order of admission. Log-probs agree to float32 rounding (~1e-6 on the test model), not
 bitwise, because XLA:CPU's kernels round a row differently in batches of different sizes
-(the same between two static batches of different sizes); a sampled token could flip only
-at a near-tie of the inverse CDF. Measured with jax 0.10.2 (row r of an M-row op against
+(the same between two static batches of different sizes); a sampled token flips at a
+near-tie of the inverse CDF (it did once in tools/bench/rollout.py --lengths equal, 512 rows x
+512 tokens: one row from step 412 on). Measured with jax 0.10.2 (row r of an M-row op against
 the same row in a 2-row op):
 - matmuls x [M, K] @ w [K, N] (w an argument, as the model's weights): XLA:CPU hands them
   to YNNPACK, whose tiling depends on M (256 x 1024, 1024 x 3072, 3072 x 1024: M >= 63
