@@ -16,10 +16,32 @@ Exactness: row r's step-s token is drawn with fold_in(fold_in(rng, r), s) from l
 depend only on its own prompt and tokens, and its cache row has the static sampler's
 layout (the prompt at slots [0, P), its step-s token at P + s - 1), so each row gets the
 static sampler's tokens, log-probs, length and stop flag, whatever the slot count or the
-order of admission. Log-probs agree to float32 rounding, not bitwise: XLA:CPU's matmuls
-(XNNPACK) round a row differently in batches of different sizes (~1e-6 on the test model,
-the same between two static batches of different sizes), which could flip a sampled token
-only at a near-tie of the inverse CDF.
+order of admission. Log-probs agree to float32 rounding (~1e-6 on the test model), not
+bitwise, because XLA:CPU's kernels round a row differently in batches of different sizes
+(the same between two static batches of different sizes); a sampled token flips at a
+near-tie of the inverse CDF (it did once in tools/bench/rollout.py --lengths equal, 512 rows x
+512 tokens: one row from step 412 on). Measured with jax 0.10.2 (row r of an M-row op against
+the same row in a 2-row op):
+- matmuls x [M, K] @ w [K, N] (w an argument, as the model's weights): XLA:CPU hands them
+  to YNNPACK, whose tiling depends on M (256 x 1024, 1024 x 3072, 3072 x 1024: M >= 63
+  differ; 32 x 8: M = 7, 8, 13, 16 and >= 19 of those tried), and an M = 1 product is a plain dot (vector-matrix) that differs
+  from all; Eigen (YNNPACK and XNNPACK off) is no better, with one thread too.
+  No xla_cpu_* option makes the dot batch-invariant (XNNPACK on/off, Eigen threading,
+  OneDNN, strict dot math, the YNN/XNN fusion types).
+- row reductions: YNNPACK also takes reductions (its default fusion types), and its sums
+  over the last axis differ from about 4096 elements on (sum over 128: M >= 32; softmax
+  over [2, 2, 56]: M >= 19), which changes norms, softmax and the sampler's log-softmax;
+  with `xla_cpu_experimental_ynn_fusion_type: LIBRARY_FUSION_TYPE_DOT` XLA emits them
+  itself and they were batch-invariant at every size tried.
+- attention's batched products (`bkmd,bksd->bkms`, `bkms,bksd->bkmd`) were batch-invariant.
+A fixed-shape matmul is position-invariant (a row gives the same result at any row of a
+[T, K] @ [K, N] product, T = 8, 16, 64). So computing the rollout programs' matmuls (`linear`,
+`unembed`) as a `lax.map` over fixed T-row tiles, with the YNN fusion type above, makes the
+refill rows bitwise equal to the static ones for 1, 2, 4, 5, 8 and 28 slots on one device
+(a prototype, T = 32; not in the code): under a mesh a tile's rows must also stay on one
+device (tiles sharded, T rows per device). Cost on a loaded machine, against one product,
+for [128 or 512, 1024] @ [1024, 3072]: T = 8 2.8-3.2x the time, T = 32-64 1.0-1.4x.
+tools/bench/batch_invariance.py reprints the op findings.
 
 Per-row write positions with the model's one-slot-for-all-rows cache write: the slots'
 KVCache keeps `length` at the last slot C - 1 (a scratch slot no real token uses, since

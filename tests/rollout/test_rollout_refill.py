@@ -51,7 +51,8 @@ def model(checkpoint):
 
 def assert_same_rows(refill, static):
     """Every row equal: tokens, lengths, stop flags, prompts exactly; log-probs to float32
-    rounding (XLA:CPU's matmuls round differently for different batch sizes, ~1e-6)."""
+    rounding (~1e-6: XLA:CPU's matmuls and row reductions round a row differently in batches
+    of different sizes, see entropy_rl/rollout/refill.py and tools/bench/batch_invariance.py)."""
     np.testing.assert_array_equal(refill.tokens, static.tokens)
     np.testing.assert_array_equal(refill.lengths, static.lengths)
     np.testing.assert_array_equal(refill.stopped, static.stopped)
