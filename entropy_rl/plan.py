@@ -11,7 +11,6 @@ jaxpr) and `collective_bytes` (in an optimized HLO module).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import re
 import time
@@ -300,6 +299,13 @@ def _replicated(abstract, mesh) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(abstract.shape, abstract.dtype, sharding=NamedSharding(mesh, PartitionSpec()))
 
 
+def _grown(state, slots: int):
+    """The abstract decode state with its cache grown to `slots` slots, every array sharded as
+    before (a growth pads the slot axis, which is not split)."""
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    return _abstract(jax.eval_shape(lambda s: s.replace(cache=s.cache.grow(slots)), state), shardings)
+
+
 def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_length
                       ) -> tuple[list[ProgramMemory], dict[str, Any], int]:
     """Compile the sampler's own jitted programs as `generate` calls them for one rollout of
@@ -307,8 +313,8 @@ def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_lengt
 
     Refill scheduler with S = `slot_count` < rows slots: `_empty_slots`, `_refill_prefill`
     of the first (largest) admission and `_refill_decode` on the S slots' state. Otherwise
-    the static schedule: `_prefill`, the last `_grow_cache` (the largest) and `_decode` on
-    the whole cache. Each program's input state is its predecessor's compiled output.
+    the static schedule: `_prefill`, one layer's last (largest) growth (`_grow_cache` grows
+    the cache layer by layer) and `_decode` on the whole cache. Each program's input state is its predecessor's compiled output.
     Returns (the programs' memory, their shapes, the decode cache's bytes per chip).
     """
     from entropy_rl.parallel import batch_sharding
@@ -336,14 +342,13 @@ def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_lengt
     rng = _replicated(jax.eval_shape(lambda: jax.random.key(0)), mesh)
     programs = []
 
-    def run(name, lower, state=None, record=True):
+    def run(name, lower, state=None):
         """Compile `lower` under the mesh (a decode loop checked for copies of a layer's
         cache), record its memory, and return its outputs (None if it did not compile)."""
         copy_bytes = _shard_bytes(state.cache.v[0]) if name in DECODE_PROGRAMS else None
         with jax.set_mesh(mesh):
             memory, outputs = _compile(name, lower, copy_bytes)
-        if record or outputs is None:
-            programs.append(memory)
+        programs.append(memory)
         return outputs
 
     if refilling:
@@ -364,11 +369,11 @@ def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_lengt
         prompts = by_rows(round_up(config.data.batch_size, row_multiple), prompt_length)
         state = run("prefill", lambda: sampler._prefill.lower(
             graphdef, params, prompts, prompts, rng, stop_ids, scalar(), program=program, n=r.n, batch=rows))
-        growths = program.cache_sizes(prompt_length)[1:]
-        for index, size in enumerate(growths):  # each segment's growth; the last (largest) recorded
-            if state is not None:
-                state = run("grow_cache", functools.partial(sampler._grow_cache.lower, state, slots=size),
-                            record=index == len(growths) - 1)
+        sizes = program.cache_sizes(prompt_length)
+        if state is not None and len(sizes) > 1:  # the last (largest) growth of one layer, as `_grow_cache` runs it
+            state = _grown(state, sizes[-2])
+            run("grow_cache", lambda: sampler._grow_layer.lower(state.cache.k[0], state.cache.v[0], slots=sizes[-1]))
+            state = _grown(state, sizes[-1])
         decode = "decode", lambda: sampler._decode.lower(graphdef, params, state, scalar(), program=program)
     kv_cache = -1 if state is None else _shard_bytes(state.cache)
     if state is not None:
@@ -387,12 +392,14 @@ def topology_devices(topology: str) -> tuple[list, int | None]:
 
     # Compiling needs no TPU: let several planning processes load libtpu at once.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    generation = topology.split(":")[0].lower()
+    # v4 and v5p chips have two TensorCores run as one device ("megacore"), as on a real pod
+    megacore = {"chip_config_name": "megacore"} if generation in ("v4", "v5p") else {}
     try:
-        description = topologies.get_topology_desc(topology_name=topology, platform="tpu")
+        description = topologies.get_topology_desc(topology_name=topology, platform="tpu", **megacore)
     except Exception as error:
         raise RuntimeError(f"cannot describe TPU topology {topology!r} ({error}); planning for a TPU topology "
                            'needs libtpu: pip install -e ".[tpu-plan]"') from error
-    generation = topology.split(":")[0].lower()
     return list(description.devices), TPU_HBM_BYTES.get(generation)
 
 
