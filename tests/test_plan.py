@@ -153,3 +153,24 @@ def test_multi_slice_mesh_puts_data_across_slices():
     assert [{d.slice_index for d in mesh.devices[i].flat} for i in range(2)] == [{0}, {1}]
     with pytest.raises(ValueError, match="cannot be split into 3 slices"):
         MeshConfig(slices=3).axis_sizes(8)
+
+
+@pytest.mark.parametrize("config_file, preset, chips, slots", [
+    ("stapo_qwen3_8b.yaml", "qwen3-8b", 32, 512),  # v5p-64: max_slots (the budget allows 17 per chip)
+    ("stapo_qwen3_14b.yaml", "qwen3-14b", 32, 480),  # v5p-64: 15 per chip in 40 GB
+    ("sent_r1_distill_qwen_1.5b.yaml", "deepseek-r1-distill-qwen-1.5b", 16, 1024),  # v4-32: max_slots
+    ("sent_r1_distill_qwen_1.5b.yaml", "deepseek-r1-distill-qwen-1.5b", 4, 484),  # v5p-8: 121 per chip in 8 GB
+])
+def test_paper_configs_slot_counts(config_file, preset, chips, slots):
+    """The slots the paper configs' comments state, on the meshes they name (one batch shard per chip)."""
+    from entropy_rl.model import QwenConfig
+    from entropy_rl.rollout.refill import kv_bytes_per_slot, slot_count
+
+    config = load_config(f"configs/paper/{config_file}", check_paths=False)
+    r = config.rollout
+    sampling = r.sampling_config(stop_token_ids=(), pad_token_id=0)
+    model_config = QwenConfig.preset(preset, dtype=config.model.dtype)
+    cache_slots = r.prompt_bucket + r.max_new_tokens  # max_new_tokens is a multiple of response_bucket
+    rows = config.data.batch_size * r.n
+    assert slot_count(sampling, model_config, cache_slots, rows, chips) == slots
+    assert slots // chips * kv_bytes_per_slot(model_config, cache_slots) <= r.kv_cache_budget_gb * 1e9
