@@ -14,7 +14,7 @@ import dataclasses
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -232,14 +232,16 @@ def _policy_config(config, preset: str | None):
 
 
 def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int | None,
-         preset: str | None = None, prompt_length: int | None = None) -> Plan:
+         preset: str | None = None, prompt_length: int | None = None,
+         on_program: Callable[[ProgramMemory], None] | None = None) -> Plan:
     """Compile the run's programs for `devices` on abstract inputs and collect their memory.
 
     Shapes: prompts of `prompt_length` tokens (default rollout.prompt_bucket), responses of
     rollout.max_new_tokens; the sampler's programs as `generate` runs them for one rollout
     (data.batch_size prompts x rollout.n samples; see `_sampler_programs`); the no-grad
     forward over the whole rollout in the train loop's micro-batches; the train step on one
-    mini-batch.
+    mini-batch. `on_program` is called with each program's memory as soon as it is compiled
+    (a 36-layer plan takes most of an hour on a loaded 2-core machine).
     """
     from flax import nnx
 
@@ -280,11 +282,15 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
     train_step = make_train_step(state, mesh, optimizer=optimizer, schedule=schedule, config=step_config)
     no_grad = make_no_grad_logprobs(graphdef, mesh, temperature=step_config.temperature,
                                     chunk_size=step_config.chunk_size, num_micro_batches=num_micro * mini_batches)
+    report = on_program or (lambda memory: None)
     sampler_programs, sampler_shapes, kv_cache = _sampler_programs(config, model_config, graphdef, params, mesh,
-                                                                   prompt_length)
+                                                                   prompt_length, report)
     key = _replicated(jax.eval_shape(lambda: jax.random.key(0)), mesh)
-    train_programs = [_compile("no_grad_logprobs", lambda: no_grad.lower(params, update_batch(all_rows)))[0],
-                      _compile("train_step", lambda: train_step.lower(state, update_batch(mini_rows), key))[0]]
+    train_programs = []
+    for name, lower in (("no_grad_logprobs", lambda: no_grad.lower(params, update_batch(all_rows))),
+                        ("train_step", lambda: train_step.lower(state, update_batch(mini_rows), key))):
+        train_programs.append(_compile(name, lower)[0])
+        report(train_programs[-1])
     return Plan(target=target, device_kind=devices[0].device_kind, chips=len(devices), mesh=dict(mesh.shape),
                 hbm_bytes=hbm_bytes, parameters=_shard_bytes(params), optimizer_state=_shard_bytes(state.opt_state),
                 kv_cache=kv_cache,
@@ -306,7 +312,7 @@ def _grown(state, slots: int):
     return _abstract(jax.eval_shape(lambda s: s.replace(cache=s.cache.grow(slots)), state), shardings)
 
 
-def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_length
+def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_length, report=lambda memory: None
                       ) -> tuple[list[ProgramMemory], dict[str, Any], int]:
     """Compile the sampler's own jitted programs as `generate` calls them for one rollout of
     rows = data.batch_size x rollout.n (rounded up to the batch shards), under the mesh.
@@ -315,7 +321,8 @@ def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_lengt
     of the first (largest) admission and `_refill_decode` on the S slots' state. Otherwise
     the static schedule: `_prefill`, one layer's last (largest) growth (`_grow_cache` grows
     the cache layer by layer) and `_decode` on the whole cache. Each program's input state is its predecessor's compiled output.
-    Returns (the programs' memory, their shapes, the decode cache's bytes per chip).
+    Returns (the programs' memory, their shapes, the decode cache's bytes per chip); each
+    program's memory also goes to `report` once compiled.
     """
     from entropy_rl.parallel import batch_sharding
     from entropy_rl.rollout import refill, sampler
@@ -349,6 +356,7 @@ def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_lengt
         with jax.set_mesh(mesh):
             memory, outputs = _compile(name, lower, copy_bytes)
         programs.append(memory)
+        report(memory)
         return outputs
 
     if refilling:
@@ -430,6 +438,12 @@ def format_plan(p: Plan) -> str:
     return "\n".join(lines)
 
 
+def program_line(memory: ProgramMemory) -> str:
+    """One compiled program's memory in a line (progress of a long plan)."""
+    return (f"{memory.name}: total {memory.total / GIB:.2f} GiB (temporaries {memory.temporaries / GIB:.2f}), "
+            f"compiled in {memory.compile_s:.0f} s" + (f", {memory.error}" if memory.error else ""))
+
+
 def _parser():
     import argparse
 
@@ -470,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         devices = jax.devices()
         hbm, target = local_hbm_bytes(devices[0]), f"the {len(devices)} {devices[0].platform} devices present"
-    result = plan(config, devices, target=target, hbm_bytes=hbm, preset=args.model,
-                  prompt_length=args.prompt_length)
+    result = plan(config, devices, target=target, hbm_bytes=hbm, preset=args.model, prompt_length=args.prompt_length,
+                  on_program=lambda memory: print(program_line(memory), file=sys.stderr, flush=True))
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_plan(result))
     return 0 if not result.overflowing else 1

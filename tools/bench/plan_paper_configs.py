@@ -37,7 +37,8 @@ def main() -> None:
         start = time.time()
         devices, hbm = planning.topology_devices(topology)
         result = planning.plan(load_config(configs, [], check_paths=False), devices, target=topology,
-                               hbm_bytes=hbm, preset=preset)
+                               hbm_bytes=hbm, preset=preset, on_program=lambda memory: print(
+                                   f"  [{name}, {time.time() - start:.0f} s] {planning.program_line(memory)}", flush=True))
         print(f"== {name}: entropy-rl plan {' '.join('--config ' + c for c in configs)} --topology {topology} "
               f"--model {preset}  ({time.time() - start:.0f} s)")
         print(planning.format_plan(result), flush=True)
