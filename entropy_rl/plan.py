@@ -320,7 +320,8 @@ def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_lengt
     Refill scheduler with S = `slot_count` < rows slots: `_empty_slots`, `_refill_prefill`
     of the first (largest) admission and `_refill_decode` on the S slots' state. Otherwise
     the static schedule: `_prefill`, one layer's last (largest) growth (`_grow_cache` grows
-    the cache layer by layer) and `_decode` on the whole cache. Each program's input state is its predecessor's compiled output.
+    the cache layer by layer) and `_decode` on the whole cache. Each program's input state
+    is its predecessor's compiled output.
     Returns (the programs' memory, their shapes, the decode cache's bytes per chip); each
     program's memory also goes to `report` once compiled.
     """
@@ -371,8 +372,8 @@ def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_lengt
         if state is not None:
             state = run("refill_prefill", lambda: refill._refill_prefill.lower(
                 graphdef, params, state, prompts, prompts, entries, entries, entries, rng, program=program))
-        decode = "refill_decode", lambda: refill._refill_decode.lower(
-            graphdef, params, state, scalar(), scalar(), program=program, prompt_slots=prompt_length)
+        decode_name, lower_decode = "refill_decode", lambda decode_state: refill._refill_decode.lower(
+            graphdef, params, decode_state, scalar(), scalar(), program=program, prompt_slots=prompt_length)
     else:
         prompts = by_rows(round_up(config.data.batch_size, row_multiple), prompt_length)
         state = run("prefill", lambda: sampler._prefill.lower(
@@ -382,10 +383,11 @@ def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_lengt
             state = _grown(state, sizes[-2])
             run("grow_cache", lambda: sampler._grow_layer.lower(state.cache.k[0], state.cache.v[0], slots=sizes[-1]))
             state = _grown(state, sizes[-1])
-        decode = "decode", lambda: sampler._decode.lower(graphdef, params, state, scalar(), program=program)
+        decode_name, lower_decode = "decode", lambda decode_state: sampler._decode.lower(
+            graphdef, params, decode_state, scalar(), program=program)
     kv_cache = -1 if state is None else _shard_bytes(state.cache)
     if state is not None:
-        run(*decode, state)
+        run(decode_name, lambda: lower_decode(state), state)
     shapes = {"scheduler": "refill" if refilling else "static", "rollout_rows": rows, "slots": slots,
               "cache_slots": cache_slots}
     return programs, shapes, kv_cache
