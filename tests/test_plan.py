@@ -156,8 +156,8 @@ def test_multi_slice_mesh_puts_data_across_slices():
 
 
 @pytest.mark.parametrize("config_file, preset, chips, slots", [
-    ("stapo_qwen3_8b.yaml", "qwen3-8b", 32, 512),  # v5p-64: max_slots (the budget allows 17 per chip)
-    ("stapo_qwen3_14b.yaml", "qwen3-14b", 32, 480),  # v5p-64: 15 per chip in 40 GB
+    ("stapo_qwen3_8b.yaml", "qwen3-8b", 32, 384),  # v5p-64: 12 per chip in 28 GB
+    ("stapo_qwen3_14b.yaml", "qwen3-14b", 32, 320),  # v5p-64: 10 per chip in 28 GB
     ("sent_r1_distill_qwen_1.5b.yaml", "deepseek-r1-distill-qwen-1.5b", 16, 1024),  # v4-32: max_slots
     ("sent_r1_distill_qwen_1.5b.yaml", "deepseek-r1-distill-qwen-1.5b", 4, 484),  # v5p-8: 121 per chip in 8 GB
 ])
