@@ -245,6 +245,7 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
     """
     from flax import nnx
 
+    from entropy_rl.losses import get_policy_loss
     from entropy_rl.model import Qwen
     from entropy_rl.parallel import batch_sharding, make_mesh
     from entropy_rl.parallel.sharding import state_shardings
@@ -269,13 +270,16 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
     all_rows, mini_rows = config.data.batch_size * r.n, a.mini_batch_size * r.n
     num_micro = mini_rows // a.micro_batch_size if a.micro_batch_size else 1
 
+    needs_reference = get_policy_loss(a.name).needs_reference(a.loss)
+
     def update_batch(rows):
         def array(shape, dtype):
             return jax.ShapeDtypeStruct(shape, dtype, sharding=rows_sharding)
-        tokens = array((rows, response_length), np.int32)
+        tokens, logp = array((rows, response_length), np.int32), array((rows, response_length), np.float32)
         return UpdateBatch(prompt_tokens=array((rows, prompt_length), np.int32),
                            prompt_mask=array((rows, prompt_length), np.int32), tokens=tokens, mask=tokens,
-                           advantages=array((rows,), np.float32), old_logp=array((rows, response_length), np.float32))
+                           advantages=array((rows,), np.float32), old_logp=logp,
+                           ref_logp=logp if needs_reference else None)
 
     step_config = StepConfig(a.name, a.loss, temperature=r.temperature or 1.0,
                              chunk_size=config.model.logprob_chunk_size, num_micro_batches=num_micro)
