@@ -3,7 +3,7 @@
 A static batch decodes until its last row stops, so rows that stopped early keep stepping
 (and reading their cache) for nothing; with long-tailed response lengths most row-steps
 are wasted. Here S slots (`slot_count`: `max_slots`, or the most whose KV cache fits
-`kv_cache_budget_gb`) decode the len(prompts) * n rows; the host loop is
+`kv_cache_budget_gb` per chip) decode the len(prompts) * n rows; the host loop is
 
     while a row waits or a slot is live:
         refill_prefill: prefill waiting prompts (once per prompt for all its admitted
