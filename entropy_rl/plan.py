@@ -241,7 +241,7 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
     (data.batch_size prompts x rollout.n samples; see `_sampler_programs`); the no-grad
     forward over the whole rollout in the train loop's micro-batches; the train step on one
     mini-batch. `on_program` is called with each program's memory as soon as it is compiled
-    (a 36-layer plan takes most of an hour on a loaded 2-core machine).
+    (a 36-layer plan takes about 25 minutes on a loaded 2-core machine).
     """
     from flax import nnx
 

@@ -3,8 +3,8 @@ each per-chip table. Needs libtpu (pip install -e ".[tpu-plan]"); runs on any ma
 
     JAX_PLATFORMS=cpu python tools/bench/plan_paper_configs.py [--only stapo-8b ...] [--json-dir DIR]
 
-Takes long: the sampler's decode programs run unrolled layers (about 35 s of TPU compile
-per layer on a loaded 2-core machine), so the 36-layer 8B plan takes most of an hour.
+Takes long: 26 (8B), 27 (14B) and 14 (1.5B) minutes, the three run together on a loaded
+2-core machine, most of it the train step's compile (15 min for 8B).
 """
 
 from __future__ import annotations
