@@ -1,6 +1,6 @@
 """`entropy-rl plan`: what each compiled program of a run needs per chip, before the run.
 
-Compiles the run's programs (train step, no-grad log-probs, prefill, one decode step) on
+Compiles the run's programs (the sampler's own jitted programs, no-grad log-probs, train step) on
 abstract inputs (`jax.ShapeDtypeStruct`s with the run's shardings, no weights) for the
 devices present or, with libtpu installed (`pip install -e ".[tpu-plan]"`), for a named TPU
 topology such as "v5p:2x4x4" on any machine, and reads the compiler's own per-chip memory
@@ -14,12 +14,11 @@ import dataclasses
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
 import jax.extend as jex
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -71,6 +70,31 @@ def large_copies(hlo_text: str, min_bytes: int) -> int:
     return count
 
 
+def loop_bodies(hlo_text: str) -> str:
+    """The instructions an optimized HLO module's while loops run on every iteration: the
+    text of their body and condition computations, and of the loops and conditionals nested
+    in them, but not of the fusions they call (a fusion's inner instructions, copies
+    included, make no buffer of their own). `large_copies(loop_bodies(text), n)` counts the
+    buffers of at least n bytes a loop copies on every iteration."""
+    computations = {}
+    for block in re.split(r"\n(?=(?:ENTRY )?%\S+ \()", hlo_text):
+        name = re.match(r"(?:ENTRY )?%(\S+) \(", block)
+        if name:
+            computations[name.group(1)] = block
+
+    def nested(text):
+        branches = re.findall(r"branch_computations=\{([^}]*)\}", text)
+        return re.findall(r"\b(?:condition|body)=%([\w.\-]+)", text) + re.findall(r"%([\w.\-]+)", " ".join(branches))
+
+    names, pending = set(), nested(hlo_text)
+    while pending:
+        name = pending.pop()
+        if name in computations and name not in names:
+            names.add(name)
+            pending.extend(nested(computations[name]))
+    return "\n".join(computations[name] for name in sorted(names))
+
+
 def _dtype_bytes(hlo_dtype: str) -> int:
     """Bytes of one element of an HLO type name (f32, bf16, s32, pred, ...)."""
     if hlo_dtype == "pred":
@@ -88,12 +112,14 @@ GIB = 2**30
 TPU_HBM_BYTES = {"v4": 32 * GIB, "v5p": int(95.74 * GIB), "v5e": 16 * GIB, "v5litepod": 16 * GIB,
                  "v6e": 32 * GIB}
 
-# Logical axes of each layer's KVCache arrays (keys [B, KV, D, S], values [B, KV, S, D]).
-_CACHE_KEYS_AXES = ("batch", "kv_heads", "head_dim", None)
-_CACHE_VALUES_AXES = ("batch", "kv_heads", None, "head_dim")
-
-# The programs of one RL step, in the order a step runs them.
-PROGRAMS = ("prefill", "decode_step", "no_grad_logprobs", "train_step")
+# The programs of one RL step, in the order a step runs them: the sampler's (the refill
+# scheduler's when it decodes through fewer slots than rows, else the static schedule's),
+# then the no-grad log-probs and the train step.
+REFILL_PROGRAMS = ("empty_slots", "refill_prefill", "refill_decode")
+STATIC_PROGRAMS = ("prefill", "grow_cache", "decode")
+TRAIN_PROGRAMS = ("no_grad_logprobs", "train_step")
+# The decode loops: their optimized HLO is checked for copies of a layer's whole cache.
+DECODE_PROGRAMS = ("refill_decode", "decode")
 
 
 @dataclasses.dataclass
@@ -113,12 +139,13 @@ class ProgramMemory:
     total: int = 0
     compile_s: float = 0.0
     error: str | None = None
-    cache_copies: int | None = None  # decode step: copies of >= one layer's cache (None: not checked)
+    cache_copies: int | None = None  # decode loop: copies of >= one layer's cache per step (None: not checked)
 
 
 @dataclasses.dataclass
 class Plan:
-    """Per-chip memory of a run's programs on `chips` devices of `device_kind`."""
+    """Per-chip memory of a run's programs on `chips` devices of `device_kind`; kv_cache is
+    the sampler's decode cache (the refill scheduler's slots, or every row's)."""
 
     target: str
     device_kind: str
@@ -159,12 +186,15 @@ def _abstract(tree, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def _memory(name: str, lowered_fn, copy_bytes: int | None = None) -> ProgramMemory:
-    """Compile `lowered_fn()` and read its memory analysis (or the compiler's out-of-memory
-    error); with `copy_bytes`, also count its copies of at least that many bytes."""
+def _compile(name: str, lower, copy_bytes: int | None = None) -> tuple[ProgramMemory, Any]:
+    """Compile `lower()` and read its memory analysis (or the compiler's out-of-memory error);
+    with `copy_bytes`, also count the copies of at least that many bytes its loops make on
+    every iteration. Returns the memory
+    and the program's outputs as sharded ShapeDtypeStructs (None if it did not compile)."""
     start = time.time()
     try:
-        compiled = lowered_fn().compile()
+        lowered = lower()
+        compiled = lowered.compile()
         stats = compiled.memory_analysis()
     except Exception as error:  # the TPU compiler refuses programs that exceed HBM
         message = str(error)
@@ -172,13 +202,16 @@ def _memory(name: str, lowered_fn, copy_bytes: int | None = None) -> ProgramMemo
             raise
         needed = re.search(r"Used ([\d.]+)([GMK]) of", message) or re.search(r"\(([\d.]+)([GMK])\) exceeds", message)
         total = int(float(needed.group(1)) * {"G": GIB, "M": 2**20, "K": 2**10}[needed.group(2)]) if needed else -1
-        return ProgramMemory(name, total=total, compile_s=time.time() - start, error=message.splitlines()[0][:300])
+        memory = ProgramMemory(name, total=total, compile_s=time.time() - start,
+                               error=message.splitlines()[0][:300])
+        return memory, None
     memory = ProgramMemory(name, arguments=stats.argument_size_in_bytes, outputs=stats.output_size_in_bytes,
                            aliased=stats.alias_size_in_bytes, temporaries=stats.temp_size_in_bytes,
                            compile_s=time.time() - start,
-                           cache_copies=None if copy_bytes is None else large_copies(compiled.as_text(), copy_bytes))
+                           cache_copies=None if copy_bytes is None else large_copies(loop_bodies(compiled.as_text()),
+                                                                                      copy_bytes))
     memory.total = memory.arguments + memory.outputs - memory.aliased + memory.temporaries
-    return memory
+    return memory, _abstract(lowered.out_info, compiled.output_shardings)
 
 
 def _policy_config(config, preset: str | None):
@@ -198,20 +231,23 @@ def _policy_config(config, preset: str | None):
 
 
 def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int | None,
-         preset: str | None = None, prompt_length: int | None = None, rollout_rows: int | None = None) -> Plan:
+         preset: str | None = None, prompt_length: int | None = None,
+         on_program: Callable[[ProgramMemory], None] | None = None) -> Plan:
     """Compile the run's programs for `devices` on abstract inputs and collect their memory.
 
     Shapes: prompts of `prompt_length` tokens (default rollout.prompt_bucket), responses of
-    rollout.max_new_tokens; the sampler's programs on `rollout_rows` rows (default: the whole
-    rollout, data.batch_size prompts x rollout.n samples; fewer = a rollout run in row chunks),
-    whose KV cache holds prompt + response slots per row; the no-grad forward over the whole rollout
-    in the train loop's micro-batches; the train step on one mini-batch.
+    rollout.max_new_tokens; the sampler's programs as `generate` runs them for one rollout
+    (data.batch_size prompts x rollout.n samples; see `_sampler_programs`); the no-grad
+    forward over the whole rollout in the train loop's micro-batches; the train step on one
+    mini-batch. `on_program` is called with each program's memory as soon as it is compiled
+    (a 36-layer plan takes about 25 minutes on a loaded 2-core machine).
     """
     from flax import nnx
 
-    from entropy_rl.model import KVCache, Qwen
-    from entropy_rl.parallel import batch_sharding, logical_to_mesh, make_mesh, mesh_compiler_options
-    from entropy_rl.parallel.sharding import MeshBound, state_shardings
+    from entropy_rl.losses import get_policy_loss
+    from entropy_rl.model import Qwen
+    from entropy_rl.parallel import batch_sharding, make_mesh
+    from entropy_rl.parallel.sharding import state_shardings
     from entropy_rl.train.step import (StepConfig, TrainState, UpdateBatch, make_no_grad_logprobs, make_optimizer,
                                        make_train_step, state_sharding)
 
@@ -226,80 +262,138 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
     scalar = jax.ShapeDtypeStruct((), np.int32)
     state = TrainState(graphdef=graphdef, params=params, opt_state=opt_state, step=scalar)
     state = _abstract(state, state_sharding(state, mesh))
-    replicated = NamedSharding(mesh, PartitionSpec())
     rows_sharding = batch_sharding(mesh)
 
     prompt_length = prompt_length or r.prompt_bucket
     response_length = r.max_new_tokens
     all_rows, mini_rows = config.data.batch_size * r.n, a.mini_batch_size * r.n
-    rollout_rows = rollout_rows or all_rows
-    if rollout_rows % r.n or all_rows % rollout_rows:
-        raise ValueError(f"rollout_rows {rollout_rows} must be a multiple of rollout.n = {r.n} dividing "
-                         f"data.batch_size x rollout.n = {all_rows}")
-    prompts = rollout_rows // r.n
     num_micro = mini_rows // a.micro_batch_size if a.micro_batch_size else 1
+
+    needs_reference = get_policy_loss(a.name).needs_reference(a.loss)
 
     def update_batch(rows):
         def array(shape, dtype):
             return jax.ShapeDtypeStruct(shape, dtype, sharding=rows_sharding)
-        tokens = array((rows, response_length), np.int32)
+        tokens, logp = array((rows, response_length), np.int32), array((rows, response_length), np.float32)
         return UpdateBatch(prompt_tokens=array((rows, prompt_length), np.int32),
                            prompt_mask=array((rows, prompt_length), np.int32), tokens=tokens, mask=tokens,
-                           advantages=array((rows,), np.float32), old_logp=array((rows, response_length), np.float32))
+                           advantages=array((rows,), np.float32), old_logp=logp,
+                           ref_logp=logp if needs_reference else None)
 
     step_config = StepConfig(a.name, a.loss, temperature=r.temperature or 1.0,
                              chunk_size=config.model.logprob_chunk_size, num_micro_batches=num_micro)
     train_step = make_train_step(state, mesh, optimizer=optimizer, schedule=schedule, config=step_config)
-    key = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=replicated)
     no_grad = make_no_grad_logprobs(graphdef, mesh, temperature=step_config.temperature,
                                     chunk_size=step_config.chunk_size, num_micro_batches=num_micro * mini_batches)
-
-    slots = prompt_length + response_length
-    c = model_config
-    cache = jax.eval_shape(lambda: KVCache.zeros(c.num_hidden_layers, rollout_rows, slots, c.num_key_value_heads,
-                                                 c.head_dim, c.dtype))
-    cache_shardings = KVCache(
-        k=tuple(NamedSharding(mesh, logical_to_mesh(_CACHE_KEYS_AXES, mesh, k.shape)) for k in cache.k),
-        v=tuple(NamedSharding(mesh, logical_to_mesh(_CACHE_VALUES_AXES, mesh, v.shape)) for v in cache.v),
-        valid=rows_sharding, length=replicated)
-    cache = _abstract(cache, cache_shardings)
-    layer_cache = _shard_bytes(cache.v[0])
-    options = mesh_compiler_options(mesh)
-
-    def prefill(p, prompt_ids, prompt_mask):
-        """Prefill each prompt once, then its n samples' rows of the cache; first-token logits."""
-        model = nnx.merge(graphdef, p)
-        hidden, prompt_cache = model.prefill(prompt_ids, prompt_mask, slots)
-        return model.logits(hidden[:, -1:])[:, 0], prompt_cache.repeat_rows(r.n, rollout_rows)
-
-    def decode_step(p, step_cache, last_tokens):
-        """One token per row: logits and the cache with its slot written (cache donated)."""
-        ones = jnp.ones((last_tokens.shape[0], 1), jnp.int32)
-        logits, new_cache = nnx.merge(graphdef, p)(last_tokens[:, None], ones, cache=step_cache)
-        return jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32), new_cache
-
-    prompt_ids = jax.ShapeDtypeStruct((prompts, prompt_length), np.int32, sharding=rows_sharding)
-    last_tokens = jax.ShapeDtypeStruct((rollout_rows,), np.int32, sharding=rows_sharding)
-    param_shardings = state_shardings(params, mesh)
-    prefill_program = MeshBound(jax.jit(prefill, out_shardings=(rows_sharding, cache_shardings),
-                                        compiler_options=options), mesh)
-    decode_program = MeshBound(jax.jit(decode_step, in_shardings=(param_shardings, cache_shardings, rows_sharding),
-                                       out_shardings=(rows_sharding, cache_shardings), donate_argnums=1,
-                                       compiler_options=options), mesh)
-    lowerings = {
-        "prefill": lambda: prefill_program.lower(params, prompt_ids, prompt_ids),
-        "decode_step": lambda: decode_program.lower(params, cache, last_tokens),
-        "no_grad_logprobs": lambda: no_grad.lower(params, update_batch(all_rows)),
-        "train_step": lambda: train_step.lower(state, update_batch(mini_rows), key),
-    }
+    report = on_program or (lambda memory: None)
+    sampler_programs, sampler_shapes, kv_cache = _sampler_programs(config, model_config, graphdef, params, mesh,
+                                                                   prompt_length, report)
+    key = _replicated(jax.eval_shape(lambda: jax.random.key(0)), mesh)
+    train_programs = []
+    for name, lower in (("no_grad_logprobs", lambda: no_grad.lower(params, update_batch(all_rows))),
+                        ("train_step", lambda: train_step.lower(state, update_batch(mini_rows), key))):
+        train_programs.append(_compile(name, lower)[0])
+        report(train_programs[-1])
     return Plan(target=target, device_kind=devices[0].device_kind, chips=len(devices), mesh=dict(mesh.shape),
                 hbm_bytes=hbm_bytes, parameters=_shard_bytes(params), optimizer_state=_shard_bytes(state.opt_state),
-                kv_cache=_shard_bytes(cache),
+                kv_cache=kv_cache,
                 shapes={"layers": model_config.num_hidden_layers, "prompt_length": prompt_length,
-                        "response_length": response_length, "rollout_rows": rollout_rows,
+                        "response_length": response_length, **sampler_shapes,
                         "mini_batch_rows": mini_rows, "micro_batches": num_micro},
-                programs=[_memory(name, lowerings[name], layer_cache if name == "decode_step" else None)
-                          for name in PROGRAMS])
+                programs=sampler_programs + train_programs)
+
+
+def _replicated(abstract, mesh) -> jax.ShapeDtypeStruct:
+    """A ShapeDtypeStruct like `abstract`, replicated over the mesh."""
+    return jax.ShapeDtypeStruct(abstract.shape, abstract.dtype, sharding=NamedSharding(mesh, PartitionSpec()))
+
+
+def _grown(state, slots: int):
+    """The abstract decode state with its cache grown to `slots` slots, every array sharded as
+    before (a growth pads the slot axis, which is not split)."""
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    return _abstract(jax.eval_shape(lambda s: s.replace(cache=s.cache.grow(slots)), state), shardings)
+
+
+def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_length, report=lambda memory: None
+                      ) -> tuple[list[ProgramMemory], dict[str, Any], int]:
+    """Compile the sampler's own jitted programs as `generate` calls them for one rollout of
+    rows = data.batch_size x rollout.n (rounded up to the batch shards), under the mesh.
+
+    Refill scheduler with S = `slot_count` < rows slots: `_empty_slots`, `_refill_prefill`
+    of the first (largest) admission and `_refill_decode` on the S slots' state. Otherwise
+    the static schedule: `_prefill`, one layer's last (largest) growth (`_grow_cache` grows
+    the cache layer by layer) and `_decode` on the whole cache. Each program's input state
+    is its predecessor's compiled output.
+    Returns (the programs' memory, their shapes, the decode cache's bytes per chip); each
+    program's memory also goes to `report` once compiled.
+    """
+    from entropy_rl.parallel import batch_sharding
+    from entropy_rl.rollout import refill, sampler
+    from entropy_rl.rollout.batching import round_up
+    from entropy_rl.rollout.decoding import Program, batch_shards, stop_token_array
+
+    r = config.rollout
+    sampling = r.sampling_config(stop_token_ids=(0,), pad_token_id=0)
+    program = Program.from_config(sampling, mesh)
+    row_multiple = batch_shards(mesh)
+    rows = round_up(config.data.batch_size * r.n, row_multiple)
+    cache_slots = prompt_length + program.response_slots
+    slots = refill.slot_count(sampling, model_config, cache_slots, rows, row_multiple)
+    refilling = sampling.scheduler == "refill" and slots < rows
+    slots = slots if refilling else rows
+
+    def by_rows(*shape):
+        return jax.ShapeDtypeStruct(shape, np.int32, sharding=batch_sharding(mesh))
+
+    def scalar():
+        return _replicated(jax.ShapeDtypeStruct((), np.int32), mesh)
+
+    stop_ids = _replicated(jax.eval_shape(lambda: stop_token_array(sampling)), mesh)
+    rng = _replicated(jax.eval_shape(lambda: jax.random.key(0)), mesh)
+    programs = []
+
+    def run(name, lower, state=None):
+        """Compile `lower` under the mesh (a decode loop checked for copies of a layer's
+        cache), record its memory, and return its outputs (None if it did not compile)."""
+        copy_bytes = _shard_bytes(state.cache.v[0]) if name in DECODE_PROGRAMS else None
+        with jax.set_mesh(mesh):
+            memory, outputs = _compile(name, lower, copy_bytes)
+        programs.append(memory)
+        report(memory)
+        return outputs
+
+    if refilling:
+        program = dataclasses.replace(program, decode_segments=1)  # as generate_refill
+        state = run("empty_slots", lambda: refill._empty_slots.lower(
+            graphdef, params, stop_ids, scalar(), scalar(), slots=slots, cache_slots=cache_slots, rows=rows,
+            response_slots=program.response_slots))
+        # the first admission fills every slot: the largest prefill bucket
+        prefill_prompts = refill._pow2_at_least(-(-slots // r.n), row_multiple)
+        entries = by_rows(prefill_prompts * r.n)
+        prompts = by_rows(prefill_prompts, prompt_length)
+        if state is not None:
+            state = run("refill_prefill", lambda: refill._refill_prefill.lower(
+                graphdef, params, state, prompts, prompts, entries, entries, entries, rng, program=program))
+        decode_name, lower_decode = "refill_decode", lambda decode_state: refill._refill_decode.lower(
+            graphdef, params, decode_state, scalar(), scalar(), program=program, prompt_slots=prompt_length)
+    else:
+        prompts = by_rows(round_up(config.data.batch_size, row_multiple), prompt_length)
+        state = run("prefill", lambda: sampler._prefill.lower(
+            graphdef, params, prompts, prompts, rng, stop_ids, scalar(), program=program, n=r.n, batch=rows))
+        sizes = program.cache_sizes(prompt_length)
+        if state is not None and len(sizes) > 1:  # the last (largest) growth of one layer, as `_grow_cache` runs it
+            state = _grown(state, sizes[-2])
+            run("grow_cache", lambda: sampler._grow_layer.lower(state.cache.k[0], state.cache.v[0], slots=sizes[-1]))
+            state = _grown(state, sizes[-1])
+        decode_name, lower_decode = "decode", lambda decode_state: sampler._decode.lower(
+            graphdef, params, decode_state, scalar(), program=program)
+    kv_cache = -1 if state is None else _shard_bytes(state.cache)
+    if state is not None:
+        run(decode_name, lambda: lower_decode(state), state)
+    shapes = {"scheduler": "refill" if refilling else "static", "rollout_rows": rows, "slots": slots,
+              "cache_slots": cache_slots}
+    return programs, shapes, kv_cache
 
 
 # --------------------------------------------------------------------------- command line
@@ -315,13 +409,14 @@ def topology_devices(topology: str) -> tuple[list, int | None]:
     from jax.experimental import topologies
 
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-
+    generation = topology.split(":")[0].lower()
+    # v4 and v5p chips have two TensorCores run as one device ("megacore"), as on a real pod
+    megacore = {"chip_config_name": "megacore"} if generation in ("v4", "v5p") else {}
     try:
-        description = topologies.get_topology_desc(topology_name=topology, platform="tpu")
+        description = topologies.get_topology_desc(topology_name=topology, platform="tpu", **megacore)
     except Exception as error:
         raise RuntimeError(f"cannot describe TPU topology {topology!r} ({error}); planning for a TPU topology "
                            'needs libtpu: pip install -e ".[tpu-plan]"') from error
-    generation = topology.split(":")[0].lower()
     return list(description.devices), TPU_HBM_BYTES.get(generation)
 
 
@@ -341,7 +436,7 @@ def format_plan(p: Plan) -> str:
              "per chip (GiB):",
              f"  parameters        {gib(p.parameters)}",
              f"  optimizer state   {gib(p.optimizer_state)}",
-             f"  KV cache (rollout){gib(p.kv_cache)}",
+             f"  KV cache (sampler){gib(p.kv_cache)}   ({p.shapes['slots']} slots in all)",
              f"  {'program':<18}{'arguments':>10}{'outputs':>10}{'aliased':>10}{'temps':>10}{'total':>10}  fits",]
     for m in p.programs:
         fits = "no" if m.name in p.overflowing else ("yes" if p.hbm_bytes else "?")
@@ -352,13 +447,20 @@ def format_plan(p: Plan) -> str:
     return "\n".join(lines)
 
 
+def program_line(memory: ProgramMemory) -> str:
+    """One compiled program's memory in a line (progress of a long plan)."""
+    return (f"{memory.name}: total {memory.total / GIB:.2f} GiB (temporaries {memory.temporaries / GIB:.2f}), "
+            f"compiled in {memory.compile_s:.0f} s" + (f", {memory.error}" if memory.error else ""))
+
+
 def _parser():
     import argparse
 
     parser = argparse.ArgumentParser(
         prog="entropy-rl plan",
-        description="Compile a run's programs (train step, no-grad log-probs, prefill, one decode step) on "
-        "abstract inputs and print their memory per chip against the chip's HBM.",
+        description="Compile a run's programs (the sampler's as its rollout.scheduler runs them, no-grad "
+        "log-probs, train step) on abstract inputs and print their memory per chip against the chip's HBM. "
+        "The refill scheduler's slots follow rollout.max_slots / rollout.kv_cache_budget_gb (GB per chip).",
         epilog="example:\n  entropy-rl plan --config configs/paper/stapo_qwen3_8b.yaml "
         "--config configs/mesh/tpu_v5p_64.yaml --topology v5p:2x4x4 --model qwen3-8b",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -368,8 +470,6 @@ def _parser():
     parser.add_argument("--model", metavar="PRESET", help="the policy's architecture by preset name (e.g. qwen3-8b) "
                         "when model.hf_path is not on this machine")
     parser.add_argument("--prompt-length", type=int, help="prompt tokens (default rollout.prompt_bucket)")
-    parser.add_argument("--rollout-rows", type=int, help="rows of the sampler's programs (default: the whole "
-                        "rollout, data.batch_size x rollout.n): plan a rollout run in row chunks")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override any config field")
     return parser
@@ -393,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         devices = jax.devices()
         hbm, target = local_hbm_bytes(devices[0]), f"the {len(devices)} {devices[0].platform} devices present"
-    result = plan(config, devices, target=target, hbm_bytes=hbm, preset=args.model,
-                  prompt_length=args.prompt_length, rollout_rows=args.rollout_rows)
+    result = plan(config, devices, target=target, hbm_bytes=hbm, preset=args.model, prompt_length=args.prompt_length,
+                  on_program=lambda memory: print(program_line(memory), file=sys.stderr, flush=True))
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_plan(result))
     return 0 if not result.overflowing else 1

@@ -1,5 +1,6 @@
 """`entropy-rl plan` on a small run compiled for a TPU topology with libtpu: per-chip figures
-from the shapes, every program compiled, the verdict and the command line."""
+from the shapes, the sampler's own programs (refill slots, or the static schedule) compiled,
+the decode loop free of cache copies, the verdict and the command line."""
 
 import dataclasses
 import json
@@ -10,11 +11,14 @@ import pytest
 from entropy_rl import plan as planning
 from entropy_rl.train.config import load_config
 
+# head_dim 128 (a TPU lane width, as the Qwen models'): each layer's cache is the largest
+# array of a decode step, so a copy of its size is a copy of the cache.
+HEAD_DIM = 128
 OVERRIDES = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=2",
-             "model.num_attention_heads=4", "model.num_key_value_heads=2", "model.head_dim=8",
+             "model.num_attention_heads=4", "model.num_key_value_heads=2", f"model.head_dim={HEAD_DIM}",
              "model.vocab_size=128", "model.tie_word_embeddings=false", "data.batch_size=8", "rollout.n=4",
              "rollout.max_new_tokens=16", "rollout.prompt_bucket=8", "algorithm.mini_batch_size=4",
-             "algorithm.micro_batch_size=8", "model.scan_layers=true"]
+             "algorithm.micro_batch_size=8", "model.scan_layers=true", "rollout.max_slots=8"]
 
 
 @pytest.fixture(scope="module")
@@ -29,28 +33,94 @@ def test_plan_for_a_tpu_topology(tpu_plan):
     assert (p.chips, p.mesh, p.hbm_bytes) == (4, {"data": 1, "fsdp": 4, "tensor": 1}, planning.TPU_HBM_BYTES["v5p"])
     assert p.device_kind.startswith("TPU v5")
     # float32 parameters, every dim of 32 (embed) split over fsdp=4: a quarter per chip.
-    layer = 4 * 8 * 32 * 2 + 2 * 2 * 8 * 32 + 3 * 64 * 32 + 2 * 32 + 2 * 8
+    layer = 4 * HEAD_DIM * 32 * 2 + 2 * 2 * HEAD_DIM * 32 + 3 * 64 * 32 + 2 * 32 + 2 * HEAD_DIM
     count = 2 * 128 * 32 + 2 * layer + 32
-    sharded = count - 2 * (2 * 32 + 2 * 8) - 32  # norms stay replicated
+    sharded = count - 2 * (2 * 32 + 2 * HEAD_DIM) - 32  # norms stay replicated
     assert p.parameters == 4 * (sharded // 4 + (count - sharded))
     # Adam's two moments, its and the schedule's int32 counts, apply_if_finite's two int32 counts and a bool
     assert p.optimizer_state == 2 * p.parameters + 2 * 4 + (4 + 4 + 1)
-    # KV cache: 32 rows (8 prompts x 4) over 4 chips, 2 layers x (k, v) x 2 kv heads x 8 x (8 + 16) slots,
-    # float32, plus the valid mask [32, 24] (bool) split by rows.
-    assert p.kv_cache == 2 * 2 * (32 // 4) * 2 * 8 * 24 * 4 + (32 // 4) * 24 + 4
-    assert [m.name for m in p.programs] == list(planning.PROGRAMS)
+    # The refill scheduler decodes the 32 rows (8 prompts x 4) through rollout.max_slots = 8 slots, 2 per
+    # chip: 2 layers x (k, v) x 2 slots x 2 kv heads x 128 x (8 + 16) cache slots, float32, plus the valid
+    # mask [2, 24] (bool) and the int32 length.
+    assert {k: p.shapes[k] for k in ("scheduler", "rollout_rows", "slots", "cache_slots")} == {
+        "scheduler": "refill", "rollout_rows": 32, "slots": 8, "cache_slots": 24}
+    assert p.kv_cache == 2 * 2 * 2 * 2 * HEAD_DIM * 24 * 4 + 2 * 24 + 4
+    assert [m.name for m in p.programs] == [*planning.REFILL_PROGRAMS, *planning.TRAIN_PROGRAMS]
     for m in p.programs:
         assert m.error is None and 0 < m.total < 2**30, m
         assert m.total == m.arguments + m.outputs - m.aliased + m.temporaries
-    decode = p.programs[planning.PROGRAMS.index("decode_step")]
-    assert decode.aliased >= p.kv_cache - (32 // 4) * 24 - 4  # the donated cache is updated in place
-    assert decode.cache_copies is not None
+    programs = {m.name: m for m in p.programs}
+    assert programs["empty_slots"].outputs >= p.kv_cache
+    for name in ("refill_prefill", "refill_decode"):  # the donated slot state is updated in place
+        assert programs[name].aliased >= p.kv_cache, name
+    # The TPU decode loop reads and writes the cache in place: no copy of a layer's cache per step
+    # (the CPU's elementwise attention made 4 here: each layer's keys as float32 and its values).
+    assert programs["refill_decode"].cache_copies == 0
     assert p.verdict == "fits" and p.to_dict()["fits"]
     text = planning.format_plan(p)
-    assert "verdict: fits" in text and "train_step" in text
+    assert "verdict: fits" in text and "train_step" in text and "(8 slots in all)" in text
     small = dataclasses.replace(p, hbm_bytes=int(np.median([m.total for m in p.programs])) - 1)
     first = next(m.name for m in p.programs if m.total > small.hbm_bytes)
     assert small.verdict == f"does not fit: {first} overflows first"
+
+
+def test_static_schedule_plans_prefill_growth_and_decode():
+    """Without a slot limit all 32 rows decode at once: the static sampler's programs, the
+    cache grown between its decode segments (4 segments of the 16 response slots)."""
+    from flax import nnx
+
+    from entropy_rl.model import Qwen
+    from entropy_rl.parallel import make_mesh
+    from entropy_rl.parallel.sharding import state_shardings
+
+    devices, _ = planning.topology_devices("v5p:2x2x1")
+    config = load_config(None, [*OVERRIDES, "rollout.max_slots=0", "rollout.max_new_tokens=32",
+                                "rollout.response_bucket=32"], check_paths=False)
+    mesh = make_mesh(config.mesh, devices=devices)
+    model_config = planning._policy_config(config, None)
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: Qwen(model_config, rngs=nnx.Rngs(0))))
+    params = planning._abstract(params, state_shardings(params, mesh))
+    programs, shapes, kv_cache = planning._sampler_programs(config, model_config, graphdef, params, mesh, 8)
+    assert [m.name for m in programs] == list(planning.STATIC_PROGRAMS)
+    assert shapes == {"scheduler": "static", "rollout_rows": 32, "slots": 32, "cache_slots": 40}
+    # every row's cache at its last segment's 8 + 32 slots, 8 rows per chip
+    assert kv_cache == 2 * 2 * 8 * 2 * HEAD_DIM * 40 * 4 + 8 * 40 + 4
+    grow = programs[1]
+    layer_before, layer_after = (2 * 8 * 2 * HEAD_DIM * slots * 4 for slots in (32, 40))
+    assert grow.arguments == layer_before  # one layer's (k, v) at a time, from 8 + 24 slots to 8 + 32
+    assert layer_after <= grow.outputs < layer_after + 1024
+    assert programs[2].cache_copies == 0 and programs[2].aliased >= kv_cache
+
+
+def test_loop_bodies_keep_loop_copies_only():
+    hlo = """HloModule m
+
+%fused (p: f32[64]) -> f32[64] {
+  %p = f32[64]{0} parameter(0)
+  ROOT %copy.1 = f32[64]{0} copy(%p)
+}
+
+%body (s: f32[64]) -> f32[64] {
+  %s = f32[64]{0} parameter(0)
+  %copy.2 = f32[64]{0} copy(%s)
+  ROOT %f = f32[64]{0} fusion(%copy.2), kind=kLoop, calls=%fused
+}
+
+%cond (c: f32[64]) -> pred[] {
+  %c = f32[64]{0} parameter(0)
+  ROOT %t = pred[] constant(true)
+}
+
+ENTRY %main (x: f32[64]) -> f32[64] {
+  %x = f32[64]{0} parameter(0)
+  %copy.3 = f32[64]{0} copy(%x)
+  ROOT %w = f32[64]{0} while(%copy.3), condition=%cond, body=%body
+}
+"""
+    assert planning.large_copies(hlo, 256) == 3  # the entry's, the body's and the fusion's
+    body = planning.loop_bodies(hlo)
+    assert "%body (" in body and "%cond (" in body and "ENTRY" not in body and "%fused (" not in body
+    assert planning.large_copies(body, 256) == 1
 
 
 def test_large_copies_reads_hlo_shapes():
@@ -64,7 +134,7 @@ def test_plan_command_line(capsys, monkeypatch, tpu_plan):
     monkeypatch.setattr(planning, "plan", lambda *args, **kwargs: tpu_plan)
     assert planning.main(["--topology", "v5p:2x2x1", "--json", *OVERRIDES]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["verdict"] == "fits" and len(printed["programs"]) == 4
+    assert printed["verdict"] == "fits" and len(printed["programs"]) == 5
     with pytest.raises(RuntimeError, match="tpu-plan"):
         planning.topology_devices("v99:1x1")
 
@@ -83,3 +153,24 @@ def test_multi_slice_mesh_puts_data_across_slices():
     assert [{d.slice_index for d in mesh.devices[i].flat} for i in range(2)] == [{0}, {1}]
     with pytest.raises(ValueError, match="cannot be split into 3 slices"):
         MeshConfig(slices=3).axis_sizes(8)
+
+
+@pytest.mark.parametrize("config_file, preset, chips, slots", [
+    ("stapo_qwen3_8b.yaml", "qwen3-8b", 32, 384),  # v5p-64: 12 per chip in 28 GB
+    ("stapo_qwen3_14b.yaml", "qwen3-14b", 32, 320),  # v5p-64: 10 per chip in 28 GB
+    ("sent_r1_distill_qwen_1.5b.yaml", "deepseek-r1-distill-qwen-1.5b", 16, 1024),  # v4-32: max_slots
+    ("sent_r1_distill_qwen_1.5b.yaml", "deepseek-r1-distill-qwen-1.5b", 4, 484),  # v5p-8: 121 per chip in 8 GB
+])
+def test_paper_configs_slot_counts(config_file, preset, chips, slots):
+    """The slots the paper configs' comments state, on the meshes they name (one batch shard per chip)."""
+    from entropy_rl.model import QwenConfig
+    from entropy_rl.rollout.refill import kv_bytes_per_slot, slot_count
+
+    config = load_config(f"configs/paper/{config_file}", check_paths=False)
+    r = config.rollout
+    sampling = r.sampling_config(stop_token_ids=(), pad_token_id=0)
+    model_config = QwenConfig.preset(preset, dtype=config.model.dtype)
+    cache_slots = r.prompt_bucket + r.max_new_tokens  # max_new_tokens is a multiple of response_bucket
+    rows = config.data.batch_size * r.n
+    assert slot_count(sampling, model_config, cache_slots, rows, chips) == slots
+    assert slots // chips * kv_bytes_per_slot(model_config, cache_slots) <= r.kv_cache_budget_gb * 1e9

@@ -25,6 +25,17 @@ import jax.numpy as jnp
 from flax import struct
 
 
+# The slot axis of each layer's keys [B, KV, head_dim, S] and values [B, KV, S, head_dim].
+KEYS_SLOT_AXIS, VALUES_SLOT_AXIS = 3, 2
+
+
+def grow_slots(x: jax.Array, max_length: int, axis: int) -> jax.Array:
+    """x with zeros appended along its slot `axis`, to `max_length` slots."""
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, max_length - x.shape[axis])
+    return jnp.pad(x, widths)
+
+
 @struct.dataclass
 class KVCache:
     """k: L arrays [B, KV_heads, head_dim, S]; v: L arrays [B, KV_heads, S, head_dim];
@@ -55,9 +66,9 @@ class KVCache:
         extra = max_length - self.max_length
         if extra < 0:
             raise ValueError(f"KVCache.grow: cannot shrink {self.max_length} slots to {max_length}")
-        return self.replace(k=tuple(jnp.pad(k, ((0, 0), (0, 0), (0, 0), (0, extra))) for k in self.k),
-                            v=tuple(jnp.pad(v, ((0, 0), (0, 0), (0, extra), (0, 0))) for v in self.v),
-                            valid=jnp.pad(self.valid, ((0, 0), (0, extra))))
+        return self.replace(k=tuple(grow_slots(k, max_length, KEYS_SLOT_AXIS) for k in self.k),
+                            v=tuple(grow_slots(v, max_length, VALUES_SLOT_AXIS) for v in self.v),
+                            valid=grow_slots(self.valid, max_length, 1))
 
     def repeat_rows(self, n: int, rows: int) -> "KVCache":
         """The cache of n samples per prompt from the cache of the prompts (see `repeat_rows`)."""

@@ -107,18 +107,36 @@ def _single_query_attention(q, k, v, sees_itself, k_cache, v_cache, cache_mask) 
 
     scores[b, k, g, s] = sum_d q[b, k, g, d] k_cache[b, k, d, s] / sqrt(D) over the S cached
     keys and then its own (float32), softmax over s, out = sum_s probs[b, k, g, s]
-    v_cache[b, k, s, d]. Written as elementwise products reduced over d and s, which XLA
-    fuses into one pass over each cache array.
+    v_cache[b, k, s, d]. On the CPU written as elementwise products reduced over d and s,
+    which XLA:CPU fuses into one pass over each cache array; elsewhere as two dots with
+    float32 accumulation: the TPU compiler turns the elementwise form into copies of each
+    layer's keys (as float32) and values on every decode step (tests/test_plan.py), the
+    dots read the cache in place.
     """
     scale = q.shape[-1] ** -0.5
     qf = q.astype(jnp.float32)
-    cached = jnp.sum(qf[..., None] * k_cache[:, :, None].astype(jnp.float32), axis=3) * scale
+    on_cpu = _traced_platform() == "cpu"
+    if on_cpu:
+        cached = jnp.sum(qf[..., None] * k_cache[:, :, None].astype(jnp.float32), axis=3) * scale
+    else:
+        cached = jnp.einsum("bkgd,bkds->bkgs", q, k_cache, preferred_element_type=jnp.float32) * scale
     cached = jnp.where(cache_mask[:, None, None, :], cached, NEG_INF)
     own = jnp.sum(qf * k[:, :, None].astype(jnp.float32), axis=-1) * scale
     own = jnp.where(sees_itself[:, None, None], own, NEG_INF)
     probs = jax.nn.softmax(jnp.concatenate([cached, own[..., None]], axis=-1), axis=-1).astype(v.dtype)
-    from_cache = jnp.sum(probs[..., :-1, None] * v_cache[:, :, None], axis=3)
+    if on_cpu:
+        from_cache = jnp.sum(probs[..., :-1, None] * v_cache[:, :, None], axis=3)
+    else:
+        from_cache = jnp.einsum("bkgs,bksd->bkgd", probs[..., :-1], v_cache,
+                                preferred_element_type=jnp.float32).astype(v.dtype)
     return from_cache + probs[..., -1:] * v[:, :, None]
+
+
+def _traced_platform() -> str:
+    """The platform of the program being traced: its mesh's devices' under jax.set_mesh
+    (e.g. "tpu" when planning for a TPU topology on a CPU host), else JAX's default backend."""
+    device = jax.sharding.get_abstract_mesh().abstract_device
+    return jax.default_backend() if device is None else device.platform
 
 
 def linear(x: jax.Array, weight: jax.Array) -> jax.Array:

@@ -34,9 +34,11 @@ class SamplingConfig:
         row (see `entropy_rl.rollout.refill`); "static" decodes all rows as one batch until
         the last one stops. Both return the same rollout; refill with at least as many slots
         as rows is the static schedule.
-      max_slots: refill: the most rows decoded at once (0 = no limit but the budget).
-      kv_cache_budget_gb: refill: the most KV-cache memory of the slots, in GB (1e9 bytes;
-        0 = no limit but max_slots); the slot count is the largest that fits.
+      max_slots: refill: the most rows decoded at once, over all chips (0 = no limit but
+        the budget).
+      kv_cache_budget_gb: refill: the most KV-cache memory of the slots on each chip, in GB
+        (1e9 bytes; 0 = no limit but max_slots); the slot count is the largest that fits
+        (`refill.slot_count`; `entropy-rl plan` prints the slots and their cache per chip).
       sampling_copy: sample from the parameters' sampling view (`entropy_rl.rollout.params`):
         the weights cast to the model's compute dtype and split for decoding (no per-token
         all-gather of FSDP-split weights), made from the current parameters at the start of

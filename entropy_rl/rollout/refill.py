@@ -3,7 +3,7 @@
 A static batch decodes until its last row stops, so rows that stopped early keep stepping
 (and reading their cache) for nothing; with long-tailed response lengths most row-steps
 are wasted. Here S slots (`slot_count`: `max_slots`, or the most whose KV cache fits
-`kv_cache_budget_gb`) decode the len(prompts) * n rows; the host loop is
+`kv_cache_budget_gb` per chip) decode the len(prompts) * n rows; the host loop is
 
     while a row waits or a slot is live:
         refill_prefill: prefill waiting prompts (once per prompt for all its admitted
@@ -139,20 +139,26 @@ def kv_bytes_per_slot(model_config, cache_slots: int) -> int:
 
 
 def slot_count(config: SamplingConfig, model_config, cache_slots: int, rows: int, row_multiple: int) -> int:
-    """The number of slots: the fewest of `rows`, config.max_slots and the slots whose KV
-    cache (`kv_bytes_per_slot` each, C = cache_slots) fits config.kv_cache_budget_gb,
-    rounded down to a multiple of row_multiple (the mesh's batch shards)."""
+    """The number of slots: the fewest of `rows`, config.max_slots (slots in all) and the
+    slots whose KV cache fits config.kv_cache_budget_gb per chip, rounded down to a
+    multiple of row_multiple (the mesh's batch shards).
+
+    The slots are split over the row_multiple batch shards, so each chip holds
+    slots / row_multiple slots of `kv_bytes_per_slot` bytes (C = cache_slots): the budget
+    allows row_multiple * floor(budget / kv_bytes_per_slot) slots. A slot's whole cache is
+    counted on its chip (an upper bound where the tensor axis splits the kv heads).
+    """
     limit = rows
     if config.max_slots:
         limit = min(limit, config.max_slots)
     per_slot = kv_bytes_per_slot(model_config, cache_slots)
     if config.kv_cache_budget_gb:
-        limit = min(limit, int(config.kv_cache_budget_gb * 1e9 // per_slot))
+        limit = min(limit, int(config.kv_cache_budget_gb * 1e9 // per_slot) * row_multiple)
     slots = limit // row_multiple * row_multiple
     if slots < 1:
         raise ValueError(
             f"SamplingConfig: max_slots {config.max_slots} and kv_cache_budget_gb {config.kv_cache_budget_gb} "
-            f"allow {limit} slots, fewer than the mesh's {row_multiple} batch shards (a slot's cache of "
+            f"(per chip) allow {limit} slots, fewer than the mesh's {row_multiple} batch shards (a slot's cache of "
             f"{cache_slots} positions takes {per_slot / 1e9:.4g} GB)"
         )
     return slots

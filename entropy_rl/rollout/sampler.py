@@ -38,7 +38,7 @@ from flax import nnx, struct
 from tqdm.auto import tqdm
 
 from entropy_rl.model import KVCache
-from entropy_rl.model.cache import repeat_rows
+from entropy_rl.model.cache import KEYS_SLOT_AXIS, VALUES_SLOT_AXIS, grow_slots, repeat_rows
 from entropy_rl.parallel import COMPILER_OPTIONS, batch_sharding, constrain
 from entropy_rl.parallel.hosts import (addressable_rows, allgather_rows, global_from_host_rows, host_block,
                                        is_multiprocess, mesh_process_count)
@@ -145,10 +145,26 @@ def _decode(graphdef, params, state: DecodeState, stop_step, *, program: Program
 
 
 @functools.partial(jax.jit, static_argnames=("slots",))
-def _grow_cache(state: DecodeState, *, slots: int) -> DecodeState:
-    """The state with its cache grown to `slots` slots (the next decode segment's)."""
+def _grow_layer(keys: jax.Array, values: jax.Array, *, slots: int) -> tuple[jax.Array, jax.Array]:
+    """One layer's keys and values grown to `slots` slots (their shardings kept: the slot
+    axis is not split)."""
     TRACE_COUNTS["grow"] += 1
-    return state.replace(cache=constrain_cache(state.cache.grow(slots)))
+    return grow_slots(keys, slots, KEYS_SLOT_AXIS), grow_slots(values, slots, VALUES_SLOT_AXIS)
+
+
+def _grow_cache(state: DecodeState, *, slots: int) -> DecodeState:
+    """The state with its cache grown to `slots` slots (the next decode segment's), layer
+    by layer, each old layer deleted once its grown copy exists: the peak is the cache and
+    one layer, not two caches (a growth cannot donate its input, its outputs have new
+    shapes). The state's old cache is unusable afterwards."""
+    cache, keys, values = state.cache, [], []
+    for old_keys, old_values in zip(cache.k, cache.v):
+        grown_keys, grown_values = _grow_layer(old_keys, old_values, slots=slots)
+        old_keys.delete()
+        old_values.delete()
+        keys.append(grown_keys)
+        values.append(grown_values)
+    return state.replace(cache=cache.replace(k=tuple(keys), v=tuple(values), valid=grow_slots(cache.valid, slots, 1)))
 
 
 def generate(

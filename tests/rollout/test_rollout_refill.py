@@ -122,7 +122,9 @@ def test_slot_count_respects_the_kv_cache_budget(model):
     config = _refill(STATIC, kv_cache_budget_gb=budget_gb)
     slots = slot_count(config, model.config, cache_slots, rows=28, row_multiple=1)
     assert slots == 10
-    assert slot_count(config, model.config, cache_slots, rows=28, row_multiple=4) == 8
+    # the budget is per chip: 2 batch shards hold 10 slots each, 4 would hold 40 (> the 28 rows)
+    assert slot_count(config, model.config, cache_slots, rows=28, row_multiple=2) == 20
+    assert slot_count(config, model.config, cache_slots, rows=28, row_multiple=4) == 28
     assert slot_count(_refill(config, max_slots=6), model.config, cache_slots, rows=28, row_multiple=1) == 6
 
     def cache_bytes(num_slots):
