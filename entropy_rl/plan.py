@@ -127,6 +127,8 @@ class ProgramMemory:
     """One compiled program's memory per chip (bytes), from the compiler's memory analysis.
 
     total = arguments + outputs - aliased (donated buffers reused for outputs) + temporaries.
+    resident: what else stays on the chip while it runs (the training parameters and Adam
+    moments that are not among its arguments); peak = total + resident is what must fit.
     When the compiler itself refused the program for lack of memory, `error` holds its
     message and total what it says the program needs (or -1 if it does not say).
     """
@@ -138,8 +140,13 @@ class ProgramMemory:
     temporaries: int = 0
     total: int = 0
     compile_s: float = 0.0
+    resident: int = 0
     error: str | None = None
     cache_copies: int | None = None  # decode loop: copies of >= one layer's cache per step (None: not checked)
+
+    @property
+    def peak(self) -> int:
+        return self.total + self.resident if self.total >= 0 else self.total
 
 
 @dataclasses.dataclass
@@ -154,6 +161,7 @@ class Plan:
     hbm_bytes: int | None
     parameters: int
     optimizer_state: int
+    sampling_view: int  # the sampler's parameter view (rollout.sampling_copy), 0 without one
     kv_cache: int
     shapes: dict[str, int]
     programs: list[ProgramMemory]
@@ -163,7 +171,7 @@ class Plan:
         """Names of the programs that do not fit in HBM, in the order a step runs them."""
         if self.hbm_bytes is None:
             return [p.name for p in self.programs if p.error]
-        return [p.name for p in self.programs if p.error or p.total > self.hbm_bytes]
+        return [p.name for p in self.programs if p.error or p.peak > self.hbm_bytes]
 
     @property
     def verdict(self) -> str:
@@ -172,7 +180,8 @@ class Plan:
         return "fits" if self.hbm_bytes is not None else "compiles (HBM of these devices unknown)"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"fits": not self.overflowing, "verdict": self.verdict}
+        programs = [dataclasses.asdict(p) | {"peak": p.peak} for p in self.programs]
+        return dataclasses.asdict(self) | {"programs": programs, "fits": not self.overflowing, "verdict": self.verdict}
 
 
 def _shard_bytes(tree) -> int:
@@ -286,21 +295,41 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
     no_grad = make_no_grad_logprobs(graphdef, mesh, temperature=step_config.temperature,
                                     chunk_size=step_config.chunk_size, num_micro_batches=num_micro * mini_batches)
     report = on_program or (lambda memory: None)
-    sampler_programs, sampler_shapes, kv_cache = _sampler_programs(config, model_config, graphdef, params, mesh,
-                                                                   prompt_length, report)
+    parameters, optimizer_state = _shard_bytes(params), _shard_bytes(state.opt_state)
+    sampler_params = _sampling_view(params, model_config, mesh) if r.sampling_copy else params
+    # while sampling, the training parameters (when the sampler reads its view) and Adam stay
+    sampler_resident = optimizer_state + (parameters if sampler_params is not params else 0)
+    sampler_programs, sampler_shapes, kv_cache = _sampler_programs(
+        config, model_config, graphdef, sampler_params, mesh, prompt_length,
+        lambda memory: report(dataclasses.replace(memory, resident=sampler_resident)))
+    for memory in sampler_programs:
+        memory.resident = sampler_resident
     key = _replicated(jax.eval_shape(lambda: jax.random.key(0)), mesh)
     train_programs = []
-    for name, lower in (("no_grad_logprobs", lambda: no_grad.lower(params, update_batch(all_rows))),
-                        ("train_step", lambda: train_step.lower(state, update_batch(mini_rows), key))):
-        train_programs.append(_compile(name, lower)[0])
+    for name, lower, resident in (
+            ("no_grad_logprobs", lambda: no_grad.lower(params, update_batch(all_rows)), optimizer_state),
+            ("train_step", lambda: train_step.lower(state, update_batch(mini_rows), key), 0)):
+        train_programs.append(dataclasses.replace(_compile(name, lower)[0], resident=resident))
         report(train_programs[-1])
     return Plan(target=target, device_kind=devices[0].device_kind, chips=len(devices), mesh=dict(mesh.shape),
-                hbm_bytes=hbm_bytes, parameters=_shard_bytes(params), optimizer_state=_shard_bytes(state.opt_state),
-                kv_cache=kv_cache,
+                hbm_bytes=hbm_bytes, parameters=parameters, optimizer_state=optimizer_state,
+                sampling_view=_shard_bytes(sampler_params) if sampler_params is not params else 0, kv_cache=kv_cache,
                 shapes={"layers": model_config.num_hidden_layers, "prompt_length": prompt_length,
                         "response_length": response_length, **sampler_shapes,
                         "mini_batch_rows": mini_rows, "micro_batches": num_micro},
                 programs=sampler_programs + train_programs)
+
+
+def _sampling_view(params, model_config, mesh):
+    """The abstract sampling view of the abstract training parameters, as `generate` makes
+    it (`entropy_rl.rollout.params`: compute-dtype weights placed by SAMPLING_AXIS_RULES)."""
+    from entropy_rl.rollout.params import sampling_shardings, view_dtype
+
+    view = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, view_dtype(x, model_config.dtype), sharding=s),
+                        params, sampling_shardings(params, mesh))
+    same = all(v.dtype == x.dtype and v.sharding.is_equivalent_to(x.sharding, x.ndim)
+               for v, x in zip(jax.tree.leaves(view), jax.tree.leaves(params)))
+    return params if same else view  # as `sampling_params`: no copy where it would change nothing
 
 
 def _replicated(abstract, mesh) -> jax.ShapeDtypeStruct:
@@ -374,9 +403,11 @@ def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_lengt
         prompts = by_rows(prefill_prompts, prompt_length)
         if state is not None:
             state = run("refill_prefill", lambda: refill._refill_prefill.lower(
-                graphdef, params, state, prompts, prompts, entries, entries, entries, rng, program=program))
+                graphdef, params, state, prompts, prompts, entries, entries, entries, entries, rng, program=program))
+        hosts = len({device.process_index for device in mesh.devices.flat})  # a block of slots per host
+        free_to_stop = _replicated(jax.ShapeDtypeStruct((hosts,), np.int32), mesh)
         decode_name, lower_decode = "refill_decode", lambda decode_state: refill._refill_decode.lower(
-            graphdef, params, decode_state, scalar(), scalar(), program=program, prompt_slots=prompt_length)
+            graphdef, params, decode_state, scalar(), free_to_stop, program=program, prompt_slots=prompt_length)
     else:
         prompts = by_rows(round_up(config.data.batch_size, row_multiple), prompt_length)
         state = run("prefill", lambda: sampler._prefill.lower(
@@ -436,12 +467,14 @@ def format_plan(p: Plan) -> str:
              "per chip (GiB):",
              f"  parameters        {gib(p.parameters)}",
              f"  optimizer state   {gib(p.optimizer_state)}",
+             f"  sampling view     {gib(p.sampling_view)}",
              f"  KV cache (sampler){gib(p.kv_cache)}   ({p.shapes['slots']} slots in all)",
-             f"  {'program':<18}{'arguments':>10}{'outputs':>10}{'aliased':>10}{'temps':>10}{'total':>10}  fits",]
+             f"  {'program':<18}{'arguments':>10}{'outputs':>10}{'aliased':>10}{'temps':>10}{'total':>10}"
+             f"{'resident':>10}{'peak':>10}  fits",]
     for m in p.programs:
         fits = "no" if m.name in p.overflowing else ("yes" if p.hbm_bytes else "?")
         lines.append(f"  {m.name:<18}  {gib(m.arguments)}  {gib(m.outputs)}  {gib(m.aliased)}  "
-                     f"{gib(m.temporaries)}  {gib(m.total)}  {fits}" + (f"  ({m.error})" if m.error else "")
+                     f"{gib(m.temporaries)}  {gib(m.total)}  {gib(m.resident)}  {gib(m.peak)}  {fits}" + (f"  ({m.error})" if m.error else "")
                      + (f"  ({m.cache_copies} copies of a layer's cache)" if m.cache_copies else ""))
     lines.append(f"verdict: {p.verdict}")
     return "\n".join(lines)
@@ -449,7 +482,8 @@ def format_plan(p: Plan) -> str:
 
 def program_line(memory: ProgramMemory) -> str:
     """One compiled program's memory in a line (progress of a long plan)."""
-    return (f"{memory.name}: total {memory.total / GIB:.2f} GiB (temporaries {memory.temporaries / GIB:.2f}), "
+    return (f"{memory.name}: peak {memory.peak / GIB:.2f} GiB (temporaries {memory.temporaries / GIB:.2f}, "
+            f"resident {memory.resident / GIB:.2f}), "
             f"compiled in {memory.compile_s:.0f} s" + (f", {memory.error}" if memory.error else ""))
 
 

@@ -45,10 +45,19 @@ def test_plan_for_a_tpu_topology(tpu_plan):
     assert {k: p.shapes[k] for k in ("scheduler", "rollout_rows", "slots", "cache_slots")} == {
         "scheduler": "refill", "rollout_rows": 32, "slots": 8, "cache_slots": 24}
     assert p.kv_cache == 2 * 2 * 2 * 2 * HEAD_DIM * 24 * 4 + 2 * 24 + 4
+    # The sampler reads its parameter view (rollout.sampling_copy): the MLP split over fsdp, every
+    # other weight whole on each chip (tensor=1); float32 here, the compute dtype of this config.
+    mlp = 2 * 3 * 64 * 32
+    assert p.sampling_view == 4 * (count - mlp + mlp // 4)
+    # While the sampler runs, the training parameters and Adam stay on the chip; while the
+    # no-grad forward runs, Adam does; the train step has everything among its arguments.
+    assert {m.name: m.resident for m in p.programs} == {
+        **{name: p.parameters + p.optimizer_state for name in planning.REFILL_PROGRAMS},
+        "no_grad_logprobs": p.optimizer_state, "train_step": 0}
     assert [m.name for m in p.programs] == [*planning.REFILL_PROGRAMS, *planning.TRAIN_PROGRAMS]
     for m in p.programs:
         assert m.error is None and 0 < m.total < 2**30, m
-        assert m.total == m.arguments + m.outputs - m.aliased + m.temporaries
+        assert m.total == m.arguments + m.outputs - m.aliased + m.temporaries and m.peak == m.total + m.resident
     programs = {m.name: m for m in p.programs}
     assert programs["empty_slots"].outputs >= p.kv_cache
     for name in ("refill_prefill", "refill_decode"):  # the donated slot state is updated in place
@@ -59,8 +68,8 @@ def test_plan_for_a_tpu_topology(tpu_plan):
     assert p.verdict == "fits" and p.to_dict()["fits"]
     text = planning.format_plan(p)
     assert "verdict: fits" in text and "train_step" in text and "(8 slots in all)" in text
-    small = dataclasses.replace(p, hbm_bytes=int(np.median([m.total for m in p.programs])) - 1)
-    first = next(m.name for m in p.programs if m.total > small.hbm_bytes)
+    small = dataclasses.replace(p, hbm_bytes=int(np.median([m.peak for m in p.programs])) - 1)
+    first = next(m.name for m in p.programs if m.peak > small.hbm_bytes)
     assert small.verdict == f"does not fit: {first} overflows first"
 
 
