@@ -49,8 +49,8 @@ def _checkpoint_policies(config, input_ids, attention_mask) -> list:
             if eqn.primitive.name in ("checkpoint", "remat2")]  # jax.checkpoint's primitive
 
 
-@pytest.mark.parametrize("scan_layers", [False, True])
-@pytest.mark.parametrize("policy", ["dots_saveable", "dots_with_no_batch_dims_saveable"])
+@pytest.mark.parametrize(("policy", "scan_layers"), [("dots_saveable", False),
+                                                     ("dots_with_no_batch_dims_saveable", True)])
 def test_remat_policy_is_the_configured_one_and_keeps_gradients(batch, policy, scan_layers):
     config = tiny_config(tie_word_embeddings=True, remat=True, remat_policy=policy, scan_layers=scan_layers)
     assert set(_checkpoint_policies(config, *batch)) == {getattr(jax.checkpoint_policies, policy)}

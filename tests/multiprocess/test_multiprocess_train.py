@@ -1,7 +1,7 @@
 """`entropy-rl train` as 2 JAX processes x 4 CPU devices (tests/multiprocess/conftest.py).
 
 A tiny run (1-layer policy, 4 prompts x 4 responses of 8 tokens, 2 steps, a checkpoint every
-step) on mesh fsdp=8 and data=2 x fsdp=4. An entropy bonus makes every update move the
+step) on mesh data=2 x fsdp=4. An entropy bonus makes every update move the
 parameters, so the bitwise comparison after a SIGKILL and a restart is not vacuous.
 """
 
@@ -72,11 +72,22 @@ def _check_run(result, run_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_train_on_two_processes_resumes_bitwise_after_sigkill(launch, tmp_path, compile_cache):
-    """mesh fsdp=8 over both processes: an uninterrupted run, and a run whose processes are
-    SIGKILLed after checkpoint 1 and started again, end with equal metrics and parameters."""
-    mesh = ["mesh.data=1", "mesh.fsdp=-1"]
+    """mesh data=2 x fsdp=4 (each process one data replica), DAPO's dynamic sampling (the
+    random policy's groups all have reward 0, so every step samples max_sampling_rounds=2
+    batches and picks groups across them), rollouts and held-out evals decoding their 16 rows
+    through 8 refill slots (4 per host). An uninterrupted run logs each step once and each
+    host verifies half of what one process would; a run whose processes are SIGKILLed after
+    checkpoint 1 and started again ends with equal metrics and parameters."""
+    mesh = ["mesh.data=2", "mesh.fsdp=4", "algorithm.dynamic_sampling=true", "algorithm.max_sampling_rounds=2",
+            "rollout.max_slots=8"]
     uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
-    _check_run(_train(launch, uninterrupted, mesh, compile_cache), uninterrupted)
+    result = _train(launch, uninterrupted, mesh, compile_cache)
+    _check_run(result, uninterrupted)
+    assert [row["sampling/rounds"] for row in read_metrics(uninterrupted) if "loss" in row] == [2] * STEPS
+    assert "eval/accuracy" in json.dumps(read_metrics(uninterrupted)[-1])
+    compiled = [json.loads(line.split("compiled ", 1)[1]) for lines in result.output for line in lines
+                if "compiled {" in line]  # the sampler's programs of each process (counting_train.py)
+    assert len(compiled) == 2 and all(c["refill_decode"] >= 1 and c["decode"] == 0 for c in compiled), compiled
 
     first = killed / "checkpoints" / "1"
     stopped = _train(launch, killed, mesh, compile_cache, kill_when=first.is_dir)
@@ -90,22 +101,3 @@ def test_train_on_two_processes_resumes_bitwise_after_sigkill(launch, tmp_path, 
         assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
     assert any(a.tobytes() != b.tobytes() for a, b in zip(_params(uninterrupted, 1), expected))
     assert _without_timings(read_metrics(killed)) == _without_timings(read_metrics(uninterrupted))
-
-
-@pytest.mark.slow
-def test_train_on_two_processes_data_by_fsdp_with_dynamic_sampling(launch, tmp_path, compile_cache):
-    """mesh data=2 x fsdp=4 (each process one data replica) and DAPO's dynamic sampling (the
-    random policy's groups all have reward 0, so every step samples max_sampling_rounds=2
-    batches and picks groups across them), rollouts and held-out evals decoding their 16 rows
-    through 8 refill slots (4 per host): the run finishes, logs each step once, and each host
-    verifies half of what one process would."""
-    run_dir = tmp_path / "run"
-    result = _train(launch, run_dir, ["mesh.data=2", "mesh.fsdp=4", "algorithm.dynamic_sampling=true",
-                                      "algorithm.max_sampling_rounds=2", "rollout.max_slots=8"], compile_cache)
-    _check_run(result, run_dir)
-    assert [row["sampling/rounds"] for row in read_metrics(run_dir) if "loss" in row] == [2] * STEPS
-    compiled = [json.loads(line.split("compiled ", 1)[1]) for lines in result.output for line in lines
-                if "compiled {" in line]  # the sampler's programs of each process (counting_train.py)
-    assert len(compiled) == 2 and all(c["refill_decode"] >= 1 and c["decode"] == 0 for c in compiled), compiled
-    summary = json.dumps(read_metrics(run_dir)[-1])
-    assert "eval/accuracy" in summary
