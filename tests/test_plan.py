@@ -11,6 +11,9 @@ import pytest
 from entropy_rl import plan as planning
 from entropy_rl.train.config import load_config
 
+# one worker builds the module's compiled fixture (`--dist loadgroup`), not both
+pytestmark = pytest.mark.xdist_group("plan")
+
 # head_dim 128 (a TPU lane width, as the Qwen models'): each layer's cache is the largest
 # array of a decode step, so a copy of its size is a copy of the cache.
 HEAD_DIM = 128

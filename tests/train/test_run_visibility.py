@@ -26,6 +26,9 @@ from entropy_rl.train.metrics import read_metrics
 from entropy_rl.train.progress import PlainProgress
 from entropy_rl.train.samples import SAMPLES_FILE
 
+# one worker builds the module's compiled fixture (`--dist loadgroup`), not both
+pytestmark = pytest.mark.xdist_group("run-visibility")
+
 QWEN3_TOKENIZER = str(pathlib.Path(__file__).parents[1] / "data" / "qwen3_tokenizer")
 BUCKET = 16
 LONG_ID = "long-one"

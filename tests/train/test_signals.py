@@ -25,13 +25,19 @@ TINY_RUN = [
 
 
 def test_deferred_interrupts_hold_ctrl_c_until_the_block_ends():
-    finished = []
-    with pytest.raises(KeyboardInterrupt):
-        with deferred_interrupts():
-            signal.raise_signal(signal.SIGINT)
-            finished.append("the save's synchronous part")
-    assert finished == ["the save's synchronous part"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own Ctrl-C handler first: another test in this worker may have left another
+    # (an unclosed asyncio runner's, which cancels its task instead of raising).
+    outside = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        finished = []
+        with pytest.raises(KeyboardInterrupt):
+            with deferred_interrupts():
+                signal.raise_signal(signal.SIGINT)
+                finished.append("the save's synchronous part")
+        assert finished == ["the save's synchronous part"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outside)
 
 
 def test_stop_signals_turn_sigterm_into_a_request():
