@@ -186,3 +186,17 @@ def test_paper_configs_slot_counts(config_file, preset, chips, slots):
     rows = config.data.batch_size * r.n
     assert slot_count(sampling, model_config, cache_slots, rows, chips) == slots
     assert slots // chips * kv_bytes_per_slot(model_config, cache_slots) <= r.kv_cache_budget_gb * 1e9
+
+
+def test_auto_attention_follows_the_planned_platform():
+    """Under a TPU topology's mesh, "auto" attention resolves as on a TPU (splash) though this
+    host is a CPU: a plan compiles the kernels the planned chips would run."""
+    import jax
+
+    from entropy_rl.model.attention import resolve_implementation
+    from entropy_rl.parallel import MeshConfig, make_mesh
+
+    devices, _ = planning.topology_devices("v5p:2x2x1")
+    with jax.set_mesh(make_mesh(MeshConfig(), devices=devices)):
+        assert resolve_implementation("auto", 1024, 512, "bfloat16") == "splash"
+    assert resolve_implementation("auto", 1024, 512, "bfloat16") == "blockwise"  # this CPU host

@@ -50,6 +50,7 @@ from jax.sharding import PartitionSpec
 from entropy_rl.model.blockwise import NEG_INF, blockwise_causal_attention
 from entropy_rl.parallel.mesh import MESH_AXES
 from entropy_rl.parallel.sharding import logical_to_mesh
+from entropy_rl.parallel.xla import traced_platform
 
 IMPLEMENTATIONS = ("auto", "dense", "blockwise", "splash", "cudnn", "pallas_gpu")
 PALLAS_IMPLEMENTATIONS = ("splash", "pallas_gpu")  # those with an interpret mode
@@ -78,10 +79,11 @@ def check_attention_options(implementation: str, interpret: bool, dtype: str, he
 
 def resolve_implementation(implementation: str, length: int, block_size: int, dtype) -> str:
     """The implementation `causal_attention` runs: `implementation` itself unless "auto",
-    which picks by jax.default_backend(), the dtype and the length T."""
+    which picks by the platform being traced for (`traced_platform`: the mesh's under
+    jax.set_mesh, else jax.default_backend()), the dtype and the length T."""
     if implementation != "auto":
         return implementation
-    backend = jax.default_backend()
+    backend = traced_platform()
     if backend == "tpu":
         return "splash"
     if backend == "gpu" and jnp.dtype(dtype).name in CUDNN_DTYPES:

@@ -20,6 +20,7 @@ from flax import nnx
 from entropy_rl.model.attention import causal_attention, causal_padding_mask, grouped_attention
 from entropy_rl.model.blockwise import NEG_INF
 from entropy_rl.model.cache import write_keys, write_values
+from entropy_rl.parallel.xla import traced_platform
 
 
 def logical_param(value: jax.Array, axes: tuple) -> nnx.Param:
@@ -115,7 +116,7 @@ def _single_query_attention(q, k, v, sees_itself, k_cache, v_cache, cache_mask) 
     """
     scale = q.shape[-1] ** -0.5
     qf = q.astype(jnp.float32)
-    on_cpu = _traced_platform() == "cpu"
+    on_cpu = traced_platform() == "cpu"
     if on_cpu:
         cached = jnp.sum(qf[..., None] * k_cache[:, :, None].astype(jnp.float32), axis=3) * scale
     else:
@@ -130,13 +131,6 @@ def _single_query_attention(q, k, v, sees_itself, k_cache, v_cache, cache_mask) 
         from_cache = jnp.einsum("bkgs,bksd->bkgd", probs[..., :-1], v_cache,
                                 preferred_element_type=jnp.float32).astype(v.dtype)
     return from_cache + probs[..., -1:] * v[:, :, None]
-
-
-def _traced_platform() -> str:
-    """The platform of the program being traced: its mesh's devices' under jax.set_mesh
-    (e.g. "tpu" when planning for a TPU topology on a CPU host), else JAX's default backend."""
-    device = jax.sharding.get_abstract_mesh().abstract_device
-    return jax.default_backend() if device is None else device.platform
 
 
 def linear(x: jax.Array, weight: jax.Array) -> jax.Array:

@@ -29,6 +29,15 @@ def compiler_options(platform: str) -> dict[str, bool]:
     return dict(CPU_COMPILER_OPTIONS) if platform == "cpu" else {}
 
 
+def traced_platform() -> str:
+    """The platform a program being traced will run on: its mesh's devices' under
+    jax.set_mesh (e.g. "tpu" when planning for a TPU topology on a CPU host), else JAX's
+    default backend. Code that picks an implementation by platform asks this, not
+    jax.default_backend(), so a plan compiles what the planned chips would run."""
+    device = jax.sharding.get_abstract_mesh().abstract_device
+    return jax.default_backend() if device is None else device.platform
+
+
 def mesh_compiler_options(mesh: jax.sharding.Mesh) -> dict[str, bool]:
     """`compiler_options` of the platform of the mesh's devices."""
     return compiler_options(mesh.devices.flat[0].platform)
