@@ -300,10 +300,7 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
     # while sampling, the training parameters (when the sampler reads its view) and Adam stay
     sampler_resident = optimizer_state + (parameters if sampler_params is not params else 0)
     sampler_programs, sampler_shapes, kv_cache = _sampler_programs(
-        config, model_config, graphdef, sampler_params, mesh, prompt_length,
-        lambda memory: report(dataclasses.replace(memory, resident=sampler_resident)))
-    for memory in sampler_programs:
-        memory.resident = sampler_resident
+        config, model_config, graphdef, sampler_params, mesh, prompt_length, sampler_resident, report)
     key = _replicated(jax.eval_shape(lambda: jax.random.key(0)), mesh)
     train_programs = []
     for name, lower, resident in (
@@ -344,8 +341,8 @@ def _grown(state, slots: int):
     return _abstract(jax.eval_shape(lambda s: s.replace(cache=s.cache.grow(slots)), state), shardings)
 
 
-def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_length, report=lambda memory: None
-                      ) -> tuple[list[ProgramMemory], dict[str, Any], int]:
+def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_length, resident: int,
+                      report=lambda memory: None) -> tuple[list[ProgramMemory], dict[str, Any], int]:
     """Compile the sampler's own jitted programs as `generate` calls them for one rollout of
     rows = data.batch_size x rollout.n (rounded up to the batch shards), under the mesh.
 
@@ -354,8 +351,8 @@ def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_lengt
     the static schedule: `_prefill`, one layer's last (largest) growth (`_grow_cache` grows
     the cache layer by layer) and `_decode` on the whole cache. Each program's input state
     is its predecessor's compiled output.
-    Returns (the programs' memory, their shapes, the decode cache's bytes per chip); each
-    program's memory also goes to `report` once compiled.
+    Returns (the programs' memory, each with `resident` bytes beside it, their shapes, the
+    decode cache's bytes per chip); each program's memory also goes to `report` once compiled.
     """
     from entropy_rl.parallel import batch_sharding
     from entropy_rl.rollout import refill, sampler
@@ -388,6 +385,7 @@ def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_lengt
         copy_bytes = _shard_bytes(state.cache.v[0]) if name in DECODE_PROGRAMS else None
         with jax.set_mesh(mesh):
             memory, outputs = _compile(name, lower, copy_bytes)
+        memory.resident = resident
         programs.append(memory)
         report(memory)
         return outputs

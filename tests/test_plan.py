@@ -92,7 +92,7 @@ def test_static_schedule_plans_prefill_growth_and_decode():
     model_config = planning._policy_config(config, None)
     graphdef, params = nnx.split(nnx.eval_shape(lambda: Qwen(model_config, rngs=nnx.Rngs(0))))
     params = planning._abstract(params, state_shardings(params, mesh))
-    programs, shapes, kv_cache = planning._sampler_programs(config, model_config, graphdef, params, mesh, 8)
+    programs, shapes, kv_cache = planning._sampler_programs(config, model_config, graphdef, params, mesh, 8, 0)
     assert [m.name for m in programs] == list(planning.STATIC_PROGRAMS)
     assert shapes == {"scheduler": "static", "rollout_rows": 32, "slots": 32, "cache_slots": 40}
     # every row's cache at its last segment's 8 + 32 slots, 8 rows per chip
