@@ -356,14 +356,13 @@ def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_lengt
     """
     from entropy_rl.parallel import batch_sharding
     from entropy_rl.rollout import refill, sampler
-    from entropy_rl.rollout.batching import round_up
-    from entropy_rl.rollout.decoding import Program, batch_shards, stop_token_array
+    from entropy_rl.rollout.decoding import Program, batch_rows, batch_shards, stop_token_array
 
     r = config.rollout
     sampling = r.sampling_config(stop_token_ids=(0,), pad_token_id=0)
     program = Program.from_config(sampling, mesh)
     row_multiple = batch_shards(mesh)
-    rows = round_up(config.data.batch_size * r.n, row_multiple)
+    rows = batch_rows(config.data.batch_size * r.n, row_multiple)
     cache_slots = prompt_length + program.response_slots
     slots = refill.slot_count(sampling, model_config, cache_slots, rows, row_multiple)
     refilling = sampling.scheduler == "refill" and slots < rows
@@ -396,7 +395,7 @@ def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_lengt
             graphdef, params, stop_ids, scalar(), scalar(), slots=slots, cache_slots=cache_slots, rows=rows,
             response_slots=program.response_slots))
         # the first admission fills every slot: the largest prefill bucket
-        prefill_prompts = refill._pow2_at_least(-(-slots // r.n), row_multiple)
+        prefill_prompts = refill.prefill_bucket(-(-slots // r.n), row_multiple)
         entries = by_rows(prefill_prompts * r.n)
         prompts = by_rows(prefill_prompts, prompt_length)
         if state is not None:
@@ -407,7 +406,7 @@ def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_lengt
         decode_name, lower_decode = "refill_decode", lambda decode_state: refill._refill_decode.lower(
             graphdef, params, decode_state, scalar(), free_to_stop, program=program, prompt_slots=prompt_length)
     else:
-        prompts = by_rows(round_up(config.data.batch_size, row_multiple), prompt_length)
+        prompts = by_rows(batch_rows(config.data.batch_size, row_multiple), prompt_length)
         state = run("prefill", lambda: sampler._prefill.lower(
             graphdef, params, prompts, prompts, rng, stop_ids, scalar(), program=program, n=r.n, batch=rows))
         sizes = program.cache_sizes(prompt_length)

@@ -20,6 +20,12 @@ CPU_COMPILER_OPTIONS = {
     "xla_cpu_copy_insertion_use_region_analysis": True,
 }
 
+# The sampler's programs: XLA:CPU emits row reductions (norms, softmax, log-softmax) itself,
+# not YNNPACK, whose reductions round a row differently in batches of different sizes
+# (tools/bench/batch_invariance.py); YNNPACK keeps the dots (made batch-invariant by
+# entropy_rl.model.batch_invariant's row tiles).
+ROLLOUT_COMPILER_OPTIONS = {**CPU_COMPILER_OPTIONS, "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
 # The CPU options under their former name (programs that only ever run on the CPU: tools/bench).
 COMPILER_OPTIONS = CPU_COMPILER_OPTIONS
 

@@ -25,13 +25,14 @@ def geometric_bucket(length: int, base: int) -> int:
 
 
 def left_pad_prompts(
-    prompts: Sequence[Sequence[int]], *, pad_token_id: int, prompt_bucket: int, row_multiple: int = 1
+    prompts: Sequence[Sequence[int]], *, pad_token_id: int, prompt_bucket: int, rows: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Prompt batch: a row per prompt, left-padded.
 
     Returns ids int32 [R, P] and mask int32 [R, P] with P = round_up(longest prompt,
-    prompt_bucket) and R = round_up(len(prompts), row_multiple). Rows past len(prompts) are
-    filler (a single pad token) so the batch splits evenly over devices; callers drop them.
+    prompt_bucket) and R = rows (>= len(prompts); None = len(prompts)). Rows past
+    len(prompts) are filler (a single pad token), e.g. so the batch splits evenly over
+    devices; callers drop them.
     """
     if not prompts:
         raise ValueError("generate: prompts is empty")
@@ -39,7 +40,7 @@ def left_pad_prompts(
         if len(prompt) == 0:
             raise ValueError(f"generate: prompt {index} is empty (a response needs at least one prompt token)")
     length = round_up(max(len(p) for p in prompts), prompt_bucket)
-    ids = np.full((round_up(len(prompts), row_multiple), length), pad_token_id, np.int32)
+    ids = np.full((len(prompts) if rows is None else rows, length), pad_token_id, np.int32)
     mask = np.zeros(ids.shape, np.int32)
     for row, prompt in enumerate(prompts):
         ids[row, length - len(prompt) :] = np.asarray(prompt, np.int32)

@@ -74,6 +74,20 @@ class Program:
         return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
 
 
+# Every program of the sampler runs at least this many rows on each batch shard. XLA:CPU
+# compiles a one-row batch with kernels of its own (a vector-matrix product, degenerate
+# batch dimensions) that round a row differently, whereas from two rows on a row's bits do
+# not depend on the batch (with ROLLOUT_COMPILER_OPTIONS; tools/bench/batch_invariance.py):
+# so the refill and static schedulers give a row the same bits.
+MIN_ROWS_PER_SHARD = 2
+
+
+def batch_rows(rows: int, shards: int) -> int:
+    """The rows of a batch holding `rows` rows over `shards` batch shards: a multiple of
+    shards, and at least MIN_ROWS_PER_SHARD on each (the extra rows are filler)."""
+    return max(round_up(rows, shards), MIN_ROWS_PER_SHARD * shards)
+
+
 def batch_shards(mesh) -> int:
     """Number of pieces the batch dim is split into on `mesh` (1 without one)."""
     if mesh is None:

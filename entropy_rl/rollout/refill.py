@@ -16,32 +16,23 @@ Exactness: row r's step-s token is drawn with fold_in(fold_in(rng, r), s) from l
 depend only on its own prompt and tokens, and its cache row has the static sampler's
 layout (the prompt at slots [0, P), its step-s token at P + s - 1), so each row gets the
 static sampler's tokens, log-probs, length and stop flag, whatever the slot count or the
-order of admission. Log-probs agree to float32 rounding (~1e-6 on the test model), not
-bitwise, because XLA:CPU's kernels round a row differently in batches of different sizes
-(the same between two static batches of different sizes); a sampled token flips at a
-near-tie of the inverse CDF (it did once in tools/bench/rollout.py --lengths equal, 512 rows x
-512 tokens: one row from step 412 on). Measured with jax 0.10.2 (row r of an M-row op against
-the same row in a 2-row op):
-- matmuls x [M, K] @ w [K, N] (w an argument, as the model's weights): XLA:CPU hands them
-  to YNNPACK, whose tiling depends on M (256 x 1024, 1024 x 3072, 3072 x 1024: M >= 63
-  differ; 32 x 8: M = 7, 8, 13, 16 and >= 19 of those tried), and an M = 1 product is a plain dot (vector-matrix) that differs
-  from all; Eigen (YNNPACK and XNNPACK off) is no better, with one thread too.
-  No xla_cpu_* option makes the dot batch-invariant (XNNPACK on/off, Eigen threading,
-  OneDNN, strict dot math, the YNN/XNN fusion types).
-- row reductions: YNNPACK also takes reductions (its default fusion types), and its sums
-  over the last axis differ from about 4096 elements on (sum over 128: M >= 32; softmax
-  over [2, 2, 56]: M >= 19), which changes norms, softmax and the sampler's log-softmax;
-  with `xla_cpu_experimental_ynn_fusion_type: LIBRARY_FUSION_TYPE_DOT` XLA emits them
-  itself and they were batch-invariant at every size tried.
-- attention's batched products (`bkmd,bksd->bkms`, `bkms,bksd->bkmd`) were batch-invariant.
-A fixed-shape matmul is position-invariant (a row gives the same result at any row of a
-[T, K] @ [K, N] product, T = 8, 16, 64). So computing the rollout programs' matmuls (`linear`,
-`unembed`) as a `lax.map` over fixed T-row tiles, with the YNN fusion type above, makes the
-refill rows bitwise equal to the static ones for 1, 2, 4, 5, 8 and 28 slots on one device
-(a prototype, T = 32; not in the code): under a mesh a tile's rows must also stay on one
-device (tiles sharded, T rows per device). Cost on a loaded machine, against one product,
-for [128 or 512, 1024] @ [1024, 3072]: T = 8 2.8-3.2x the time, T = 32-64 1.0-1.4x.
-tools/bench/batch_invariance.py reprints the op findings.
+order of admission, bitwise on the CPU (`tests/rollout/test_rollout_refill.py`, one
+device and 8). That takes two things, measured with jax 0.10.2
+(tools/bench/batch_invariance.py: row r of an M-row op against the same row in a 2-row op):
+- YNNPACK's row reductions (norms, softmax, the sampler's log-softmax) round a row
+  differently in batches of different sizes (sum over 128: M >= 32 of those tried);
+  the sampler's programs compile with `ROLLOUT_COMPILER_OPTIONS`, under which XLA emits
+  them itself, batch-invariant at every size tried.
+- A product x [M, K] @ w^T by a weight stored [N, K] (every weight of the model) gives a
+  row the same bits for every M >= 2 at any position (M up to 8192, float32 and bfloat16),
+  but an M = 1 product is a vector-matrix dot that rounds differently, and a one-row batch
+  compiles other kernels elsewhere too (a lone prompt's prefill differed). So every
+  program runs at least MIN_ROWS_PER_SHARD = 2 rows per batch shard: `slot_count` allows
+  no fewer slots, and prefill batches (`prefill_bucket`) and static batches (`batch_rows`)
+  are padded to them.
+Against another mesh layout the log-probs agree to float32 rounding only: the sampling
+view splits the MLP's down projection over fsdp, whose partial sums the devices (and,
+across processes, gloo) add in their own order.
 
 Per-row write positions with the model's one-slot-for-all-rows cache write: the slots'
 KVCache keeps `length` at the last slot C - 1 (a scratch slot no real token uses, since
@@ -51,8 +42,8 @@ reads the valid slots and the new token itself, so the slot it lands in does not
 then `_settle_scratch` moves them to the row's own slot P + s - 1 and marks that slot
 valid; rotary positions count the row's valid slots, so they are the static ones.
 
-Shapes: S slots, C cache slots, a prefill batch of 2^k prompts (the bucket of the waiting
-prompts a refill admits, >= the batch shards of the mesh) and N = rows padded output rows:
+Shapes: S slots, C cache slots, a prefill batch of 2 * shards * 2^k prompts (the bucket of
+the waiting prompts a refill admits, `prefill_bucket`) and N = rows padded output rows:
 one decode program and log2(S) prefill programs at most per request shape.
 
 Several processes (one per host): the S slots, the N output rows and each prefill batch are
@@ -85,10 +76,11 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from entropy_rl.model import KVCache
-from entropy_rl.parallel import COMPILER_OPTIONS, constrain
+from entropy_rl.parallel import ROLLOUT_COMPILER_OPTIONS, constrain
 from entropy_rl.parallel.hosts import addressable_rows
 from entropy_rl.rollout.config import SamplingConfig
 from entropy_rl.rollout.decoding import (
+    MIN_ROWS_PER_SHARD,
     TRACE_COUNTS,
     Program,
     constrain_cache,
@@ -146,7 +138,9 @@ def slot_count(config: SamplingConfig, model_config, cache_slots: int, rows: int
     The slots are split over the row_multiple batch shards, so each chip holds
     slots / row_multiple slots of `kv_bytes_per_slot` bytes (C = cache_slots): the budget
     allows row_multiple * floor(budget / kv_bytes_per_slot) slots. A slot's whole cache is
-    counted on its chip (an upper bound where the tensor axis splits the kv heads).
+    counted on its chip (an upper bound where the tensor axis splits the kv heads). Raises
+    ValueError below MIN_ROWS_PER_SHARD slots per shard (a one-row decode batch rounds
+    differently: see decoding.MIN_ROWS_PER_SHARD).
     """
     limit = rows
     if config.max_slots:
@@ -155,13 +149,22 @@ def slot_count(config: SamplingConfig, model_config, cache_slots: int, rows: int
     if config.kv_cache_budget_gb:
         limit = min(limit, int(config.kv_cache_budget_gb * 1e9 // per_slot) * row_multiple)
     slots = limit // row_multiple * row_multiple
-    if slots < 1:
+    if slots < MIN_ROWS_PER_SHARD * row_multiple:
         raise ValueError(
             f"SamplingConfig: max_slots {config.max_slots} and kv_cache_budget_gb {config.kv_cache_budget_gb} "
-            f"(per chip) allow {limit} slots, fewer than the mesh's {row_multiple} batch shards (a slot's cache of "
-            f"{cache_slots} positions takes {per_slot / 1e9:.4g} GB)"
+            f"(per chip) allow {limit} slots, fewer than {MIN_ROWS_PER_SHARD} for each of the mesh's {row_multiple} "
+            f"batch shards (a slot's cache of {cache_slots} positions takes {per_slot / 1e9:.4g} GB)"
         )
     return slots
+
+
+def prefill_bucket(prompts: int, row_multiple: int) -> int:
+    """The prompts of a refill prefill batch admitting `prompts` prompts: the smallest
+    row_multiple * MIN_ROWS_PER_SHARD * 2^k >= prompts (a handful of programs per request)."""
+    size = MIN_ROWS_PER_SHARD * row_multiple
+    while size < prompts:
+        size *= 2
+    return size
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "slots", "cache_slots", "rows", "response_slots"))
@@ -211,7 +214,7 @@ def _record(state: SlotState, tokens: jax.Array, logprobs: jax.Array, writes: ja
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "program"), donate_argnames=("state",),
-                   compiler_options=COMPILER_OPTIONS)
+                   compiler_options=ROLLOUT_COMPILER_OPTIONS)
 def _refill_prefill(graphdef, params, state: SlotState, prompt_ids, prompt_mask, sources, slots, rows, row_ids, rng,
                     *, program: Program) -> SlotState:
     """Prefill the prompts [B_p, P] once each and start I admitted rows: output row rows[i]
@@ -258,7 +261,7 @@ def _settle_scratch(cache: KVCache, steps: jax.Array, live: jax.Array, prompt_sl
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "program", "prompt_slots"), donate_argnames=("state",),
-                   compiler_options=COMPILER_OPTIONS)
+                   compiler_options=ROLLOUT_COMPILER_OPTIONS)
 def _refill_decode(graphdef, params, state: SlotState, max_steps, free_to_stop, *, program: Program,
                    prompt_slots: int) -> SlotState:
     """Decode one token per live slot per step, for at most max_steps steps, while a slot
@@ -293,14 +296,6 @@ def last_schedule() -> dict[str, int]:
     decode_steps row-steps) to sample `tokens` tokens (all processes'), in decode_calls calls
     of the decode program; prefill_calls refill prefills admitted the rows."""
     return dict(_LAST_SCHEDULE)
-
-
-def _pow2_at_least(value: int, multiple: int) -> int:
-    """The smallest multiple * 2^k >= value."""
-    size = multiple
-    while size < value:
-        size *= 2
-    return size
 
 
 def agree_across_processes(values: np.ndarray) -> np.ndarray:
@@ -373,7 +368,7 @@ def generate_refill(
             free_to_stop[block] = min(n, len(schedule.waiting)) if schedule.waiting else block_slots + 1
             agreed = agree(np.array([
                 schedule.live.any() or bool(schedule.waiting),
-                _pow2_at_least(len({row // n for _, row in pairs}), row_multiple) if pairs else 0,
+                prefill_bucket(len({row // n for _, row in pairs}), row_multiple) if pairs else 0,
                 *free_to_stop,
             ]))
             work, prefill_batch, free_to_stop = agreed[0], agreed[1], agreed[2:]

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from entropy_rl.model import KVCache
 from entropy_rl.model.cache import KEYS_SLOT_AXIS, VALUES_SLOT_AXIS, grow_slots, repeat_rows
-from entropy_rl.parallel import COMPILER_OPTIONS, batch_sharding, constrain
+from entropy_rl.parallel import ROLLOUT_COMPILER_OPTIONS, batch_sharding, constrain
 from entropy_rl.parallel.hosts import (addressable_rows, allgather_rows, global_from_host_rows, host_block,
                                        is_multiprocess, mesh_process_count)
 from entropy_rl.rollout.batching import left_pad_prompts, round_up
@@ -47,6 +47,7 @@ from entropy_rl.rollout.config import SamplingConfig
 from entropy_rl.rollout.decoding import (
     TRACE_COUNTS,
     Program,
+    batch_rows,
     batch_shards,
     constrain_cache,
     prefill_logits,
@@ -97,7 +98,7 @@ def _record(state: DecodeState, tokens: jax.Array, logprobs: jax.Array) -> Decod
     )
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "program", "n", "batch"), compiler_options=COMPILER_OPTIONS)
+@functools.partial(jax.jit, static_argnames=("graphdef", "program", "n", "batch"), compiler_options=ROLLOUT_COMPILER_OPTIONS)
 def _prefill(graphdef, params, prompt_ids, prompt_mask, rng, stop_token_ids, pad_token_id, row_ids=None, *,
              program: Program, n: int, batch: int) -> DecodeState:
     """Fill the cache with the prompts [B_p, P], copy each prompt's row to its n samples'
@@ -126,7 +127,7 @@ def _prefill(graphdef, params, prompt_ids, prompt_mask, rng, stop_token_ids, pad
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "program"), donate_argnames=("state",),
-                   compiler_options=COMPILER_OPTIONS)
+                   compiler_options=ROLLOUT_COMPILER_OPTIONS)
 def _decode(graphdef, params, state: DecodeState, stop_step, *, program: Program) -> DecodeState:
     """Decode one token per row per step until step == stop_step or every row stopped."""
     TRACE_COUNTS["decode"] += 1
@@ -202,10 +203,10 @@ def generate(
         batch = row_ids.shape[0] * hosts
         place = functools.partial(global_from_host_rows, mesh=mesh)
     else:
-        prompt_ids, prompt_mask = left_pad_prompts(
-            prompts, pad_token_id=config.pad_token_id, prompt_bucket=config.prompt_bucket, row_multiple=shards
-        )
-        row_ids, batch = None, round_up(len(prompts) * config.n, shards)
+        prompt_ids, prompt_mask = left_pad_prompts(prompts, pad_token_id=config.pad_token_id,
+                                                   prompt_bucket=config.prompt_bucket,
+                                                   rows=batch_rows(len(prompts), shards))
+        row_ids, batch = None, batch_rows(len(prompts) * config.n, shards)
         place = functools.partial(_to_device, mesh=mesh)
     slots = slot_count(config, model.config, prompt_ids.shape[1] + program.response_slots, batch, shards)
     _check_vocab(model, prompt_ids)
@@ -271,13 +272,13 @@ def _host_prompt_block(prompts: Sequence[Sequence[int]], config: SamplingConfig,
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """This host's block of a multi-host batch: prompt ids and mask [R, P] and row ids [R n].
 
-    Every host's block has the same shape: R = the largest host's prompt count rounded up to
-    its batch shards, P = the longest prompt of any host rounded up to config.prompt_bucket
+    Every host's block has the same shape: R = `batch_rows` of the largest host's prompt
+    count over its batch shards, P = the longest prompt of any host rounded up to config.prompt_bucket
     (filler rows as in `left_pad_prompts`). Row ids continue those of the hosts before.
     """
     shards = batch_shards(mesh) // mesh_process_count(mesh)
     counts = allgather_rows(np.asarray([[len(prompts), max(map(len, prompts), default=1)]]), mesh)
-    rows, length = round_up(int(counts[:, 0].max()), shards), round_up(int(counts[:, 1].max()), config.prompt_bucket)
+    rows, length = batch_rows(int(counts[:, 0].max()), shards), round_up(int(counts[:, 1].max()), config.prompt_bucket)
     ids, mask = (left_pad_prompts(prompts, pad_token_id=config.pad_token_id, prompt_bucket=length) if prompts
                  else (np.zeros((0, length), np.int32), np.zeros((0, length), np.int32)))
     filler = rows - len(prompts)

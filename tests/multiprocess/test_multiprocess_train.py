@@ -75,11 +75,12 @@ def test_train_on_two_processes_resumes_bitwise_after_sigkill(launch, tmp_path, 
     """mesh data=2 x fsdp=4 (each process one data replica), DAPO's dynamic sampling (the
     random policy's groups all have reward 0, so every step samples max_sampling_rounds=2
     batches and picks groups across them), rollouts and held-out evals decoding their 16 rows
-    through 8 refill slots (4 per host). An uninterrupted run logs each step once and each
-    host verifies half of what one process would; a run whose processes are SIGKILLed after
-    checkpoint 1 and started again ends with equal metrics and parameters."""
+    through 16 refill slots (8 per host, 2 per batch shard: the fewest). An uninterrupted run
+    logs each step once and each host verifies half of what one process would; a run whose
+    processes are SIGKILLed after checkpoint 1 and started again ends with equal metrics and
+    parameters."""
     mesh = ["mesh.data=2", "mesh.fsdp=4", "algorithm.dynamic_sampling=true", "algorithm.max_sampling_rounds=2",
-            "rollout.max_slots=8"]
+            "rollout.max_slots=16"]
     uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
     result = _train(launch, uninterrupted, mesh, compile_cache)
     _check_run(result, uninterrupted)

@@ -6,6 +6,7 @@ import pytest
 
 from entropy_rl.rollout import SamplingConfig
 from entropy_rl.rollout.batching import left_pad_prompts, round_up
+from entropy_rl.rollout.decoding import batch_rows
 from entropy_rl.rollout.result import assemble_rollout
 
 
@@ -13,8 +14,13 @@ def test_round_up():
     assert [round_up(v, 8) for v in (0, 1, 8, 9, 16)] == [8, 8, 8, 16, 16]
 
 
+def test_batch_rows_are_a_multiple_of_the_shards_with_two_per_shard_at_least():
+    assert [batch_rows(rows, 4) for rows in (1, 7, 8, 9, 13)] == [8, 8, 8, 12, 16]
+    assert [batch_rows(rows, 1) for rows in (1, 2, 3)] == [2, 2, 3]
+
+
 def test_left_pad_prompts_and_pad_rows():
-    ids, mask = left_pad_prompts([[5, 6, 7], [9]], pad_token_id=0, prompt_bucket=4, row_multiple=8)
+    ids, mask = left_pad_prompts([[5, 6, 7], [9]], pad_token_id=0, prompt_bucket=4, rows=8)
     assert ids.shape == mask.shape == (8, 4) and ids.dtype == np.int32
     np.testing.assert_array_equal(ids[:2], [[0, 5, 6, 7], [0, 0, 0, 9]])
     np.testing.assert_array_equal(mask[:2], [[0, 1, 1, 1], [0, 0, 0, 1]])
