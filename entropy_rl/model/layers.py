@@ -156,9 +156,9 @@ def decode_chunk_slots(cache_slots: int) -> int:
     (`traced_platform`) the whole cache. XLA:CPU copies each chunk out of the cache before
     its fused products (a dynamic slice does not fuse into them; a static one turns them
     into slower loops), so a chunk costs more per slot than one pass over the whole cache:
-    a decode step of the rollout benchmark's small model (batch 64, 384 slots) took 25-37 ms
-    in chunks of 32 and 30-37 ms in chunks of 128 for 192-320 slots read, 23-24 ms reading
-    all 384 in one pass."""
+    a decode step of the rollout benchmark's small model (batch 64, 384 slots; CPU time,
+    tools/bench/decode_chunks.py) took 17.6 / 28.9 ms in chunks of 32 and 18.3 / 25.4 ms in
+    chunks of 128 reading 192 / 320 slots, 14.8 / 17.4 ms in one pass over all 384."""
     return cache_slots if traced_platform() == "cpu" else DECODE_CHUNK_SLOTS
 
 
