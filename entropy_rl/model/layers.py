@@ -19,8 +19,11 @@ from flax import nnx
 
 from entropy_rl.model.attention import causal_attention, causal_padding_mask, grouped_attention
 from entropy_rl.model.blockwise import NEG_INF
-from entropy_rl.model.cache import write_keys, write_values
+from entropy_rl.model.cache import KEYS_SLOT_AXIS, VALUES_SLOT_AXIS, write_keys, write_values
 from entropy_rl.parallel.xla import traced_platform
+
+# A decode step reads the KV cache in chunks of this many slots (see `_single_query_attention`).
+DECODE_CHUNK_SLOTS = 128
 
 
 def logical_param(value: jax.Array, axes: tuple) -> nnx.Param:
@@ -102,35 +105,94 @@ def cached_attention(q, k, v, mask, k_cache, v_cache, cache_mask) -> jax.Array:
     return out.reshape(batch, 1, heads, head_dim)
 
 
-def _single_query_attention(q, k, v, sees_itself, k_cache, v_cache, cache_mask) -> jax.Array:
+def _single_query_attention(q, k, v, sees_itself, k_cache, v_cache, cache_mask, chunk_slots=None) -> jax.Array:
     """One query per row: q [B, KV, G, D]; its own k/v [B, KV, D], sees_itself bool [B];
     k_cache [B, KV, D, S], v_cache [B, KV, S, D], cache_mask bool [B, S] -> [B, KV, G, D].
 
-    scores[b, k, g, s] = sum_d q[b, k, g, d] k_cache[b, k, d, s] / sqrt(D) over the S cached
-    keys and then its own (float32), softmax over s, out = sum_s probs[b, k, g, s]
-    v_cache[b, k, s, d]. On the CPU written as elementwise products reduced over d and s,
-    which XLA:CPU fuses into one pass over each cache array; elsewhere as two dots with
-    float32 accumulation: the TPU compiler turns the elementwise form into copies of each
-    layer's keys (as float32) and values on every decode step (tests/test_plan.py), the
-    dots read the cache in place.
+    softmax over the valid cached slots and the row's own key of q . k / sqrt(D) (float32),
+    times the values. The cache is read in chunks of C = chunk_slots slots, [j C, (j + 1) C),
+    with an online softmax (running max m, sum l and output acc, started from the own key:
+    m = its score, l = 1, acc = its value), only up to the chunk of the last slot valid in
+    any row (a loop of a traced trip count): the rows of the refill sampler's slots, at
+    different steps, read no more chunks than the longest needs, as a static decode segment.
+    The last S mod C slots, if any, are one shorter chunk, read on every call.
+
+    A chunk with no valid slot for a row leaves its (m, l, acc) bitwise unchanged (its
+    scores are NEG_INF, finite: the max stays m, the correction is exp(0) = 1 and its
+    probabilities are 0), so a row's output does not depend on the slots no row sees, the
+    other rows (up to the batch-size dependence of XLA:CPU's reductions) or the number of
+    chunks of the cache. chunk_slots None: DECODE_CHUNK_SLOTS, but on the CPU the whole
+    cache as one chunk (`decode_chunk_slots`). Decode only: the loop is not
+    reverse-differentiable.
     """
+    slots = cache_mask.shape[1]
+    chunk_slots = decode_chunk_slots(slots) if chunk_slots is None else chunk_slots
     scale = q.shape[-1] ** -0.5
-    qf = q.astype(jnp.float32)
+    own = jnp.sum(q.astype(jnp.float32) * k[:, :, None].astype(jnp.float32), axis=-1) * scale
+    running = (jnp.where(sees_itself[:, None, None], own, NEG_INF), jnp.ones_like(own),
+               jnp.broadcast_to(v[:, :, None].astype(jnp.float32), q.shape))
+
+    def read_chunk(start, size, running):
+        keys, values, valid = (jax.lax.dynamic_slice_in_dim(x, start, size, axis) for x, axis in
+                               ((k_cache, KEYS_SLOT_AXIS), (v_cache, VALUES_SLOT_AXIS), (cache_mask, 1)))
+        return _attend_chunk(q, keys, values, valid, scale, running)
+
+    whole_chunks, tail = divmod(slots, chunk_slots)
+    if whole_chunks == 1 and not tail:  # one chunk: the cache itself, no slices
+        running = _attend_chunk(q, k_cache, v_cache, cache_mask, scale, running)
+    elif whole_chunks:
+        seen_slots = jnp.max(jnp.where(cache_mask.any(0), jnp.arange(1, slots + 1), 0))
+        chunks_to_read = jnp.minimum(-(-seen_slots // chunk_slots), whole_chunks)
+        running = jax.lax.fori_loop(0, chunks_to_read, lambda j, r: read_chunk(j * chunk_slots, chunk_slots, r),
+                                    running)
+    if tail:
+        running = read_chunk(slots - tail, tail, running)
+    _, total, out = running
+    return (out / total[..., None]).astype(v.dtype)
+
+
+def decode_chunk_slots(cache_slots: int) -> int:
+    """The chunk a decode step reads the cache in: DECODE_CHUNK_SLOTS, or on the CPU
+    (`traced_platform`) the whole cache. XLA:CPU copies each chunk out of the cache before
+    its fused products (a dynamic slice does not fuse into them; a static one turns them
+    into slower loops), so a chunk costs more per slot than one pass over the whole cache:
+    a decode step of the rollout benchmark's small model (batch 64, 384 slots; CPU time,
+    tools/bench/decode_chunks.py) took 17.6 / 28.9 ms in chunks of 32 and 18.3 / 25.4 ms in
+    chunks of 128 reading 192 / 320 slots, 14.8 / 17.4 ms in one pass over all 384."""
+    return cache_slots if traced_platform() == "cpu" else DECODE_CHUNK_SLOTS
+
+
+def _attend_chunk(q, keys, values, valid, scale, running):
+    """The online softmax's (m, l, acc) [B, KV, G], [B, KV, G], [B, KV, G, D] (float32) after
+    the chunk keys [B, KV, D, C], values [B, KV, C, D], valid bool [B, C]:
+
+        s = q . keys / sqrt(D) (NEG_INF where not valid),  m' = max(m, max_c s),
+        p = exp(s - m') where valid else 0,  l' = l e^(m - m') + sum_c p,
+        acc' = acc e^(m - m') + sum_c p values.
+
+    On the CPU the products are elementwise, reduced over d and c, which XLA:CPU fuses into
+    one pass over each chunk; elsewhere two dots with float32 accumulation: the TPU compiler
+    turns the elementwise form into copies of each layer's keys (as float32) and values on
+    every decode step (tests/test_plan.py), the dots read the cache in place.
+    """
+    largest, total, out = running
     on_cpu = traced_platform() == "cpu"
     if on_cpu:
-        cached = jnp.sum(qf[..., None] * k_cache[:, :, None].astype(jnp.float32), axis=3) * scale
+        scores = jnp.sum(q.astype(jnp.float32)[..., None] * keys[:, :, None].astype(jnp.float32), axis=3)
     else:
-        cached = jnp.einsum("bkgd,bkds->bkgs", q, k_cache, preferred_element_type=jnp.float32) * scale
-    cached = jnp.where(cache_mask[:, None, None, :], cached, NEG_INF)
-    own = jnp.sum(qf * k[:, :, None].astype(jnp.float32), axis=-1) * scale
-    own = jnp.where(sees_itself[:, None, None], own, NEG_INF)
-    probs = jax.nn.softmax(jnp.concatenate([cached, own[..., None]], axis=-1), axis=-1).astype(v.dtype)
+        scores = jnp.einsum("bkgd,bkdc->bkgc", q, keys, preferred_element_type=jnp.float32)
+    valid = valid[:, None, None, :]
+    scores = jnp.where(valid, scores * scale, NEG_INF)
+    new_largest = jnp.maximum(largest, scores.max(-1))
+    correction = jnp.exp(largest - new_largest)
+    probs = jnp.where(valid, jnp.exp(scores - new_largest[..., None]), 0.0)
     if on_cpu:
-        from_cache = jnp.sum(probs[..., :-1, None] * v_cache[:, :, None], axis=3)
+        from_chunk = jnp.sum(probs[..., None] * values[:, :, None].astype(jnp.float32), axis=3)
     else:
-        from_cache = jnp.einsum("bkgs,bksd->bkgd", probs[..., :-1], v_cache,
-                                preferred_element_type=jnp.float32).astype(v.dtype)
-    return from_cache + probs[..., -1:] * v[:, :, None]
+        from_chunk = jnp.einsum("bkgc,bkcd->bkgd", probs.astype(values.dtype), values,
+                                preferred_element_type=jnp.float32)
+    return (new_largest, total * correction + probs.sum(-1),
+            out * correction[..., None] + from_chunk)
 
 
 def linear(x: jax.Array, weight: jax.Array) -> jax.Array:

@@ -41,6 +41,9 @@ each slot's last token, the model writes its keys/values at the scratch slot (at
 reads the valid slots and the new token itself, so the slot it lands in does not matter),
 then `_settle_scratch` moves them to the row's own slot P + s - 1 and marks that slot
 valid; rotary positions count the row's valid slots, so they are the static ones.
+A step's attention reads the C slots in chunks, off the CPU only up to the chunk of the
+longest live row's last slot, as a static segment would (`layers._single_query_attention`);
+on the CPU it reads all C in one pass (chunks cost more there, see `decode_chunk_slots`).
 
 Shapes: S slots, C cache slots, a prefill batch of 2 * shards * 2^k prompts (the bucket of
 the waiting prompts a refill admits, `prefill_bucket`) and N = rows padded output rows:

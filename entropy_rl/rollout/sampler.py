@@ -14,7 +14,9 @@ the static schedule below decodes all rows as one batch. Its compiled programs p
 and one decode program (and one cache growth) per decode segment: the cache starts with the
 prompt and the first response slots and grows between segments, so a step attends over
 the slots its segment can have filled rather than the whole cache, whose reads dominate
-the attention of a decode step.
+the attention of a decode step. (Off the CPU a step's attention also reads its cache only
+up to the chunk of the last valid slot, `layers._single_query_attention`; on the CPU it
+reads the whole cache in one pass, and the segments are what spare it.)
 
 The model is split with `nnx.split` into (graphdef, state) at the jit boundary: graphdef is
 static (part of the jit cache key); the programs read the state's sampling view

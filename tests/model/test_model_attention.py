@@ -1,12 +1,15 @@
 """grouped_attention, blockwise_causal_attention and cached_attention against a float64
 numpy reference."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from entropy_rl.model.blockwise import blockwise_causal_attention
+from entropy_rl.model import layers
 from entropy_rl.model.layers import cached_attention, causal_padding_mask, grouped_attention
 
 
@@ -56,6 +59,54 @@ def test_cached_attention_equals_attention_over_cache_then_new_tokens(length):
     grads = jax.grad(lambda q: cached_attention(q, k, v, mask, keys_cache, values_cache, cache_mask).sum())(q)
     assert np.isfinite(grads).all()
 
+
+
+def decode_case(rng, slots, batch=3, kv_heads=2, groups=2, head_dim=8):
+    """A decode step's q [B, KV, G, D], own k/v [B, KV, D] and caches k [B, KV, D, S],
+    v [B, KV, S, D] (random float32) with no slot valid yet."""
+    q = rng.normal(size=(batch, kv_heads, groups, head_dim)).astype(np.float32)
+    k, v = (rng.normal(size=(batch, kv_heads, head_dim)).astype(np.float32) for _ in range(2))
+    k_cache = rng.normal(size=(batch, kv_heads, head_dim, slots)).astype(np.float32)
+    v_cache = rng.normal(size=(batch, kv_heads, slots, head_dim)).astype(np.float32)
+    return q, k, v, k_cache, v_cache, np.zeros((batch, slots), bool)
+
+
+@pytest.mark.parametrize("row_slots", [7, 13])  # in 1 chunk (read with no loop alone), in 2
+@pytest.mark.parametrize("platform", ["cpu", "tpu"])  # the elementwise form, the dots' form
+def test_decode_attention_chunks_no_row_sees_leave_a_row_bitwise_unchanged(platform, row_slots, monkeypatch):
+    """A row's output from the cache read in chunks of 8 slots: the same bits with its own
+    chunks only as with 40 slots (the chunks after its own, which no row sees, not read) and
+    with 40 next to rows that see 37 slots (all 5 chunks read, its own last ones masked),
+    and the float64 reference's value; a cache of 20 slots (a shorter last chunk) matches
+    the reference."""
+    monkeypatch.setattr(layers, "traced_platform", lambda: platform)
+    attend = jax.jit(functools.partial(layers._single_query_attention, chunk_slots=8))
+    rng = np.random.default_rng(row_slots)
+    sees_itself = np.array([True, True, False])
+    q, k, v, k_cache, v_cache, cache_mask = decode_case(rng, slots=40)
+    cache_mask[0, :row_slots] = rng.random(row_slots) < 0.7
+    cache_mask[1:, :37] = True  # longer rows
+    alone = [attend(q[:1], k[:1], v[:1], sees_itself[:1], k_cache[:1, ..., :slots], v_cache[:1, :, :slots],
+                    cache_mask[:1, :slots])[0] for slots in (-(-row_slots // 8) * 8, 40)]
+    together = attend(q, k, v, sees_itself, k_cache, v_cache, cache_mask)
+    for out in alone:
+        np.testing.assert_array_equal(out, together[0])
+    np.testing.assert_allclose(together, reference_decode_attention(q, k, v, sees_itself, k_cache, v_cache,
+                                                                    cache_mask), atol=1e-6)
+    short = k_cache[..., :20], v_cache[:, :, :20], cache_mask[:, :20]
+    np.testing.assert_allclose(attend(q, k, v, sees_itself, *short),
+                               reference_decode_attention(q, k, v, sees_itself, *short), atol=1e-6)
+
+
+def reference_decode_attention(q, k, v, sees_itself, k_cache, v_cache, cache_mask):
+    """`reference_attention` of the query over the cached keys and then its own, in the
+    decode layouts."""
+    batch, kv_heads, groups, head_dim = q.shape
+    keys = np.concatenate([k_cache.transpose(0, 3, 1, 2), k[:, None]], axis=1)
+    values = np.concatenate([v_cache.transpose(0, 2, 1, 3), v[:, None]], axis=1)
+    mask = np.concatenate([cache_mask, sees_itself[:, None]], axis=1)[:, None]
+    out = reference_attention(q.reshape(batch, 1, kv_heads * groups, head_dim), keys, values, mask)
+    return out.reshape(q.shape)
 
 def padded_case(rng, batch=3, length=21, heads=4, kv_heads=2, head_dim=8):
     """q/k/v and a real-token mask [B, T] with left padding, right padding and a hole."""
