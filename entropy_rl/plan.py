@@ -363,7 +363,7 @@ def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_lengt
     program = Program.from_config(sampling, mesh)
     row_multiple = batch_shards(mesh)
     rows = batch_rows(config.data.batch_size * r.n, row_multiple)
-    cache_slots = prompt_length + program.response_slots
+    cache_slots = program.cache_slots(prompt_length)
     slots = refill.slot_count(sampling, model_config, cache_slots, rows, row_multiple)
     refilling = sampling.scheduler == "refill" and slots < rows
     slots = slots if refilling else rows

@@ -23,7 +23,10 @@ from entropy_rl.model.cache import KEYS_SLOT_AXIS, VALUES_SLOT_AXIS, write_keys,
 from entropy_rl.parallel.xla import traced_platform
 
 # A decode step reads the KV cache in chunks of this many slots (see `_single_query_attention`).
-DECODE_CHUNK_SLOTS = 128
+# On the CPU, under the sampler's compiler options, chunks of 64 took 0.54-0.69x the CPU time
+# of one pass over the whole cache and 0.84-0.93x that of chunks of 128
+# (tools/bench/decode_chunks.py: small model, batch 64, 384 slots, 192 / 320 of them valid).
+DECODE_CHUNK_SLOTS = 64
 
 
 def logical_param(value: jax.Array, axes: tuple) -> nnx.Param:
@@ -115,18 +118,18 @@ def _single_query_attention(q, k, v, sees_itself, k_cache, v_cache, cache_mask, 
     m = its score, l = 1, acc = its value), only up to the chunk of the last slot valid in
     any row (a loop of a traced trip count): the rows of the refill sampler's slots, at
     different steps, read no more chunks than the longest needs, as a static decode segment.
-    The last S mod C slots, if any, are one shorter chunk, read on every call.
+    The last S mod C slots, if any, are one shorter chunk, read on every call (the sampler's
+    caches are whole chunks: `Program.cache_slots`).
 
     A chunk with no valid slot for a row leaves its (m, l, acc) bitwise unchanged (its
     scores are NEG_INF, finite: the max stays m, the correction is exp(0) = 1 and its
     probabilities are 0), so a row's output does not depend on the slots no row sees, the
-    other rows (up to the batch-size dependence of XLA:CPU's reductions) or the number of
-    chunks of the cache. chunk_slots None: DECODE_CHUNK_SLOTS, but on the CPU the whole
-    cache as one chunk (`decode_chunk_slots`). Decode only: the loop is not
-    reverse-differentiable.
+    other rows or the number of
+    chunks of the cache. chunk_slots None: DECODE_CHUNK_SLOTS. Decode only: the loop is
+    not reverse-differentiable.
     """
     slots = cache_mask.shape[1]
-    chunk_slots = decode_chunk_slots(slots) if chunk_slots is None else chunk_slots
+    chunk_slots = DECODE_CHUNK_SLOTS if chunk_slots is None else chunk_slots
     scale = q.shape[-1] ** -0.5
     own = jnp.sum(q.astype(jnp.float32) * k[:, :, None].astype(jnp.float32), axis=-1) * scale
     running = (jnp.where(sees_itself[:, None, None], own, NEG_INF), jnp.ones_like(own),
@@ -138,9 +141,7 @@ def _single_query_attention(q, k, v, sees_itself, k_cache, v_cache, cache_mask, 
         return _attend_chunk(q, keys, values, valid, scale, running)
 
     whole_chunks, tail = divmod(slots, chunk_slots)
-    if whole_chunks == 1 and not tail:  # one chunk: the cache itself, no slices
-        running = _attend_chunk(q, k_cache, v_cache, cache_mask, scale, running)
-    elif whole_chunks:
+    if whole_chunks:
         seen_slots = jnp.max(jnp.where(cache_mask.any(0), jnp.arange(1, slots + 1), 0))
         chunks_to_read = jnp.minimum(-(-seen_slots // chunk_slots), whole_chunks)
         running = jax.lax.fori_loop(0, chunks_to_read, lambda j, r: read_chunk(j * chunk_slots, chunk_slots, r),
@@ -149,17 +150,6 @@ def _single_query_attention(q, k, v, sees_itself, k_cache, v_cache, cache_mask, 
         running = read_chunk(slots - tail, tail, running)
     _, total, out = running
     return (out / total[..., None]).astype(v.dtype)
-
-
-def decode_chunk_slots(cache_slots: int) -> int:
-    """The chunk a decode step reads the cache in: DECODE_CHUNK_SLOTS, or on the CPU
-    (`traced_platform`) the whole cache. XLA:CPU copies each chunk out of the cache before
-    its fused products (a dynamic slice does not fuse into them; a static one turns them
-    into slower loops), so a chunk costs more per slot than one pass over the whole cache:
-    a decode step of the rollout benchmark's small model (batch 64, 384 slots; CPU time,
-    tools/bench/decode_chunks.py) took 17.6 / 28.9 ms in chunks of 32 and 18.3 / 25.4 ms in
-    chunks of 128 reading 192 / 320 slots, 14.8 / 17.4 ms in one pass over all 384."""
-    return cache_slots if traced_platform() == "cpu" else DECODE_CHUNK_SLOTS
 
 
 def _attend_chunk(q, keys, values, valid, scale, running):

@@ -22,11 +22,15 @@ class SamplingConfig:
       prompt_bucket: the padded prompt length is rounded up to a multiple of this.
       response_bucket: the KV cache reserves max_new_tokens rounded up to a multiple of this,
         so nearby max_new_tokens values share one compiled program.
-      decode_segments: the response is decoded in up to this many compiled segments whose
-        KV caches grow from the prompt plus the first ~R/decode_segments response slots to
-        all R, so early steps do not read the empty end of the cache (4 segments read
-        about 3/8 fewer cache slots than 1 for a long response; each is one more compiled
-        program per shape).
+      decode_segments: the static scheduler decodes the response in up to this many
+        compiled segments whose KV caches grow from the prompt plus the first
+        ~R/decode_segments response slots to all R (`Program.cache_sizes`): the cache is
+        allocated as it fills (each segment is one more compiled program per shape). A
+        step's attention reads only up to the last filled slot whatever the segments.
+        1 (the default): a row's log-probs have the same bits as under the refill
+        scheduler; other cache sizes are other programs, whose fusions XLA:CPU may round
+        differently in the last bit (measured: 1 ulp, from the first decode step, on a
+        2-layer test model; tests/rollout/test_rollout_generate.py).
       progress_chunk: with `progress=True`, decode steps per compiled call between two
         updates of the progress bar.
       scheduler: "refill" runs all len(prompts) * n rows through a fixed number of slots
@@ -56,7 +60,7 @@ class SamplingConfig:
     pad_token_id: int = 0
     prompt_bucket: int = 64
     response_bucket: int = 64
-    decode_segments: int = 4
+    decode_segments: int = 1
     progress_chunk: int = 64
     scheduler: str = "refill"
     max_slots: int = 0

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from entropy_rl.model import KVCache
+from entropy_rl.model.layers import DECODE_CHUNK_SLOTS
 from entropy_rl.parallel import batch_sharding, constrain
 from entropy_rl.rollout.batching import round_up
 from entropy_rl.rollout.config import SamplingConfig
@@ -58,16 +59,23 @@ class Program:
         return sample_tokens(logits, keys, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
 
     def cache_sizes(self, prompt_slots: int) -> list[int]:
-        """The cache slots of each decode segment, increasing to prompt + response slots.
+        """The cache slots of each decode segment, increasing to `cache_slots`.
 
-        Segment i of n holds the P prompt slots and the first r_i = ceil(R * i / n) response
-        slots, r_i rounded up to a multiple of 8 (so short responses take one segment).
-        Decode step s reads slots [0, P + s - 1) and writes slot P + s - 1, so the segment
-        runs the steps s <= r_i.
+        Segment i of n holds the P prompt slots and at least the first r_i = ceil(R * i / n)
+        response slots, P + r_i rounded up to a multiple of DECODE_CHUNK_SLOTS (so short
+        responses take one segment). Decode step s reads slots [0, P + s - 1) and writes
+        slot P + s - 1, so the segment runs the steps s <= its size - P.
         """
-        ends = {min(round_up(-(-self.response_slots * i // self.decode_segments), 8), self.response_slots)
+        ends = {round_up(prompt_slots + -(-self.response_slots * i // self.decode_segments), DECODE_CHUNK_SLOTS)
                 for i in range(1, self.decode_segments + 1)}
-        return [prompt_slots + end for end in sorted(ends)]
+        return sorted(ends)
+
+    def cache_slots(self, prompt_slots: int) -> int:
+        """C: the slots of a whole response's cache (the last segment's; the refill slots'),
+        P + R rounded up to whole chunks of the decode attention (DECODE_CHUNK_SLOTS), so a
+        row's slots fall in the same chunks in a cache of any size: its attention has the
+        same bits in every segment and in the refill slots (`layers._single_query_attention`)."""
+        return round_up(prompt_slots + self.response_slots, DECODE_CHUNK_SLOTS)
 
     def mesh_context(self):
         """jax.set_mesh(mesh), under which `constrain` (here and in the model) shards by name."""

@@ -41,9 +41,9 @@ each slot's last token, the model writes its keys/values at the scratch slot (at
 reads the valid slots and the new token itself, so the slot it lands in does not matter),
 then `_settle_scratch` moves them to the row's own slot P + s - 1 and marks that slot
 valid; rotary positions count the row's valid slots, so they are the static ones.
-A step's attention reads the C slots in chunks, off the CPU only up to the chunk of the
-longest live row's last slot, as a static segment would (`layers._single_query_attention`);
-on the CPU it reads all C in one pass (chunks cost more there, see `decode_chunk_slots`).
+A step's attention reads the C slots in chunks of 64, only up to the chunk of the longest
+live row's last slot (`layers._single_query_attention`); C = P + R rounded up to whole
+chunks (`Program.cache_slots`).
 
 Shapes: S slots, C cache slots, a prefill batch of 2 * shards * 2^k prompts (the bucket of
 the waiting prompts a refill admits, `prefill_bucket`) and N = rows padded output rows:
@@ -359,7 +359,7 @@ def generate_refill(
     row_ids = np.arange(num_rows, dtype=np.int32) if row_ids is None else row_ids
     program = dataclasses.replace(program, decode_segments=1)  # unused here: one program for any value
     state = _empty_slots(graphdef, params, stop_token_array(config), jnp.int32(config.pad_token_id),
-                         jnp.int32(config.max_new_tokens), slots=slots, cache_slots=prompt_slots + program.response_slots,
+                         jnp.int32(config.max_new_tokens), slots=slots, cache_slots=program.cache_slots(prompt_slots),
                          rows=padded_rows, response_slots=program.response_slots)
     schedule = _Schedule(deque(range(num_rows)), np.zeros(block_slots, bool))
     chunk = config.progress_chunk if progress else np.iinfo(np.int32).max

@@ -11,12 +11,10 @@ the static schedule below decodes all rows as one batch. Its compiled programs p
     decode:  while step < stop_step and not all rows stopped:
                  logits, cache <- model(y_{step-1}, cache);  y_step ~ pi(. | ...)
 
-and one decode program (and one cache growth) per decode segment: the cache starts with the
-prompt and the first response slots and grows between segments, so a step attends over
-the slots its segment can have filled rather than the whole cache, whose reads dominate
-the attention of a decode step. (Off the CPU a step's attention also reads its cache only
-up to the chunk of the last valid slot, `layers._single_query_attention`; on the CPU it
-reads the whole cache in one pass, and the segments are what spare it.)
+and, with config.decode_segments > 1, one decode program (and one cache growth) per decode
+segment: the cache starts with the prompt and the first response slots and grows between
+segments, allocated as it fills. A step's attention reads its cache only up to the chunk
+of the last valid slot whatever the segments (`layers._single_query_attention`).
 
 The model is split with `nnx.split` into (graphdef, state) at the jit boundary: graphdef is
 static (part of the jit cache key); the programs read the state's sampling view
@@ -210,7 +208,7 @@ def generate(
                                                    rows=batch_rows(len(prompts), shards))
         row_ids, batch = None, batch_rows(len(prompts) * config.n, shards)
         place = functools.partial(_to_device, mesh=mesh)
-    slots = slot_count(config, model.config, prompt_ids.shape[1] + program.response_slots, batch, shards)
+    slots = slot_count(config, model.config, program.cache_slots(prompt_ids.shape[1]), batch, shards)
     _check_vocab(model, prompt_ids)
     graphdef, params = nnx.split(model)
     if config.sampling_copy:

@@ -14,6 +14,7 @@ import transformers
 from entropy_rl.model import load_hf
 from entropy_rl.parallel import MeshConfig, make_mesh
 from entropy_rl.rollout import SamplingConfig, compile_counts, generate, sampler
+from entropy_rl.rollout.decoding import Program
 from entropy_rl.rollout.refill import kv_bytes_per_slot, slot_count
 from entropy_rl.train.config import RolloutConfig
 
@@ -72,6 +73,17 @@ def test_refill_equals_static_for_every_row(model, prompts, n, monkeypatch):
     refill = generate(model, prompts, _refill(STATIC, n=n, max_slots=5), jax.random.key(1))
     assert slots_used == [5]
     assert_same_rows(refill, static)
+
+
+def test_refill_equals_static_over_several_attention_chunks(model):
+    """Responses of up to 120 tokens in 192-slot caches: a step's attention reads 1 to 3
+    chunks of 64 slots, up to the longest live row's (which differs between the slot batch
+    and the static batch); the rows are equal bitwise."""
+    config = dataclasses.replace(STATIC, max_new_tokens=120, stop_token_ids=(3, 11))
+    assert Program.from_config(config, None).cache_slots(32) == 192
+    static = generate(model, PROMPTS, config, jax.random.key(5))
+    assert static.lengths.max() > 96 and len(set(static.lengths.tolist())) >= 10
+    assert_same_rows(generate(model, PROMPTS, _refill(config, max_slots=6), jax.random.key(5)), static)
 
 
 def test_progress_chunks_give_the_same_rows_without_recompiling(model):
