@@ -20,11 +20,14 @@ CPU_COMPILER_OPTIONS = {
     "xla_cpu_copy_insertion_use_region_analysis": True,
 }
 
-# The sampler's programs: XLA:CPU emits row reductions (norms, softmax, log-softmax) itself,
-# not YNNPACK, whose reductions round a row differently in batches of different sizes
-# (tools/bench/batch_invariance.py); YNNPACK keeps the dots (made batch-invariant by
-# entropy_rl.model.batch_invariant's row tiles).
-ROLLOUT_COMPILER_OPTIONS = {**CPU_COMPILER_OPTIONS, "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+# The sampler's programs: YNNPACK takes only single dots (plain and batched matmuls), not
+# its fusions of reductions (norms, softmax, log-softmax) nor of several dots, which round a
+# row differently in batches of different sizes; XLA emits those itself. Measured with
+# tools/bench/batch_invariance.py: under these options a row's reductions, products by the
+# model's [out, in] weights (from 2 rows on) and attention's batched products have the same
+# bits in any batch (with LIBRARY_FUSION_TYPE_DOT the prefill attention's batched products
+# still did not: 64 prompts against 2-32), so the refill and static schedulers agree bitwise.
+ROLLOUT_COMPILER_OPTIONS = {**CPU_COMPILER_OPTIONS, "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 # The CPU options under their former name (programs that only ever run on the CPU: tools/bench).
 COMPILER_OPTIONS = CPU_COMPILER_OPTIONS

@@ -19,10 +19,11 @@ static sampler's tokens, log-probs, length and stop flag, whatever the slot coun
 order of admission, bitwise on the CPU (`tests/rollout/test_rollout_refill.py`, one
 device and 8). That takes two things, measured with jax 0.10.2
 (tools/bench/batch_invariance.py: row r of an M-row op against the same row in a 2-row op):
-- YNNPACK's row reductions (norms, softmax, the sampler's log-softmax) round a row
-  differently in batches of different sizes (sum over 128: M >= 32 of those tried);
-  the sampler's programs compile with `ROLLOUT_COMPILER_OPTIONS`, under which XLA emits
-  them itself, batch-invariant at every size tried.
+- YNNPACK's fused row reductions (norms, softmax, the sampler's log-softmax) and its
+  batched products in fusions (the prefill attention's) round a row differently in batches
+  of different sizes (sum over 128: M >= 32 of those tried; prefill attention: 64 prompts
+  against 2-32); the sampler's programs compile with `ROLLOUT_COMPILER_OPTIONS` (YNNPACK
+  takes single dots only), under which they are batch-invariant at every size tried.
 - A product x [M, K] @ w^T by a weight stored [N, K] (every weight of the model) gives a
   row the same bits for every M >= 2 at any position (M up to 8192, float32 and bfloat16),
   but an M = 1 product is a vector-matrix dot that rounds differently, and a one-row batch

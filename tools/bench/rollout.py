@@ -26,8 +26,8 @@ over the cache).
     python tools/bench/rollout.py --n 8        # 8 prompts x 8 samples
 
 Scheduler comparison (`--lengths`): the refill scheduler (--slots slots) against the static
-one on the same rows (same key: the same tokens but where the batch-size-dependent rounding
-flips a near-tie, counted), best of --repeats, interleaved:
+one on the same rows (same key: the same tokens and log-probs, bitwise; rows that differ are
+counted), best of --repeats, interleaved:
 
     skewed  a stop set of V * 4 / new_tokens token ids: random weights give a near-uniform
             next-token distribution, so a row stops at each step with probability ~4 /
@@ -228,10 +228,9 @@ def compare_schedulers(model, hf_model, prompts, args, new_tokens: int, vocab: i
             transformers=_torch_forced_run(hf_model, prompts, rollouts["static"].lengths, args.n))
     wall, cpu = best_times(candidates, args.repeats, warm_up=False)
     static, refill = rollouts["static"], rollouts["refill"]
-    # The same rows, whatever the scheduler, but for a near-tie of a row's inverse CDF flipped by
-    # XLA:CPU's batch-size-dependent rounding (refill.py), which changes that row from there on.
-    differing = np.flatnonzero((refill.tokens != static.tokens).any(axis=1))
-    print(f"rows whose refill tokens differ from static's: {len(differing)} of {len(static.tokens)} "
+    # The same rows, bitwise, whatever the scheduler (refill.py).
+    differing = np.flatnonzero((refill.tokens != static.tokens).any(axis=1) | (refill.logprobs != static.logprobs).any(axis=1))
+    print(f"rows whose refill tokens or log-probs differ from static's: {len(differing)} of {len(static.tokens)} "
           f"{differing.tolist()[:8]}; lengths equal: {np.array_equal(refill.lengths, static.lengths)}")
     lengths = static.lengths
     print(f"workload {args.lengths}: {len(lengths)} rows, max {new_tokens} new tokens, {len(stop_ids)} stop ids; "
