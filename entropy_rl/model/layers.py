@@ -124,9 +124,8 @@ def _single_query_attention(q, k, v, sees_itself, k_cache, v_cache, cache_mask, 
     A chunk with no valid slot for a row leaves its (m, l, acc) bitwise unchanged (its
     scores are NEG_INF, finite: the max stays m, the correction is exp(0) = 1 and its
     probabilities are 0), so a row's output does not depend on the slots no row sees, the
-    other rows or the number of
-    chunks of the cache. chunk_slots None: DECODE_CHUNK_SLOTS. Decode only: the loop is
-    not reverse-differentiable.
+    other rows or the number of chunks of the cache. chunk_slots None: DECODE_CHUNK_SLOTS.
+    Decode only: the loop is not reverse-differentiable.
     """
     slots = cache_mask.shape[1]
     chunk_slots = DECODE_CHUNK_SLOTS if chunk_slots is None else chunk_slots

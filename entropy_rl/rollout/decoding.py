@@ -73,8 +73,8 @@ class Program:
     def cache_slots(self, prompt_slots: int) -> int:
         """C: the slots of a whole response's cache (the last segment's; the refill slots'),
         P + R rounded up to whole chunks of the decode attention (DECODE_CHUNK_SLOTS), so a
-        row's slots fall in the same chunks in a cache of any size: its attention has the
-        same bits in every segment and in the refill slots (`layers._single_query_attention`)."""
+        row's slots fall in the same whole chunks in the static batch's cache and in the
+        refill slots' (`layers._single_query_attention`)."""
         return round_up(prompt_slots + self.response_slots, DECODE_CHUNK_SLOTS)
 
     def mesh_context(self):

@@ -16,8 +16,9 @@ Exactness: row r's step-s token is drawn with fold_in(fold_in(rng, r), s) from l
 depend only on its own prompt and tokens, and its cache row has the static sampler's
 layout (the prompt at slots [0, P), its step-s token at P + s - 1), so each row gets the
 static sampler's tokens, log-probs, length and stop flag, whatever the slot count or the
-order of admission, bitwise on the CPU (`tests/rollout/test_rollout_refill.py`, one
-device and 8). That takes two things, measured with jax 0.10.2
+order of admission, bitwise on the CPU (`tests/rollout/test_rollout_refill.py`: one
+device and 8; tests/multiprocess/test_multiprocess_refill.py: 2 processes against one).
+That takes two things, measured with jax 0.10.2
 (tools/bench/batch_invariance.py: row r of an M-row op against the same row in a 2-row op):
 - YNNPACK's fused row reductions (norms, softmax, the sampler's log-softmax) and its
   batched products in fusions (the prefill attention's) round a row differently in batches
@@ -37,14 +38,14 @@ across processes, gloo) add in their own order.
 
 Per-row write positions with the model's one-slot-for-all-rows cache write: the slots'
 KVCache keeps `length` at the last slot C - 1 (a scratch slot no real token uses, since
-C = P + round_up(max_new_tokens, response_bucket) > P + max_new_tokens - 1). A step feeds
+C = `Program.cache_slots` >= P + max_new_tokens > P + max_new_tokens - 1). A step feeds
 each slot's last token, the model writes its keys/values at the scratch slot (attention
 reads the valid slots and the new token itself, so the slot it lands in does not matter),
 then `_settle_scratch` moves them to the row's own slot P + s - 1 and marks that slot
 valid; rotary positions count the row's valid slots, so they are the static ones.
 A step's attention reads the C slots in chunks of 64, only up to the chunk of the longest
-live row's last slot (`layers._single_query_attention`); C = P + R rounded up to whole
-chunks (`Program.cache_slots`).
+live row's last slot (`layers._single_query_attention`), C = P + R rounded up to whole
+chunks.
 
 Shapes: S slots, C cache slots, a prefill batch of 2 * shards * 2^k prompts (the bucket of
 the waiting prompts a refill admits, `prefill_bucket`) and N = rows padded output rows:
