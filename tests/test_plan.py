@@ -43,11 +43,11 @@ def test_plan_for_a_tpu_topology(tpu_plan):
     # Adam's two moments, its and the schedule's int32 counts, apply_if_finite's two int32 counts and a bool
     assert p.optimizer_state == 2 * p.parameters + 2 * 4 + (4 + 4 + 1)
     # The refill scheduler decodes the 32 rows (8 prompts x 4) through rollout.max_slots = 8 slots, 2 per
-    # chip: 2 layers x (k, v) x 2 slots x 2 kv heads x 128 x (8 + 16) cache slots, float32, plus the valid
-    # mask [2, 24] (bool) and the int32 length.
+    # chip: 2 layers x (k, v) x 2 slots x 2 kv heads x 128 x 64 cache slots (8 + 16 rounded up to whole
+    # 64-slot chunks of the decode attention), float32, plus the valid mask [2, 64] (bool) and the int32 length.
     assert {k: p.shapes[k] for k in ("scheduler", "rollout_rows", "slots", "cache_slots")} == {
-        "scheduler": "refill", "rollout_rows": 32, "slots": 8, "cache_slots": 24}
-    assert p.kv_cache == 2 * 2 * 2 * 2 * HEAD_DIM * 24 * 4 + 2 * 24 + 4
+        "scheduler": "refill", "rollout_rows": 32, "slots": 8, "cache_slots": 64}
+    assert p.kv_cache == 2 * 2 * 2 * 2 * HEAD_DIM * 64 * 4 + 2 * 64 + 4
     # The sampler reads its parameter view (rollout.sampling_copy): the MLP split over fsdp, every
     # other weight whole on each chip (tensor=1); float32 here, the compute dtype of this config.
     mlp = 2 * 3 * 64 * 32
@@ -78,7 +78,8 @@ def test_plan_for_a_tpu_topology(tpu_plan):
 
 def test_static_schedule_plans_prefill_growth_and_decode():
     """Without a slot limit all 32 rows decode at once: the static sampler's programs, the
-    cache grown between its decode segments (4 segments of the 16 response slots)."""
+    cache grown between its decode segments (rollout.decode_segments=4 of the 128 response
+    slots: caches of 64, 128 and 192 slots, whole chunks of the decode attention)."""
     from flax import nnx
 
     from entropy_rl.model import Qwen
@@ -86,20 +87,20 @@ def test_static_schedule_plans_prefill_growth_and_decode():
     from entropy_rl.parallel.sharding import state_shardings
 
     devices, _ = planning.topology_devices("v5p:2x2x1")
-    config = load_config(None, [*OVERRIDES, "rollout.max_slots=0", "rollout.max_new_tokens=32",
-                                "rollout.response_bucket=32"], check_paths=False)
+    config = load_config(None, [*OVERRIDES, "rollout.max_slots=0", "rollout.max_new_tokens=128",
+                                "rollout.response_bucket=128", "rollout.decode_segments=4"], check_paths=False)
     mesh = make_mesh(config.mesh, devices=devices)
     model_config = planning._policy_config(config, None)
     graphdef, params = nnx.split(nnx.eval_shape(lambda: Qwen(model_config, rngs=nnx.Rngs(0))))
     params = planning._abstract(params, state_shardings(params, mesh))
     programs, shapes, kv_cache = planning._sampler_programs(config, model_config, graphdef, params, mesh, 8, 0)
     assert [m.name for m in programs] == list(planning.STATIC_PROGRAMS)
-    assert shapes == {"scheduler": "static", "rollout_rows": 32, "slots": 32, "cache_slots": 40}
-    # every row's cache at its last segment's 8 + 32 slots, 8 rows per chip
-    assert kv_cache == 2 * 2 * 8 * 2 * HEAD_DIM * 40 * 4 + 8 * 40 + 4
+    assert shapes == {"scheduler": "static", "rollout_rows": 32, "slots": 32, "cache_slots": 192}
+    # every row's cache at its last segment's 192 slots, 8 rows per chip
+    assert kv_cache == 2 * 2 * 8 * 2 * HEAD_DIM * 192 * 4 + 8 * 192 + 4
     grow = programs[1]
-    layer_before, layer_after = (2 * 8 * 2 * HEAD_DIM * slots * 4 for slots in (32, 40))
-    assert grow.arguments == layer_before  # one layer's (k, v) at a time, from 8 + 24 slots to 8 + 32
+    layer_before, layer_after = (2 * 8 * 2 * HEAD_DIM * slots * 4 for slots in (128, 192))
+    assert grow.arguments == layer_before  # one layer's (k, v) at a time, from 128 slots to 192
     assert layer_after <= grow.outputs < layer_after + 1024
     assert programs[2].cache_copies == 0 and programs[2].aliased >= kv_cache
 

@@ -140,7 +140,9 @@ def _single_query_attention(q, k, v, sees_itself, k_cache, v_cache, cache_mask, 
         return _attend_chunk(q, keys, values, valid, scale, running)
 
     whole_chunks, tail = divmod(slots, chunk_slots)
-    if whole_chunks:
+    if whole_chunks == 1 and not tail:  # one chunk: the cache itself (a slice of it all is a copy on TPU)
+        running = _attend_chunk(q, k_cache, v_cache, cache_mask, scale, running)
+    elif whole_chunks:
         seen_slots = jnp.max(jnp.where(cache_mask.any(0), jnp.arange(1, slots + 1), 0))
         chunks_to_read = jnp.minimum(-(-seen_slots // chunk_slots), whole_chunks)
         running = jax.lax.fori_loop(0, chunks_to_read, lambda j, r: read_chunk(j * chunk_slots, chunk_slots, r),
