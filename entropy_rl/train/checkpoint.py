@@ -271,6 +271,7 @@ class Checkpointer:
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         self.read_only = read_only
+        self._async = async_save
         self._pending: int | None = None  # the step being written in the background
         self._failed = False  # a save failed (and was reported): nothing more to wait for
 
@@ -307,7 +308,7 @@ class Checkpointer:
                 self._manager.save(step, args=args, force=True)
         except Exception as error:  # noqa: BLE001 - any failure to write is reported the same way
             self._raise_save_error(error)
-        if not self._manager.is_saving_in_progress():  # synchronous (or already finished)
+        if not self._async:  # decided alike on every process: a wait is a barrier across them
             self.wait()
 
     def _raise_save_error(self, error: BaseException) -> None:
