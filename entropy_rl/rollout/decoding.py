@@ -3,7 +3,6 @@ keys, the cache's sharding and the prefill, and the counter of compiled programs
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import math
@@ -21,17 +20,6 @@ from entropy_rl.rollout.sampling import sample_tokens
 # Each layer's KVCache.k [B, KV, head_dim, S] and .v [B, KV, S, head_dim] by logical axis.
 _KEYS_AXES = ("batch", "kv_heads", "head_dim", None)
 _VALUES_AXES = ("batch", "kv_heads", None, "head_dim")
-
-# Number of times each compiled program was traced (= compiled) in this process.
-TRACE_COUNTS: collections.Counter = collections.Counter()
-PROGRAM_KINDS = ("prefill", "decode", "grow", "refill_prefill", "refill_decode", "slots")
-
-
-def compile_counts() -> dict[str, int]:
-    """{kind: programs of that kind this process compiled}: the static scheduler's "prefill",
-    "decode" and "grow", the refill scheduler's "refill_prefill", "refill_decode" and "slots"."""
-    return {kind: TRACE_COUNTS[kind] for kind in PROGRAM_KINDS}
-
 
 @dataclasses.dataclass(frozen=True)
 class Program:

@@ -86,7 +86,6 @@ from entropy_rl.parallel.hosts import addressable_rows
 from entropy_rl.rollout.config import SamplingConfig
 from entropy_rl.rollout.decoding import (
     MIN_ROWS_PER_SHARD,
-    TRACE_COUNTS,
     Program,
     constrain_cache,
     prefill_logits,
@@ -176,7 +175,6 @@ def prefill_bucket(prompts: int, row_multiple: int) -> int:
 def _empty_slots(graphdef, params, stop_token_ids, pad_token_id, max_new_tokens, *, slots: int, cache_slots: int,
                  rows: int, response_slots: int) -> SlotState:
     """Every slot empty (rows = `rows`, past the last output row), outputs padding."""
-    TRACE_COUNTS["slots"] += 1
     model = nnx.merge(graphdef, params)
     cache = model.init_cache(slots, cache_slots)
     by_slot = functools.partial(constrain, axes=("batch",))
@@ -226,7 +224,6 @@ def _refill_prefill(graphdef, params, state: SlotState, prompt_ids, prompt_mask,
     (of prompt sources[i] in this batch) goes to slot slots[i]; entries with slot >= S are
     dropped. Writes each row's prompt cache at slots [0, P) of its slot (the rest invalid)
     and samples its first token with fold_in(fold_in(rng, row_ids[i]), 0)."""
-    TRACE_COUNTS["refill_prefill"] += 1
     model = nnx.merge(graphdef, params)
     prompt_slots = prompt_ids.shape[1]
     logits, prompt_cache = prefill_logits(model, prompt_ids, prompt_mask, prompt_slots)
@@ -272,7 +269,6 @@ def _refill_decode(graphdef, params, state: SlotState, max_steps, free_to_stop, 
     """Decode one token per live slot per step, for at most max_steps steps, while a slot
     is live and each of the len(free_to_stop) equal blocks of slots (one per process) has
     fewer than free_to_stop[b] free slots (traced [blocks] int32: no recompilation)."""
-    TRACE_COUNTS["refill_decode"] += 1
     model = nnx.merge(graphdef, params)
     num_slots = state.live.shape[0]
 
@@ -291,16 +287,22 @@ def _refill_decode(graphdef, params, state: SlotState, max_steps, free_to_stop, 
     return jax.lax.while_loop(running, decode_step, (jnp.int32(0), state))[1]
 
 
-# The last refill run's schedule in this process (see `last_schedule`).
-_LAST_SCHEDULE: dict[str, int] = {}
+# The refill scheduler's compiled programs by kind (`entropy_rl.rollout.compile_counts`).
+PROGRAMS = {"slots": _empty_slots, "refill_prefill": _refill_prefill, "refill_decode": _refill_decode}
 
 
-def last_schedule() -> dict[str, int]:
-    """{"slots", "decode_steps", "prefill_calls", "decode_calls", "tokens"} of this process's
-    last refill run: its slot batch (all processes' slots) stepped decode_steps times (slots *
-    decode_steps row-steps) to sample `tokens` tokens (all processes'), in decode_calls calls
-    of the decode program; prefill_calls refill prefills admitted the rows."""
-    return dict(_LAST_SCHEDULE)
+@dataclasses.dataclass
+class RefillSchedule:
+    """What one refill run did, filled in by `generate_refill`: its slot batch (all processes'
+    slots) stepped decode_steps times (slots * decode_steps row-steps) to sample `tokens`
+    tokens (all processes'), in decode_calls calls of the decode program; prefill_calls
+    refill prefills admitted the rows."""
+
+    slots: int = 0
+    decode_steps: int = 0
+    prefill_calls: int = 0
+    decode_calls: int = 0
+    tokens: int = 0
 
 
 def agree_across_processes(values: np.ndarray) -> np.ndarray:
@@ -344,6 +346,7 @@ def generate_refill(
     blocks: int = 1,
     agree: Callable[[np.ndarray], np.ndarray] = agree_across_processes,
     progress: bool = False,
+    schedule: RefillSchedule | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Decode this process's rows 0..num_rows-1 (row r answers prompt_ids[r // config.n],
     left-padded [*, P]; it draws from fold_in(rng, row_ids[r]), row_ids None = r) through
@@ -354,7 +357,7 @@ def generate_refill(
     int32, logprobs [padded_rows, R] float32, lengths [padded_rows] int32, stopped
     [padded_rows] bool, as the static sampler's: this process's rows are the block's first
     num_rows. Runs under the caller's mesh context. progress=True shows this process's
-    finished rows / total and tokens/s (all processes')."""
+    finished rows / total and tokens/s (all processes'); `schedule`, when given, is filled in."""
     prompt_slots = prompt_ids.shape[1]
     n = config.n
     block_slots = slots // blocks
@@ -363,16 +366,16 @@ def generate_refill(
     state = _empty_slots(graphdef, params, stop_token_array(config), jnp.int32(config.pad_token_id),
                          jnp.int32(config.max_new_tokens), slots=slots, cache_slots=program.cache_slots(prompt_slots),
                          rows=padded_rows, response_slots=program.response_slots)
-    schedule = _Schedule(deque(range(num_rows)), np.zeros(block_slots, bool))
+    queue = _Schedule(deque(range(num_rows)), np.zeros(block_slots, bool))
     chunk = config.progress_chunk if progress else np.iinfo(np.int32).max
     start, finished, prefill_calls, decode_calls = time.perf_counter(), 0, 0, 0
     with tqdm(total=num_rows, desc="rollout", unit="row", disable=not progress) as bar:
         while True:
-            pairs = schedule.admit()
+            pairs = queue.admit()
             free_to_stop = np.zeros(blocks, np.int64)  # 0 for other blocks: the maximum is theirs
-            free_to_stop[block] = min(n, len(schedule.waiting)) if schedule.waiting else block_slots + 1
+            free_to_stop[block] = min(n, len(queue.waiting)) if queue.waiting else block_slots + 1
             agreed = agree(np.array([
-                schedule.live.any() or bool(schedule.waiting),
+                queue.live.any() or bool(queue.waiting),
                 prefill_bucket(len({row // n for _, row in pairs}), row_multiple) if pairs else 0,
                 *free_to_stop,
             ]))
@@ -386,14 +389,15 @@ def generate_refill(
             state = _refill_decode(graphdef, params, state, jnp.int32(chunk), jnp.asarray(free_to_stop, jnp.int32),
                                    program=program, prompt_slots=prompt_slots)
             decode_calls += 1
-            schedule.live = addressable_rows(state.live).astype(bool)
+            queue.live = addressable_rows(state.live).astype(bool)
             generated, decode_steps = jax.device_get((state.generated, state.decode_steps))
-            now_finished = num_rows - len(schedule.waiting) - int(schedule.live.sum())
+            now_finished = num_rows - len(queue.waiting) - int(queue.live.sum())
             bar.update(now_finished - finished)
             finished = now_finished
             bar.set_postfix_str(f"{int(generated) / (time.perf_counter() - start):.0f} tok/s")
-    _LAST_SCHEDULE.update(slots=slots, decode_steps=int(decode_steps), prefill_calls=prefill_calls,
-                          decode_calls=decode_calls, tokens=int(generated))
+    if schedule is not None:
+        schedule.slots, schedule.decode_steps, schedule.tokens = slots, int(decode_steps), int(generated)
+        schedule.prefill_calls, schedule.decode_calls = prefill_calls, decode_calls
     return state.tokens, state.logprobs, state.lengths, state.stopped
 
 

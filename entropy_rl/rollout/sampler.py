@@ -45,7 +45,6 @@ from entropy_rl.parallel.hosts import (addressable_rows, allgather_rows, global_
 from entropy_rl.rollout.batching import left_pad_prompts, round_up
 from entropy_rl.rollout.config import SamplingConfig
 from entropy_rl.rollout.decoding import (
-    TRACE_COUNTS,
     Program,
     batch_rows,
     batch_shards,
@@ -56,7 +55,7 @@ from entropy_rl.rollout.decoding import (
     stop_token_array,
 )
 from entropy_rl.rollout.params import sampling_params
-from entropy_rl.rollout.refill import generate_refill, slot_count
+from entropy_rl.rollout.refill import RefillSchedule, generate_refill, slot_count
 from entropy_rl.rollout.result import Rollout, assemble_rollout
 
 
@@ -104,7 +103,6 @@ def _prefill(graphdef, params, prompt_ids, prompt_mask, rng, stop_token_ids, pad
     """Fill the cache with the prompts [B_p, P], copy each prompt's row to its n samples'
     adjacent rows (the first `batch` <= B_p * n kept), and sample the first response token
     of each row. Row r draws from fold_in(rng, row_ids[r]) (row_ids [batch] int32; None = r)."""
-    TRACE_COUNTS["prefill"] += 1
     model = nnx.merge(graphdef, params)
     logits, cache = prefill_logits(model, prompt_ids, prompt_mask, program.cache_sizes(prompt_ids.shape[1])[0])
     logits = constrain(repeat_rows(logits, n, batch), ("batch", None))
@@ -130,7 +128,6 @@ def _prefill(graphdef, params, prompt_ids, prompt_mask, rng, stop_token_ids, pad
                    compiler_options=ROLLOUT_COMPILER_OPTIONS)
 def _decode(graphdef, params, state: DecodeState, stop_step, *, program: Program) -> DecodeState:
     """Decode one token per row per step until step == stop_step or every row stopped."""
-    TRACE_COUNTS["decode"] += 1
     model = nnx.merge(graphdef, params)
 
     def running(s: DecodeState):
@@ -149,8 +146,11 @@ def _decode(graphdef, params, state: DecodeState, stop_step, *, program: Program
 def _grow_layer(keys: jax.Array, values: jax.Array, *, slots: int) -> tuple[jax.Array, jax.Array]:
     """One layer's keys and values grown to `slots` slots (their shardings kept: the slot
     axis is not split)."""
-    TRACE_COUNTS["grow"] += 1
     return grow_slots(keys, slots, KEYS_SLOT_AXIS), grow_slots(values, slots, VALUES_SLOT_AXIS)
+
+
+# The static scheduler's compiled programs by kind (`entropy_rl.rollout.compile_counts`).
+PROGRAMS = {"prefill": _prefill, "decode": _decode, "grow": _grow_layer}
 
 
 def _grow_cache(state: DecodeState, *, slots: int) -> DecodeState:
@@ -176,6 +176,7 @@ def generate(
     *,
     mesh: jax.sharding.Mesh | None = None,
     progress: bool = False,
+    schedule: RefillSchedule | None = None,
 ) -> Rollout:
     """Sample config.n responses for each prompt (token-id lists of any lengths).
 
@@ -187,7 +188,8 @@ def generate(
     does not depend on the batch it is in, nor on the scheduler (config.scheduler: refill
     decodes the rows through the slots `slot_count` allows, when fewer than the rows).
     progress=True shows a tqdm bar updated every config.progress_chunk tokens (refill:
-    finished rows / total and tokens/s). Returns a host-side `Rollout`.
+    finished rows / total and tokens/s). A `RefillSchedule` passed as `schedule` is filled in
+    when the refill scheduler runs. Returns a host-side `Rollout`.
 
     On several JAX processes each passes its own share of the prompts (`host_share`): the
     global batch holds every host's rows, host by host, and each host gets back a Rollout of
@@ -218,7 +220,7 @@ def generate(
             outputs = generate_refill(graphdef, params, prompt_ids, prompt_mask, rng, config, program,
                                       num_rows=len(prompts) * config.n, padded_rows=batch, slots=slots,
                                       row_multiple=shards // hosts, place=place, row_ids=row_ids,
-                                      block=host_block(mesh), blocks=hosts, progress=progress)
+                                      block=host_block(mesh), blocks=hosts, progress=progress, schedule=schedule)
         else:
             state = _prefill(graphdef, params, place(prompt_ids), place(prompt_mask), rng, stop_token_array(config),
                              jnp.int32(config.pad_token_id), None if row_ids is None else place(row_ids),

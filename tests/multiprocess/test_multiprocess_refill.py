@@ -42,17 +42,16 @@ def sample_host_share(checkpoint: str, out_dir: str) -> None:
     from entropy_rl.model import load_hf
     from entropy_rl.parallel import MeshConfig, make_mesh
     from entropy_rl.parallel.hosts import host_block, host_share
-    from entropy_rl.rollout import compile_counts, generate
-    from entropy_rl.rollout.refill import last_schedule
+    from entropy_rl.rollout import RefillSchedule, compile_counts, generate
 
     mesh = make_mesh(MeshConfig(data=1, fsdp=-1))
     share = host_share(len(PROMPTS), mesh)
+    schedule = RefillSchedule()
     rollout = generate(load_hf(checkpoint, mesh=mesh), PROMPTS[share], sampling_config("refill"), jax.random.key(1),
-                       mesh=mesh)
-    schedule = last_schedule()
+                       mesh=mesh, schedule=schedule)
     np.savez(Path(out_dir) / f"host{host_block(mesh)}.npz", prompts=[share.start, share.stop], tokens=rollout.tokens,
              logprobs=rollout.logprobs, lengths=rollout.lengths, stopped=rollout.stopped,
-             schedule=[schedule[k] for k in ("slots", "prefill_calls", "decode_calls", "decode_steps", "tokens")],
+             schedule=[getattr(schedule, k) for k in ("slots", "prefill_calls", "decode_calls", "decode_steps", "tokens")],
              compiled=[compile_counts()[k] for k in ("refill_prefill", "refill_decode", "prefill", "decode")])
 
 

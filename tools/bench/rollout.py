@@ -17,7 +17,7 @@ Both sides run the 1-token and N-token generations after a warm-up (jax compiles
 warm-up), interleaved jax / torch so both see the same machine load; each timing is the
 best of --repeats, in wall-clock and in process CPU time (which other processes competing
 for the cores disturb less). The matmul peak is the float32 GFLOP/s of a large jnp.dot
-compiled with entropy-rl's COMPILER_OPTIONS, measured in the same run; the decode share of
+compiled with entropy-rl's CPU_COMPILER_OPTIONS, measured in the same run; the decode share of
 it counts the decoder's matmul FLOPs only (2 * matmul parameters per token plus attention
 over the cache).
 
@@ -64,9 +64,9 @@ import torch
 import transformers
 
 from entropy_rl.model import load_hf
-from entropy_rl.parallel import COMPILER_OPTIONS
+from entropy_rl.parallel import CPU_COMPILER_OPTIONS
 from entropy_rl.rollout import SamplingConfig, generate
-from entropy_rl.rollout.refill import last_schedule
+from entropy_rl.rollout.refill import RefillSchedule
 from timing import best_times
 
 HF_CONFIG = dict(
@@ -81,7 +81,7 @@ SMALL_CONFIG = dict(HF_CONFIG, vocab_size=8192, hidden_size=256, intermediate_si
 def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
     """float32 GFLOP/s of a [size, size] @ [size, size] jnp.dot (best of `repeats`)."""
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    dot = jax.jit(jnp.dot, compiler_options=COMPILER_OPTIONS)
+    dot = jax.jit(jnp.dot, compiler_options=CPU_COMPILER_OPTIONS)
     dot(a, a).block_until_ready()
     best = min(_timed(lambda: dot(a, a).block_until_ready()) for _ in range(repeats))
     return 2 * size**3 / best / 1e9
@@ -211,8 +211,8 @@ def compare_schedulers(model, hf_model, prompts, args, new_tokens: int, vocab: i
     wave_prompts = max(1, args.slots // args.n)
 
     def run(name):
-        rollouts[name] = generate(model, prompts, configs[name], jax.random.key(1))
-        schedules[name] = last_schedule() if name == "refill" else None
+        schedules[name] = RefillSchedule() if name == "refill" else None
+        rollouts[name] = generate(model, prompts, configs[name], jax.random.key(1), schedule=schedules[name])
 
     def run_waves(waves=len(prompts)):  # the static sampler in batches of the refill's slot count: the same KV memory
         rollouts["static waves"] = [generate(model, prompts[start:start + wave_prompts], configs["static"],
@@ -238,7 +238,7 @@ def compare_schedulers(model, hf_model, prompts, args, new_tokens: int, vocab: i
           f"{np.mean(lengths == new_tokens):.1%} at the cap, {lengths.sum()} tokens")
     # (batch, decode steps, generated tokens); a row's first token comes from its prefill.
     rows = {"static": (len(lengths), int(lengths.max()) - 1, int(lengths.sum())),
-            "refill": (schedules["refill"]["slots"], schedules["refill"]["decode_steps"], int(refill.lengths.sum())),
+            "refill": (schedules["refill"].slots, schedules["refill"].decode_steps, int(refill.lengths.sum())),
             "static waves": (wave_prompts * args.n, sum(int(wave.max()) - 1 for wave in rollouts["static waves"]),
                              int(sum(wave.sum() for wave in rollouts["static waves"])))}
     if args.torch:
@@ -251,7 +251,7 @@ def compare_schedulers(model, hf_model, prompts, args, new_tokens: int, vocab: i
               f"{wall[name]:>9.2f}{tokens / wall[name]:>14.1f}{cpu[name]:>9.2f}{tokens / cpu[name]:>11.1f}")
     print(f"refill / static useful tokens/s: {wall['static'] / wall['refill']:.2f}x wall-clock, "
           f"{cpu['static'] / cpu['refill']:.2f}x CPU time (static decode steps / refill decode steps: "
-          f"{rows['static'][1] / rows['refill'][1]:.2f}x; refill prefill calls {schedules['refill']['prefill_calls']})")
+          f"{rows['static'][1] / rows['refill'][1]:.2f}x; refill prefill calls {schedules['refill'].prefill_calls})")
     waves_tokens = rows["static waves"][2] / rows["refill"][2]  # their own rows: other lengths when skewed
     print(f"refill / static waves of {wave_prompts * args.n} rows (the slots' KV memory), useful tokens/s: "
           f"{wall['static waves'] / wall['refill'] / waves_tokens:.2f}x wall-clock, "
