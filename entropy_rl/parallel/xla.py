@@ -29,10 +29,6 @@ CPU_COMPILER_OPTIONS = {
 # still did not: 64 prompts against 2-32), so the refill and static schedulers agree bitwise.
 ROLLOUT_COMPILER_OPTIONS = {**CPU_COMPILER_OPTIONS, "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
-# The CPU options under their former name (programs that only ever run on the CPU: tools/bench).
-COMPILER_OPTIONS = CPU_COMPILER_OPTIONS
-
-
 def compiler_options(platform: str) -> dict[str, bool]:
     """The compiler options of a program for `platform`: CPU_COMPILER_OPTIONS on "cpu", else {}."""
     return dict(CPU_COMPILER_OPTIONS) if platform == "cpu" else {}

@@ -45,7 +45,7 @@ from entropy_rl import losses
 from entropy_rl.data import (LEVELS, Problem, PromptIterator, deduplicate, default_instruction, format_prompt,
                              load_problems, synthetic_problems)
 from entropy_rl.eval.heldout import bootstrap_interval, eval_log, heldout_eval
-from entropy_rl.parallel import COMPILER_OPTIONS, batch_sharding, make_mesh
+from entropy_rl.parallel import batch_sharding, make_mesh, mesh_compiler_options
 from entropy_rl.parallel.hosts import allgather_host_values, global_from_host_rows, is_multiprocess, mesh_process_count
 from entropy_rl.rollout import Rollout
 from entropy_rl.rollout.batching import geometric_bucket
@@ -60,7 +60,12 @@ from entropy_rl.train.step import (StepConfig, TrainState, UpdateBatch, create_t
                                    make_optimizer, non_finite_counts, make_train_step, token_statistics)
 from entropy_rl.train.warmstart import warm_start
 
-_token_statistics = jax.jit(token_statistics, compiler_options=COMPILER_OPTIONS)
+
+
+@functools.cache
+def _token_statistics(mesh: jax.sharding.Mesh):
+    """`token_statistics` compiled for the mesh's platform."""
+    return jax.jit(token_statistics, compiler_options=mesh_compiler_options(mesh))
 
 
 # --------------------------------------------------------------------------- data
@@ -203,9 +208,17 @@ def _widen_prompts(rollout: Rollout, width: int) -> Rollout:
     pad = width - rollout.prompt_tokens.shape[1]
     if pad == 0:
         return rollout
-    left_pad = (lambda x: np.pad(x, ((0, 0), (pad, 0)))) if isinstance(rollout.prompt_tokens, np.ndarray) \
-        else jax.jit(lambda x: jnp.pad(x, ((0, 0), (pad, 0))))
+    if isinstance(rollout.prompt_tokens, np.ndarray):
+        left_pad = functools.partial(np.pad, pad_width=((0, 0), (pad, 0)))
+    else:
+        left_pad = functools.partial(_left_pad_columns, pad=pad)
     return rollout.replace(prompt_tokens=left_pad(rollout.prompt_tokens), prompt_mask=left_pad(rollout.prompt_mask))
+
+
+@functools.partial(jax.jit, static_argnames="pad")
+def _left_pad_columns(x: jax.Array, pad: int) -> jax.Array:
+    """x [B, T] with `pad` zero columns in front [B, pad + T]."""
+    return jnp.pad(x, ((0, 0), (pad, 0)))
 
 
 def batch_sampling(sampling, problems: Sequence[Problem], encode):
@@ -310,7 +323,13 @@ def _place_rows(x, mesh: jax.sharding.Mesh):
     sharding = batch_sharding(mesh)
     if isinstance(x, np.ndarray):
         return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-    return jax.jit(lambda y: y, out_shardings=sharding)(x)
+    return _resharding(sharding)(x)
+
+
+@functools.cache
+def _resharding(sharding: jax.sharding.NamedSharding):
+    """The identity compiled to put its output in `sharding` (one program per sharding)."""
+    return jax.jit(lambda x: x, out_shardings=sharding)
 
 
 def update_batch(groups: Groups, advantages: np.ndarray, mesh: jax.sharding.Mesh) -> UpdateBatch:
@@ -503,7 +522,7 @@ def rl_step(trainer: Trainer, programs: Programs, state: TrainState, ref_params,
     old_logp, entropy = programs.logprobs(state.params, batch)
     ref_logp = None if ref_params is None else programs.logprobs(ref_params, batch)[0]
     batch = batch.replace(old_logp=old_logp, ref_logp=ref_logp)  # stays on the devices
-    metrics = dict(_token_statistics(old_logp, entropy, batch.advantages, batch.mask))
+    metrics = dict(_token_statistics(trainer.mesh)(old_logp, entropy, batch.advantages, batch.mask))
     metrics["rollout/logp_mismatch"], tokens = _rollout_checks(old_logp, _place_rows(groups.rollout.logprobs,
                                                                                       trainer.mesh), batch)
     metrics["rollout/prompt_length"] = batch.prompt_tokens.shape[1]  # the batch's prompt bucket

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from entropy_rl.model.attention import causal_attention
-from entropy_rl.parallel import COMPILER_OPTIONS
+from entropy_rl.parallel import CPU_COMPILER_OPTIONS
 from timing import best_times
 
 HEADS, KV_HEADS, HEAD_DIM = 16, 8, 64
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
           f" {'TPU MiB':>9} {'vs dense':>8}")
     for length in args.lengths:
         named = candidates(length, args.blocks)
-        on_cpu = {name: jax.jit(gradient(*spec), compiler_options=COMPILER_OPTIONS).lower(
+        on_cpu = {name: jax.jit(gradient(*spec), compiler_options=CPU_COMPILER_OPTIONS).lower(
                       *arguments(length)).compile()
                   for name, spec in named.items() if spec[0] != "splash"}
         cpu_memory = {name: program.memory_analysis().temp_size_in_bytes for name, program in on_cpu.items()}

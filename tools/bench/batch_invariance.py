@@ -2,7 +2,7 @@
 
 For each op f (a matmul by an argument weight stored [N, K] as the model's and [K, N], a
 row sum, a log-softmax, attention's batched products), the rows 0-1 of f(x[:M]) against
-f(x[:2]) for M in 1..256, compiled with entropy-rl's COMPILER_OPTIONS and with the
+f(x[:2]) for M in 1..256, compiled with entropy-rl's CPU_COMPILER_OPTIONS and with the
 sampler's ROLLOUT_COMPILER_OPTIONS (YNNPACK restricted to dots); and a row of an
 [M, K] @ [N, K]^T product (M up to 8192) against the same row in a 2-row product, at
 several positions. The refill scheduler's log-probs equal the static ones bitwise only if
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from entropy_rl.parallel import COMPILER_OPTIONS, ROLLOUT_COMPILER_OPTIONS
+from entropy_rl.parallel import CPU_COMPILER_OPTIONS, ROLLOUT_COMPILER_OPTIONS
 
 SIZES = (1, 2, 3, 4, 5, 7, 8, 13, 16, 19, 28, 32, 33, 48, 63, 64, 65, 100, 128, 256)
 
@@ -63,7 +63,7 @@ def main() -> None:
     }
     print("op: batch sizes M whose rows differ from a 2-row batch's")
     for name, (op, inputs) in ops.items():
-        print(f"  {name:<32} COMPILER_OPTIONS {variant_sizes(op, inputs, COMPILER_OPTIONS)}; "
+        print(f"  {name:<32} CPU_COMPILER_OPTIONS {variant_sizes(op, inputs, CPU_COMPILER_OPTIONS)}; "
               f"ROLLOUT_COMPILER_OPTIONS {variant_sizes(op, inputs, ROLLOUT_COMPILER_OPTIONS)}")
     for k, n in ((1024, 3072), (3072, 1024)):
         print(f"  rows of [8192, {k}] @ [{n}, {k}]^T differing from a 2-row product's: "

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from entropy_rl.model import Qwen, QwenConfig
-from entropy_rl.parallel import COMPILER_OPTIONS
+from entropy_rl.parallel import CPU_COMPILER_OPTIONS
 from timing import best_times
 
 BENCH_CONFIG = QwenConfig(vocab_size=32768, hidden_size=1024, intermediate_size=3072,
@@ -43,7 +43,7 @@ def model_flops_per_token(c: QwenConfig, seq: int, backward: bool) -> float:
 def jax_candidates(config: QwenConfig, input_ids: np.ndarray, peak_n: int) -> dict:
     """The matmul peak, the forward and the forward+backward (one jit program each)."""
     a = jax.random.normal(jax.random.key(0), (peak_n, peak_n), jnp.float32)
-    matmul = jax.jit(lambda x: x @ x, compiler_options=COMPILER_OPTIONS)
+    matmul = jax.jit(lambda x: x @ x, compiler_options=CPU_COMPILER_OPTIONS)
     model = Qwen(config, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
     labels = np.roll(input_ids, -1, axis=1)
@@ -51,8 +51,8 @@ def jax_candidates(config: QwenConfig, input_ids: np.ndarray, peak_n: int) -> di
     def loss(state, ids, labels):
         return cross_entropy(nnx.merge(graphdef, state)(ids), labels)
 
-    forward = jax.jit(lambda s, ids: nnx.merge(graphdef, s)(ids), compiler_options=COMPILER_OPTIONS)
-    grad = jax.jit(jax.value_and_grad(loss), compiler_options=COMPILER_OPTIONS)
+    forward = jax.jit(lambda s, ids: nnx.merge(graphdef, s)(ids), compiler_options=CPU_COMPILER_OPTIONS)
+    grad = jax.jit(jax.value_and_grad(loss), compiler_options=CPU_COMPILER_OPTIONS)
     return {"jax peak": lambda: matmul(a).block_until_ready(),
             "jax fwd": lambda: forward(state, input_ids).block_until_ready(),
             "jax fwd+bwd": lambda: jax.block_until_ready(grad(state, input_ids, labels))}
