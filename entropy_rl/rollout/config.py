@@ -27,10 +27,8 @@ class SamplingConfig:
         ~R/decode_segments response slots to all R (`Program.cache_sizes`): the cache is
         allocated as it fills (each segment is one more compiled program per shape). A
         step's attention reads only up to the last filled slot whatever the segments.
-        1 (the default): a row's log-probs have the same bits as under the refill
-        scheduler; other cache sizes are other programs, whose fusions XLA:CPU may round
-        differently in the last bit (measured: 1 ulp, from the first decode step, on a
-        2-layer test model; tests/rollout/test_rollout_generate.py).
+        1 (the default) keeps a row's log-probs bitwise equal to the refill scheduler's;
+        other cache sizes are other programs, which may round the last bit differently.
       progress_chunk: with `progress=True`, decode steps per compiled call between two
         updates of the progress bar.
       scheduler: "refill" runs all len(prompts) * n rows through a fixed number of slots

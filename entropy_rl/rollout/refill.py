@@ -15,26 +15,17 @@ are wasted. Here S slots (`slot_count`: `max_slots`, or the most whose KV cache 
 Exactness: row r's step-s token is drawn with fold_in(fold_in(rng, r), s) from logits that
 depend only on its own prompt and tokens, and its cache row has the static sampler's
 layout (the prompt at slots [0, P), its step-s token at P + s - 1), so each row gets the
-static sampler's tokens, log-probs, length and stop flag, whatever the slot count or the
-order of admission, bitwise on the CPU (`tests/rollout/test_rollout_refill.py`: one
-device and 8; tests/multiprocess/test_multiprocess_refill.py: 2 processes against one).
-That takes two things, measured with jax 0.10.2
-(tools/bench/batch_invariance.py: row r of an M-row op against the same row in a 2-row op):
-- YNNPACK's fused row reductions (norms, softmax, the sampler's log-softmax) and its
-  batched products in fusions (the prefill attention's) round a row differently in batches
-  of different sizes (sum over 128: M >= 32 of those tried; prefill attention: 64 prompts
-  against 2-32); the sampler's programs compile with `ROLLOUT_COMPILER_OPTIONS` (YNNPACK
-  takes single dots only), under which they are batch-invariant at every size tried.
-- A product x [M, K] @ w^T by a weight stored [N, K] (every weight of the model) gives a
-  row the same bits for every M >= 2 at any position (M up to 8192, float32 and bfloat16),
-  but an M = 1 product is a vector-matrix dot that rounds differently, and a one-row batch
-  compiles other kernels elsewhere too (a lone prompt's prefill differed). So every
-  program runs at least MIN_ROWS_PER_SHARD = 2 rows per batch shard: `slot_count` allows
-  no fewer slots, and prefill batches (`prefill_bucket`) and static batches (`batch_rows`)
-  are padded to them.
-Against another mesh layout the log-probs agree to float32 rounding only: the sampling
-view splits the MLP's down projection over fsdp, whose partial sums the devices (and,
-across processes, gloo) add in their own order.
+static sampler's tokens, log-probs, length and stop flag whatever the slot count or the
+order of admission, bitwise on the CPU (`tests/rollout/test_rollout_refill.py`,
+tests/multiprocess/test_multiprocess_refill.py). That needs every op to give a row the same
+bits in a batch of any size: the sampler's programs compile with `ROLLOUT_COMPILER_OPTIONS`
+(YNNPACK takes single dots only, not its batch-variant fused reductions), and every program
+runs at least MIN_ROWS_PER_SHARD = 2 rows per batch shard (a one-row product is a
+vector-matrix dot that rounds differently): `slot_count` allows no fewer slots, and prefill
+batches (`prefill_bucket`) and static batches (`batch_rows`) are padded to them
+(tools/bench/batch_invariance.py measures each op). Against another mesh layout the
+log-probs agree to float32 rounding only (the sampling view's split MLP sums partial
+products in another order).
 
 Per-row write positions with the model's one-slot-for-all-rows cache write: the slots'
 KVCache keeps `length` at the last slot C - 1 (a scratch slot no real token uses, since
