@@ -230,16 +230,16 @@ def markdown(groups: Mapping[str, Sequence[Run]], intervals: Mapping[str, Mappin
              "logged mean token entropy (nats) at the first step, its minimum, the last step. Collapse: the first "
              f"step with mean entropy < {collapse_fraction:g} x the first step's (mean over the seeds that "
              "collapsed, k/n of them). Flagged: the method's masked / penalised token fraction (its loss's "
-             "flag metric), mean over steps. Late drop: best held-out accuracy of the run minus its final one, "
+             "flag metric), mean over steps, in % of tokens. Late drop: best held-out accuracy of the run minus its final one, "
              "in points.", "",
              "| method | seeds | acc. before | acc. after | gain (pts) | H start | H min | H end | collapse step "
-             "| flagged | late drop (pts) |",
+             "| flagged (%) | late drop (pts) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, runs in groups.items():
         i = intervals[method]
         flags = sorted({f for r in runs if (f := flag_metric(r))})
         collapsed = f"{_cell(i['steps_to_collapse'], digits=0)} ({i['steps_to_collapse'].n}/{len(runs)})"
-        flagged = f"{_cell(i['flagged_fraction'], digits=5)} ({', '.join(flags)})" if flags else "none"
+        flagged = f"{_cell(i['flagged_fraction'], 100, digits=4)} ({', '.join(flags)})" if flags else "none"
         lines.append(f"| {method} | {', '.join(str(r.seed) for r in runs)} | {_cell(i['accuracy_before'], 100)} "
                      f"| {_cell(i['accuracy_after'], 100)} | {_cell(i['accuracy_gain'], 100)} "
                      f"| {_cell(i['entropy_start'], digits=4)} | {_cell(i['entropy_min'], digits=4)} "
