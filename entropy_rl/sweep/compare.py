@@ -34,8 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import yaml
 
+from entropy_rl.eval.plot import _grid_columns, _series, read_metrics  # also selects the Agg backend
+from entropy_rl.losses import get_policy_loss
 from entropy_rl.sweep import stats
 from entropy_rl.sweep.runner import MANIFEST_FILE, finished_summary
 
@@ -63,8 +66,7 @@ class Run:
     rows: list[dict] = field(repr=False)
 
     def series(self, key: str) -> tuple[list[float], list[float]]:
-        from entropy_rl.eval.plot import _series
-
+        """(steps, values) of the rows holding a finite `key`."""
         return _series(self.rows, key)
 
 
@@ -110,8 +112,6 @@ def find_runs(paths: Sequence[str | Path]) -> tuple[list[Path], dict[Path, str]]
 
 def load_run(path: Path, method: str = "") -> Run | None:
     """The finished run in `path`, or None when it has not finished."""
-    from entropy_rl.eval.plot import read_metrics
-
     summary = finished_summary(path)
     if summary is None:
         return None
@@ -161,8 +161,6 @@ def group_methods(runs: Sequence[Run]) -> dict[str, list[Run]]:
 
 def flag_metric(run: Run) -> str | None:
     """The metric key of the run's flagged-token fraction (the loss registry's flag_metric)."""
-    from entropy_rl.losses import get_policy_loss
-
     flag = get_policy_loss(run.config["algorithm.name"]).flag_metric
     return flag and f"loss/{flag}"
 
@@ -264,10 +262,6 @@ def markdown(groups: Mapping[str, Sequence[Run]], intervals: Mapping[str, Mappin
 def figures(groups: Mapping[str, Sequence[Run]]) -> dict[str, Any]:
     """{name: Figure}: held-out accuracy, mean entropy, entropy percentiles; per method the mean
     over seeds with its 95% t-band."""
-    import matplotlib.pyplot as plt
-
-    from entropy_rl.eval.plot import _grid_columns
-
     percentiles = sorted({k for runs in groups.values() for r in runs for row in r.rows for k in row
                           if PERCENTILE_KEY.match(k)}, key=lambda k: int(k.split("/p")[1]))
     panels = {"accuracy": ["eval/accuracy"], "entropy": ["entropy/mean"], "entropy_percentiles": percentiles}
@@ -300,11 +294,6 @@ def figures(groups: Mapping[str, Sequence[Run]]) -> dict[str, Any]:
 def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None, *, collapse_fraction: float = 0.5,
             warn=lambda line: print(line, file=sys.stderr)) -> dict[str, Any]:
     """Write the report of the runs in `paths` (module docstring); returns what compare.json holds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     run_dirs, labels = find_runs(paths)
     runs, excluded = [], []
     for path in run_dirs:

@@ -90,7 +90,7 @@ def test_report_numbers_recomputed_independently(runs, capsys):
     report = (root / "report" / "report.md").read_text()
     gain = _interval([s["accuracy_gain"] for s in expected["stapo"]])
     assert f"{100 * gain[0]:.1f} [{100 * gain[1]:.1f}, {100 * gain[2]:.1f}]" in report
-    assert f"| grpo | stapo | 0, 1 |" in report and "(loss/spurious_fraction)" in report
+    assert "| grpo | stapo | 0, 1 |" in report and "(loss/spurious_fraction)" in report
     for name in ("accuracy", "entropy", "entropy_percentiles"):
         assert (root / "report" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"![{name}]({name}.png)" in report
