@@ -30,7 +30,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from entropy_rl.jsonl import write_text_atomic
@@ -48,13 +48,25 @@ class SweepError(ValueError):
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run of the grid: its directory name, method label, seed, grid values and command."""
+    """One run of the grid: its directory name, method label, seed, grid values, and its config:
+    the YAML files (merged in order) and the `key.sub=value` overrides (run_dir and seed last)."""
 
     name: str
     method: str
     seed: int
     settings: dict[str, str]
-    command: list[str]
+    configs: list[str]
+    overrides: list[str]
+
+    @property
+    def command(self) -> list[str]:
+        """The `entropy-rl` arguments that train this run."""
+        return ["train", *(a for path in self.configs for a in ("--config", path)), *self.overrides]
+
+    def record(self) -> dict:
+        """The run's manifest entry."""
+        return {"name": self.name, "method": self.method, "seed": self.seed, "settings": self.settings,
+                "command": self.command}
 
 
 # --------------------------------------------------------------------------- the grid
@@ -108,9 +120,9 @@ def build_grid(out_dir: Path, methods: list[str], seeds: list[int], grid: dict[s
             settings = dict(zip(grid, values))
             for seed in seeds:
                 name = run_name(method_label(method), settings, seed)
-                command = ["train", *(a for b in [*bases, config] for a in ("--config", b)), *overrides,
-                           *(f"{k}={v}" for k, v in settings.items()), f"seed={seed}", f"run_dir={out_dir / name}"]
-                runs.append(RunSpec(name, method_label(method), seed, settings, command))
+                runs.append(RunSpec(name, method_label(method), seed, settings, [*bases, config],
+                                    [*overrides, *(f"{k}={v}" for k, v in settings.items()), f"seed={seed}",
+                                     f"run_dir={out_dir / name}"]))
     names = [r.name for r in runs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -124,11 +136,8 @@ def validate_commands(runs: list[RunSpec]) -> None:
     from entropy_rl.train.config import TrainConfig
 
     for run in runs:
-        args = run.command[1:]
-        configs = [args[i + 1] for i, a in enumerate(args) if a == "--config"]
-        overrides = [a for i, a in enumerate(args) if a != "--config" and (i == 0 or args[i - 1] != "--config")]
         try:
-            load_command_config(TrainConfig, configs, overrides, check_paths=False)
+            load_command_config(TrainConfig, run.configs, run.overrides, check_paths=False)
         except ConfigError as e:
             raise SweepError(f"run {run.name}: {e}") from None
 
@@ -144,7 +153,7 @@ def merge_manifest(out_dir: Path, runs: list[RunSpec]) -> list[dict]:
             changed = sorted(set(run.command) ^ set(old["command"]))
             raise SweepError(f"{path} records run {run.name} with another command (differs in {changed}); "
                              "use a new OUT_DIR for another setup")
-    return recorded + [asdict(r) for r in runs if r.name not in by_name]
+    return recorded + [r.record() for r in runs if r.name not in by_name]
 
 
 # --------------------------------------------------------------------------- running
@@ -197,6 +206,8 @@ class Sweep:
         log.close()
         self.running[run.name] = (process, time.time(), index)
         self.say(index, run.name, "resumed" if resuming else "started")
+        if self.stopping is not None:  # the signal came while it was being started
+            process.send_signal(signal.SIGTERM)
 
     def reap(self) -> None:
         for name, (process, started, index) in list(self.running.items()):

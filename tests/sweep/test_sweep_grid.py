@@ -51,9 +51,10 @@ def test_manifest_extends_and_refuses_a_changed_run(tmp_path):
         runner.merge_manifest(tmp_path, changed)
 
 
-def test_a_failing_run_is_reported_and_the_next_one_still_runs(tmp_path, capsys):
-    # a child that exits 2 at once (an unknown command of the entropy-rl CLI)
-    bad = [RunSpec(f"bad{i}", "bad", i, {}, ["no-such-command"]) for i in (0, 1)]
+def test_a_failing_run_is_reported_and_the_next_one_still_runs(tmp_path, capsys, monkeypatch):
+    # children that exit 2 at once (an unknown command of the entropy-rl CLI)
+    monkeypatch.setattr(RunSpec, "command", property(lambda run: ["no-such-command"]))
+    bad = [RunSpec(f"bad{i}", "bad", i, {}, [], []) for i in (0, 1)]
     assert Sweep(tmp_path, bad, jobs=1).run() == 1
     out = capsys.readouterr().out
     for i in (0, 1):
