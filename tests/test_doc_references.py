@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCANNED_SUFFIXES = (".py", ".yaml", ".md")
 SKIPPED_DIRS = {"__pycache__", "runs", "build", "dist", "node_modules"}
 # Files the commands write into their output directories, named in docstrings and help texts.
-GENERATED = {"summary.md", "results.md"}
+GENERATED = {"summary.md", "results.md", "report.md"}
 SECTION = r'"[^"\n]+"'
 REFERENCE = re.compile(
     r"(?<![\w/.-])((?:[\w.-]+/)*[\w-]+\.md)\b"

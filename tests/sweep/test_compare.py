@@ -1,0 +1,147 @@
+"""`entropy-rl compare` on hand-written run directories (config.yaml, metrics.jsonl, summary.json
+as the trainer writes them): every number of the report recomputed here with numpy and
+scipy.stats, and the inputs it refuses."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats as scipy_stats
+
+from entropy_rl.sweep import compare
+
+STEPS = 6
+FLAGS = {"ppo_clip": None, "stapo": "loss/spurious_fraction"}
+
+
+def write_run(path, algorithm, seed, rng, *, finished=True, dataset="synthetic"):
+    """A run of STEPS steps with random curves; returns the values compare should derive from it."""
+    path.mkdir(parents=True)
+    config = {"seed": seed, "run_dir": str(path), "total_steps": STEPS, "algorithm": {"name": algorithm},
+              "data": {"dataset": dataset, "batch_size": 4}, "eval": {"benchmark": dataset, "every_steps": 3},
+              "logging": {"progress_bar": False}}
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    entropy = np.concatenate([[1.0], rng.uniform(0.2, 1.0, STEPS - 1)])
+    p10, p90 = entropy * 0.5, entropy * 1.5
+    flagged = rng.uniform(0, 0.01, STEPS)
+    accuracy = rng.uniform(0, 1, 3)  # evaluations at steps 0, 3, 6
+    rows = [{"step": 0, "eval/accuracy": accuracy[0]}]
+    for step in range(1, STEPS + 1):
+        row = {"step": step, "entropy/mean": entropy[step - 1], "entropy/p10": p10[step - 1],
+               "entropy/p90": p90[step - 1], "time/step_s": 1.0}
+        if FLAGS[algorithm]:
+            row[FLAGS[algorithm]] = flagged[step - 1]
+        rows.append(row)
+        if step % 3 == 0:
+            rows.append({"step": step, "eval/accuracy": accuracy[step // 3]})
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if finished:
+        (path / "summary.json").write_text(json.dumps(
+            {"method": algorithm, "steps": STEPS, "accuracy_before": accuracy[0], "accuracy_after": accuracy[-1]}))
+    below = np.flatnonzero(entropy < 0.5 * entropy[0])
+    return {"accuracy_before": accuracy[0], "accuracy_after": accuracy[-1], "accuracy_gain": accuracy[-1] - accuracy[0],
+            "entropy_start": entropy[0], "entropy_min": entropy.min(), "entropy_end": entropy[-1],
+            "steps_to_collapse": below[0] + 1.0 if len(below) else math.nan,
+            "flagged_fraction": flagged.mean() if FLAGS[algorithm] else math.nan,
+            "late_stage_drop": accuracy.max() - accuracy[-1]}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    rng = np.random.default_rng(0)
+    expected = {}
+    for label, algorithm in (("grpo", "ppo_clip"), ("stapo", "stapo")):
+        expected[label] = [write_run(tmp_path / f"{label}-seed{seed}", algorithm, seed, rng) for seed in (0, 1)]
+    return tmp_path, expected
+
+
+def _interval(values):
+    x = np.asarray([v for v in values if not math.isnan(v)])
+    if len(x) == 0:
+        return (math.nan, math.nan, math.nan)
+    if len(x) == 1:
+        return (x[0], math.nan, math.nan)
+    if np.all(x == x[0]):  # scipy gives nan for a zero scale; every seed equal is a zero-width interval
+        return (x[0], x[0], x[0])
+    return (x.mean(), *scipy_stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=scipy_stats.sem(x)))
+
+
+def test_report_numbers_recomputed_independently(runs, capsys):
+    root, expected = runs
+    assert compare.main([str(root), "-o", str(root / "report")]) == 0
+    result = json.loads((root / "report" / "compare.json").read_text())
+    assert list(result["methods"]) == ["grpo", "stapo"]
+    for method, seeds in expected.items():
+        got = result["methods"][method]
+        assert got["seeds"] == [0, 1]
+        for quantity in compare.QUANTITIES:
+            interval = got["intervals"][quantity]
+            want = _interval([s[quantity] for s in seeds])
+            assert [interval["mean"], interval["low"], interval["high"]] == pytest.approx(want, rel=1e-9, nan_ok=True), \
+                (method, quantity)
+    [test] = result["paired_gain_tests"]
+    want = scipy_stats.ttest_rel([s["accuracy_gain"] for s in expected["grpo"]],
+                                 [s["accuracy_gain"] for s in expected["stapo"]])
+    assert (test["a"], test["b"], test["seeds"]) == ("grpo", "stapo", [0, 1])
+    assert (test["t"], test["p"]) == pytest.approx((want.statistic, want.pvalue), rel=1e-9)
+
+    report = (root / "report" / "report.md").read_text()
+    gain = _interval([s["accuracy_gain"] for s in expected["stapo"]])
+    assert f"{100 * gain[0]:.1f} [{100 * gain[1]:.1f}, {100 * gain[2]:.1f}]" in report
+    assert "| grpo | stapo | 0, 1 |" in report and "(loss/spurious_fraction)" in report
+    for name in ("accuracy", "entropy", "entropy_percentiles"):
+        assert (root / "report" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"![{name}]({name}.png)" in report
+    assert capsys.readouterr().out.strip() == str(root / "report" / "report.md")
+
+
+def test_entropy_percentile_figure_has_one_panel_per_percentile(runs):
+    root, _ = runs
+    groups = compare.group_methods([compare.load_run(p) for p in sorted(root.iterdir())])
+    made = compare.figures(groups)
+    assert [ax.get_title() for ax in made["entropy_percentiles"].axes] == ["entropy/p10", "entropy/p90"]
+    # a line and a band per method in each panel
+    assert len(made["entropy"].axes[0].lines) == 2 and len(made["entropy"].axes[0].collections) == 2
+
+
+def _refused(argv, capsys) -> str:
+    assert compare.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_a_directory_without_runs_is_refused(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert f"no runs in {tmp_path / 'empty'}" in _refused([str(tmp_path / "empty")], capsys)
+    assert "is not a run directory" in _refused([str(tmp_path / "empty"), str(tmp_path)], capsys)
+
+
+def test_runs_of_different_tasks_are_refused_naming_both(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    write_run(tmp_path / "a", "ppo_clip", 0, rng)
+    write_run(tmp_path / "b", "ppo_clip", 1, rng, dataset="countdown")
+    err = _refused([str(tmp_path / "a"), str(tmp_path / "b")], capsys)
+    assert str(tmp_path / "a") in err and str(tmp_path / "b") in err
+    assert "data.dataset: 'synthetic' vs 'countdown'" in err and "eval.benchmark" in err
+
+
+def test_a_run_in_progress_is_excluded_and_named(runs, capsys):
+    root, _ = runs
+    rng = np.random.default_rng(2)
+    write_run(root / "stapo-seed2", "stapo", 2, rng, finished=False)
+    assert compare.main([str(root)]) == 0
+    err = capsys.readouterr().err.strip()
+    assert err == f"entropy-rl compare: excluding {root / 'stapo-seed2'}: not finished (no summary.json for its total_steps)"
+    result = json.loads((root / "compare" / "compare.json").read_text())
+    assert result["methods"]["stapo"]["seeds"] == [0, 1] and result["excluded"] == [str(root / "stapo-seed2")]
+    assert f"Excluded (not finished): `{root / 'stapo-seed2'}`" in (root / "compare" / "report.md").read_text()
+
+    only = root / "only"
+    write_run(only / "run", "stapo", 0, rng, finished=False)
+    assert compare.main([str(only)]) == 2
+    excluded, refused = capsys.readouterr().err.strip().splitlines()
+    assert excluded.startswith(f"entropy-rl compare: excluding {only / 'run'}: not finished")
+    assert refused == f"entropy-rl compare: no finished runs among {only / 'run'}"
