@@ -12,6 +12,8 @@ Levels, in the order of `LEVELS` (configs number them from 1; new levels are onl
   8 sub21   `47-5`         two-digit minus one-digit
   9 rev3    `Reverse 381.` the digits of a 3-digit number (1-9) in reverse order: 183
  10 max3    `Max of 47,82,13.`  the largest of three 2-digit numbers
+ 11 lineq2  `7x+15=3x+43`  solved in written steps before the box (`entropy_rl.data.chains`,
+            verifier "chains"); its `meta["solution"]` is the whole chain
 Statements are "Compute {expression}." or "Solve {equation}." for the arithmetic levels.
 `DEFAULT_LEVELS` = add2, sub2, mul1, add3, linear.
 
@@ -34,6 +36,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from entropy_rl.data.chains import lineq2
 from entropy_rl.data.problem import Problem
 
 DEFAULT_LEVELS = ("add2", "sub2", "mul1", "add3", "linear")
@@ -91,7 +94,7 @@ def _linear(rng: np.random.Generator) -> tuple[str, int]:
     return f"{a}x+{b}={a * x + b}", x
 
 
-LEVELS: dict[str, Callable[[np.random.Generator], tuple[str, int]]] = {
+LEVELS: dict[str, Callable[[np.random.Generator], tuple[str, int] | tuple[str, int, str]]] = {
     "add1": _add1,
     "add2": _add2,
     "sub2": _sub2,
@@ -102,6 +105,7 @@ LEVELS: dict[str, Callable[[np.random.Generator], tuple[str, int]]] = {
     "sub21": _sub21,
     "rev3": _rev3,
     "max3": _max3,
+    "lineq2": lineq2,
 }
 
 
@@ -135,7 +139,7 @@ def synthetic_problems(
     problems = []
     while len(problems) < num:
         level = levels[int(rng.integers(len(levels)))]
-        expression, answer = LEVELS[level](rng)
+        expression, answer, *chain = LEVELS[level](rng)  # a chain level also returns its demonstration
         text = problem_text(expression)
         if split_of(text) != split:
             continue
@@ -145,7 +149,7 @@ def synthetic_problems(
                 problem=text,
                 answer=str(answer),
                 source="synthetic",
-                meta={"level": level, "solution": f"\\boxed{{{answer}}}"},
+                meta={"level": level, "solution": chain[0] if chain else f"\\boxed{{{answer}}}"},
             )
         )
     return problems

@@ -5,9 +5,10 @@
 - `math_rewards(responses, ground_truths, timeout_s=5.0)`: math-verify equivalence in worker
   processes with a deadline per item -> `RewardResult` (rewards, num_errors, num_timeouts).
 - `answers_equivalent(a, b)`: equivalence of two extracted answers (semantic entropy).
-- A verifier registry: `get_verifier("math" | "answer_line" | "synthetic")`, `register_verifier(name)`.
+- A verifier registry: `get_verifier("math" | "answer_line" | "synthetic" | "chains")`, `register_verifier(name)`.
 """
 
+from entropy_rl.rewards.chains import chain_rewards
 from entropy_rl.rewards.extract import extract_answer_line, extract_boxed, normalize_answer, parse_integer
 from entropy_rl.rewards.math_verifier import (
     answer_line_verifier,
@@ -28,6 +29,7 @@ __all__ = [
     "VerifierPool",
     "answers_equivalent",
     "answers_equivalent_batch",
+    "chain_rewards",
     "close_all_pools",
     "extract_answer_line",
     "extract_boxed",

@@ -669,6 +669,8 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
             count_step(run, scalars, state, step=step + 1, config=config, checkpointer=trainer.checkpointer)
             warn_without_signal(run, scalars, step + 1, verifier=config.data.verifier, write=logger.write)
             after_step(trainer, state, ref_params, run, logger, step + 1, stop)
+        if config.total_steps == 0:  # the warm start alone, saved as checkpoint 0 (to export, to start runs from)
+            after_step(trainer, state, ref_params, run, logger, 0, stop)
         after = trainer.evaluate(state, "final")
         if config.total_steps not in logged_evals:  # logged once, also when only the summary was lost
             logger.log(config.total_steps, eval_log(after, config.eval.benchmark))
@@ -744,7 +746,8 @@ def summary_table(s: dict[str, Any], config: TrainConfig) -> str:
         ("  after", f"{pct(s['accuracy_after'])}  95% CI {ci(s['accuracy_after_ci'])}"),
         ("  gain (paired)", f"{100 * s['accuracy_gain']:+.1f} pts  95% CI {ci(s['accuracy_gain_ci'])}"
                             f"{'  (significant)' if separated else '  (not significant)'}"),
-        ("entropy start -> end", f"{s['entropy_start']:.4f} -> {s['entropy_end']:.4f}"),
+        ("entropy start -> end", "none (no RL step)" if s["entropy_start"] is None
+                                 else f"{s['entropy_start']:.4f} -> {s['entropy_end']:.4f}"),
         ("masked-token fraction", f"{s['masked_fraction']:.5f}" + (f" (loss/{flag}, mean over steps)" if flag else " (none)")),
         ("skipped updates", str(s["skipped_updates"])),
         ("checkpoints", f"{s['checkpoints']} (steps {s['checkpoint_steps']})"),

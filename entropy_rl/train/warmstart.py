@@ -1,8 +1,8 @@
 """Supervised warm start of a freshly initialised policy on the built-in task's target texts.
 
 A random tiny Qwen3 answers nothing correctly, so RL would see no reward. A short run of
-teacher forcing on `prompt -> \\boxed{answer} + eos` (e.g. `\\boxed{85}<|im_end|>`), from the
-problems' answers (any dataset, the built-in task's or a file's), teaches
+teacher forcing on `prompt -> demonstration + eos` (e.g. `\\boxed{85}<|im_end|>`, or a chain
+level's written steps; a dataset file's boxed answers), teaches
 the answer format and some arithmetic, leaving room for RL to improve the accuracy:
 
     loss = - sum_t m_t log pi(y_t | prompt, y_<t) / sum_t m_t      (target tokens only)
@@ -26,12 +26,21 @@ from entropy_rl.parallel import MeshBound, mesh_compiler_options
 from entropy_rl.train.step import UpdateBatch, make_schedule, response_logprobs, tree_shardings
 
 
+def demonstration(problem: Problem) -> str:
+    """The warm start's target text: the built-in task's `meta["solution"]` (its box, or a
+    chain level's written steps), else `\\boxed{answer}` (a dataset's worked solutions are long
+    LaTeX, not written for the built-in tokenizer)."""
+    if problem.source == "synthetic":
+        return problem.meta["solution"]
+    return f"\\boxed{{{problem.answer}}}"
+
+
 def target_batch(problems: Sequence[Problem], encode_prompt: Callable[[Problem], list[int]], tokenizer
                  ) -> UpdateBatch:
     """Teacher-forcing arrays of every problem: left-padded prompts [N, P], right-padded
-    targets `\\boxed{answer} + eos` [N, T] with their mask (advantages and log-probs unused, zero)."""
+    targets `demonstration(problem) + eos` [N, T] with their mask (advantages and log-probs unused, zero)."""
     prompts = [encode_prompt(p) for p in problems]
-    targets = [tokenizer.encode(f"\\boxed{{{p.answer}}}") + [tokenizer.eos_token_id] for p in problems]
+    targets = [tokenizer.encode(demonstration(p)) + [tokenizer.eos_token_id] for p in problems]
     num, prompt_len, target_len = len(problems), max(map(len, prompts)), max(map(len, targets))
     pad = tokenizer.pad_token_id
     prompt_tokens = np.full((num, prompt_len), pad, np.int32)

@@ -8,17 +8,18 @@ from entropy_rl.rewards import get_verifier, parse_integer
 
 
 def _true_answer(text: str) -> int:
-    """Independent solution of a synthetic statement: eval for arithmetic, algebra for a*x+b=c,
+    """Independent solution of a synthetic statement: eval for arithmetic, algebra for a*x+b=c*x+d,
     string reversal, max of a list."""
     verb, expression = text.rstrip(".").split(" ", 1)
     if verb == "Reverse":
         return int(expression[::-1])
     if verb == "Max":
         return max(int(n) for n in expression.removeprefix("of ").split(","))
-    if "=" in expression:
+    if "=" in expression:  # a*x+b=d or a*x+b=c*x+d
         left, right = expression.split("=")
         a, b = left.split("x+")
-        return (int(right) - int(b)) // int(a)
+        c, d = right.split("x+") if "x" in right else ("0", right)
+        return (int(d) - int(b)) // (int(a) - int(c))
     return eval(expression)  # noqa: S307 - digits and one operator, generated above
 
 
