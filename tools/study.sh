@@ -2,7 +2,7 @@
 # The methods-by-seeds study of docs/study.md, resumable: rerun the same command after an
 # interruption (a finished run is skipped, an interrupted one resumes from its checkpoint).
 #
-#   tools/study.sh [OUT_DIR]          (default /work/study-runs; run from the repository root)
+#   tools/study.sh [OUT_DIR]          (default runs/study; run from the repository root)
 #   SEEDS="0 1 2" METHODS="grpo stapo" EXTRA_METHODS="" STEPS=100 tools/study.sh ...
 #
 # METHODS (the five the issue requires) run over every seed first, then EXTRA_METHODS; within
@@ -12,7 +12,7 @@
 #   2. OUT_DIR/<method>-s<seed>: configs/study/<method>.yaml from that checkpoint, warm start
 #      off, so every method starts from the same weights and its held-out "before" is the same.
 set -euo pipefail
-out=${1:-/work/study-runs}
+out=${1:-runs/study}
 seeds=${SEEDS:-0 1 2}
 methods=${METHODS-grpo stapo sent dapo entropy20}
 extra_methods=${EXTRA_METHODS-kl_cov clip_cov justrl}

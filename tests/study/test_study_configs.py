@@ -24,4 +24,4 @@ def test_study_config_is_its_method_on_the_chain_task(path):
     assert config.data.level_names == ("lineq2",) and config.data.verifier == "chains"
     budget = lambda c: (c.data, c.rollout, c.optimizer, c.total_steps, c.eval, c.model)  # noqa: E731
     assert budget(config) == budget(base)
-    assert config.run_dir == f"/work/study-runs/{path.stem}"
+    assert config.run_dir == f"runs/study/{path.stem}"
