@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("entropy_rl.train.cli", "main", "run RL training (built-in STAPO default, or a YAML config)"),
     "eval": ("entropy_rl.eval.cli", "main", "avg@k / pass@k on the math benchmarks or the built-in task"),
     "plot": ("entropy_rl.eval.plot", "main", "PNG figures of one or more run directories"),
+    "inspect": ("entropy_rl.inspect.page", "main", "one HTML page of runs: summary, curves, a token browser"),
     "rank": ("entropy_rl.ranking", "main", "rank a dataset by semantic entropy (SENT curriculum input)"),
     "export": ("entropy_rl.train.export", "main", "write a checkpoint's policy as an HF checkpoint"),
     "plan": ("entropy_rl.plan", "main", "per-chip memory of a run's compiled programs (a TPU topology via libtpu)"),
