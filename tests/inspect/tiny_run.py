@@ -1,6 +1,8 @@
 """A tiny real `entropy-rl train` run for the inspect tests: STAPO, a 1-layer policy, the real
 Qwen3 tokenizer, a verifier that rewards odd-length responses (so groups differ and STAPO
-flags tokens), 2 steps of 4 groups x 4 responses, every response kept in samples.jsonl."""
+flags tokens), 2 steps of 4 groups x 4 responses, every response kept in samples.jsonl. Sampling
+at temperature 0.02 sharpens the random policy's near-uniform logits, so its token entropies and
+probabilities spread over the page's colour classes."""
 
 import json
 import pathlib
@@ -29,7 +31,7 @@ def tiny_run(directory: pathlib.Path, steps: int = 2) -> pathlib.Path:
     overrides = {
         "run_dir": run_dir, "total_steps": steps, "data.dataset": problems, "data.verifier": "inspect_odd_length",
         "data.batch_size": 4, "algorithm.mini_batch_size": 4, "algorithm.loss.stapo_prob_threshold": 0.5,
-        "rollout.n": 4, "rollout.max_new_tokens": 12, "rollout.response_bucket": 12, "rollout.prompt_bucket": 32,
+        "rollout.n": 4, "rollout.temperature": 0.02, "rollout.max_new_tokens": 12, "rollout.response_bucket": 12, "rollout.prompt_bucket": 32,
         "model.tokenizer": QWEN3_TOKENIZER, "model.hidden_size": 32, "model.intermediate_size": 64,
         "model.num_hidden_layers": 1, "model.num_attention_heads": 2, "model.num_key_value_heads": 1,
         "model.head_dim": 16, "warmstart.enabled": False, "eval.benchmark": problems, "eval.num_problems": 2,
