@@ -6,14 +6,15 @@ not an error but a note the page shows (`RunData.notes`); a file that cannot be 
 (a bad line other than a torn last one, a row without the per-token lists) raises ValueError
 naming the file and line.
 
-A response on the page ("responses" of `page_data`) is compact JSON:
+A response on the page ("responses" of `page_data`) is a compact JSON list, RESPONSE_FIELDS
+in order (a list, not an object: at the samples cap the keys alone would be a third of the page):
 
-    {"run": index, "step", "row", "reward", "correct", "answer", "reference", "advantage",
-     "prompt": index into "prompts", "text": the decoded response,
-     "pieces": [T] text of each token (special tokens by name) or null (older samples),
-     "special": [indices of special tokens], "lp": [T] log-prob x 1000, "h": [T] entropy x 1000,
-     "kind": [T] index into KINDS, "coef": [T] penalty coefficients (only when some are non-zero),
-     "flagged": the number of tokens the method flagged}
+    run (index into "runs"), step, row, reward, correct, answer, reference, advantage,
+    prompt (index into "prompts"), flagged (number of tokens the method flagged),
+    text (the decoded response; null when pieces join to it), pieces ([T] text of each token,
+    special tokens by name; null in older samples), special (indices of special tokens),
+    lp ([T] log-prob x 1000), h ([T] entropy x 1000), kind (T digits, indices into KINDS),
+    coef ([T] penalty coefficients; null when none is non-zero)
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ TOKEN_KEYS = ("logp", "entropy", "flagged", "dropped", "penalised")
 # STAPO silences spurious tokens, Clip-Cov drops some, SENT / KL-Cov penalise some; 20-Entropy
 # masks all but the top-entropy fraction, so there the kept ones are outlined.
 KINDS = ("", "silenced", "penalised", "kept", "dropped", "masked")
+RESPONSE_FIELDS = ("run", "step", "row", "reward", "correct", "answer", "reference", "advantage", "prompt",
+                   "flagged", "text", "pieces", "special", "lp", "h", "kind", "coef")
 FLAGGED_KIND = {"loss/spurious_fraction": "silenced", "loss/dropped_fraction": "dropped",
                 "loss/penalised_fraction": "penalised", "loss/masked_fraction": "masked"}
 
@@ -142,20 +145,15 @@ def finite(value: Any) -> Any:
     return value
 
 
-def page_response(row: dict[str, Any], run_index: int, prompt_index: int) -> dict[str, Any]:
-    """The compact page form of one samples.jsonl row (module docstring)."""
+def page_response(row: dict[str, Any], run_index: int, prompt_index: int) -> list[Any]:
+    """The compact page form of one samples.jsonl row: RESPONSE_FIELDS in order (module docstring)."""
     pieces, special = _display_pieces(row)
-    response = {
-        "run": run_index, "step": row["step"], "row": row.get("row"), "reward": finite(row.get("reward")),
-        "correct": row.get("correct"), "answer": row.get("answer"), "reference": row.get("reference"),
-        "advantage": finite(row.get("advantage")), "prompt": prompt_index, "text": row["response"],
-        "pieces": pieces, "special": special,
-        "lp": [round(x * 1000) for x in row["logp"]], "h": [round(x * 1000) for x in row["entropy"]],
-        "kind": token_kinds(row), "flagged": int(sum(row["flagged"])),
-    }
-    if pieces is not None and any(row["penalised"]):  # coefficients; older rows hold 0/1 flags there
-        response["coef"] = row["penalised"]
-    return response
+    coef = row["penalised"] if pieces is not None and any(row["penalised"]) else None  # older rows: 0/1 flags
+    return [run_index, row["step"], row.get("row"), finite(row.get("reward")), row.get("correct"), row.get("answer"),
+            row.get("reference"), finite(row.get("advantage")), prompt_index, int(sum(row["flagged"])),
+            None if pieces is not None else row["response"], pieces, special,
+            [round(x * 1000) for x in row["logp"]], [round(x * 1000) for x in row["entropy"]],
+            "".join(map(str, token_kinds(row))), coef]
 
 
 def flagged_token_table(rows: list[dict[str, Any]], limit: int = 30) -> list[dict[str, Any]]:
@@ -209,5 +207,5 @@ def page_data(runs: list[RunData]) -> dict[str, Any]:
             responses.append(page_response(row, index, prompt))
     return {
         "runs": [finite(run_summary(run) | {"flagged_tokens": flagged_token_table(run.samples)}) for run in runs],
-        "prompts": list(prompts), "responses": responses, "kinds": KINDS,
+        "prompts": list(prompts), "fields": RESPONSE_FIELDS, "responses": responses, "kinds": KINDS,
     }

@@ -51,16 +51,20 @@ def test_token_kinds_follow_the_methods_flag_metric():
     sent = _row(flag="loss/penalised_fraction", flagged=[0, 1, 0, 0, 0], dropped=[0] * 5,
                 penalised=[0.0, 0.02, 0.0, 0.0, 0.0])
     assert kinds(sent) == ["", "penalised", "", "", ""]
-    assert inspect_runs.page_response(sent, 0, 0)["coef"] == [0.0, 0.02, 0.0, 0.0, 0.0]
+    assert _response(sent)["coef"] == [0.0, 0.02, 0.0, 0.0, 0.0]
     assert kinds(_row(flag=None, flagged=[0] * 5, dropped=[0, 0, 1, 0, 0])) == ["", "", "dropped", "", ""]
 
 
+def _response(row, run_index=0, prompt_index=0):
+    return dict(zip(inspect_runs.RESPONSE_FIELDS, inspect_runs.page_response(row, run_index, prompt_index), strict=True))
+
+
 def test_page_response_is_compact_and_names_special_tokens():
-    response = inspect_runs.page_response(_row(), run_index=1, prompt_index=3)
+    response = _response(_row(), run_index=1, prompt_index=3)
     assert response["pieces"] == ["A", " b", "", "中", "<eos>"] and response["special"] == [4]
     assert response["lp"] == [-10, -2500, -700, -200, -50] and response["h"] == [50, 1700, 300, 2400, 600]
     assert (response["run"], response["prompt"], response["flagged"], response["reference"]) == (1, 3, 2, "2")
-    assert "coef" not in response
+    assert response["kind"] == "01010" and response["coef"] is None and response["text"] is None
 
 
 def test_flagged_token_table_matches_numpy():
@@ -97,13 +101,14 @@ def test_page_of_a_run_has_summary_curves_notes_and_the_data(tmp_path):
     assert "default-src 'none'" in text and "<svg" in text and "<p id='x'>hi</p>" in text
     assert "stapo" in text and "25.0% [20.0, 30.0]" in text and "+25.0 pts" in text
     data = json.loads(text.split('id="inspect-data">')[1].split("</script>")[0].replace("<\\/", "</"))
-    assert [r["step"] for r in data["responses"]] == [1, 2] and data["prompts"] == ["What is 1 + 1?"]
+    steps = [dict(zip(data["fields"], r))["step"] for r in data["responses"]]
+    assert steps == [1, 2] and data["prompts"] == ["What is 1 + 1?"]
     assert data["runs"][0]["entropy_end"] is None  # NaN: not valid JSON
     assert data["runs"][0]["flagged_tokens"][0]["piece"] in (" b", "中")
 
 
 def test_script_text_in_a_response_cannot_close_the_data_element(tmp_path):
-    run = _run_dir(tmp_path, [_row(response="</script><script>alert(1)</script>{{SUMMARY}}")])
+    run = _run_dir(tmp_path, [_row(pieces=["</script><script>alert(1)</script>", "{{SUMMARY}}", "", "", ""])])
     text = write_page([run], tmp_path / "page.html").read_text()
     assert text.count("</script>") == 2 and "{{SUMMARY}}" in text  # the data's and the page script's
 
@@ -131,8 +136,9 @@ def test_samples_of_an_older_format_are_shown_without_pieces_and_named(tmp_path)
     run = _run_dir(tmp_path, [old, _row(step=2)])
     loaded = read_run(run, "run")
     assert any("1 of 2 rows have no token pieces" in note for note in loaded.notes)
-    response = inspect_runs.page_response(old, 0, 0)
-    assert response["pieces"] is None and "coef" not in response and response["reference"] is None
+    response = _response(old)
+    assert response["pieces"] is None and response["coef"] is None and response["reference"] is None
+    assert response["text"] == old["response"]
 
 
 def test_unreadable_input_exits_nonzero_naming_the_file_and_line(tmp_path, capsys):

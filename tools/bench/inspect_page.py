@@ -51,7 +51,7 @@ def joined_rows(rows: list[dict], tokens: int) -> list[dict]:
 
 def synthesize(run_dir: Path, out_dir: Path, cap_mb: float, tokens: int | None) -> Path:
     """A copy of run_dir whose samples.jsonl is repeated rows up to cap_mb MiB."""
-    copy = out_dir / f"{run_dir.name}-{cap_mb:g}mb" + (f"-{tokens}tok" if tokens else "")
+    copy = out_dir / (f"{run_dir.name}-{cap_mb:g}mb" + (f"-{tokens}tok" if tokens else ""))
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints", "*.html"))
     rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
@@ -80,14 +80,34 @@ def browser():
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
 
 
+def browser_cpu_s(driver) -> float:
+    """CPU seconds (user + sys) used so far by chromedriver's chromium processes (from /proc)."""
+    parents, times = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(stat.parent.name)
+        parents[pid], times[pid] = int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    root = driver.service.process.pid
+    tree, added = {root}, {root}
+    while added:
+        added = {pid for pid, parent in parents.items() if parent in added}
+        tree |= added
+    return sum(times[pid] for pid in tree - {root})
+
+
 def measure_load(driver, page: Path, max_step: int) -> dict[str, float]:
-    """One fresh load: ms until the first page is rendered, and each filter change's ms."""
+    """One fresh load: ms until the first page is rendered, the browser's CPU ms for the load,
+    and each filter change's ms."""
     driver.get("about:blank")
+    cpu = browser_cpu_s(driver)
     driver.get(page.as_uri())
-    driver.execute_script("return 1")
     timing = driver.execute_script("return window.inspectPage.timing")
     result = {"first page rendered (ms from navigation)": timing["readyAt"],
-              "JSON parse + first render (ms)": timing["parseAndFirstPageMs"]}
+              "JSON parse + first render (ms)": timing["parseAndFirstPageMs"],
+              "browser CPU for the load (ms, all processes)": 1000 * (browser_cpu_s(driver) - cpu)}
     for name, patch in FILTERS.items():
         driver.execute_script("window.inspectPage.update({flagged: false, correct: 'all', stepMin: null, search: ''})")
         if patch == "STEP":

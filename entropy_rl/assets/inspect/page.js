@@ -4,7 +4,12 @@
   "use strict";
   const start = performance.now();
   const data = JSON.parse(document.getElementById("inspect-data").textContent);
-  const responses = data.responses, kinds = data.kinds;
+  const kinds = data.kinds;
+  const responses = data.responses.map((values) => {  // RESPONSE_FIELDS of entropy_rl/inspect/runs.py
+    const r = {};
+    data.fields.forEach((field, i) => { r[field] = values[i]; });
+    return r;
+  });
   const H_EDGES = [0.1, 0.5, 1, 2];     // entropy classes h0..h4, nats
   const P_EDGES = [0.1, 0.3, 0.6, 0.9]; // probability classes p0..p4
   const OUTLINED = new Set(["silenced", "penalised", "kept", "dropped"]);
@@ -24,7 +29,7 @@
   }
 
   function tokenClasses(r, i) {
-    const h = r.h[i] / 1000, p = Math.exp(r.lp[i] / 1000), kind = kinds[r.kind[i]];
+    const h = r.h[i] / 1000, p = Math.exp(r.lp[i] / 1000), kind = kinds[r.kind.charCodeAt(i) - 48];
     return "t h" + bin(h, H_EDGES) + " p" + bin(p, P_EDGES) + (OUTLINED.has(kind) ? " k-" + kind : "");
   }
 
@@ -58,9 +63,14 @@
       text + '<div class="tokens">' + tokensHtml(r) + "</div></div>";
   }
 
+  function responseText(r) {  // the decoded response: its pieces without the special tokens' names
+    if (r.pieces === null) return r.text;
+    return r.special.length ? r.pieces.filter((_, i) => r.special.indexOf(i) < 0).join("") : r.pieces.join("");
+  }
+
   function applyFilters() {
     const needle = state.search.toLowerCase();
-    if (needle && lowerText === null) lowerText = responses.map((r) => r.text.toLowerCase());
+    if (needle && lowerText === null) lowerText = responses.map((r) => responseText(r).toLowerCase());
     matches = [];
     for (let i = 0; i < responses.length; i++) {
       const r = responses[i];
@@ -123,7 +133,7 @@
   }
 
   function tokenTip(r, i) {
-    const kind = kinds[r.kind[i]], lp = r.lp[i] / 1000;
+    const kind = kinds[r.kind.charCodeAt(i) - 48], lp = r.lp[i] / 1000;
     const piece = r.pieces === null ? "(no pieces in this file)" : JSON.stringify(r.pieces[i]);
     const lines = ["token " + i + " of " + r.lp.length + ": " + piece,
       "p " + Math.exp(lp).toFixed(4) + "   log-prob " + lp.toFixed(3) + "   entropy " + (r.h[i] / 1000).toFixed(3),
