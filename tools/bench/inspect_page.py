@@ -1,11 +1,12 @@
 """The inspect page's size, build time and load / filter times in headless chromium.
 
-    python tools/bench/inspect_page.py RUN_DIR [--cap-mb 50] [--tokens-per-response N] [--loads 3]
-                                      [--out /tmp/inspect_bench]
+    python tools/bench/inspect_page.py RUN_DIR [--cap-mb 50 | --steps 200] [--tokens-per-response N]
+                                      [--loads 3] [--out /tmp/inspect_bench]
 
 Without --cap-mb the page is the run's own. With it, a copy of the run gets a samples.jsonl
 synthesized to that size (logging.samples_max_mb's default is 50) by repeating the run's rows
-with later step numbers; --tokens-per-response joins consecutive rows into responses of about N
+with later step numbers; --steps does the same up to that many steps (a finished run of a
+config whose run was cut short); --tokens-per-response joins consecutive rows into responses of about N
 tokens (long reasoning responses). Printed: the page's size, `entropy-rl inspect`'s wall and
 CPU time, and, over --loads fresh loads in chromium (through chromedriver): the time from
 navigation start until the first page of responses is rendered (the page's own
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -49,9 +51,10 @@ def joined_rows(rows: list[dict], tokens: int) -> list[dict]:
     return out
 
 
-def synthesize(run_dir: Path, out_dir: Path, cap_mb: float, tokens: int | None) -> Path:
-    """A copy of run_dir whose samples.jsonl is repeated rows up to cap_mb MiB."""
-    copy = out_dir / (f"{run_dir.name}-{cap_mb:g}mb" + (f"-{tokens}tok" if tokens else ""))
+def synthesize(run_dir: Path, out_dir: Path, cap_mb: float | None, steps: int | None, tokens: int | None) -> Path:
+    """A copy of run_dir whose samples.jsonl is repeated rows up to cap_mb MiB or `steps` steps."""
+    size_name = f"{cap_mb:g}mb" if cap_mb else f"{steps}steps"
+    copy = out_dir / (f"{run_dir.name}-{size_name}" + (f"-{tokens}tok" if tokens else ""))
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints", "*.html"))
     rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
@@ -59,9 +62,12 @@ def synthesize(run_dir: Path, out_dir: Path, cap_mb: float, tokens: int | None) 
         rows = joined_rows(rows * max(1, tokens // 8), tokens)
     last_step = max(row["step"] for row in rows)
     lines, size, repeat = [], 0, 0
-    while size < cap_mb * 2**20:
+    while size < (cap_mb or math.inf) * 2**20 and repeat * last_step < (steps or math.inf):
         for row in rows:
-            line = json.dumps(dict(row, step=row["step"] + repeat * last_step), ensure_ascii=False) + "\n"
+            step = row["step"] + repeat * last_step
+            if steps and step > steps:
+                break
+            line = json.dumps(dict(row, step=step), ensure_ascii=False) + "\n"
             lines.append(line)
             size += len(line.encode())
         repeat += 1
@@ -122,12 +128,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--cap-mb", type=float)
+    parser.add_argument("--steps", type=int)
     parser.add_argument("--tokens-per-response", type=int)
     parser.add_argument("--loads", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("/tmp/inspect_bench"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    run_dir = synthesize(args.run_dir, args.out, args.cap_mb, args.tokens_per_response) if args.cap_mb else args.run_dir
+    synthesized = args.cap_mb or args.steps
+    run_dir = (synthesize(args.run_dir, args.out, args.cap_mb, args.steps, args.tokens_per_response) if synthesized
+               else args.run_dir)
     samples = run_dir / "samples.jsonl"
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
     page = args.out / f"{run_dir.name}.html"

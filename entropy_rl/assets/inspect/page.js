@@ -135,7 +135,7 @@
   function tokenTip(r, i) {
     const kind = kinds[r.kind.charCodeAt(i) - 48], lp = r.lp[i] / 1000;
     const piece = r.pieces === null ? "(no pieces in this file)" : JSON.stringify(r.pieces[i]);
-    const lines = ["token " + i + " of " + r.lp.length + ": " + piece,
+    const lines = ["token " + (i + 1) + " of " + r.lp.length + ": " + piece,
       "p " + Math.exp(lp).toFixed(4) + "   log-prob " + lp.toFixed(3) + "   entropy " + (r.h[i] / 1000).toFixed(3),
       "advantage " + fmt(r.advantage, 4)];
     if (kind) lines.push(kind + (kind === "penalised" && r.coef ? " (coefficient " + r.coef[i] + ")" : ""));
