@@ -139,6 +139,13 @@ def test_filters_and_paging_change_what_is_shown(browser, page):
     assert _shown(driver) == list(range(20, len(rows)))
     assert f"responses 21–{len(rows)} of {len(rows)}" in driver.find_element(By.ID, "pager-top").text
 
+    driver.execute_script("inspectPage.update({preview: 5, pageSize: 50})")  # long responses show 5 tokens first
+    tokens = lambda: driver.execute_script(  # noqa: E731
+        "return Array.from(document.querySelectorAll('[data-r=\"0\"] .t')).map(e => Number(e.dataset.i))")
+    assert tokens() == list(range(5))
+    driver.find_element(By.CSS_SELECTOR, '[data-r="0"] button.more').click()
+    assert tokens() == list(range(rows[0]["length"]))
+
     driver.find_element(By.CSS_SELECTOR, 'input[name="colour"][value="prob"]').click()
     assert driver.find_element(By.ID, "responses").get_attribute("class") == "by-prob"
 

@@ -10,14 +10,12 @@ from entropy_rl.data.tokenizer import load_tokenizer
 from entropy_rl.train.samples import token_pieces
 
 QWEN3_TOKENIZER = pathlib.Path(__file__).parents[1] / "data" / "qwen3_tokenizer"
+TEXT = "Answer: 中文 🙂 naïve 𝚗 x² ≥ 3\n\tdone"  # 𝚗 (4 UTF-8 bytes) is three tokens in Qwen3's vocabulary
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
     return load_tokenizer(QWEN3_TOKENIZER)
-
-
-TEXT = "Answer: 中文 🙂 naïve 𝚗 x² ≥ 3\n\tdone"  # 𝚗 (4 UTF-8 bytes) is three tokens in Qwen3's vocabulary
 
 
 def test_pieces_join_to_the_decoded_text_and_the_completing_token_carries_a_split_character(tokenizer):

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from entropy_rl import cli
 from entropy_rl.inspect import Section, read_run, write_page

@@ -14,7 +14,8 @@
   const P_EDGES = [0.1, 0.3, 0.6, 0.9]; // probability classes p0..p4
   const OUTLINED = new Set(["silenced", "penalised", "kept", "dropped"]);
   const state = { run: -1, stepMin: null, stepMax: null, correct: "all", flagged: false, search: "",
-                  page: 0, pageSize: 50, colour: "entropy" };
+                  page: 0, pageSize: 50, colour: "entropy",
+                  preview: 500 };  // tokens shown of a longer response until asked: a page stays fast to render
   const $ = (id) => document.getElementById(id);
   const box = $("responses"), tip = $("tip");
   let matches = [], lowerText = null;
@@ -33,10 +34,10 @@
     return "t h" + bin(h, H_EDGES) + " p" + bin(p, P_EDGES) + (OUTLINED.has(kind) ? " k-" + kind : "");
   }
 
-  function tokensHtml(r) {
+  function tokensHtml(r, from, to) {  // the spans of tokens [from, to)
     const out = [];
     const special = new Set(r.special);
-    for (let i = 0; i < r.lp.length; i++) {
+    for (let i = from; i < to; i++) {
       let cls = tokenClasses(r, i), text;
       if (r.pieces === null) { cls += " cell"; text = ""; }
       else if (special.has(i)) { cls += " sp"; text = esc(r.pieces[i]); }
@@ -60,7 +61,9 @@
     const prompt = '<details class="prompt"><summary>prompt</summary><pre>' + esc(data.prompts[r.prompt]) + "</pre></details>";
     const text = r.pieces === null ? '<pre class="text">' + esc(r.text) + "</pre>" : "";
     return '<div class="response ' + verdict + '" data-r="' + index + '"><div class="meta">' + meta + "</div>" + prompt +
-      text + '<div class="tokens">' + tokensHtml(r) + "</div></div>";
+      text + '<div class="tokens">' + tokensHtml(r, 0, Math.min(r.lp.length, state.preview)) +
+      (r.lp.length > state.preview ? '<button class="more">show the other ' + (r.lp.length - state.preview) +
+        " tokens</button>" : "") + "</div></div>";
   }
 
   function responseText(r) {  // the decoded response: its pieces without the special tokens' names
@@ -174,6 +177,12 @@
         }
       });
     }
+    box.addEventListener("click", (e) => {
+      if (!e.target.classList.contains("more")) return;
+      const r = responses[Number(e.target.closest("[data-r]").dataset.r)];
+      e.target.insertAdjacentHTML("beforebegin", tokensHtml(r, state.preview, r.lp.length));
+      e.target.remove();
+    });
     box.addEventListener("mouseover", (e) => {
       const token = e.target.closest(".t"), card = token && token.closest("[data-r]");
       if (!card) { tip.hidden = true; return; }
