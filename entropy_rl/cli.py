@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "plot": ("entropy_rl.eval.plot", "main", "PNG figures of one or more run directories"),
     "sweep": ("entropy_rl.sweep.runner", "main", "methods x seeds (x overrides) grid of training runs, resumable"),
     "compare": ("entropy_rl.sweep.compare", "main", "report of runs or a sweep: intervals over seeds, paired tests"),
+    "inspect": ("entropy_rl.inspect.page", "main", "one HTML page of runs: summary, curves, a token browser"),
     "rank": ("entropy_rl.ranking", "main", "rank a dataset by semantic entropy (SENT curriculum input)"),
     "export": ("entropy_rl.train.export", "main", "write a checkpoint's policy as an HF checkpoint"),
     "plan": ("entropy_rl.plan", "main", "per-chip memory of a run's compiled programs (a TPU topology via libtpu)"),

@@ -174,12 +174,13 @@ class Groups:
     rewards: np.ndarray  # [G n] reward used for the advantage (with the overlong penalty)
     answers: list  # [G n] extracted answers (None = no \boxed{})
     verifier_failures: int = 0  # checks that raised or timed out (reward 0) in the sampled batches
+    references: list | None = None  # [G n] the problems' reference answers (None: not known)
 
     def select(self, groups: np.ndarray, n: int) -> "Groups":
         rows = (np.asarray(groups)[:, None] * n + np.arange(n)[None]).reshape(-1)
         rollout = jax.tree.map(lambda x: x[rows] if isinstance(x, np.ndarray) else _take_rows(x, rows), self.rollout)
         return Groups(rollout, self.correct[rows], self.rewards[rows], [self.answers[i] for i in rows],
-                      self.verifier_failures)
+                      self.verifier_failures, self.references and [self.references[i] for i in rows])
 
     @staticmethod
     def concatenate(parts: Sequence["Groups"]) -> "Groups":
@@ -189,7 +190,8 @@ class Groups:
         width = max(p.rollout.prompt_tokens.shape[1] for p in parts)  # rounds of different prompt buckets
         rollout = jax.tree.map(concatenate, *[_widen_prompts(p.rollout, width) for p in parts])
         return Groups(rollout, np.concatenate([p.correct for p in parts]), np.concatenate([p.rewards for p in parts]),
-                      [a for p in parts for a in p.answers], sum(p.verifier_failures for p in parts))
+                      [a for p in parts for a in p.answers], sum(p.verifier_failures for p in parts),
+                      None if any(p.references is None for p in parts) else [r for p in parts for r in p.references])
 
 
 @jax.jit
@@ -253,7 +255,8 @@ def sample_groups(model, problems: Sequence[Problem], encode, tokenizer, samplin
     rollout = scored.rollout
     if is_multiprocess(mesh):
         rollout = jax.tree.map(lambda x: global_from_host_rows(x, mesh), rollout)
-    return Groups(rollout, gathered.rewards, rewards, gathered.answers, gathered.verifier_failures)
+    return Groups(rollout, gathered.rewards, rewards, gathered.answers, gathered.verifier_failures,
+                  [p.answer for p in problems for _ in range(sampling.n)])
 
 
 def collect_groups(model, iterator, encode, tokenizer, sampling, key, *, config: TrainConfig, mesh
@@ -530,7 +533,8 @@ def rl_step(trainer: Trainer, programs: Programs, state: TrainState, ref_params,
     if samples is not None and config.logging.samples_per_step:
         rows = sample_rows_of(len(advantages), config.logging.samples_per_step)
         samples.write(sample_records(step + 1, batch, entropy, rows=rows, rewards=groups.rewards,
-                                     correct=groups.correct, answers=groups.answers, tokenizer=trainer.tokenizer,
+                                     correct=groups.correct, answers=groups.answers, references=groups.references,
+                                     tokenizer=trainer.tokenizer,
                                      loss_name=a.name, loss_config=trainer.step_config.loss,
                                      flag=flag_metric and f"loss/{flag_metric}", mesh=trainer.mesh))
 

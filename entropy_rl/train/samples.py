@@ -3,16 +3,21 @@
 One row per kept response:
 
     {"step", "row", "prompt", "response", "reward", "correct", "answer", "length", "advantage",
-     "logp": [T'], "entropy": [T'], "flagged": [T'], "dropped": [T'], "penalised": [T'], "flag": str|None}
+     "logp": [T'], "entropy": [T'], "flagged": [T'], "dropped": [T'], "penalised": [T'], "flag": str|None,
+     "tokens": [T'], "pieces": [T'], "special": {index: name}, "reference"}
 
 over the response's T' tokens. logp / entropy are the policy's at the start of the step (the
 update's old log-probs, at the sampling temperature); the flags are the method's whole-batch
 selection (`entropy_rl.losses.prepare_policy_loss`) on those log-probs, which is what the
 step's first update uses: `flagged` = tokens the method masked or penalised (the tokens its
 `loss/<flag>` metric counts, e.g. STAPO's spurious tokens), `dropped` = valid tokens without
-weight in the policy-gradient numerator, `penalised` = tokens with a non-zero penalty
-coefficient (SENT, KL-Cov). Rows of steps after a resumed run's checkpoint are dropped (as in
-metrics.jsonl); the file stops growing at logging.samples_max_mb. Only process 0 writes.
+weight in the policy-gradient numerator, `penalised` = each token's penalty coefficient
+(SENT, KL-Cov; 0 = not penalised; files written before `pieces` existed hold 0/1 there).
+`tokens` are the response's token ids and `pieces` their text (`token_pieces`:
+"".join(pieces) == response, or null); `special` names the special tokens the decode skips;
+`reference` is the problem's reference answer. Rows of steps after a resumed run's checkpoint
+are dropped (as in metrics.jsonl); the file stops growing at logging.samples_max_mb. Only
+process 0 writes.
 """
 
 from __future__ import annotations
@@ -40,12 +45,12 @@ def sample_rows_of(num_rows: int, per_step: int) -> np.ndarray:
 
 @functools.partial(jax.jit, static_argnames=("loss_name", "loss_config", "out_sharding"))
 def _token_flags(batch, entropy, rows, *, loss_name, loss_config, out_sharding):
-    """(flagged, dropped, penalised) float32 [len(rows), T] of the whole batch's selection."""
+    """(flagged, dropped, penalty coefficient) float32 [len(rows), T] of the whole batch's selection."""
     prepared = losses.prepare_policy_loss(loss_name, loss_inputs(batch, batch.old_logp, entropy), config=loss_config,
                                           rng=jax.random.key(0))
     valid = batch.mask != 0
     flags = (prepared.flagged, (valid & (prepared.pg_weight == 0)).astype(jnp.float32),
-             (valid & (prepared.coef != 0)).astype(jnp.float32))
+             jnp.where(valid, prepared.coef, 0.0))
     picked = tuple(f[rows] for f in flags) + (batch.old_logp[rows], entropy[rows], batch.tokens[rows],
                                               batch.mask[rows], batch.prompt_tokens[rows], batch.prompt_mask[rows],
                                               batch.advantages[rows])
@@ -57,9 +62,33 @@ def _host(x: jax.Array) -> np.ndarray:
     return np.asarray(x.addressable_data(0))
 
 
+def token_pieces(tokenizer, ids: list[int]) -> tuple[list[str] | None, dict[str, str]]:
+    """(pieces, special): the text each token adds to `tokenizer.decode(ids, skip_special_tokens=True)`,
+    so that "".join(pieces) is that text exactly (else pieces is None: a tokenizer whose decode
+    is not the concatenation of its parts, e.g. one that strips a leading space), and
+    {str(index): name} of the skipped special tokens.
+
+    A byte-level BPE token may end inside a multi-byte UTF-8 character: its piece is "" and
+    the token that completes the character carries the whole character (a window of at most
+    4 tokens, the longest UTF-8 character; a sequence still invalid after it keeps the
+    decoder's U+FFFD). A special token's piece is "" (the verified text has none).
+    """
+    pieces, special, start = [], {}, 0
+    for i in range(len(ids)):
+        text = tokenizer.decode(ids[start:i + 1], skip_special_tokens=True)
+        if text.endswith("\ufffd") and i - start < 3 and i + 1 < len(ids):
+            pieces.append("")  # an incomplete character: the completing token carries it
+            continue
+        pieces.append(text)
+        start = i + 1
+        if not text and (name := tokenizer.decode(ids[i:i + 1], skip_special_tokens=False)):
+            special[str(i)] = name
+    return (pieces if "".join(pieces) == tokenizer.decode(ids, skip_special_tokens=True) else None), special
+
+
 def sample_records(step: int, batch, entropy, *, rows: np.ndarray, rewards: np.ndarray, correct: np.ndarray,
-                   answers: list, tokenizer, loss_name: str, loss_config: Any, flag: str | None,
-                   mesh: jax.sharding.Mesh) -> list[dict[str, Any]]:
+                   answers: list, references: list | None, tokenizer, loss_name: str, loss_config: Any,
+                   flag: str | None, mesh: jax.sharding.Mesh) -> list[dict[str, Any]]:
     """samples.jsonl rows for `rows` of the step's update batch (global row indices; every
     process must call it: the flags are one computation over the mesh)."""
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -70,16 +99,21 @@ def sample_records(step: int, batch, entropy, *, rows: np.ndarray, rewards: np.n
     for i, row in enumerate(rows):
         length = int(mask[i].sum())
         prompt = prompt_tokens[i][prompt_mask[i] != 0].tolist()
+        response = tokens[i, :length].tolist()
+        text = tokenizer.decode(response, skip_special_tokens=True)  # as verified
+        pieces, special = token_pieces(tokenizer, response)
         records.append({
             "step": step, "row": int(row),
             "prompt": tokenizer.decode(prompt, skip_special_tokens=False),
-            "response": tokenizer.decode(tokens[i, :length].tolist(), skip_special_tokens=True),  # as verified
+            "response": text,
             "reward": float(rewards[row]), "correct": float(correct[row]), "answer": answers[row],
+            "reference": None if references is None else references[row],
             "length": length, "advantage": float(advantages[i]),
             "logp": [round(float(x), 5) for x in logp[i, :length]],
             "entropy": [round(float(x), 5) for x in ent[i, :length]],
             "flagged": flagged[i, :length].astype(int).tolist(), "dropped": dropped[i, :length].astype(int).tolist(),
-            "penalised": penalised[i, :length].astype(int).tolist(), "flag": flag,
+            "penalised": [round(float(x), 5) for x in penalised[i, :length]], "flag": flag,
+            "tokens": response, "pieces": pieces, "special": special,
         })
     return records
 
