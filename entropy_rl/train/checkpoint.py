@@ -35,6 +35,9 @@ Faults (each reported as a `CheckpointError` naming the step, the directory and 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import json
 import logging
 import os
 import re
@@ -45,13 +48,17 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from entropy_rl.train.config import ModelConfig, TrainConfig, config_diff, config_from_dict, config_to_dict
 from entropy_rl.train.metrics import METRICS_FILE, TENSORBOARD_SUBDIR
 from entropy_rl.train.signals import deferred_interrupts
 
 CHECKPOINT_SUBDIR = "checkpoints"
+CHECKSUMS_ITEM = "checksums"  # the fifth item of a checkpoint: {"params/<path>": checksum, "train_state/<path>": ...}
 # Config keys (a trailing "." covers a whole section) that may change when a run resumes: they
 # change neither the arrays, nor the data, nor what the run computes.
 HARMLESS_CHANGES = ("run_dir", "total_steps", "resume", "resume_allow_changes", "max_consecutive_nonfinite",
@@ -242,6 +249,102 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(leaf, tree)
 
 
+# --------------------------------------------------------------------------- integrity
+
+_CHECKSUM_SEEDS = (0x9E3779B9, 0x7F4A7C15)  # two 32-bit lanes: a 64-bit checksum per array
+
+
+def _fmix32(h, xp=jnp):
+    """MurmurHash3's 32-bit finaliser on uint32 values (each input bit flips each output bit
+    with p ~ 1/2); xp: numpy or jax.numpy."""
+    h = h ^ (h >> xp.uint32(16))
+    h = h * xp.uint32(0x85EBCA6B)
+    h = h ^ (h >> xp.uint32(13))
+    h = h * xp.uint32(0xC2B2AE35)
+    return h ^ (h >> xp.uint32(16))
+
+
+def _checksum(words, xp=jnp) -> list:
+    """checksum[k] = sum_i fmix32(w_i XOR (i * s_k + s_k)) mod 2^32 over an array's bits as
+    uint32 words w in row-major order (`_CHECKSUM_SEEDS`): defined by the global value, so
+    a host copy (numpy) and any sharding over any number of processes (jax) give the same."""
+    index = xp.arange(words.size, dtype=xp.uint32)
+    return [xp.sum(_fmix32(words ^ (index * xp.uint32(s) + xp.uint32(s)), xp), dtype=xp.uint32)
+            for s in _CHECKSUM_SEEDS]
+
+
+def _host_words(x: np.ndarray) -> np.ndarray:
+    """An array's bits as a flat uint32 vector (narrower items widened, 8-byte items split)."""
+    x = np.ascontiguousarray(x).reshape(-1)
+    if x.dtype.itemsize == 8:
+        return x.view(np.uint32)
+    return x.view({1: np.uint8, 2: np.uint16, 4: np.uint32}[x.dtype.itemsize]).astype(np.uint32, copy=False)
+
+
+def _device_words(x: jax.Array) -> jax.Array:
+    """`_host_words` on the devices."""
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).reshape(-1)
+
+
+def _device_digest(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    finite = jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
+    return jnp.stack(_checksum(_device_words(x))), finite
+
+
+@functools.lru_cache(maxsize=None)
+def _device_digest_program(out_sharding: jax.sharding.Sharding) -> Callable:
+    """`_device_digest` compiled once per array shape, dtype and sharding, replicated result."""
+    return jax.jit(_device_digest, out_shardings=out_sharding)
+
+
+def _digest(x: Any) -> tuple[str, bool]:
+    """(checksum as 16 hex digits, all values finite) of one array: from a host copy when this
+    process holds all of it, else computed where its shards are (every process must call)."""
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        host = np.asarray(x)
+        lanes = _checksum(_host_words(host), np)
+        finite = not np.issubdtype(host.dtype, np.inexact) or bool(np.isfinite(host).all())
+    else:
+        replicated = jax.sharding.NamedSharding(x.sharding.mesh, jax.sharding.PartitionSpec())
+        lanes, finite = (np.asarray(y.addressable_data(0)) for y in _device_digest_program(replicated)(x))
+        finite = bool(finite)
+    return f"{int(lanes[0]):08x}{int(lanes[1]):08x}", finite
+
+
+def _leaf_name(path: tuple) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def array_digests(items: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """({"<item>/<leaf path>": `_digest` checksum}, names of the floating arrays holding a NaN
+    or an infinity) of every array of `items` ({item name: pytree}). Every process of a
+    multi-process job must call it; each gets the same result."""
+    checksums, nonfinite = {}, []
+    for item, tree in items.items():
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            name = f"{item}/{_leaf_name(path)}"
+            checksums[name], finite = _digest(leaf)
+            if not finite:
+                nonfinite.append(name)
+    return checksums, nonfinite
+
+
+def fingerprint(checksums: dict[str, str]) -> str:
+    """The content identity of a checkpoint's weights: BLAKE2b (16 hex digits) of its
+    parameters' checksums; equal for equal parameters, whatever the step or path."""
+    params = {name: value for name, value in checksums.items() if name.startswith("params/")}
+    return hashlib.blake2b(json.dumps(params, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+class NonFiniteParameters(CheckpointError):
+    """A checkpoint was not written because parameters hold NaN or infinite values."""
+
+
 class Checkpointer:
     """RUN_DIR/checkpoints through an `orbax.checkpoint.CheckpointManager`.
 
@@ -292,15 +395,27 @@ class Checkpointer:
     def save(self, step: int, *, params: Any, train_state: Any, data_state: dict, config: TrainConfig) -> None:
         """Start writing checkpoint `step` (asynchronous unless async_save=False); keeps the last N.
 
+        A checksum of every array is saved with it (`array_digests`, verified by every restore);
+        NonFiniteParameters, and nothing written, when a parameter holds a NaN or an infinity.
+
         Waits for the previous save first. A failure (now or, for an asynchronous save, at the
         next `check` / `save` / `wait`) raises CheckpointSaveError; Ctrl-C is held until the
         arrays are copied off the devices, so an interrupt never abandons a started save."""
         self.wait()
+        checksums, nonfinite = array_digests({"params": params, "train_state": train_state})
+        nonfinite = [name for name in nonfinite if name.startswith("params/")]
+        if nonfinite:
+            good = self.latest_step()
+            raise NonFiniteParameters(
+                f"not saving checkpoint {step}: {len(nonfinite)} parameter arrays hold NaN or infinite values "
+                f"({', '.join(nonfinite[:3])}{', ...' if len(nonfinite) > 3 else ''}); the last good checkpoint is "
+                + (f"step {good} in {self.directory}" if good is not None else "none"))
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(params),
             train_state=ocp.args.StandardSave(train_state),
             data_state=ocp.args.JsonSave(data_state),
             config=ocp.args.JsonSave(config_to_dict(config)),
+            **{CHECKSUMS_ITEM: ocp.args.JsonSave(checksums)},
         )
         self._pending = step
         try:
@@ -356,12 +471,41 @@ class Checkpointer:
         """`manager.restore`, its failure classified: CheckpointCorrupt for a damaged step,
         ValueError naming the config differences for arrays that do not fit the targets."""
         try:
-            return self._manager.restore(step, args=args)
+            restored = self._manager.restore(step, args=args)
         except Exception as error:  # noqa: BLE001 - classified below from the saved metadata
             differences = self._array_differences(step, targets)
             if not differences:  # unreadable metadata, or arrays that fit: the files are what is wrong
                 raise CheckpointCorrupt(step, self.directory, _cause(error)) from None
             raise ValueError(self._mismatch_message(step, differences, config)) from None
+        self._verify(step, {item: getattr(restored, item) for item in targets})
+        return restored
+
+    def checksums(self, step: int) -> dict[str, str] | None:
+        """The array checksums saved with checkpoint `step`; None for a checkpoint saved
+        without them (by an earlier version); CheckpointCorrupt when they cannot be read."""
+        if not (epath.Path(self.directory) / str(step) / CHECKSUMS_ITEM).exists():
+            return None
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**{CHECKSUMS_ITEM: ocp.args.JsonRestore()}))
+        except Exception as error:  # noqa: BLE001 - an unreadable JSON file
+            raise CheckpointCorrupt(step, self.directory, f"{CHECKSUMS_ITEM}: {_cause(error)}") from None
+        return restored[CHECKSUMS_ITEM]
+
+    def fingerprint(self, step: int) -> str | None:
+        """`fingerprint` of checkpoint `step`'s parameters (None: saved without checksums)."""
+        checksums = self.checksums(step)
+        return None if checksums is None else fingerprint(checksums)
+
+    def _verify(self, step: int, restored: dict[str, Any]) -> None:
+        """CheckpointCorrupt naming the arrays whose checksum differs from the one saved."""
+        saved = self.checksums(step)
+        if saved is None:
+            return
+        read, _ = array_digests(restored)
+        wrong = [name for name, value in read.items() if saved.get(name, value) != value]
+        if wrong:
+            raise CheckpointCorrupt(step, self.directory, f"checksum mismatch in {len(wrong)} arrays "
+                                    f"({', '.join(wrong[:3])}{', ...' if len(wrong) > 3 else ''})")
 
     def _array_differences(self, step: int, targets: dict[str, Any]) -> list[str] | None:
         """How the arrays saved at `step` differ from `targets` ({item: target tree}) by their
