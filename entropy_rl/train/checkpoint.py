@@ -537,7 +537,8 @@ class Checkpointer:
         A damaged step is named, moved aside to `checkpoints/corrupt-<step>-<time>` and the
         next older one tried. Config changes since the checkpoint: the `HARMLESS_CHANGES` are
         logged, any other raises ResumeConfigError naming them, unless
-        `config.resume_allow_changes` (then they are logged too)."""
+        `config.resume_allow_changes` (then they are logged too). A checkpoint past
+        `config.total_steps` is refused (ResumeConfigError naming its step)."""
         for step in reversed(self.all_steps()):
             try:
                 harmless, refused = split_changes(self.saved_config(step), config)
@@ -547,6 +548,11 @@ class Checkpointer:
                         "change:\n  " + "\n  ".join(refused) + "\nRevert these, or set resume_allow_changes=true to "
                         "resume with them, or resume=false to start over (the old run is moved aside), or use "
                         "another run_dir.")
+                if step > config.total_steps:
+                    raise ResumeConfigError(
+                        f"checkpoint {step} in {self.directory} is past total_steps={config.total_steps}: set "
+                        f"total_steps={step} or more to resume it, or resume=false to start over (the old run is "
+                        "moved aside), or use another run_dir.")
                 restored = self.restore(params=params, train_state=train_state, step=step, config=config)
             except CheckpointCorrupt as corrupt:
                 self._set_aside(corrupt, log)
