@@ -93,12 +93,23 @@ def append_rows(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None
         os.fsync(f.fileno())
 
 
+def _umask() -> int:
+    """The process's file mode creation mask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Replace a file's text atomically: a temporary file in the same directory, fsynced, then `os.replace`."""
+    """Replace a file's text atomically: a temporary file in the same directory, fsynced, then `os.replace`.
+
+    The file gets the mode a plain `open(path, "w")` gives it (0666 less the umask: 0644 under
+    the usual 022), not the temporary file's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
