@@ -61,10 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from entropy_rl.train.checkpoint import CheckpointError
     from entropy_rl.train.loop import train
+    from entropy_rl.train.rundir import RunDirLocked, hold_run_dir
     from entropy_rl.train.signals import Preempted
 
     try:
-        summary = train(config)
+        with hold_run_dir(config.run_dir):  # one writer per run directory
+            summary = train(config)
+    except RunDirLocked as e:
+        print(f"entropy-rl train: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted; the same command resumes from the last checkpoint in {config.run_dir}", file=sys.stderr)
         return 130
