@@ -28,8 +28,8 @@ Faults (each reported as a `CheckpointError` naming the step, the directory and 
 - a save that fails (disk full, permissions), in the background or not, raises
   `CheckpointSaveError` at the next `check()` / `save()` / `wait()`; the previous checkpoints
   stay as they were;
-- `resume=false` on a directory with checkpoints moves the old run aside
-  (`set_aside_previous_run`), it never deletes it.
+- `resume=false` on a used run directory, or a resume that finds every checkpoint damaged,
+  moves all of the old run's files aside (`set_aside_previous_run`), it never deletes them.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from entropy_rl.train.config import ModelConfig, TrainConfig, config_diff, config_from_dict, config_to_dict
-from entropy_rl.train.metrics import METRICS_FILE, TENSORBOARD_SUBDIR
 from entropy_rl.train.signals import deferred_interrupts
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -128,24 +127,31 @@ def _on_first_process(action: Callable[[], None], name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def set_aside_previous_run(run_dir: str | os.PathLike, log: Callable[[str], None] = _say) -> str | None:
-    """For `resume=false`: move a previous run's checkpoints, metrics.jsonl and TensorBoard
-    events into RUN_DIR/previous-<time>/ (nothing is deleted) and say so; returns that
-    directory, None when there was no checkpoint."""
+PREVIOUS_RUN_PREFIX = "previous-"
+
+
+def set_aside_previous_run(run_dir: str | os.PathLike, log: Callable[[str], None] = _say,
+                           reason: str = "resume=false") -> str | None:
+    """Move every file of a previous run in RUN_DIR (checkpoints, metrics, samples, summary,
+    config, TensorBoard events, ...) into RUN_DIR/previous-<time>/ (nothing is deleted) and
+    say so, naming `reason`; returns that directory, None when there was nothing to move.
+    Earlier previous-* directories and the run directory's lock stay where they are."""
+    from entropy_rl.train.rundir import LOCK_FILE
+
     run_dir = os.fspath(run_dir)
-    checkpoints = os.path.join(run_dir, CHECKPOINT_SUBDIR)
-    if not os.path.isdir(checkpoints) or not os.listdir(checkpoints):
+    names = sorted(name for name in (os.listdir(run_dir) if os.path.isdir(run_dir) else [])
+                   if not name.startswith(PREVIOUS_RUN_PREFIX) and name != LOCK_FILE)
+    if not names:
         return None
-    target = os.path.join(run_dir, time.strftime("previous-%Y%m%dT%H%M%S"))
+    target = os.path.join(run_dir, time.strftime(f"{PREVIOUS_RUN_PREFIX}%Y%m%dT%H%M%S"))
 
     def move() -> None:
         os.makedirs(target)
-        for name in (CHECKPOINT_SUBDIR, METRICS_FILE, TENSORBOARD_SUBDIR):
-            if os.path.exists(os.path.join(run_dir, name)):
-                os.rename(os.path.join(run_dir, name), os.path.join(target, name))
+        for name in names:
+            os.rename(os.path.join(run_dir, name), os.path.join(target, name))
 
     _on_first_process(move, "set_aside_previous_run")
-    log(f"resume=false: the previous run in {run_dir} (checkpoints, metrics) was moved to {target}")
+    log(f"{reason}: the previous run in {run_dir} ({', '.join(names)}) was moved to {target}")
     return target
 
 
@@ -538,7 +544,10 @@ class Checkpointer:
         next older one tried. Config changes since the checkpoint: the `HARMLESS_CHANGES` are
         logged, any other raises ResumeConfigError naming them, unless
         `config.resume_allow_changes` (then they are logged too). A checkpoint past
-        `config.total_steps` is refused (ResumeConfigError naming its step)."""
+        `config.total_steps` is refused (ResumeConfigError naming its step). When every
+        checkpoint is damaged, the run says that it starts over and the old run's files are
+        moved aside (`set_aside_previous_run`), not rewritten."""
+        damaged = []
         for step in reversed(self.all_steps()):
             try:
                 harmless, refused = split_changes(self.saved_config(step), config)
@@ -556,10 +565,16 @@ class Checkpointer:
                 restored = self.restore(params=params, train_state=train_state, step=step, config=config)
             except CheckpointCorrupt as corrupt:
                 self._set_aside(corrupt, log)
+                damaged.append(step)
                 continue
             if harmless or refused:
                 log(f"resuming from checkpoint {step} with config changes:\n  " + "\n  ".join(harmless + refused))
             return restored
+        if damaged:
+            set_aside_previous_run(os.path.dirname(self.directory), log, reason=f"no intact checkpoint left (steps "
+                                   f"{damaged} are damaged): starting over from step 0")
+            _on_first_process(lambda: os.makedirs(self.directory, exist_ok=True), "recreate_checkpoints")
+            self._manager.reload()
         return None
 
     def _set_aside(self, corrupt: CheckpointCorrupt, log: Callable[[str], None]) -> None:

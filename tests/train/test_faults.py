@@ -2,8 +2,11 @@
 signals, logs, lengths, messages, file modes). Small checkpoints of the 2-layer policy of
 test_checkpoint.py; the runs are the tiny in-process runs of test_finished_runs.py."""
 
+import json
 import os
 import stat
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -79,3 +82,57 @@ def test_rewritten_run_files_get_the_mode_of_the_umask_not_0600(tmp_path, umask,
     assert jsonl.read_rows(tmp_path / "samples.jsonl") == [{"step": 1}]
     for name in ("samples.jsonl", "metrics.jsonl", "config.yaml"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_one_writer_per_run_directory_and_a_dead_holders_lock_is_taken_over(tmp_path, capsys):
+    from entropy_rl.train import cli, rundir
+
+    messages = []
+    with rundir.hold_run_dir(tmp_path, log=messages.append):
+        with pytest.raises(rundir.RunDirLocked, match=rf"in use by another training run, pid {os.getpid()} on "):
+            with rundir.hold_run_dir(tmp_path):
+                pass
+        # the CLI: one line, before anything is built
+        assert cli.main([f"run_dir={tmp_path}", "warmstart.enabled=false"]) == 1
+        err = capsys.readouterr().err
+        assert f"pid {os.getpid()}" in err and "use another run_dir" in err and "Traceback" not in err
+    assert messages == [] and (tmp_path / rundir.LOCK_FILE).read_text() == ""
+    # a killed run's record: taken over, with a line saying so
+    (tmp_path / rundir.LOCK_FILE).write_text(json.dumps({"host": "h", "pid": _dead_pid(), "started": 0}))
+    with rundir.hold_run_dir(tmp_path, log=messages.append):
+        assert json.loads((tmp_path / rundir.LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert len(messages) == 1 and "taking over the lock of pid" in messages[0] and "no longer running" in messages[0]
+
+
+def test_resume_false_moves_every_file_of_the_old_run_aside(tmp_path, policy):  # noqa: F811
+    _two_steps(tmp_path, policy)
+    old_files = ("metrics.jsonl", "samples.jsonl", "summary.json", "summary.txt", "config.yaml")
+    for name in old_files:
+        (tmp_path / name).write_text(name)
+    (tmp_path / "tensorboard").mkdir()
+    messages = []
+    moved = tmp_path / ck.set_aside_previous_run(tmp_path, log=messages.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [moved.name]
+    assert all((moved / name).read_text() == name for name in old_files)
+    assert sorted(p.name for p in (moved / "checkpoints").iterdir()) == ["1", "2"] and "resume=false" in messages[0]
+
+
+def test_every_checkpoint_damaged_says_it_starts_over_and_moves_the_history_aside(tmp_path, policy):  # noqa: F811
+    config, params, train_state = _two_steps(tmp_path, policy)
+    for step in (1, 2):
+        _flip_bytes(tmp_path / "checkpoints" / str(step))
+    (tmp_path / "metrics.jsonl").write_text('{"step": 2}\n')
+    messages = []
+    with ck.Checkpointer(tmp_path, max_to_keep=5) as loader:
+        assert loader.resume(params=params, train_state=train_state, config=config, log=messages.append) is None
+        loader.save(1, params=params, train_state=train_state, data_state={}, config=config)  # the new run saves
+    assert "no intact checkpoint left (steps [2, 1] are damaged): starting over from step 0" in messages[-1]
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith("previous-")]
+    assert len(moved) == 1 and (moved[0] / "metrics.jsonl").read_text() == '{"step": 2}\n'
+    assert not (tmp_path / "metrics.jsonl").exists() and (tmp_path / "checkpoints" / "1").is_dir()
