@@ -91,7 +91,7 @@ class ResumeConfigError(CheckpointError):
 
 def _cause(error: BaseException) -> str:
     """The innermost OSError of an exception chain (disk full, permissions; TensorStore's
-    `os_error_code`), else the error's first line: `Type: message`."""
+    `os_error_code`) as "<strerror> [errno N] (...)", else the error's first line: `Type: message`."""
     seen, innermost = set(), error
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -100,8 +100,8 @@ def _cause(error: BaseException) -> str:
         error = error.__cause__ or error.__context__
     text = (str(innermost).strip().splitlines() or [""])[0]
     os_error = re.search(r"os_error_code='?(\d+)", text)  # TensorStore's form of an OSError
-    if os_error:
-        code = int(os_error.group(1))
+    code = int(os_error.group(1)) if os_error else getattr(innermost, "errno", None)
+    if code:
         return f"{os.strerror(code)} [errno {code}] ({type(innermost).__name__}: {text[:160]} ...)"
     return f"{type(innermost).__name__}: {text[:300]}"
 
@@ -345,6 +345,18 @@ def fingerprint(checksums: dict[str, str]) -> str:
     parameters' checksums; equal for equal parameters, whatever the step or path."""
     params = {name: value for name, value in checksums.items() if name.startswith("params/")}
     return hashlib.blake2b(json.dumps(params, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
+
+
+def all_finite(tree: Any) -> bool:
+    """Whether every floating array of `tree` is free of NaN and infinities (one program on
+    the devices that hold them; every process of a job must call it)."""
+    return bool(np.asarray(_all_finite(tree).addressable_data(0)))
 
 
 class NonFiniteParameters(CheckpointError):
@@ -597,11 +609,14 @@ class Checkpointer:
         return step, self._restore(step, args, {"params": params}, None).params
 
     def saved_config(self, step: int | None = None) -> TrainConfig:
-        """The TrainConfig stored with checkpoint `step` (default: latest); CheckpointCorrupt
-        when it cannot be read."""
+        """The TrainConfig stored with checkpoint `step` (default: latest); FileNotFoundError
+        naming the steps there are when there is no such step, CheckpointCorrupt when it
+        cannot be read."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        if step not in self.all_steps():
+            raise FileNotFoundError(f"no checkpoint {step} in {self.directory} (have: {self.all_steps()})")
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         except Exception as error:  # noqa: BLE001 - a missing or unreadable JSON file

@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from entropy_rl.train.checkpoint import CheckpointError
     from entropy_rl.train.loop import train
+    from entropy_rl.train.metrics import LogWriteError
     from entropy_rl.train.rundir import RunDirLocked, hold_run_dir
     from entropy_rl.train.signals import Preempted
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as e:
         print(f"entropy-rl train: {e}", file=sys.stderr)
         return e.exit_code
-    except CheckpointError as e:
+    except (CheckpointError, FloatingPointError, LogWriteError) as e:
         print(f"entropy-rl train: {e}", file=sys.stderr)
         return 1
     if jax.process_index() == 0:  # one summary for a multi-host run

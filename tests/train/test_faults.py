@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +16,10 @@ import pytest
 
 from entropy_rl import jsonl
 from entropy_rl.train import checkpoint as ck
+from entropy_rl.train.config import load_config
 from entropy_rl.train.config import replace as replace_config
 
+from tests.train.test_resume import REPO
 from tests.train.test_checkpoint import _config, _run_state, _two_steps, policy  # noqa: F401 - a fixture
 
 
@@ -136,3 +139,151 @@ def test_every_checkpoint_damaged_says_it_starts_over_and_moves_the_history_asid
     moved = [p for p in tmp_path.iterdir() if p.name.startswith("previous-")]
     assert len(moved) == 1 and (moved[0] / "metrics.jsonl").read_text() == '{"step": 2}\n'
     assert not (tmp_path / "metrics.jsonl").exists() and (tmp_path / "checkpoints" / "1").is_dir()
+
+
+_SIGTERM_AT_THE_FINAL_WAIT = """
+import os, signal, sys
+import jax
+from entropy_rl.train import checkpoint as ck
+from entropy_rl.train.config import load_config
+from entropy_rl.train.loop import train
+
+close = ck.Checkpointer.close
+def close_after_a_sigterm(self):
+    os.kill(os.getpid(), signal.SIGTERM)  # "waiting for checkpoint N to be written ..."
+    close(self)
+ck.Checkpointer.close = close_after_a_sigterm
+train(load_config(overrides=sys.argv[1:]), devices=jax.devices()[:1])
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_at_the_final_wait_completes_and_a_lost_final_eval_row_is_redone(tmp_path):
+    import shutil
+
+    from tests.train.test_finished_runs import RUN, _eval_rows, train
+
+    overrides = [*RUN, f"run_dir={tmp_path / 'run'}"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    done = subprocess.run([sys.executable, "-c", _SIGTERM_AT_THE_FINAL_WAIT, *overrides], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert ck.Checkpointer(tmp_path / "run", read_only=True).all_steps() == [1, 2]
+    assert {step: len(values) for step, values in _eval_rows(tmp_path / "run").items()} == {0: 1, 1: 1, 2: 1}
+
+    # the final checkpoint lost (a kill at its wait), the final eval row already logged
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "2")
+    for name in ("summary.json", "summary.txt"):
+        (tmp_path / "run" / name).unlink()
+    train(load_config(overrides=overrides))
+    # step 2 redone, its eval row logged again, once
+    assert {step: len(values) for step, values in _eval_rows(tmp_path / "run").items()} == {0: 1, 1: 1, 2: 1}
+
+
+def test_non_finite_parameters_stop_the_run_in_one_line_and_are_never_checkpointed(tmp_path, policy, monkeypatch,  # noqa: F811
+                                                                                   capsys):
+    from types import SimpleNamespace
+
+    from entropy_rl.train import cli, loop
+
+    config, params, train_state = _two_steps(tmp_path, policy)
+    overflowed = jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.inf) if x.ndim else x, params)
+    with ck.Checkpointer(tmp_path, max_to_keep=5) as saver, pytest.raises(ck.NonFiniteParameters,
+                                                                          match="the last good checkpoint is step 2"):
+        saver.save(3, params=overflowed, train_state=train_state, data_state={}, config=config)
+    assert ck.Checkpointer(tmp_path, read_only=True).all_steps() == [1, 2]
+
+    # the guard reads the parameters an update produced, not only the skipped-update count
+    state = SimpleNamespace(params=overflowed, opt_state=SimpleNamespace(notfinite_count=0, total_notfinite=0))
+    checkpointer = SimpleNamespace(latest_step=lambda: 2, directory=str(tmp_path / "checkpoints"))
+    with pytest.raises(FloatingPointError, match="step 3 made the parameters non-finite .* last good checkpoint is "
+                                                 "step 2"):
+        loop.count_step(loop.Run(), {"entropy/mean": 1.0}, state, step=3, config=config, checkpointer=checkpointer)
+
+    def stopped(config):
+        raise FloatingPointError("step 3 made the parameters non-finite")
+
+    monkeypatch.setitem(sys.modules, "entropy_rl.train.loop", SimpleNamespace(train=stopped))
+    capsys.readouterr()
+    assert cli.main([f"run_dir={tmp_path / 'cli'}"]) == 1
+    assert capsys.readouterr().err.strip() == "entropy-rl train: step 3 made the parameters non-finite"
+
+
+def test_a_collapse_to_uniform_is_reported():
+    from entropy_rl.train import loop
+
+    lines = []
+    loop.warn_if_uniform({"entropy/mean": 2.0}, 1, 102, lines.append)
+    assert lines == []
+    loop.warn_if_uniform({"entropy/mean": float(np.log(102)) - 1e-3}, 2, 102, lines.append)
+    assert len(lines) == 1 and "step 2: the policy has collapsed to uniform" in lines[0] and "4.625" in lines[0]
+
+
+def test_a_failing_tensorboard_writer_thread_stops_the_run_with_one_line_not_a_hang(tmp_path, monkeypatch):
+    import errno
+    import threading
+
+    from tensorboardX.event_file_writer import EventsWriter
+
+    from entropy_rl.train.config import LoggingConfig
+    from entropy_rl.train.metrics import LogWriteError, MetricsLogger
+
+    logger = MetricsLogger(tmp_path, LoggingConfig(tensorboard=True, progress_bar=False), total_steps=100)
+
+    def disk_full(self, serialized):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(EventsWriter, "_write_serialized_event", disk_full)  # the writer thread's next write fails
+    raised = []
+
+    def log_steps():
+        try:
+            for step in range(1, 100):
+                logger.log(step, {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0, "e": 5.0})
+                time.sleep(0.05)
+        except LogWriteError as error:
+            raised.append(str(error))
+
+    steps = threading.Thread(target=log_steps, daemon=True)
+    steps.start()
+    steps.join(timeout=60)
+    assert not steps.is_alive(), "logging blocked on the dead writer's queue"
+    assert len(raised) == 1 and "cannot write " in raised[0] and str(tmp_path / "tensorboard") in raised[0]
+    assert " at step " in raised[0] and "No space left on device [errno 28]" in raised[0]
+    logger.close()  # no hang, no second error raised
+
+
+def test_a_missing_step_is_named_with_the_steps_there_are_and_inf_is_refused_like_nan(tmp_path, policy):  # noqa: F811
+    from entropy_rl.train.config import ConfigError
+
+    _two_steps(tmp_path / "run", policy, _config(tmp_path / "run"))
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint 5 in .*checkpoints \(have: \[1, 2\]\)"):
+        ck.load_policy(tmp_path / "run", step=5)
+    for value in ("nan", "inf", "-inf"):
+        with pytest.raises(ConfigError, match="optimizer.learning_rate: Input should be a finite number"):
+            load_config(overrides=[f"optimizer.learning_rate={value}"])
+
+
+def test_garbage_lines_in_metrics_and_samples_and_a_garbage_summary_are_set_aside_not_fatal(tmp_path):
+    from entropy_rl.train import loop
+    from entropy_rl.train.config import LoggingConfig
+    from entropy_rl.train.metrics import MetricsLogger, read_metrics
+    from entropy_rl.train.samples import SamplesWriter
+
+    garbage = '{"step": 1}\n\x00\x00garbage\n{"step": 2, "eval/accuracy": 0.5}\n'
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        (tmp_path / name).write_text(garbage)
+    with pytest.warns(UserWarning, match=r"1 unreadable lines skipped .*metrics.jsonl:2"):
+        assert read_metrics(tmp_path) == [{"step": 1}, {"step": 2, "eval/accuracy": 0.5}]
+    with pytest.warns(UserWarning, match="copied to"):
+        MetricsLogger(tmp_path, LoggingConfig(tensorboard=False, progress_bar=False), total_steps=2,
+                      start_step=1).close()
+        SamplesWriter(str(tmp_path), start_step=1, max_mb=1, enabled=True)
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        assert jsonl.read_rows(tmp_path / name) == [{"step": 1}]
+        assert (tmp_path / f"{name}.bad-lines").read_text() == "\x00\x00garbage\n"
+
+    (tmp_path / "summary.json").write_text("{garbage")
+    (tmp_path / "summary.txt").write_text("table\n")
+    config = load_config(overrides=[f"run_dir={tmp_path}", "total_steps=2"])
+    assert loop._finished_summary(config) is None  # the run writes it again
