@@ -52,6 +52,7 @@ from entropy_rl.rollout.batching import geometric_bucket
 from entropy_rl.rollout.scoring import gather_scores, score_batch
 from entropy_rl.train.checkpoint import Checkpointer, all_finite, build_policy, set_aside_previous_run
 from entropy_rl.train.config import TrainConfig
+from entropy_rl.train.limits import check_lengths
 from entropy_rl.train.metrics import METRICS_FILE, TENSORBOARD_SUBDIR, MetricsLogger, read_metrics
 from entropy_rl.train.progress import say
 from entropy_rl.train.samples import SamplesWriter, sample_records, sample_rows_of
@@ -429,6 +430,7 @@ def set_up(config: TrainConfig, devices: Sequence[jax.Device] | None = None) -> 
     problems = training_problems(config)
     if config.data.max_prompt_length is not None:
         problems = drop_long_prompts(problems, encode, config.data.max_prompt_length)
+    check_lengths(config, longest_prompt=max(((p.id, len(encode(p))) for p in problems), key=lambda x: x[1]))
     sampling = config.rollout.sampling_config(stop_token_ids=tokenizer.stop_token_ids,
                                               pad_token_id=tokenizer.pad_token_id)
     a = config.algorithm

@@ -168,7 +168,8 @@ def test_sigterm_at_the_final_wait_completes_and_a_lost_final_eval_row_is_redone
     done = subprocess.run([sys.executable, "-c", _SIGTERM_AT_THE_FINAL_WAIT, *overrides], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert ck.Checkpointer(tmp_path / "run", read_only=True).all_steps() == [1, 2]
+    with ck.Checkpointer(tmp_path / "run", read_only=True) as reader:
+        assert reader.all_steps() == [1, 2]
     assert {step: len(values) for step, values in _eval_rows(tmp_path / "run").items()} == {0: 1, 1: 1, 2: 1}
 
     # the final checkpoint lost (a kill at its wait), the final eval row already logged
@@ -191,7 +192,8 @@ def test_non_finite_parameters_stop_the_run_in_one_line_and_are_never_checkpoint
     with ck.Checkpointer(tmp_path, max_to_keep=5) as saver, pytest.raises(ck.NonFiniteParameters,
                                                                           match="the last good checkpoint is step 2"):
         saver.save(3, params=overflowed, train_state=train_state, data_state={}, config=config)
-    assert ck.Checkpointer(tmp_path, read_only=True).all_steps() == [1, 2]
+    with ck.Checkpointer(tmp_path, read_only=True) as reader:
+        assert reader.all_steps() == [1, 2]
 
     # the guard reads the parameters an update produced, not only the skipped-update count
     state = SimpleNamespace(params=overflowed, opt_state=SimpleNamespace(notfinite_count=0, total_notfinite=0))
@@ -287,3 +289,37 @@ def test_garbage_lines_in_metrics_and_samples_and_a_garbage_summary_are_set_asid
     (tmp_path / "summary.txt").write_text("table\n")
     config = load_config(overrides=[f"run_dir={tmp_path}", "total_steps=2"])
     assert loop._finished_summary(config) is None  # the run writes it again
+
+
+def test_lengths_beyond_the_models_positions_are_refused_naming_the_key_and_the_remedy(capsys):
+    from entropy_rl.train import cli
+    from entropy_rl.train.config import ConfigError
+    from entropy_rl.train.limits import check_lengths
+
+    assert cli.main(["rollout.max_new_tokens=100000"]) == 2  # before anything is built
+    err = capsys.readouterr().err
+    assert "rollout.max_new_tokens=100000 + the shortest prompt bucket (rollout.prompt_bucket=16) = 100016 " in err
+    assert "max_position_embeddings=512: lower rollout.max_new_tokens to 496 or less" in err
+    config = load_config(overrides=["rollout.max_new_tokens=100"])
+    check_lengths(config, longest_prompt=("p1", 200))  # 512 positions: 100 + a bucket of 256 fit
+    with pytest.raises(ConfigError, match=r"the longest prompt \('p7', 8000 tokens, padded to 8192\) = 8292 positions.*"
+                                          r"set data.max_prompt_length=256 \(longer prompts are left out\)"):
+        check_lengths(config, longest_prompt=("p7", 8000))
+
+
+def test_an_unexpected_failure_is_one_line_with_the_traceback_in_the_run_directory(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from entropy_rl.train import cli
+
+    def bad_data(config):
+        raise ValueError("data.jsonl:3: no 'answer' key; set data.answer_key")
+
+    monkeypatch.setitem(sys.modules, "entropy_rl.train.loop", SimpleNamespace(train=bad_data))
+    assert cli.main([f"run_dir={tmp_path}"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"entropy-rl train: ValueError: data.jsonl:3: no 'answer' key; set data.answer_key (traceback in "
+                   f"{tmp_path / 'error.log'}; --debug shows it)\n")
+    assert "Traceback" in (tmp_path / "error.log").read_text()
+    with pytest.raises(ValueError, match="no 'answer' key"):
+        cli.main([f"run_dir={tmp_path}", "--debug"])
