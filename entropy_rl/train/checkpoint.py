@@ -301,22 +301,26 @@ def _device_digest(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 @functools.lru_cache(maxsize=None)
-def _device_digest_program(out_sharding: jax.sharding.Sharding) -> Callable:
+def _device_digest_program(out_sharding: jax.sharding.Sharding | None) -> Callable:
     """`_device_digest` compiled once per array shape, dtype and sharding, replicated result."""
     return jax.jit(_device_digest, out_shardings=out_sharding)
 
 
+_HOST_DIGEST_MAX_SIZE = 2**18  # elements: smaller arrays are hashed on the host (no program to compile)
+
+
 def _digest(x: Any) -> tuple[str, bool]:
-    """(checksum as 16 hex digits, all values finite) of one array: from a host copy when this
-    process holds all of it, else computed where its shards are (every process must call)."""
+    """(checksum as 16 hex digits, all values finite) of one array: small ones from a host copy,
+    large ones by one fused program where their shards are (every process must call)."""
     if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
         x = jax.random.key_data(x)
-    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    if not isinstance(x, jax.Array) or (x.is_fully_addressable and x.size <= _HOST_DIGEST_MAX_SIZE):
         host = np.asarray(x)
         lanes = _checksum(_host_words(host), np)
         finite = not np.issubdtype(host.dtype, np.inexact) or bool(np.isfinite(host).all())
     else:
-        replicated = jax.sharding.NamedSharding(x.sharding.mesh, jax.sharding.PartitionSpec())
+        mesh = getattr(x.sharding, "mesh", None)
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()) if mesh is not None else None
         lanes, finite = (np.asarray(y.addressable_data(0)) for y in _device_digest_program(replicated)(x))
         finite = bool(finite)
     return f"{int(lanes[0]):08x}{int(lanes[1]):08x}", finite
