@@ -464,7 +464,13 @@ def restore_or_initialize(trainer: Trainer, policy: nnx.Module) -> tuple[TrainSt
     if restored is not None:
         t = restored.train_state
         state = state.replace(params=restored.params, opt_state=t["opt_state"], step=t["step"])
-        trainer.iterator.load_state_dict(restored.data_state["iterator"])
+        try:
+            trainer.iterator.load_state_dict(restored.data_state["iterator"])
+        except ValueError as error:  # the dataset changed since the checkpoint
+            raise ValueError(f"checkpoint {restored.step} in {trainer.checkpointer.directory} was saved over other "
+                             f"problems than data.dataset={config.data.dataset} holds now ({error}); restore the "
+                             "dataset as it was, or resume=false to start over (the old run is moved aside), or use "
+                             "another run_dir") from None
         return state, t.get("ref_params"), Run(**restored.data_state["run"]), restored.step
     run = Run()
     if config.warmstart.enabled and config.model.hf_path is None and config.warmstart.steps > 0:
