@@ -1,13 +1,15 @@
 """Orbax checkpoints of a run, automatic resume, and building / loading the policy.
 
-A checkpoint lives in RUN_DIR/checkpoints/<step>/ and holds four items:
+A checkpoint lives in RUN_DIR/checkpoints/<step>/ and holds five items:
 
 - `params`       the policy's state, `nnx.split(policy)[1]` (any pytree of arrays works);
 - `train_state`  every other array the run needs to continue exactly: optimizer state,
                  step counters, PRNG keys (typed `jax.random.key` or raw uint32 keys);
 - `data_state`   JSON: the prompt iterator's / curriculum's `state_dict()` and host-side
                  counters;
-- `config`       JSON: the run's TrainConfig, so that `load_policy` can rebuild the model.
+- `config`       JSON: the run's TrainConfig, so that `load_policy` can rebuild the model;
+- `checksums`    JSON: a 64-bit checksum of every array above (`array_digests`), verified by
+                 every restore; their `fingerprint` identifies the weights (eval keys results by it).
 
 Arrays are restored with the shardings of the target (abstract) state, so a run resumes on
 the mesh it is started with. Saving is asynchronous: the arrays are copied off the devices,
@@ -17,7 +19,8 @@ run killed at any moment resumes from its last complete checkpoint.
 
 Faults (each reported as a `CheckpointError` naming the step, the directory and the cause):
 
-- a damaged step (a truncated or missing file, an empty step directory) is `CheckpointCorrupt`,
+- a damaged step (a truncated or missing file, an empty step directory, an array whose
+  checksum differs from the one saved) is `CheckpointCorrupt`,
   told apart from a checkpoint of another model (a `ValueError` listing the config changes)
   by reading the saved arrays' metadata. `Checkpointer.resume` moves a damaged step aside to
   `checkpoints/corrupt-<step>-<time>` and continues from the newest intact step; readers
@@ -54,6 +57,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from entropy_rl.train.config import ModelConfig, TrainConfig, config_diff, config_from_dict, config_to_dict
+from entropy_rl.train.rundir import LOCK_FILE
 from entropy_rl.train.signals import deferred_interrupts
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -136,8 +140,6 @@ def set_aside_previous_run(run_dir: str | os.PathLike, log: Callable[[str], None
     config, TensorBoard events, ...) into RUN_DIR/previous-<time>/ (nothing is deleted) and
     say so, naming `reason`; returns that directory, None when there was nothing to move.
     Earlier previous-* directories and the run directory's lock stay where they are."""
-    from entropy_rl.train.rundir import LOCK_FILE
-
     run_dir = os.fspath(run_dir)
     names = sorted(name for name in (os.listdir(run_dir) if os.path.isdir(run_dir) else [])
                    if not name.startswith(PREVIOUS_RUN_PREFIX) and name != LOCK_FILE)

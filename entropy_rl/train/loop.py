@@ -339,6 +339,7 @@ class Run:
     warmstart: dict | None = None
     steps_without_signal: int = 0  # every group's rewards equal: all advantages 0
     steps_without_answers: int = 0  # the verifier extracted no answer from most responses
+    collapsed_at: int | None = None  # the step whose policy had collapsed to uniform (`warn_if_uniform`)
 
 
 def _train_state_tree(state: TrainState, ref_params) -> dict:
@@ -430,7 +431,8 @@ def set_up(config: TrainConfig, devices: Sequence[jax.Device] | None = None) -> 
     problems = training_problems(config)
     if config.data.max_prompt_length is not None:
         problems = drop_long_prompts(problems, encode, config.data.max_prompt_length)
-    check_lengths(config, longest_prompt=max(((p.id, len(encode(p))) for p in problems), key=lambda x: x[1]))
+    check_lengths(config, longest_prompt=max(((p.id, len(encode(p))) for p in problems), key=lambda x: x[1],
+                                             default=None))
     sampling = config.rollout.sampling_config(stop_token_ids=tokenizer.stop_token_ids,
                                               pad_token_id=tokenizer.pad_token_id)
     a = config.algorithm
@@ -570,9 +572,12 @@ def count_step(run: Run, scalars: dict[str, float], state: TrainState, *, step: 
             "optimizer.learning_rate or check the rewards and the model's dtype")
 
 
-def warn_if_uniform(scalars: dict[str, float], step: int, vocab_size: int, write) -> None:
-    """Report a policy collapsed to uniform: mean token entropy of the whole batch at ln V."""
-    if scalars["entropy/mean"] >= 0.98 * np.log(vocab_size):
+def warn_if_uniform(run: Run, scalars: dict[str, float], step: int, vocab_size: int, write) -> None:
+    """Report (once) a policy that collapsed to uniform: the whole batch's mean token entropy
+    reached ln V from a lower start (a fresh random policy may start there)."""
+    uniform = 0.99 * np.log(vocab_size)
+    if run.collapsed_at is None and scalars["entropy/mean"] >= uniform > run.entropy_start:
+        run.collapsed_at = step
         write(f"warning: step {step}: the policy has collapsed to uniform: entropy {scalars['entropy/mean']:.3f} "
               f"over the whole batch, ln V = {np.log(vocab_size):.3f} for a vocabulary of {vocab_size} (it no "
               "longer depends on its input); lower optimizer.learning_rate")
@@ -680,7 +685,7 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
             scalars = logger.log(step + 1, metrics)
             count_step(run, scalars, state, step=step + 1, config=config, checkpointer=trainer.checkpointer)
             warn_without_signal(run, scalars, step + 1, verifier=config.data.verifier, write=logger.write)
-            warn_if_uniform(scalars, step + 1, trainer.vocab_size, logger.write)
+            warn_if_uniform(run, scalars, step + 1, trainer.vocab_size, logger.write)
             after_step(trainer, state, ref_params, run, logger, step + 1, stop)
         after = trainer.evaluate(state, "final")
         if config.total_steps not in logged_evals:  # logged once, also when only the summary was lost
