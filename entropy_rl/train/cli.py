@@ -17,7 +17,7 @@ from typing import Any
 
 from entropy_rl.configuration import add_config_arguments, command_config
 from entropy_rl.train.config import ConfigError, TrainConfig, validate_for_devices
-from entropy_rl.train.limits import check_lengths
+from entropy_rl.train.limits import check_lengths, check_memory
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         validate_for_devices(config, jax.device_count())
         check_lengths(config)
+        check_memory(config, jax.devices())
     except ConfigError as e:
         print(f"entropy-rl train: invalid config for {jax.device_count()} devices:\n{e}", file=sys.stderr)
         return 2

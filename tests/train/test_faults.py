@@ -319,3 +319,20 @@ def test_an_unexpected_failure_is_one_line_with_the_traceback_in_the_run_directo
     assert "Traceback" in (tmp_path / "error.log").read_text()
     with pytest.raises(ValueError, match="no 'answer' key"):
         cli.main([f"run_dir={tmp_path}", "--debug"])
+
+
+def test_a_run_that_clearly_cannot_fit_the_machine_is_refused_before_allocating(monkeypatch):
+    from entropy_rl.train.config import ConfigError
+    from entropy_rl.train.limits import check_memory, memory_estimate
+
+    config = load_config(overrides=["data.batch_size=65536", "rollout.n=64", "rollout.max_new_tokens=496"])
+    q = config.model.qwen_config(1)
+    rows, positions = 65536 * 64, 16 + 496  # float32 keys and values of every layer
+    assert memory_estimate(config)["KV cache of the rollout"] == rows * positions * q.num_hidden_layers * 2 * \
+        q.num_key_value_heads * q.head_dim * 4
+    with pytest.raises(ConfigError, match=r"needs at least .* KV cache of the rollout 4,096.0 GiB.*lower data.batch_"
+                                          r"size.*ENTROPY_RL_NO_MEMORY_CHECK=1"):
+        check_memory(config, jax.devices()[:1])
+    check_memory(load_config(), jax.devices()[:1])  # the default run fits
+    monkeypatch.setenv("ENTROPY_RL_NO_MEMORY_CHECK", "1")
+    check_memory(config, jax.devices()[:1])
