@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         validate_for_devices(config, jax.device_count())
         check_lengths(config)
-        check_memory(config, jax.devices())
+        check_memory(config, jax.local_devices())
     except ConfigError as e:
         print(f"entropy-rl train: invalid config for {jax.device_count()} devices:\n{e}", file=sys.stderr)
         return 2

@@ -5,7 +5,7 @@ positions (`max_position_embeddings`), checked before anything is allocated.
 data.max_prompt_length); `check_lengths(config, longest_prompt=...)` again once the prompts
 are tokenized, naming the longest one and data.max_prompt_length as the remedy.
 
-`check_memory(config, devices)` refuses a run whose lower-bound memory estimate exceeds all
+`check_memory(config, jax.local_devices())` refuses a run whose lower-bound memory estimate exceeds all
 the memory of its devices (`ENTROPY_RL_NO_MEMORY_CHECK=1` skips it).
 """
 
@@ -76,23 +76,27 @@ def memory_estimate(config: TrainConfig) -> dict[str, int]:
     return {"parameters, gradients and AdamW moments": 4 * 4 * params, "KV cache of the rollout": kv_cache}
 
 
-def _available_bytes(devices) -> int:
-    """All the memory of `devices`: their bytes_limit, or this machine's RAM for the CPU."""
-    limits = [(device.memory_stats() or {}).get("bytes_limit") for device in devices]
-    if all(limits) and devices[0].platform != "cpu":
-        return sum(limits)
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+def _available_bytes(local_devices) -> int:
+    """All the memory of the job: this process's devices' bytes_limit (this machine's RAM for
+    the CPU) times the number of processes."""
+    import jax
+
+    limits = [(device.memory_stats() or {}).get("bytes_limit") for device in local_devices]
+    if all(limits) and local_devices[0].platform != "cpu":
+        return sum(limits) * jax.process_count()
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * jax.process_count()
 
 
-def check_memory(config: TrainConfig, devices) -> None:
-    """ConfigError when `memory_estimate` exceeds the memory of `devices`, naming the parts."""
+def check_memory(config: TrainConfig, local_devices) -> None:
+    """ConfigError when `memory_estimate` exceeds the memory of the job (`local_devices`: this
+    process's), naming the parts."""
     if os.environ.get("ENTROPY_RL_NO_MEMORY_CHECK"):
         return
-    parts, available = memory_estimate(config), _available_bytes(devices)
+    parts, available = memory_estimate(config), _available_bytes(local_devices)
     if sum(parts.values()) <= available:
         return
     gib = lambda n: f"{n / 2**30:,.1f} GiB"  # noqa: E731
     shown = ", ".join(f"{name} {gib(size)}" for name, size in parts.items())
     raise ConfigError(f"this run needs at least {gib(sum(parts.values()))} ({shown}), more than the "
-                      f"{gib(available)} of its {len(devices)} devices: lower data.batch_size, rollout.n or "
+                      f"{gib(available)} of its devices: lower data.batch_size, rollout.n or "
                       "rollout.max_new_tokens, or use more devices (ENTROPY_RL_NO_MEMORY_CHECK=1 skips this check)")
