@@ -66,7 +66,7 @@ class Section(BaseModel):
     """A config section: frozen, unknown keys rejected, YAML and command-line strings coerced
     (lax pydantic mode; a tuple field also takes "1,2,3")."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # inf refused like nan
 
     @model_validator(mode="before")
     @classmethod

@@ -131,7 +131,9 @@ def load_checkpoint(path: str, *, tokenizer: str | None, step: int | None, dtype
 def evaluated_checkpoint(path: str, step: int | None, dtype: str) -> dict[str, Any]:
     """What is evaluated, recorded with the results: {"checkpoint": absolute path (a run's
     directory), "step": the step (a run's latest when None; None for an HF directory),
-    "dtype": the compute dtype, "synthetic_seed"/"synthetic_levels": a run's own synthetic task}."""
+    "dtype": the compute dtype, "synthetic_seed"/"synthetic_levels": a run's own synthetic task,
+    "fingerprint": the content identity of a run checkpoint's weights (`train.checkpoint.fingerprint`),
+    so that results of other weights saved at the same path and step are never reused}."""
     from entropy_rl.data import DEFAULT_LEVELS
     from entropy_rl.eval.runner import SYNTHETIC_SEED
 
@@ -149,10 +151,11 @@ def evaluated_checkpoint(path: str, step: int | None, dtype: str) -> dict[str, A
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {run_dir}")
         run = checkpointer.saved_config(step)
+        weights = checkpointer.fingerprint(step)
     finally:
         checkpointer.close()
     return {"checkpoint": run_dir, "step": step, "dtype": run.model.dtype, "synthetic_seed": run.seed,
-            "synthetic_levels": list(run.data.level_names)}
+            "synthetic_levels": list(run.data.level_names), "fingerprint": weights}
 
 
 def default_output(config: EvalCommandConfig, evaluated: dict[str, Any]) -> Path:

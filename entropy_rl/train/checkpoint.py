@@ -1,13 +1,15 @@
 """Orbax checkpoints of a run, automatic resume, and building / loading the policy.
 
-A checkpoint lives in RUN_DIR/checkpoints/<step>/ and holds four items:
+A checkpoint lives in RUN_DIR/checkpoints/<step>/ and holds five items:
 
 - `params`       the policy's state, `nnx.split(policy)[1]` (any pytree of arrays works);
 - `train_state`  every other array the run needs to continue exactly: optimizer state,
                  step counters, PRNG keys (typed `jax.random.key` or raw uint32 keys);
 - `data_state`   JSON: the prompt iterator's / curriculum's `state_dict()` and host-side
                  counters;
-- `config`       JSON: the run's TrainConfig, so that `load_policy` can rebuild the model.
+- `config`       JSON: the run's TrainConfig, so that `load_policy` can rebuild the model;
+- `checksums`    JSON: a 64-bit checksum of every array above (`array_digests`), verified by
+                 every restore; their `fingerprint` identifies the weights (eval keys results by it).
 
 Arrays are restored with the shardings of the target (abstract) state, so a run resumes on
 the mesh it is started with. Saving is asynchronous: the arrays are copied off the devices,
@@ -17,7 +19,8 @@ run killed at any moment resumes from its last complete checkpoint.
 
 Faults (each reported as a `CheckpointError` naming the step, the directory and the cause):
 
-- a damaged step (a truncated or missing file, an empty step directory) is `CheckpointCorrupt`,
+- a damaged step (a truncated or missing file, an empty step directory, an array whose
+  checksum differs from the one saved) is `CheckpointCorrupt`,
   told apart from a checkpoint of another model (a `ValueError` listing the config changes)
   by reading the saved arrays' metadata. `Checkpointer.resume` moves a damaged step aside to
   `checkpoints/corrupt-<step>-<time>` and continues from the newest intact step; readers
@@ -28,13 +31,16 @@ Faults (each reported as a `CheckpointError` naming the step, the directory and 
 - a save that fails (disk full, permissions), in the background or not, raises
   `CheckpointSaveError` at the next `check()` / `save()` / `wait()`; the previous checkpoints
   stay as they were;
-- `resume=false` on a directory with checkpoints moves the old run aside
-  (`set_aside_previous_run`), it never deletes it.
+- `resume=false` on a used run directory, or a resume that finds every checkpoint damaged,
+  moves all of the old run's files aside (`set_aside_previous_run`), it never deletes them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import json
 import logging
 import os
 import re
@@ -45,13 +51,17 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from entropy_rl.train.config import ModelConfig, TrainConfig, config_diff, config_from_dict, config_to_dict
-from entropy_rl.train.metrics import METRICS_FILE, TENSORBOARD_SUBDIR
+from entropy_rl.train.rundir import LOCK_FILE
 from entropy_rl.train.signals import deferred_interrupts
 
 CHECKPOINT_SUBDIR = "checkpoints"
+CHECKSUMS_ITEM = "checksums"  # the fifth item of a checkpoint: {"params/<path>": checksum, "train_state/<path>": ...}
 # Config keys (a trailing "." covers a whole section) that may change when a run resumes: they
 # change neither the arrays, nor the data, nor what the run computes.
 HARMLESS_CHANGES = ("run_dir", "total_steps", "resume", "resume_allow_changes", "max_consecutive_nonfinite",
@@ -85,7 +95,7 @@ class ResumeConfigError(CheckpointError):
 
 def _cause(error: BaseException) -> str:
     """The innermost OSError of an exception chain (disk full, permissions; TensorStore's
-    `os_error_code`), else the error's first line: `Type: message`."""
+    `os_error_code`) as "<strerror> [errno N] (...)", else the error's first line: `Type: message`."""
     seen, innermost = set(), error
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -94,8 +104,8 @@ def _cause(error: BaseException) -> str:
         error = error.__cause__ or error.__context__
     text = (str(innermost).strip().splitlines() or [""])[0]
     os_error = re.search(r"os_error_code='?(\d+)", text)  # TensorStore's form of an OSError
-    if os_error:
-        code = int(os_error.group(1))
+    code = int(os_error.group(1)) if os_error else getattr(innermost, "errno", None)
+    if code:
         return f"{os.strerror(code)} [errno {code}] ({type(innermost).__name__}: {text[:160]} ...)"
     return f"{type(innermost).__name__}: {text[:300]}"
 
@@ -121,24 +131,29 @@ def _on_first_process(action: Callable[[], None], name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def set_aside_previous_run(run_dir: str | os.PathLike, log: Callable[[str], None] = _say) -> str | None:
-    """For `resume=false`: move a previous run's checkpoints, metrics.jsonl and TensorBoard
-    events into RUN_DIR/previous-<time>/ (nothing is deleted) and say so; returns that
-    directory, None when there was no checkpoint."""
+PREVIOUS_RUN_PREFIX = "previous-"
+
+
+def set_aside_previous_run(run_dir: str | os.PathLike, log: Callable[[str], None] = _say,
+                           reason: str = "resume=false") -> str | None:
+    """Move every file of a previous run in RUN_DIR (checkpoints, metrics, samples, summary,
+    config, TensorBoard events, ...) into RUN_DIR/previous-<time>/ (nothing is deleted) and
+    say so, naming `reason`; returns that directory, None when there was nothing to move.
+    Earlier previous-* directories and the run directory's lock stay where they are."""
     run_dir = os.fspath(run_dir)
-    checkpoints = os.path.join(run_dir, CHECKPOINT_SUBDIR)
-    if not os.path.isdir(checkpoints) or not os.listdir(checkpoints):
+    names = sorted(name for name in (os.listdir(run_dir) if os.path.isdir(run_dir) else [])
+                   if not name.startswith(PREVIOUS_RUN_PREFIX) and name != LOCK_FILE)
+    if not names:
         return None
-    target = os.path.join(run_dir, time.strftime("previous-%Y%m%dT%H%M%S"))
+    target = os.path.join(run_dir, time.strftime(f"{PREVIOUS_RUN_PREFIX}%Y%m%dT%H%M%S"))
 
     def move() -> None:
         os.makedirs(target)
-        for name in (CHECKPOINT_SUBDIR, METRICS_FILE, TENSORBOARD_SUBDIR):
-            if os.path.exists(os.path.join(run_dir, name)):
-                os.rename(os.path.join(run_dir, name), os.path.join(target, name))
+        for name in names:
+            os.rename(os.path.join(run_dir, name), os.path.join(target, name))
 
     _on_first_process(move, "set_aside_previous_run")
-    log(f"resume=false: the previous run in {run_dir} (checkpoints, metrics) was moved to {target}")
+    log(f"{reason}: the previous run in {run_dir} ({', '.join(names)}) was moved to {target}")
     return target
 
 
@@ -242,6 +257,118 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(leaf, tree)
 
 
+# --------------------------------------------------------------------------- integrity
+
+_CHECKSUM_SEEDS = (0x9E3779B9, 0x7F4A7C15)  # two 32-bit lanes: a 64-bit checksum per array
+
+
+def _fmix32(h, xp=jnp):
+    """MurmurHash3's 32-bit finaliser on uint32 values (each input bit flips each output bit
+    with p ~ 1/2); xp: numpy or jax.numpy."""
+    h = h ^ (h >> xp.uint32(16))
+    h = h * xp.uint32(0x85EBCA6B)
+    h = h ^ (h >> xp.uint32(13))
+    h = h * xp.uint32(0xC2B2AE35)
+    return h ^ (h >> xp.uint32(16))
+
+
+def _checksum(words, xp=jnp) -> list:
+    """checksum[k] = sum_i fmix32(w_i XOR (i * s_k + s_k)) mod 2^32 over an array's bits as
+    uint32 words w in row-major order (`_CHECKSUM_SEEDS`): defined by the global value, so
+    a host copy (numpy) and any sharding over any number of processes (jax) give the same."""
+    index = xp.arange(words.size, dtype=xp.uint32)
+    return [xp.sum(_fmix32(words ^ (index * xp.uint32(s) + xp.uint32(s)), xp), dtype=xp.uint32)
+            for s in _CHECKSUM_SEEDS]
+
+
+def _host_words(x: np.ndarray) -> np.ndarray:
+    """An array's bits as a flat uint32 vector (narrower items widened, 8-byte items split)."""
+    x = np.ascontiguousarray(x).reshape(-1)
+    if x.dtype.itemsize == 8:
+        return x.view(np.uint32)
+    return x.view({1: np.uint8, 2: np.uint16, 4: np.uint32}[x.dtype.itemsize]).astype(np.uint32, copy=False)
+
+
+def _device_words(x: jax.Array) -> jax.Array:
+    """`_host_words` on the devices."""
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).reshape(-1)
+
+
+def _device_digest(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    finite = jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
+    return jnp.stack(_checksum(_device_words(x))), finite
+
+
+@functools.lru_cache(maxsize=None)
+def _device_digest_program(out_sharding: jax.sharding.Sharding | None) -> Callable:
+    """`_device_digest` compiled once per array shape, dtype and sharding, replicated result."""
+    return jax.jit(_device_digest, out_shardings=out_sharding)
+
+
+_HOST_DIGEST_MAX_SIZE = 2**18  # elements: smaller arrays are hashed on the host (no program to compile)
+
+
+def _digest(x: Any) -> tuple[str, bool]:
+    """(checksum as 16 hex digits, all values finite) of one array: small ones from a host copy,
+    large ones by one fused program where their shards are (every process must call)."""
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if not isinstance(x, jax.Array) or (x.is_fully_addressable and x.size <= _HOST_DIGEST_MAX_SIZE):
+        host = np.asarray(x)
+        lanes = _checksum(_host_words(host), np)
+        finite = not np.issubdtype(host.dtype, np.inexact) or bool(np.isfinite(host).all())
+    else:
+        mesh = getattr(x.sharding, "mesh", None)
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()) if mesh is not None else None
+        lanes, finite = (np.asarray(y.addressable_data(0)) for y in _device_digest_program(replicated)(x))
+        finite = bool(finite)
+    return f"{int(lanes[0]):08x}{int(lanes[1]):08x}", finite
+
+
+def _leaf_name(path: tuple) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def array_digests(items: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """({"<item>/<leaf path>": `_digest` checksum}, names of the floating arrays holding a NaN
+    or an infinity) of every array of `items` ({item name: pytree}). Every process of a
+    multi-process job must call it; each gets the same result."""
+    checksums, nonfinite = {}, []
+    for item, tree in items.items():
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            name = f"{item}/{_leaf_name(path)}"
+            checksums[name], finite = _digest(leaf)
+            if not finite:
+                nonfinite.append(name)
+    return checksums, nonfinite
+
+
+def fingerprint(checksums: dict[str, str]) -> str:
+    """The content identity of a checkpoint's weights: BLAKE2b (16 hex digits) of its
+    parameters' checksums; equal for equal parameters, whatever the step or path."""
+    params = {name: value for name, value in checksums.items() if name.startswith("params/")}
+    return hashlib.blake2b(json.dumps(params, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
+
+
+def all_finite(tree: Any) -> bool:
+    """Whether every floating array of `tree` is free of NaN and infinities (one program on
+    the devices that hold them; every process of a job must call it)."""
+    return bool(np.asarray(_all_finite(tree).addressable_data(0)))
+
+
+class NonFiniteParameters(CheckpointError):
+    """A checkpoint was not written because parameters hold NaN or infinite values."""
+
+
 class Checkpointer:
     """RUN_DIR/checkpoints through an `orbax.checkpoint.CheckpointManager`.
 
@@ -292,15 +419,27 @@ class Checkpointer:
     def save(self, step: int, *, params: Any, train_state: Any, data_state: dict, config: TrainConfig) -> None:
         """Start writing checkpoint `step` (asynchronous unless async_save=False); keeps the last N.
 
+        A checksum of every array is saved with it (`array_digests`, verified by every restore);
+        NonFiniteParameters, and nothing written, when a parameter holds a NaN or an infinity.
+
         Waits for the previous save first. A failure (now or, for an asynchronous save, at the
         next `check` / `save` / `wait`) raises CheckpointSaveError; Ctrl-C is held until the
         arrays are copied off the devices, so an interrupt never abandons a started save."""
         self.wait()
+        checksums, nonfinite = array_digests({"params": params, "train_state": train_state})
+        nonfinite = [name for name in nonfinite if name.startswith("params/")]
+        if nonfinite:
+            good = self.latest_step()
+            raise NonFiniteParameters(
+                f"not saving checkpoint {step}: {len(nonfinite)} parameter arrays hold NaN or infinite values "
+                f"({', '.join(nonfinite[:3])}{', ...' if len(nonfinite) > 3 else ''}); the last good checkpoint is "
+                + (f"step {good} in {self.directory}" if good is not None else "none"))
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(params),
             train_state=ocp.args.StandardSave(train_state),
             data_state=ocp.args.JsonSave(data_state),
             config=ocp.args.JsonSave(config_to_dict(config)),
+            **{CHECKSUMS_ITEM: ocp.args.JsonSave(checksums)},
         )
         self._pending = step
         try:
@@ -356,12 +495,41 @@ class Checkpointer:
         """`manager.restore`, its failure classified: CheckpointCorrupt for a damaged step,
         ValueError naming the config differences for arrays that do not fit the targets."""
         try:
-            return self._manager.restore(step, args=args)
+            restored = self._manager.restore(step, args=args)
         except Exception as error:  # noqa: BLE001 - classified below from the saved metadata
             differences = self._array_differences(step, targets)
             if not differences:  # unreadable metadata, or arrays that fit: the files are what is wrong
                 raise CheckpointCorrupt(step, self.directory, _cause(error)) from None
             raise ValueError(self._mismatch_message(step, differences, config)) from None
+        self._verify(step, {item: getattr(restored, item) for item in targets})
+        return restored
+
+    def checksums(self, step: int) -> dict[str, str] | None:
+        """The array checksums saved with checkpoint `step`; None for a checkpoint saved
+        without them (by an earlier version); CheckpointCorrupt when they cannot be read."""
+        if not (epath.Path(self.directory) / str(step) / CHECKSUMS_ITEM).exists():
+            return None
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**{CHECKSUMS_ITEM: ocp.args.JsonRestore()}))
+        except Exception as error:  # noqa: BLE001 - an unreadable JSON file
+            raise CheckpointCorrupt(step, self.directory, f"{CHECKSUMS_ITEM}: {_cause(error)}") from None
+        return restored[CHECKSUMS_ITEM]
+
+    def fingerprint(self, step: int) -> str | None:
+        """`fingerprint` of checkpoint `step`'s parameters (None: saved without checksums)."""
+        checksums = self.checksums(step)
+        return None if checksums is None else fingerprint(checksums)
+
+    def _verify(self, step: int, restored: dict[str, Any]) -> None:
+        """CheckpointCorrupt naming the arrays whose checksum differs from the one saved."""
+        saved = self.checksums(step)
+        if saved is None:
+            return
+        read, _ = array_digests(restored)
+        wrong = [name for name, value in read.items() if saved.get(name, value) != value]
+        if wrong:
+            raise CheckpointCorrupt(step, self.directory, f"checksum mismatch in {len(wrong)} arrays "
+                                    f"({', '.join(wrong[:3])}{', ...' if len(wrong) > 3 else ''})")
 
     def _array_differences(self, step: int, targets: dict[str, Any]) -> list[str] | None:
         """How the arrays saved at `step` differ from `targets` ({item: target tree}) by their
@@ -393,7 +561,11 @@ class Checkpointer:
         A damaged step is named, moved aside to `checkpoints/corrupt-<step>-<time>` and the
         next older one tried. Config changes since the checkpoint: the `HARMLESS_CHANGES` are
         logged, any other raises ResumeConfigError naming them, unless
-        `config.resume_allow_changes` (then they are logged too)."""
+        `config.resume_allow_changes` (then they are logged too). A checkpoint past
+        `config.total_steps` is refused (ResumeConfigError naming its step). When every
+        checkpoint is damaged, the run says that it starts over and the old run's files are
+        moved aside (`set_aside_previous_run`), not rewritten."""
+        damaged = []
         for step in reversed(self.all_steps()):
             try:
                 harmless, refused = split_changes(self.saved_config(step), config)
@@ -403,13 +575,24 @@ class Checkpointer:
                         "change:\n  " + "\n  ".join(refused) + "\nRevert these, or set resume_allow_changes=true to "
                         "resume with them, or resume=false to start over (the old run is moved aside), or use "
                         "another run_dir.")
+                if step > config.total_steps:
+                    raise ResumeConfigError(
+                        f"checkpoint {step} in {self.directory} is past total_steps={config.total_steps}: set "
+                        f"total_steps={step} or more to resume it, or resume=false to start over (the old run is "
+                        "moved aside), or use another run_dir.")
                 restored = self.restore(params=params, train_state=train_state, step=step, config=config)
             except CheckpointCorrupt as corrupt:
                 self._set_aside(corrupt, log)
+                damaged.append(step)
                 continue
             if harmless or refused:
                 log(f"resuming from checkpoint {step} with config changes:\n  " + "\n  ".join(harmless + refused))
             return restored
+        if damaged:
+            set_aside_previous_run(os.path.dirname(self.directory), log, reason=f"no intact checkpoint left (steps "
+                                   f"{damaged} are damaged): starting over from step 0")
+            _on_first_process(lambda: os.makedirs(self.directory, exist_ok=True), "recreate_checkpoints")
+            self._manager.reload()
         return None
 
     def _set_aside(self, corrupt: CheckpointCorrupt, log: Callable[[str], None]) -> None:
@@ -432,11 +615,14 @@ class Checkpointer:
         return step, self._restore(step, args, {"params": params}, None).params
 
     def saved_config(self, step: int | None = None) -> TrainConfig:
-        """The TrainConfig stored with checkpoint `step` (default: latest); CheckpointCorrupt
-        when it cannot be read."""
+        """The TrainConfig stored with checkpoint `step` (default: latest); FileNotFoundError
+        naming the steps there are when there is no such step, CheckpointCorrupt when it
+        cannot be read."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        if step not in self.all_steps():
+            raise FileNotFoundError(f"no checkpoint {step} in {self.directory} (have: {self.all_steps()})")
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         except Exception as error:  # noqa: BLE001 - a missing or unreadable JSON file

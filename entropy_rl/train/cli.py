@@ -8,12 +8,16 @@ is computed; a run directory that already holds checkpoints is resumed.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
 from entropy_rl.configuration import add_config_arguments, command_config
 from entropy_rl.train.config import ConfigError, TrainConfig, validate_for_devices
+from entropy_rl.train.limits import check_lengths, check_memory
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,7 +34,22 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser)
+    parser.add_argument("--debug", action="store_true",
+                        help="show a failure's traceback (else one line, the traceback in RUN_DIR/error.log)")
     return parser
+
+
+def _report_failure(error: Exception, run_dir: str) -> int:
+    """One line for an unexpected failure; its traceback appended to RUN_DIR/error.log."""
+    where = " (--debug shows the traceback)"
+    with contextlib.suppress(OSError):
+        path = os.path.join(run_dir, "error.log")
+        with open(path, "a") as f:
+            f.write(traceback.format_exc())
+        where = f" (traceback in {path}; --debug shows it)"
+    first = (str(error).strip() or type(error).__name__).splitlines()
+    print(f"entropy-rl train: {type(error).__name__}: " + "\n  ".join(first[:8]) + where, file=sys.stderr)
+    return 1
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
@@ -56,24 +75,36 @@ def main(argv: list[str] | None = None) -> int:
     initialize_distributed()  # before any other jax call; a no-op on one host
     try:
         validate_for_devices(config, jax.device_count())
+        check_lengths(config)
+        check_memory(config, jax.local_devices())
     except ConfigError as e:
         print(f"entropy-rl train: invalid config for {jax.device_count()} devices:\n{e}", file=sys.stderr)
         return 2
     from entropy_rl.train.checkpoint import CheckpointError
     from entropy_rl.train.loop import train
+    from entropy_rl.train.metrics import LogWriteError
+    from entropy_rl.train.rundir import RunDirLocked, hold_run_dir
     from entropy_rl.train.signals import Preempted
 
     try:
-        summary = train(config)
+        with hold_run_dir(config.run_dir):  # one writer per run directory
+            summary = train(config)
+    except RunDirLocked as e:
+        print(f"entropy-rl train: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted; the same command resumes from the last checkpoint in {config.run_dir}", file=sys.stderr)
         return 130
     except Preempted as e:
         print(f"entropy-rl train: {e}", file=sys.stderr)
         return e.exit_code
-    except CheckpointError as e:
+    except (CheckpointError, FloatingPointError, LogWriteError) as e:
         print(f"entropy-rl train: {e}", file=sys.stderr)
         return 1
+    except Exception as e:  # noqa: BLE001 - bad data, a path that cannot be written, ...: one line
+        if "--debug" in (sys.argv[1:] if argv is None else argv):
+            raise
+        return _report_failure(e, config.run_dir)
     if jax.process_index() == 0:  # one summary for a multi-host run
         print(format_summary(summary))
     return 0

@@ -50,8 +50,9 @@ from entropy_rl.parallel.hosts import allgather_host_values, global_from_host_ro
 from entropy_rl.rollout import Rollout
 from entropy_rl.rollout.batching import geometric_bucket
 from entropy_rl.rollout.scoring import gather_scores, score_batch
-from entropy_rl.train.checkpoint import Checkpointer, build_policy, set_aside_previous_run
+from entropy_rl.train.checkpoint import Checkpointer, all_finite, build_policy, set_aside_previous_run
 from entropy_rl.train.config import TrainConfig
+from entropy_rl.train.limits import check_lengths
 from entropy_rl.train.metrics import METRICS_FILE, TENSORBOARD_SUBDIR, MetricsLogger, read_metrics
 from entropy_rl.train.progress import say
 from entropy_rl.train.samples import SamplesWriter, sample_records, sample_rows_of
@@ -360,6 +361,7 @@ class Run:
     warmstart: dict | None = None
     steps_without_signal: int = 0  # every group's rewards equal: all advantages 0
     steps_without_answers: int = 0  # the verifier extracted no answer from most responses
+    collapsed_at: int | None = None  # the step whose policy had collapsed to uniform (`warn_if_uniform`)
 
 
 def _train_state_tree(state: TrainState, ref_params) -> dict:
@@ -411,6 +413,11 @@ class Trainer:
     def mini_batches(self) -> int:
         return self.config.data.batch_size // self.config.algorithm.mini_batch_size
 
+    @functools.cached_property
+    def vocab_size(self) -> int:
+        """The policy's vocabulary (its logits), at least the tokenizer's."""
+        return self.config.model.qwen_config(self.tokenizer.vocab_size).vocab_size
+
     @property
     def mini_rows(self) -> int:
         return self.config.algorithm.mini_batch_size * self.sampling.n
@@ -446,6 +453,8 @@ def set_up(config: TrainConfig, devices: Sequence[jax.Device] | None = None) -> 
     problems = training_problems(config)
     if config.data.max_prompt_length is not None:
         problems = drop_long_prompts(problems, encode, config.data.max_prompt_length)
+    check_lengths(config, longest_prompt=max(((p.id, len(encode(p))) for p in problems), key=lambda x: x[1],
+                                             default=None))
     sampling = config.rollout.sampling_config(stop_token_ids=tokenizer.stop_token_ids,
                                               pad_token_id=tokenizer.pad_token_id)
     a = config.algorithm
@@ -479,7 +488,13 @@ def restore_or_initialize(trainer: Trainer, policy: nnx.Module) -> tuple[TrainSt
     if restored is not None:
         t = restored.train_state
         state = state.replace(params=restored.params, opt_state=t["opt_state"], step=t["step"])
-        trainer.iterator.load_state_dict(restored.data_state["iterator"])
+        try:
+            trainer.iterator.load_state_dict(restored.data_state["iterator"])
+        except ValueError as error:  # the dataset changed since the checkpoint
+            raise ValueError(f"checkpoint {restored.step} in {trainer.checkpointer.directory} was saved over other "
+                             f"problems than data.dataset={config.data.dataset} holds now ({error}); restore the "
+                             "dataset as it was, or resume=false to start over (the old run is moved aside), or use "
+                             "another run_dir") from None
         return state, t.get("ref_params"), Run(**restored.data_state["run"]), restored.step
     run = Run()
     if config.warmstart.enabled and config.model.hf_path is None and config.warmstart.steps > 0:
@@ -562,17 +577,33 @@ def rl_step(trainer: Trainer, programs: Programs, state: TrainState, ref_params,
 def count_step(run: Run, scalars: dict[str, float], state: TrainState, *, step: int, config: TrainConfig,
                checkpointer: Checkpointer) -> None:
     """Add a logged step to the run's counters; stop after max_consecutive_nonfinite skipped
-    (non-finite) updates in a row, as counted by the optimizer's `optax.apply_if_finite`."""
+    (non-finite) updates in a row, as counted by the optimizer's `optax.apply_if_finite`, or
+    at once when the step's parameters hold a NaN or an infinity (FloatingPointError)."""
     run.steps_logged += 1
     run.entropy_start = scalars["entropy/mean"] if run.entropy_start is None else run.entropy_start
     run.entropy_end = scalars["entropy/mean"]
     run.masked_fraction_sum += scalars.get("loss/masked_fraction", 0.0)
     consecutive_nonfinite, run.num_skipped = non_finite_counts(state)
+    if not all_finite(state.params):  # a finite update can still overflow them; never checkpointed
+        raise FloatingPointError(
+            f"step {step} made the parameters non-finite (NaN or inf): stopping. The last good checkpoint is step "
+            f"{checkpointer.latest_step()} in {checkpointer.directory}; lower optimizer.learning_rate")
     if consecutive_nonfinite >= config.max_consecutive_nonfinite:
         raise FloatingPointError(
             f"{consecutive_nonfinite} non-finite updates in a row at step {step}: stopping. The last "
             f"good checkpoint is step {checkpointer.latest_step()} in {checkpointer.directory}; lower "
             "optimizer.learning_rate or check the rewards and the model's dtype")
+
+
+def warn_if_uniform(run: Run, scalars: dict[str, float], step: int, vocab_size: int, write) -> None:
+    """Report (once) a policy that collapsed to uniform: the whole batch's mean token entropy
+    reached ln V from a lower start (a fresh random policy may start there)."""
+    uniform = 0.99 * np.log(vocab_size)
+    if run.collapsed_at is None and scalars["entropy/mean"] >= uniform > run.entropy_start:
+        run.collapsed_at = step
+        write(f"warning: step {step}: the policy has collapsed to uniform: entropy {scalars['entropy/mean']:.3f} "
+              f"over the whole batch, ln V = {np.log(vocab_size):.3f} for a vocabulary of {vocab_size} (it no "
+              "longer depends on its input); lower optimizer.learning_rate")
 
 
 def warn_without_signal(run: Run, scalars: dict[str, float], step: int, *, verifier: str, write) -> None:
@@ -626,10 +657,14 @@ def _finished_summary(config: TrainConfig) -> dict[str, Any] | None:
     path = os.path.join(config.run_dir, SUMMARY_FILE)
     if not os.path.exists(path) or config.total_steps not in _logged_eval_steps(config.run_dir):
         return None
-    with open(path) as f:
-        summary = json.load(f)
-    with open(os.path.join(config.run_dir, SUMMARY_TABLE_FILE)) as f:
-        return summary | {"table": f.read().rstrip("\n")}
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+        with open(os.path.join(config.run_dir, SUMMARY_TABLE_FILE)) as f:
+            return summary | {"table": f.read().rstrip("\n")}
+    except (ValueError, OSError) as error:  # unreadable: the run evaluates its last step again and rewrites it
+        say(f"{path} or {SUMMARY_TABLE_FILE} is unreadable ({error}); writing them again")
+        return None
 
 
 def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
@@ -644,7 +679,8 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
         say(f"the run in {config.run_dir} is finished (step {start_step} of {config.total_steps}): nothing to do; "
             "raise total_steps to train further")
         return finished
-    logged_evals = _logged_eval_steps(config.run_dir) if start_step else set()
+    # rows past the checkpoint are dropped on resume (MetricsLogger): their evaluations are redone
+    logged_evals = {s for s in _logged_eval_steps(config.run_dir) if s <= start_step} if start_step else set()
     programs = compile_programs(trainer, state)
     logger = MetricsLogger(config.run_dir, config.logging, total_steps=config.total_steps, start_step=start_step,
                            config=config)
@@ -672,6 +708,7 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
             scalars = logger.log(step + 1, metrics)
             count_step(run, scalars, state, step=step + 1, config=config, checkpointer=trainer.checkpointer)
             warn_without_signal(run, scalars, step + 1, verifier=config.data.verifier, write=logger.write)
+            warn_if_uniform(run, scalars, step + 1, trainer.vocab_size, logger.write)
             after_step(trainer, state, ref_params, run, logger, step + 1, stop)
         if config.total_steps == 0:  # the warm start alone, saved as checkpoint 0 (to export, to start runs from)
             after_step(trainer, state, ref_params, run, logger, 0, stop)
@@ -679,9 +716,11 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
         if config.total_steps not in logged_evals:  # logged once, also when only the summary was lost
             logger.log(config.total_steps, eval_log(after, config.eval.benchmark))
     finally:
-        stop.uninstall()
         logger.close()
-        trainer.checkpointer.close()
+        try:
+            trainer.checkpointer.close()
+        finally:
+            stop.uninstall()  # after the last checkpoint is written: a SIGTERM meanwhile waits for it
     summary = summarize(config, run, after, trainer.checkpointer, time.time() - start_time)
     if jax.process_index() == 0:
         save_summary(summary, config.run_dir)

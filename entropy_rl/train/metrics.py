@@ -9,12 +9,18 @@ of the whole dict, once per step, so logging adds no host syncs inside the step.
 Resume: a logger started at `start_step` drops the rows of metrics.jsonl after that step (a
 killed run may have logged steps past its last checkpoint; the file is rewritten atomically) and TensorBoard purges them, so a
 resumed run's logs read as if it had never stopped.
+
+A log that cannot be written (disk full, read-only) stops the run with one `LogWriteError`
+line naming the step, the file and the cause, also when TensorBoard's background writer
+thread is the one that failed (it never blocks the main thread).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -41,6 +47,64 @@ PROGRESS_KEYS: tuple[tuple[str, str], ...] = (
 )
 
 
+class LogWriteError(RuntimeError):
+    """A log of the run cannot be written (disk full, read-only, ...): the message names the
+    step, the file and the cause."""
+
+
+def _cannot_write(path: str, step: int | None, error: OSError) -> LogWriteError:
+    cause = f"{error.strerror or error} [errno {error.errno}]" if error.errno else str(error)
+    at = f" at step {step}" if step is not None else ""
+    return LogWriteError(f"cannot write {path}{at}: {cause}. Free space or fix the permissions there; the same command "
+                         "resumes from the last checkpoint")
+
+
+class _TensorBoard:
+    """tensorboardX's SummaryWriter, whose background writer thread never dies on an I/O
+    error (it would, and `add_scalar` would then block forever on the full queue): the
+    error is recorded, the thread goes on dropping events, and the next `add_scalars` raises
+    it in the main thread as a LogWriteError."""
+
+    def __init__(self, writer):
+        self.writer, self.error, self._reported = writer, None, False
+        events = writer._get_file_writer().event_writer._ev_writer  # tensorboardX's EventsWriter (its thread's)
+        self.path = events._file_name
+        for name in ("write_event", "flush"):
+            setattr(events, name, self._guarded(getattr(events, name)))
+
+    def _guarded(self, method):
+        def call(*args, **kwargs):
+            if self.error is not None:
+                return None
+            try:
+                return method(*args, **kwargs)
+            except OSError as error:
+                self.error = error
+                return None
+
+        return call
+
+    def add_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        self.raise_error(step)
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, global_step=step)
+
+    def raise_error(self, step: int | None) -> None:
+        """LogWriteError if writing has failed (once)."""
+        if self.error is not None and not self._reported:
+            self._reported = True
+            raise _cannot_write(self.path, step, self.error)
+
+    def close(self) -> None:
+        """Flush and close; a failure not reported yet is printed (closing never raises)."""
+        with contextlib.suppress(OSError):
+            self.writer.close()
+        try:
+            self.raise_error(None)
+        except LogWriteError as error:
+            print(f"warning: {error}", file=sys.stderr, flush=True)
+
+
 def to_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     """A dict of Python floats from scalar jax/numpy/Python values: one device->host transfer."""
     host = jax.device_get(dict(metrics))
@@ -54,15 +118,16 @@ def to_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of RUN_DIR/metrics.jsonl, in order (empty when there is none; a torn last line is skipped)."""
-    return read_rows(os.path.join(run_dir, METRICS_FILE))
+    """The rows of RUN_DIR/metrics.jsonl, in order (empty when there is none; a torn last line
+    is skipped, other unreadable lines too, with a warning)."""
+    return read_rows(os.path.join(run_dir, METRICS_FILE), bad_lines="skip")
 
 
 def _drop_rows_after(path: str, step: int) -> None:
     """Keep only the rows of a metrics.jsonl with row["step"] <= step, rewritten atomically
     (a kill during the rewrite leaves the old file whole)."""
     if os.path.exists(path):
-        rewrite_rows(path, [row for row in read_rows(path) if row.get("step", -1) <= step])
+        rewrite_rows(path, [row for row in read_rows(path, bad_lines="set_aside") if row.get("step", -1) <= step])
 
 
 class MetricsLogger:
@@ -90,7 +155,7 @@ class MetricsLogger:
         _drop_rows_after(path, start_step if start_step else -1)  # a fresh start (step 0) rewrites the log
         self._jsonl = open(path, "a")
         if logging.tensorboard:
-            self._tensorboard = _open_tensorboard(self.run_dir, start_step, config)
+            self._tensorboard = _TensorBoard(_open_tensorboard(self.run_dir, start_step, config))
         if logging.wandb:
             self._wandb = _open_wandb(self.run_dir, logging, config)
         from entropy_rl.train.progress import open_progress  # a live bar on a terminal, else plain lines
@@ -104,11 +169,13 @@ class MetricsLogger:
         if not self.enabled:
             return scalars
         row = {"step": int(step), "time": time.time(), **scalars}  # NaN/inf as JSON's NaN/Infinity
-        self._jsonl.write(json.dumps(row) + "\n")
-        self._jsonl.flush()
+        try:
+            self._jsonl.write(json.dumps(row) + "\n")
+            self._jsonl.flush()
+        except OSError as error:
+            raise _cannot_write(self._jsonl.name, step, error) from None
         if self._tensorboard is not None:
-            for name, value in scalars.items():
-                self._tensorboard.add_scalar(name, value, global_step=step)
+            self._tensorboard.add_scalars(step, scalars)
         if self._wandb is not None:
             self._wandb.log(scalars, step=step)
         if self._progress is not None:
@@ -135,7 +202,8 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.finish()
         if self._jsonl is not None:
-            self._jsonl.close()
+            with contextlib.suppress(OSError):  # a full disk was reported by `log`
+                self._jsonl.close()
         self._tensorboard = self._wandb = self._progress = self._jsonl = None
 
     def __enter__(self) -> "MetricsLogger":

@@ -127,7 +127,8 @@ class SamplesWriter:
         self.enabled = enabled
         self.full = False
         if enabled and os.path.exists(self.path):
-            rewrite_rows(self.path, [r for r in read_rows(self.path) if r.get("step", -1) <= start_step])
+            rewrite_rows(self.path, [r for r in read_rows(self.path, bad_lines="set_aside")
+                                     if r.get("step", -1) <= start_step])
 
     def write(self, records: list[dict[str, Any]]) -> bool:
         """Append the records; False once the file has reached its size bound (nothing written)."""

@@ -7,6 +7,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from entropy_rl.eval import cli
@@ -54,3 +55,23 @@ def test_eval_of_the_latest_step_never_reuses_another_steps_results(tmp_path, mo
     assert cli.main(["--checkpoint", run, "--step", "25", "--output", str(step30), *ARGS]) == 1
     assert "step: recorded 30, now 25" in capsys.readouterr().err
     assert (step30 / "results.jsonl").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_retrained_checkpoint_at_the_same_path_and_step_never_reuses_the_old_results(tmp_path, monkeypatch, capsys):
+    """Issue 29 item 1: results are keyed by the weights' fingerprint, not only by path and step."""
+    run = _run_with_two_steps(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--checkpoint", run, *ARGS]) == 0
+    folder = tmp_path / "eval_results" / "run-step30-float32-t1-p1-len4"
+    before = (folder / "results.jsonl").read_bytes()
+    config = load_config(overrides=[f"run_dir={run}", *SMALL_MODEL, "data.synthetic_levels=3,4", "seed=5"])
+    _, shapes = nnx.split(ck.build_policy(config.model, seed=0, abstract=True)[0])
+    rng = np.random.default_rng(99)  # the run retrained: step 30 again, other weights
+    params = jax.tree.map(lambda s: jnp.asarray(0.1 * rng.standard_normal(s.shape), s.dtype), shapes)
+    ck.set_aside_previous_run(run)  # as resume=false does
+    with ck.Checkpointer(run, async_save=False) as saver:
+        saver.save(30, params=params, train_state={"step": jnp.int32(30)}, data_state={}, config=config)
+    assert cli.main(["--checkpoint", run, *ARGS]) == 1
+    assert "fingerprint: recorded" in capsys.readouterr().err
+    assert (folder / "results.jsonl").read_bytes() == before

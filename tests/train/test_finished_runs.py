@@ -1,5 +1,6 @@
 """A periodic eval lost to a stop between its checkpoint and its row is redone on resume, and
-a finished run started again says so and changes nothing (issue 20, item 6).
+a finished run started again says so and changes nothing (issue 20, item 6); a final eval row
+logged after a checkpoint that was then lost is redone too (issue 29, item 8).
 
 In process, on the tiny setup of test_resume.py (1-layer policy, 4 prompts x 2 responses):
 a 2-step run with a checkpoint and an eval after every step."""
@@ -49,10 +50,11 @@ def test_lost_periodic_eval_is_redone_and_a_finished_run_does_nothing(tmp_path, 
     shutil.rmtree(tmp_path / "run" / "checkpoints" / "2")
     for name in ("summary.json", "summary.txt"):
         (tmp_path / "run" / name).unlink()
+    # (the rows of step 2, its final eval included, stay: the resume drops them, the final eval is redone)
     kept = [line for line in metrics.decode().splitlines(keepends=True)
-            if json.loads(line)["step"] < 1 or (json.loads(line)["step"] == 1 and "eval/accuracy" not in line)]
+            if not (json.loads(line)["step"] == 1 and "eval/accuracy" in line)]
     (tmp_path / "run" / "metrics.jsonl").write_text("".join(kept))
-    assert sorted(_eval_rows(config.run_dir)) == [0]
+    assert sorted(_eval_rows(config.run_dir)) == [0, 2]
 
     resumed = train(config)
     assert _eval_rows(config.run_dir) == complete  # step 1's eval redone, each eval logged once

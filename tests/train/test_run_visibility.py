@@ -60,7 +60,8 @@ def _config(tmp_path: pathlib.Path, **overrides) -> TrainConfig:
         "rollout.n": 4, "rollout.max_new_tokens": 4, "rollout.response_bucket": 4, "rollout.prompt_bucket": BUCKET,
         "model.tokenizer": QWEN3_TOKENIZER, "model.hidden_size": 32, "model.intermediate_size": 64,
         "model.num_hidden_layers": 1, "model.num_attention_heads": 2, "model.num_key_value_heads": 1,
-        "model.head_dim": 16, "warmstart.enabled": False, "eval.benchmark": str(tmp_path / "problems.jsonl"),
+        "model.head_dim": 16, "model.max_position_embeddings": 2048,  # the 659-token prompt: a 1024 bucket + responses
+        "warmstart.enabled": False, "eval.benchmark": str(tmp_path / "problems.jsonl"),
         "eval.num_problems": 2, "eval.n": 4, "logging.tensorboard": False, "logging.samples_per_step": 8,
     }
     return replace(TrainConfig(), **values | overrides)
