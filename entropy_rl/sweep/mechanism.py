@@ -9,7 +9,7 @@ penalised tokens, ...: the row's `flagged`). Figures, one row of panels per meth
   mechanism_gradient.png     grad_sq against p and against H, flagged tokens in red, with the
                              bounds (1 - p)^2 <= grad_sq <= 2 (1 - p)^2 (from p^2 <= sum_j p_j^2
                              <= p^2 + (1 - p)^2)
-  mechanism_flagged.png      histograms of p and H (densities) and the advantage sign of the
+  mechanism_flagged.png      histograms of log10 p and H (densities) and the advantage sign of the
                              flagged tokens against the others
   mechanism_covariance.png   H against cov, flagged tokens in red (SENT's selection: low H,
                              extreme cov)
@@ -156,7 +156,8 @@ def _histogram(ax, values: np.ndarray, flagged: np.ndarray, bins: np.ndarray, la
 
 
 def _flagged_panels(axes, method: str, t: Tokens) -> None:
-    _histogram(axes[0], t.p, t.flagged, np.linspace(0, 1, 41), "p (token probability)")
+    log_p = np.log10(np.maximum(t.p, 1e-12))  # STAPO's tau_p (0.002) is far below a linear bin
+    _histogram(axes[0], log_p, t.flagged, np.linspace(min(float(log_p.min()), -3.0), 0, 41), "log10 p")
     axes[0].set_title(f"{method}: probability ({t.flag or 'no flag'})", fontsize=10)
     _histogram(axes[1], t.entropy, t.flagged, np.linspace(0, max(float(t.entropy.max()), 1e-3), 41), "H (nats)")
     axes[1].set_title(f"{method}: entropy", fontsize=10)

@@ -23,7 +23,7 @@ from tests.train.test_run_visibility import _config
 
 TEMPERATURE = 0.8
 
-# one worker builds the module's run (`--dist loadgroup`); ~30 s of a 2-core machine
+# one worker builds the module's run (`--dist loadgroup`): about 90 s of CPU time
 pytestmark = [pytest.mark.xdist_group("samples-mechanism"), pytest.mark.slow]
 
 
