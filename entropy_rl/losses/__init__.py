@@ -26,7 +26,7 @@ from entropy_rl.losses.aggregation import (
     safe_divide,
 )
 from entropy_rl.losses.kl import KL_KINDS, kl_estimate
-from entropy_rl.losses.methods import spurious_token_mask
+from entropy_rl.losses.methods import selection_covariance, spurious_token_mask
 from entropy_rl.losses.policy import (
     CLIP_KNOBS,
     SHARED_KNOBS,
@@ -53,6 +53,7 @@ from entropy_rl.losses.selection import (
 )
 from entropy_rl.losses.token_stats import (
     centered_covariance,
+    chunked_collision_probability,
     chunked_logprobs_and_entropy,
     collision_probability,
     logit_grad_norm_sq,
@@ -75,6 +76,7 @@ __all__ = [
     "aggregate_terms",
     "aggregation_weights",
     "centered_covariance",
+    "chunked_collision_probability",
     "chunked_logprobs_and_entropy",
     "clipped_surrogate",
     "collision_probability",
@@ -96,6 +98,7 @@ __all__ = [
     "prepare_policy_loss",
     "register_policy_loss",
     "safe_divide",
+    "selection_covariance",
     "spurious_token_mask",
     "zero_variance_groups",
 ]

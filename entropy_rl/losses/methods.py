@@ -165,13 +165,27 @@ def clip_cov(inputs: LossInputs, coef: chex.Array, config: PolicyLossConfig):
     return _config_clip(inputs, coef, config)
 
 
-def _sent_select(inputs: LossInputs, config: PolicyLossConfig, rng) -> Selection:
-    del rng
+def _sent_low_entropy(inputs: LossInputs, config: PolicyLossConfig) -> chex.Array:
+    """SENT's set L: the max(1, floor(N sent_low_entropy_ratio)) valid tokens of lowest H."""
     m = inputs.mask
     num_low = count_from_ratio(
         jnp.sum(m), config.sent_low_entropy_ratio, rounding="floor", minimum=1
     )
-    low_entropy = masked_top_k(inputs.entropy, m, num_low, largest=False)
+    return masked_top_k(inputs.entropy, m, num_low, largest=False)
+
+
+def selection_covariance(name: str, inputs: LossInputs, config: PolicyLossConfig) -> chex.Array:
+    """The centred covariance ``(logp - mean logp)(A - mean A)`` that a method ranks tokens by,
+    [B, T] float32: SENT's over its low-entropy set L (0 outside it), every other method's
+    (KL-Cov, Clip-Cov; Cui et al.) over all valid tokens of the batch."""
+    scope = _sent_low_entropy(inputs, config) if name == "sent" else inputs.mask
+    return centered_covariance(inputs.logp, inputs.advantages, scope)
+
+
+def _sent_select(inputs: LossInputs, config: PolicyLossConfig, rng) -> Selection:
+    del rng
+    m = inputs.mask
+    low_entropy = _sent_low_entropy(inputs, config)
     cov = centered_covariance(inputs.logp, inputs.advantages, low_entropy)
     num_selected = count_from_ratio(
         jnp.sum(low_entropy), config.sent_cov_ratio, rounding="floor", minimum=1

@@ -140,6 +140,44 @@ def chunked_logprobs_and_entropy(
     return logp.reshape(targets.shape), entropy.reshape(targets.shape)
 
 
+def chunked_collision_probability(
+    hidden: chex.Array, unembedding: chex.Array, *, chunk_size: int, temperature: float = 1.0
+) -> chex.Array:
+    """``collision_probability(hidden @ unembedding.T)`` without the [..., V] logits.
+
+    Streams the vocabulary in chunks as ``chunked_logprobs_and_entropy`` does, with running
+    sums ``S1 = sum_j exp(z_j - m)`` and ``S2 = sum_j exp(2 (z_j - m))`` under a running max m:
+    ``sum_j p_j^2 = S2 / S1^2``. A diagnostic (no custom VJP: not for the loss).
+
+    Args:
+      hidden: [..., D]; unembedding: [V, D]; chunk_size: vocabulary rows per chunk (clamped
+      to V); temperature: logits are divided by it.
+
+    Returns:
+      [...] float32.
+    """
+    chex.assert_rank(unembedding, 2)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    chunk = min(int(chunk_size), unembedding.shape[0])
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+
+    def step(carry, index):
+        running_max, sum_exp, sum_exp2 = carry
+        z, _, is_new, _ = _chunk_logits(chunk, float(temperature), flat_hidden, unembedding, index)
+        new_max = jnp.maximum(running_max, jnp.max(jnp.where(is_new, z, -jnp.inf), axis=1))
+        rescale = jnp.exp(running_max - new_max)
+        e = jnp.where(is_new, jnp.exp(z - new_max[:, None]), 0.0)
+        return (new_max, rescale * sum_exp + jnp.sum(e, axis=1),
+                jnp.square(rescale) * sum_exp2 + jnp.sum(jnp.square(e), axis=1)), None
+
+    zeros = jnp.zeros((flat_hidden.shape[0],), jnp.float32)
+    init = (jnp.full_like(zeros, _RUNNING_MAX_INIT), zeros, zeros)
+    indices = jnp.arange(_num_chunks(chunk, unembedding.shape[0]), dtype=jnp.int32)
+    (_, sum_exp, sum_exp2), _ = jax.lax.scan(step, init, indices)
+    return (sum_exp2 / jnp.square(sum_exp)).reshape(hidden.shape[:-1])
+
+
 def _chunk_logits(chunk, temperature, hidden, unembedding, index):
     """Logits of chunk ``index``: (z [N, chunk] float32, start, new-column mask [chunk], columns)."""
     vocab = unembedding.shape[0]

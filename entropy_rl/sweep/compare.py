@@ -2,8 +2,8 @@
 
 Reads what runs write (RUN_DIR/config.yaml, metrics.jsonl, summary.json) and writes
 OUT_DIR/report.md, OUT_DIR/compare.json (every number of the report) and PNG figures
-(accuracy.png, entropy.png, entropy_percentiles.png). Default OUT_DIR: SWEEP_DIR/compare, or
-compare/ beside the first run.
+(accuracy.png, entropy.png, entropy_percentiles.png, and the mechanism figures of the runs'
+samples.jsonl: `mechanism`). Default OUT_DIR: SWEEP_DIR/compare, or compare/ beside the first run.
 
 Runs are grouped into methods: by the sweep manifest (OUT_DIR/sweep.json, see `runner`) when
 given a sweep directory, else by their configs, runs whose configs differ only in the seed and
@@ -39,7 +39,7 @@ import yaml
 
 from entropy_rl.eval.plot import _grid_columns, _series, read_metrics  # also selects the Agg backend
 from entropy_rl.losses import get_policy_loss
-from entropy_rl.sweep import stats
+from entropy_rl.sweep import mechanism, stats
 from entropy_rl.sweep.runner import MANIFEST_FILE, finished_summary
 
 # dotted config keys that do not define the task (what is trained on and how it is checked)
@@ -318,7 +318,9 @@ def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None, *, c
     for name, figure in made.items():
         figure.savefig(out / f"{name}.png", dpi=110)
         plt.close(figure)
-    (out / "report.md").write_text(markdown(groups, intervals, tests, excluded, collapse_fraction, list(made)))
+    section, tokens = mechanism.mechanism_report({m: [r.path for r in rs] for m, rs in groups.items()}, out)
+    (out / "report.md").write_text(markdown(groups, intervals, tests, excluded, collapse_fraction, list(made))
+                                   + "\n" + section)
     result = {
         "collapse_fraction": collapse_fraction,
         "methods": {m: {"runs": [str(r.path) for r in groups[m]], "seeds": [r.seed for r in groups[m]],
@@ -326,6 +328,7 @@ def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None, *, c
                     for m in groups},
         "paired_gain_tests": [{"a": a, "b": b, "seeds": seeds, **vars(t)} for a, b, seeds, t in tests],
         "excluded": [str(p) for p in excluded],
+        "mechanism": tokens,
     }
     (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
     return result | {"out_dir": str(out)}

@@ -551,7 +551,9 @@ def rl_step(trainer: Trainer, programs: Programs, state: TrainState, ref_params,
                                      correct=groups.correct, answers=groups.answers, references=groups.references,
                                      tokenizer=trainer.tokenizer,
                                      loss_name=a.name, loss_config=trainer.step_config.loss,
-                                     flag=flag_metric and f"loss/{flag_metric}", mesh=trainer.mesh))
+                                     flag=flag_metric and f"loss/{flag_metric}", mesh=trainer.mesh, state=state,
+                                     temperature=trainer.step_config.temperature,
+                                     chunk_size=trainer.step_config.chunk_size))
 
     per_update = []
     update_key = jax.random.fold_in(step_key, 1)

@@ -15,8 +15,10 @@ weight in the policy-gradient numerator, `penalised` = each token's penalty coef
 (SENT, KL-Cov; 0 = not penalised; files written before `pieces` existed hold 0/1 there).
 `tokens` are the response's token ids and `pieces` their text (`token_pieces`:
 "".join(pieces) == response, or null); `special` names the special tokens the decode skips;
-`reference` is the problem's reference answer. Rows of steps after a resumed run's checkpoint
-are dropped (as in metrics.jsonl); the file stops growing at logging.samples_max_mb. Only
+`reference` is the problem's reference answer; "grad_sq": [T'] and "cov": [T']
+(`mechanism_fields`) are STAPO's gradient magnitude and the covariance the method selects
+on (rows written before them lack both). Rows of steps after a resumed run's checkpoint are
+dropped (as in metrics.jsonl); the file stops growing at logging.samples_max_mb. Only
 process 0 writes.
 """
 
@@ -33,7 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from entropy_rl import losses
 from entropy_rl.jsonl import append_rows, read_rows, rewrite_rows
-from entropy_rl.train.step import loss_inputs
+from entropy_rl.train.step import TrainState, loss_inputs, response_collision
 
 SAMPLES_FILE = "samples.jsonl"
 
@@ -88,9 +90,12 @@ def token_pieces(tokenizer, ids: list[int]) -> tuple[list[str] | None, dict[str,
 
 def sample_records(step: int, batch, entropy, *, rows: np.ndarray, rewards: np.ndarray, correct: np.ndarray,
                    answers: list, references: list | None, tokenizer, loss_name: str, loss_config: Any,
-                   flag: str | None, mesh: jax.sharding.Mesh) -> list[dict[str, Any]]:
+                   flag: str | None, mesh: jax.sharding.Mesh, state: TrainState, temperature: float = 1.0,
+                   chunk_size: int = 0) -> list[dict[str, Any]]:
     """samples.jsonl rows for `rows` of the step's update batch (global row indices; every
-    process must call it: the flags are one computation over the mesh)."""
+    process must call it: the flags are one computation over the mesh). `state` holds the
+    policy that gave batch.old_logp (its temperature and vocabulary chunk size): the
+    mechanism fields (`mechanism_fields`) are computed from it."""
     replicated = NamedSharding(mesh, PartitionSpec())
     picked = _token_flags(batch, entropy, jnp.asarray(rows), loss_name=loss_name, loss_config=loss_config,
                           out_sharding=replicated)
@@ -115,7 +120,44 @@ def sample_records(step: int, batch, entropy, *, rows: np.ndarray, rewards: np.n
             "penalised": [round(float(x), 5) for x in penalised[i, :length]], "flag": flag,
             "tokens": response, "pieces": pieces, "special": special,
         })
+    fields = mechanism_fields(batch, entropy, rows, state=state, loss_name=loss_name, loss_config=loss_config,
+                              temperature=temperature, chunk_size=chunk_size, mesh=mesh)
+    for record, extra in zip(records, fields):
+        record.update(extra)
     return records
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "loss_name", "loss_config", "temperature", "chunk_size",
+                                             "out_sharding"))
+def _grad_sq_and_cov(params, batch, entropy, rows, *, graphdef, loss_name, loss_config, temperature, chunk_size,
+                     out_sharding):
+    """(grad_sq, cov) float32 [len(rows), T] and the rows' lengths: 1 - 2p + sum_j p_j^2 from one
+    extra forward over the rows, and the method's selection covariance over the whole batch."""
+    cov = losses.selection_covariance(loss_name, loss_inputs(batch, batch.old_logp, entropy), loss_config)[rows]
+    kept = jax.tree.map(lambda x: x[rows], batch)
+    collision = response_collision(graphdef, params, kept, temperature=temperature, chunk_size=chunk_size)
+    grad_sq = losses.logit_grad_norm_sq(kept.old_logp, collision, jnp.ones_like(collision))
+    return jax.lax.with_sharding_constraint((grad_sq, cov, jnp.sum(kept.mask, axis=1)), out_sharding)
+
+
+def mechanism_fields(batch, entropy, rows: np.ndarray, *, state: TrainState, loss_name: str, loss_config: Any,
+                     temperature: float, chunk_size: int, mesh: jax.sharding.Mesh) -> list[dict[str, list[float]]]:
+    """Per kept row, the per-token quantities of the mechanism figures (`entropy_rl.sweep.mechanism`):
+
+      grad_sq_t = ||d log p(y_t) / dz||^2 = 1 - 2 p_t + sum_j p_j^2   (STAPO Theorem 3.1, A = 1;
+                  z the logits at the sampling temperature, p_t = exp(old logp_t))
+      cov_t     = the centred covariance (logp_t - mean logp)(A_t - mean A) the method's selection
+                  ranks (`losses.selection_covariance`: SENT over its low-entropy set, 0 outside)
+
+    The collision probability sum_j p_j^2 takes one no-grad forward over the kept rows only,
+    streamed over the vocabulary in chunks of `chunk_size` (0 = all at once). Rounded to 5
+    decimals, over each response's tokens."""
+    grad_sq, cov, lengths = map(_host, _grad_sq_and_cov(
+        state.params, batch, entropy, jnp.asarray(rows), graphdef=state.graphdef, loss_name=loss_name,
+        loss_config=loss_config, temperature=temperature, chunk_size=chunk_size,
+        out_sharding=NamedSharding(mesh, PartitionSpec())))
+    return [{"grad_sq": [round(float(x), 5) for x in grad_sq[i, :n]], "cov": [round(float(x), 5) for x in cov[i, :n]]}
+            for i, n in enumerate(lengths.astype(int))]
 
 
 class SamplesWriter:

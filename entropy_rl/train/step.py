@@ -186,16 +186,30 @@ def response_logprobs(graphdef: nnx.GraphDef, params: nnx.State, batch: UpdateBa
     float32; the float32 master weights receive the gradient through the cast.
     Values on padding positions are finite but meaningless (mask them).
     """
+    hidden, unembedding = _response_hidden(graphdef, params, batch)
+    return losses.chunked_logprobs_and_entropy(hidden, unembedding, batch.tokens,
+                                               chunk_size=chunk_size or unembedding.shape[0],
+                                               temperature=temperature or 1.0)
+
+
+def response_collision(graphdef: nnx.GraphDef, params: nnx.State, batch: UpdateBatch, *, temperature: float = 1.0,
+                       chunk_size: int = 0) -> jax.Array:
+    """float32 [B, T] collision probability sum_j p_j^2 of the policy at each response
+    position (the distribution `response_logprobs` scores), streamed over the vocabulary."""
+    hidden, unembedding = _response_hidden(graphdef, params, batch)
+    return losses.chunked_collision_probability(hidden, unembedding, chunk_size=chunk_size or unembedding.shape[0],
+                                                temperature=temperature or 1.0)
+
+
+def _response_hidden(graphdef: nnx.GraphDef, params: nnx.State, batch: UpdateBatch) -> tuple[jax.Array, jax.Array]:
+    """(hidden [B, T, D] predicting each response token, unembedding [V, D] in compute dtype)."""
     chex.assert_rank([batch.prompt_tokens, batch.tokens], 2)
     model = nnx.merge(graphdef, params)
     prompt_length = batch.prompt_tokens.shape[1]
     input_ids = jnp.concatenate([batch.prompt_tokens, batch.tokens[:, :-1]], axis=1)
     attention_mask = jnp.concatenate([batch.prompt_mask, batch.mask[:, :-1]], axis=1)
     hidden = model.hidden_states(input_ids, attention_mask)[:, prompt_length - 1:]
-    unembedding = model.unembedding().astype(model.dtype)  # as the sampler's logits: compute-dtype operands
-    return losses.chunked_logprobs_and_entropy(hidden, unembedding, batch.tokens,
-                                               chunk_size=chunk_size or unembedding.shape[0],
-                                               temperature=temperature or 1.0)
+    return hidden, model.unembedding().astype(model.dtype)  # as the sampler's logits: compute-dtype operands
 
 
 # --------------------------------------------------------------------------- statistics
