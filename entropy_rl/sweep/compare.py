@@ -3,7 +3,9 @@
 Reads what runs write (RUN_DIR/config.yaml, metrics.jsonl, summary.json) and writes
 OUT_DIR/report.md, OUT_DIR/compare.json (every number of the report) and PNG figures
 (accuracy.png, entropy.png, entropy_percentiles.png, and the mechanism figures of the runs'
-samples.jsonl: `mechanism`). Default OUT_DIR: SWEEP_DIR/compare, or compare/ beside the first run.
+samples.jsonl: `mechanism`); with --html also OUT_DIR/report.html, the report as a section of
+the runs' `entropy-rl inspect` page (figures embedded, token browser over every run). Default
+OUT_DIR: SWEEP_DIR/compare, or compare/ beside the first run.
 
 Runs are grouped into methods: by the sweep manifest (OUT_DIR/sweep.json, see `runner`) when
 given a sweep directory, else by their configs, runs whose configs differ only in the seed and
@@ -24,6 +26,8 @@ report.
 from __future__ import annotations
 
 import argparse
+import base64
+import html
 import itertools
 import json
 import math
@@ -291,8 +295,56 @@ def figures(groups: Mapping[str, Sequence[Run]]) -> dict[str, Any]:
     return made
 
 
+_IMAGE_LINE = re.compile(r"^!\[([^\]]*)\]\(([^)]+\.png)\)$")
+
+
+def _inline(text: str) -> str:
+    """Markdown inline code and bold as HTML (text escaped)."""
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+
+
+def report_html(report: str, figure_dir: Path) -> str:
+    """The markdown `report` as HTML: headings, pipe tables, bullets, paragraphs, and each
+    `![name](file.png)` line as that PNG of figure_dir embedded (base64)."""
+    parts, table = [], []
+    for line in report.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):
+                tag = "th" if not table else "td"
+                table.append("<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if table:
+            parts.append("<table>" + "".join(table) + "</table>")
+            table = []
+        image = _IMAGE_LINE.match(line)
+        if image:
+            data = base64.b64encode((figure_dir / image.group(2)).read_bytes()).decode()
+            parts.append(f'<p><img alt="{html.escape(image.group(1))}" src="data:image/png;base64,{data}" '
+                         'style="max-width:100%"></p>')
+        elif line.startswith("#"):
+            level = min(len(line) - len(line.lstrip("#")) + 1, 6)
+            parts.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
+        elif line.startswith("- "):
+            parts.append(f"<li>{_inline(line[2:])}</li>")
+        elif line.strip():
+            parts.append(f"<p>{_inline(line)}</p>")
+    return "\n".join(parts)
+
+
+def write_html(groups: Mapping[str, Sequence[Run]], report: str, out: Path) -> Path:
+    """OUT_DIR/report.html: the `entropy-rl inspect` page of every run (labelled
+    "<method> s<seed>") with the report as its first extra section."""
+    from entropy_rl.inspect import Section, write_page
+
+    runs = [r for rs in groups.values() for r in rs]
+    return write_page([r.path for r in runs], out / "report.html", labels=[f"{r.method} s{r.seed}" for r in runs],
+                      title="entropy-rl compare", extra_sections=[Section("Comparison", report_html(report, out))])
+
+
 def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None, *, collapse_fraction: float = 0.5,
-            warn=lambda line: print(line, file=sys.stderr)) -> dict[str, Any]:
+            html_page: bool = False, warn=lambda line: print(line, file=sys.stderr)) -> dict[str, Any]:
     """Write the report of the runs in `paths` (module docstring); returns what compare.json holds."""
     run_dirs, labels = find_runs(paths)
     runs, excluded = [], []
@@ -319,8 +371,10 @@ def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None, *, c
         figure.savefig(out / f"{name}.png", dpi=110)
         plt.close(figure)
     section, tokens = mechanism.mechanism_report({m: [r.path for r in rs] for m, rs in groups.items()}, out)
-    (out / "report.md").write_text(markdown(groups, intervals, tests, excluded, collapse_fraction, list(made))
-                                   + "\n" + section)
+    report = markdown(groups, intervals, tests, excluded, collapse_fraction, list(made)) + "\n" + section
+    (out / "report.md").write_text(report)
+    if html_page:
+        write_html(groups, report, out)
     result = {
         "collapse_fraction": collapse_fraction,
         "methods": {m: {"runs": [str(r.path) for r in groups[m]], "seeds": [r.seed for r in groups[m]],
@@ -340,11 +394,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("-o", "--output", help="the report's folder (default: SWEEP_DIR/compare or compare/ beside the runs)")
     parser.add_argument("--collapse-fraction", type=float, default=0.5,
                         help="collapse: mean entropy below this fraction of the first step's (default 0.5)")
+    parser.add_argument("--html", action="store_true",
+                        help="also write report.html: the report on the runs' inspect page (token browser included)")
     args = parser.parse_args(argv)
     try:
-        result = compare(args.runs, args.output, collapse_fraction=args.collapse_fraction)
+        result = compare(args.runs, args.output, collapse_fraction=args.collapse_fraction, html_page=args.html)
     except CompareError as e:
         print(f"entropy-rl compare: {e}", file=sys.stderr)
         return 2
-    print(Path(result["out_dir"]) / "report.md")
+    print(Path(result["out_dir"]) / ("report.html" if args.html else "report.md"))
     return 0

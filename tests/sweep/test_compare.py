@@ -4,6 +4,7 @@ scipy.stats, and the inputs it refuses."""
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -145,3 +146,16 @@ def test_a_run_in_progress_is_excluded_and_named(runs, capsys):
     excluded, refused = capsys.readouterr().err.strip().splitlines()
     assert excluded.startswith(f"entropy-rl compare: excluding {only / 'run'}: not finished")
     assert refused == f"entropy-rl compare: no finished runs among {only / 'run'}"
+
+
+def test_html_report_is_the_inspect_page_with_the_tables_and_figures_embedded(runs):
+    root, expected = runs
+    assert compare.main([str(root), "-o", str(root / "report"), "--html"]) == 0
+    page = (root / "report" / "report.html").read_text()
+    report = (root / "report" / "report.md").read_text()
+    gain = _interval([s["accuracy_gain"] for s in expected["stapo"]])
+    assert f"<td>{100 * gain[0]:.1f} [{100 * gain[1]:.1f}, {100 * gain[2]:.1f}]</td>" in page
+    assert page.count("data:image/png;base64,") == report.count("](") and "](" not in page
+    for label in ("grpo s0", "grpo s1", "stapo s0", "stapo s1"):  # the runs' own page, every run labelled
+        assert label in page
+    assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing fetched: the figures are inline
