@@ -44,16 +44,18 @@ from flax import nnx
 from entropy_rl import losses
 from entropy_rl.data import (LEVELS, Problem, PromptIterator, deduplicate, default_instruction, format_prompt,
                              load_problems, synthetic_problems)
+from entropy_rl.data.synthetic import problem_set_id
 from entropy_rl.eval.heldout import bootstrap_interval, eval_log, heldout_eval
 from entropy_rl.parallel import COMPILER_OPTIONS, batch_sharding, make_mesh
 from entropy_rl.parallel.hosts import allgather_host_values, global_from_host_rows, is_multiprocess, mesh_process_count
+from entropy_rl.parallel.watchdog import beat
 from entropy_rl.rollout import Rollout
 from entropy_rl.rollout.batching import geometric_bucket
 from entropy_rl.rollout.scoring import gather_scores, score_batch
 from entropy_rl.train.checkpoint import Checkpointer, build_policy, set_aside_previous_run
 from entropy_rl.train.config import TrainConfig
 from entropy_rl.train.metrics import METRICS_FILE, TENSORBOARD_SUBDIR, MetricsLogger, read_metrics
-from entropy_rl.train.progress import say
+from entropy_rl.train.progress import loss_reporter, say
 from entropy_rl.train.samples import SamplesWriter, sample_records, sample_rows_of
 from entropy_rl.train.signals import StopSignals
 from entropy_rl.train.step import (StepConfig, TrainState, UpdateBatch, create_train_state, no_grad_logprobs,
@@ -91,6 +93,25 @@ def training_problems(config: TrainConfig) -> list[Problem]:
     return problems
 
 
+def training_problem_set(config: TrainConfig) -> str:
+    """What decides the training problems: the built-in set's `problem_set_id`, or the dataset path."""
+    d = config.data
+    if d.dataset != "synthetic":
+        return d.dataset
+    return problem_set_id(levels=synthetic_levels(d.synthetic_levels), seed=config.seed, split="train")
+
+
+def settings_line(config: TrainConfig, num_problems: int) -> str:
+    """The data-dependent settings the run uses, as printed at its start (a dataset file
+    changes their defaults: `train.config.DATASET_FILE_DEFAULTS`)."""
+    d, e, w = config.data, config.eval, config.warmstart
+    source = (f"the built-in task (levels {'+'.join(synthetic_levels(d.synthetic_levels))})" if d.dataset == "synthetic"
+              else d.dataset)
+    warm = f"{w.steps} steps" if w.enabled and config.model.hf_path is None and w.steps > 0 else "off"
+    return (f"data: {num_problems} problems from {source}; verifier {d.verifier}; prompts {d.prompt_style}; "
+            f"held-out {e.benchmark} ({e.num_problems} problems x {e.n}); warm start {warm}")
+
+
 def drop_long_prompts(problems: Sequence[Problem], encode, max_length: int) -> list[Problem]:
     """The problems whose prompt has at most max_length tokens; the others are named in a
     warning (id and length). Raises when none is left."""
@@ -124,8 +145,9 @@ def make_iterator(config: TrainConfig, problems: Sequence[Problem]):
     c = config.data.curriculum
     if c.ranking_file is None:
         return PromptIterator(problems, config.data.batch_size, seed=config.seed)
-    from entropy_rl.data.curriculum import CurriculumIterator
+    from entropy_rl.data.curriculum import CurriculumIterator, check_ranked_problem_set
 
+    check_ranked_problem_set(c.ranking_file, training_problem_set(config))
     return CurriculumIterator(problems, c.ranking_file, config.data.batch_size, seed=config.seed,
                               num_stages=c.num_stages, epochs_per_stage=c.epochs_per_stage, on_missing=c.on_missing)
 
@@ -338,6 +360,7 @@ class Run:
     warmstart: dict | None = None
     steps_without_signal: int = 0  # every group's rewards equal: all advantages 0
     steps_without_answers: int = 0  # the verifier extracted no answer from most responses
+    seconds: float = 0.0  # wall-clock time of the run's earlier processes, up to their last checkpoint
 
 
 def _train_state_tree(state: TrainState, ref_params) -> dict:
@@ -384,6 +407,7 @@ class Trainer:
     checkpointer: Checkpointer
     seed_key: jax.Array
     eval_key: jax.Array  # the same held-out samples' randomness before, during and after
+    started_at: float = dataclasses.field(default_factory=time.time)  # this process's start (time.time())
 
     @property
     def mini_batches(self) -> int:
@@ -424,6 +448,7 @@ def set_up(config: TrainConfig, devices: Sequence[jax.Device] | None = None) -> 
     problems = training_problems(config)
     if config.data.max_prompt_length is not None:
         problems = drop_long_prompts(problems, encode, config.data.max_prompt_length)
+    say(settings_line(config, len(problems)))
     sampling = config.rollout.sampling_config(stop_token_ids=tokenizer.stop_token_ids,
                                               pad_token_id=tokenizer.pad_token_id)
     a = config.algorithm
@@ -462,9 +487,11 @@ def restore_or_initialize(trainer: Trainer, policy: nnx.Module) -> tuple[TrainSt
     run = Run()
     if config.warmstart.enabled and config.model.hf_path is None and config.warmstart.steps > 0:
         w = config.warmstart
+        report = loss_reporter(label="warm start", total=w.steps, every_s=config.logging.log_every_s,
+                               live=config.logging.progress_bar)
         run.warmstart = warm_start(policy, trainer.problems, trainer.encode, trainer.tokenizer, steps=w.steps,
                                    batch_size=w.batch_size, learning_rate=w.learning_rate, seed=config.seed,
-                                   mesh=trainer.mesh)
+                                   mesh=trainer.mesh, report=report)
         state = create_train_state(policy, trainer.optimizer, trainer.mesh)
         ref_params = _copy(state.params) if ref_params is not None else None
     run.before = trainer.evaluate(state, "before training")
@@ -571,6 +598,11 @@ def warn_without_signal(run: Run, scalars: dict[str, float], step: int, *, verif
                   "holds example responses)")
 
 
+def run_seconds(trainer: Trainer, run: Run) -> float:
+    """Wall-clock seconds of the run so far: its earlier processes' and this one's."""
+    return run.seconds + time.time() - trainer.started_at
+
+
 def after_step(trainer: Trainer, state: TrainState, ref_params, run: Run, logger: MetricsLogger, step: int,
                stop: StopSignals) -> None:
     """After step `step` (1-based) is counted: a checkpoint every checkpoint.every_steps, at
@@ -582,7 +614,8 @@ def after_step(trainer: Trainer, state: TrainState, ref_params, run: Run, logger
     if last or step % config.checkpoint.every_steps == 0 or stop.requested:
         trainer.checkpointer.save(step, params=state.params, train_state=_train_state_tree(state, ref_params),
                                   data_state={"iterator": trainer.iterator.state_dict(),
-                                              "run": dataclasses.asdict(run)}, config=config)
+                                              "run": dataclasses.asdict(run) | {"seconds": run_seconds(trainer, run)}},
+                                  config=config)
     stop.finish_if_requested(step, trainer.checkpointer)
     if _periodic_eval_due(config, step):
         logger.log(step, eval_log(trainer.evaluate(state, f"step {step}"), config.eval.benchmark))
@@ -612,7 +645,6 @@ def _finished_summary(config: TrainConfig) -> dict[str, Any] | None:
 def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
     """Run (or resume) the RL training of `config` on `devices` (default: all, on every
     process of a multi-host job); returns the summary (see `summary_table`)."""
-    start_time = time.time()
     trainer, policy = set_up(config, devices)
     state, ref_params, run, start_step = restore_or_initialize(trainer, policy)
     finished = _finished_summary(config) if start_step == config.total_steps else None
@@ -645,6 +677,7 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
         for step in range(start_step, config.total_steps):
             trainer.checkpointer.check()  # a failed background save stops the run here
             state, metrics = rl_step(trainer, programs, state, ref_params, step, samples)
+            beat(f"rl step {step + 1}")
             stage = _announce_stage(trainer.iterator, stage, step + 1, config.data.curriculum.num_stages, logger.write)
             scalars = logger.log(step + 1, metrics)
             count_step(run, scalars, state, step=step + 1, config=config, checkpointer=trainer.checkpointer)
@@ -657,7 +690,7 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
         stop.uninstall()
         logger.close()
         trainer.checkpointer.close()
-    summary = summarize(config, run, after, trainer.checkpointer, time.time() - start_time)
+    summary = summarize(config, run, after, trainer.checkpointer, run_seconds(trainer, run))
     if jax.process_index() == 0:
         save_summary(summary, config.run_dir)
     return summary
@@ -684,6 +717,13 @@ def save_summary(summary: dict[str, Any], run_dir: str) -> None:
     values = {key: value for key, value in summary.items() if key != "table"}
     write_text_atomic(os.path.join(run_dir, SUMMARY_FILE), json.dumps(values, indent=2) + "\n")
     write_text_atomic(os.path.join(run_dir, SUMMARY_TABLE_FILE), summary["table"] + "\n")
+
+
+def method_label(config: TrainConfig) -> str:
+    """The loss with what makes it a method (GRPO: "ppo_clip, grpo advantages, seq-mean-token-mean")."""
+    a = config.algorithm
+    return (f"{a.name}, {a.advantage_estimator} advantages, {a.loss.loss_agg_mode}"
+            f"{', dynamic sampling' if a.dynamic_sampling else ''}")
 
 
 def summarize(config: TrainConfig, run: Run, after: dict, checkpointer: Checkpointer, seconds: float) -> dict[str, Any]:
@@ -718,7 +758,8 @@ def summary_table(s: dict[str, Any], config: TrainConfig) -> str:
     separated = s["accuracy_gain_ci"][0] > 0 or s["accuracy_gain_ci"][1] < 0
     flag = losses.get_policy_loss(config.algorithm.name).flag_metric
     rows = [
-        ("method", f"{s['method']} on {config.data.dataset}, {s['steps']} steps, {s['wall_clock_s'] / 60:.1f} min"),
+        ("method", f"{method_label(config)} on {config.data.dataset}, {s['steps']} steps, "
+                   f"{s['wall_clock_s'] / 60:.1f} min"),
         (f"held-out accuracy ({s['heldout_problems']} problems ({s['heldout_distinct_problems']} distinct) x "
          f"{s['heldout_samples_per_problem']} samples, T={config.eval.temperature:g})", ""),
         ("  before", f"{pct(s['accuracy_before'])}  95% CI {ci(s['accuracy_before_ci'])}"),
@@ -726,7 +767,7 @@ def summary_table(s: dict[str, Any], config: TrainConfig) -> str:
         ("  gain (paired)", f"{100 * s['accuracy_gain']:+.1f} pts  95% CI {ci(s['accuracy_gain_ci'])}"
                             f"{'  (significant)' if separated else '  (not significant)'}"),
         ("entropy start -> end", f"{s['entropy_start']:.4f} -> {s['entropy_end']:.4f}"),
-        ("masked-token fraction", f"{s['masked_fraction']:.5f}" + (f" (loss/{flag}, mean over steps)" if flag else " (none)")),
+        ("masked-token fraction", f"{s['masked_fraction']:.3g}" + (f" (loss/{flag}, mean over steps)" if flag else " (none)")),
         ("skipped updates", str(s["skipped_updates"])),
         ("checkpoints", f"{s['checkpoints']} (steps {s['checkpoint_steps']})"),
         ("metrics", s["metrics"] + (f", TensorBoard {s['tensorboard']}" if s["tensorboard"] else "")),
