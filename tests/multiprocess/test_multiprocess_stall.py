@@ -13,6 +13,7 @@ pytestmark = pytest.mark.xdist_group("processes")
 SCRIPT = str(Path(__file__).with_name("stalled_collective.py"))
 
 
+@pytest.mark.slow
 def test_a_stalled_collective_ends_the_waiting_process(launch):
     result = launch([SCRIPT, "3"], devices=1, timeout_s=240, check=False)
     assert not result.timed_out
