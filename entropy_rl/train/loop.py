@@ -360,7 +360,6 @@ class Run:
     warmstart: dict | None = None
     steps_without_signal: int = 0  # every group's rewards equal: all advantages 0
     steps_without_answers: int = 0  # the verifier extracted no answer from most responses
-    seconds: float = 0.0  # wall-clock time of the run's earlier processes, up to their last checkpoint
 
 
 def _train_state_tree(state: TrainState, ref_params) -> dict:
@@ -407,7 +406,6 @@ class Trainer:
     checkpointer: Checkpointer
     seed_key: jax.Array
     eval_key: jax.Array  # the same held-out samples' randomness before, during and after
-    started_at: float = dataclasses.field(default_factory=time.time)  # this process's start (time.time())
 
     @property
     def mini_batches(self) -> int:
@@ -598,11 +596,6 @@ def warn_without_signal(run: Run, scalars: dict[str, float], step: int, *, verif
                   "holds example responses)")
 
 
-def run_seconds(trainer: Trainer, run: Run) -> float:
-    """Wall-clock seconds of the run so far: its earlier processes' and this one's."""
-    return run.seconds + time.time() - trainer.started_at
-
-
 def after_step(trainer: Trainer, state: TrainState, ref_params, run: Run, logger: MetricsLogger, step: int,
                stop: StopSignals) -> None:
     """After step `step` (1-based) is counted: a checkpoint every checkpoint.every_steps, at
@@ -614,8 +607,7 @@ def after_step(trainer: Trainer, state: TrainState, ref_params, run: Run, logger
     if last or step % config.checkpoint.every_steps == 0 or stop.requested:
         trainer.checkpointer.save(step, params=state.params, train_state=_train_state_tree(state, ref_params),
                                   data_state={"iterator": trainer.iterator.state_dict(),
-                                              "run": dataclasses.asdict(run) | {"seconds": run_seconds(trainer, run)}},
-                                  config=config)
+                                              "run": dataclasses.asdict(run)}, config=config)
     stop.finish_if_requested(step, trainer.checkpointer)
     if _periodic_eval_due(config, step):
         logger.log(step, eval_log(trainer.evaluate(state, f"step {step}"), config.eval.benchmark))
@@ -645,6 +637,7 @@ def _finished_summary(config: TrainConfig) -> dict[str, Any] | None:
 def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
     """Run (or resume) the RL training of `config` on `devices` (default: all, on every
     process of a multi-host job); returns the summary (see `summary_table`)."""
+    start_time = time.time()
     trainer, policy = set_up(config, devices)
     state, ref_params, run, start_step = restore_or_initialize(trainer, policy)
     finished = _finished_summary(config) if start_step == config.total_steps else None
@@ -690,7 +683,7 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
         stop.uninstall()
         logger.close()
         trainer.checkpointer.close()
-    summary = summarize(config, run, after, trainer.checkpointer, run_seconds(trainer, run))
+    summary = summarize(config, run, after, trainer.checkpointer, time.time() - start_time)
     if jax.process_index() == 0:
         save_summary(summary, config.run_dir)
     return summary
