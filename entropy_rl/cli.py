@@ -7,6 +7,8 @@ for the libraries it uses.
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import sys
 
 # command -> ("module", "function taking argv and returning an exit code", "one-line help")
@@ -20,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "rank": ("entropy_rl.ranking", "main", "rank a dataset by semantic entropy (SENT curriculum input)"),
     "export": ("entropy_rl.train.export", "main", "write a checkpoint's policy as an HF checkpoint"),
     "plan": ("entropy_rl.plan", "main", "per-chip memory of a run's compiled programs (a TPU topology via libtpu)"),
+    "launch": ("entropy_rl.launch", "main", "run a command as N JAX processes on this machine (CPU devices)"),
 }
 
 
@@ -28,6 +31,20 @@ def _usage() -> str:
     lines += [f"  {name:<8} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     lines += ["", "`entropy-rl <command> --help` for the options of one command."]
     return "\n".join(lines)
+
+
+def quiet_libraries() -> None:
+    """Drop library lines that tell a user nothing: transformers' "PyTorch was not found"
+    advice (the tokenizers need no torch) and orbax's "Given directory is read only"
+    (checkpoints are opened read-only to evaluate, rank or export them)."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    absl = logging.getLogger("absl")
+    if not any(getattr(f, "__name__", "") == "_not_read_only_notice" for f in absl.filters):
+        absl.addFilter(_not_read_only_notice)
+
+
+def _not_read_only_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Given directory is read only")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"entropy-rl: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    quiet_libraries()
     module_name, function_name, _ = COMMANDS[command]
     run = getattr(importlib.import_module(module_name), function_name)
     return int(run(rest) or 0)

@@ -68,6 +68,12 @@ class Section(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # inf refused like nan
 
+    @classmethod
+    def implied_defaults(cls, given: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The keys a user gave plus the defaults they imply for keys not given (applied by
+        `config_from_dict` before the class defaults; none here)."""
+        return given
+
     @model_validator(mode="before")
     @classmethod
     def _split_tuples(cls, values: Any) -> Any:
@@ -243,7 +249,8 @@ def config_from_dict(cls: type[Config], values: Mapping[str, Any], *, check_path
     if not isinstance(values, Mapping):
         raise ConfigError(f"config: expected a mapping of keys, got {values!r}")
     try:
-        return cls.model_validate(_deep_merge(_defaults(cls), values), context={"check_paths": check_paths})
+        given = cls.implied_defaults(values) if issubclass(cls, Section) else values
+        return cls.model_validate(_deep_merge(_defaults(cls), given), context={"check_paths": check_paths})
     except pydantic.ValidationError as e:
         raise ConfigError("\n".join(_messages(cls, e))) from None
 

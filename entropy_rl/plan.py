@@ -14,7 +14,7 @@ import dataclasses
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -223,15 +223,16 @@ def _compile(name: str, lower, copy_bytes: int | None = None) -> tuple[ProgramMe
     return memory, _abstract(lowered.out_info, compiled.output_shardings)
 
 
-def _policy_config(config, preset: str | None):
+def _policy_config(config, preset: str | None, preset_overrides: Mapping[str, Any] | None = None):
     """The QwenConfig of the run's policy: a named preset (when the checkpoint is not on this
-    machine), the checkpoint's config.json, or the built-in architecture."""
+    machine) with `preset_overrides` of its architecture, the checkpoint's config.json, or the
+    built-in architecture."""
     from entropy_rl.model import QwenConfig
     from entropy_rl.train.checkpoint import load_policy_tokenizer, qwen_config
 
     m = config.model
     if preset is not None:
-        return QwenConfig.preset(preset, **m.runtime_options())
+        return QwenConfig.preset(preset, **m.runtime_options(), **(preset_overrides or {}))
     if m.hf_path is not None and not os.path.exists(m.hf_path):
         raise FileNotFoundError(f"model.hf_path {m.hf_path} is not on this machine: name the architecture "
                                 "with --model (e.g. --model qwen3-8b)")
@@ -239,9 +240,19 @@ def _policy_config(config, preset: str | None):
     return qwen_config(m, vocab)
 
 
+def architecture_overrides(config, overrides: Sequence[str]) -> dict[str, Any]:
+    """{field: validated value} of the `model.<architecture field>=...` command-line overrides
+    (e.g. model.num_hidden_layers=4): what `--model PRESET` takes over from the preset."""
+    from entropy_rl.train.config import ARCHITECTURE_FIELDS
+
+    keys = {override.split("=", 1)[0].strip() for override in overrides}
+    return {name: getattr(config.model, name) for name in ARCHITECTURE_FIELDS if f"model.{name}" in keys}
+
+
 def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int | None,
          preset: str | None = None, prompt_length: int | None = None,
-         on_program: Callable[[ProgramMemory], None] | None = None) -> Plan:
+         on_program: Callable[[ProgramMemory], None] | None = None,
+         preset_overrides: Mapping[str, Any] | None = None) -> Plan:
     """Compile the run's programs for `devices` on abstract inputs and collect their memory.
 
     Shapes: prompts of `prompt_length` tokens (default rollout.prompt_bucket), responses of
@@ -261,7 +272,7 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
                                        make_train_step, state_sharding)
 
     mesh = make_mesh(config.mesh, devices=devices)
-    model_config = _policy_config(config, preset)
+    model_config = _policy_config(config, preset, preset_overrides)
     graphdef, params = nnx.split(nnx.eval_shape(lambda: Qwen(model_config, rngs=nnx.Rngs(0))))
     params = _abstract(params, state_shardings(params, mesh))
     a, r = config.algorithm, config.rollout
@@ -433,10 +444,12 @@ def topology_devices(topology: str) -> tuple[list, int | None]:
     Sets ALLOW_MULTIPLE_LIBTPU_LOAD (unless set): libtpu otherwise takes a machine-wide lock
     file, so a plan would fail beside any other process holding libtpu (a second plan, a test
     worker, a training job on a TPU host); compiling for a topology runs nothing on a TPU.
+    Sets TPU_WORKER_HOSTNAMES=localhost (unless set): libtpu would look the workers up.
     """
     from jax.experimental import topologies
 
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # off a TPU VM: no "unexpected worker hostname" error
     generation = topology.split(":")[0].lower()
     # v4 and v5p chips have two TensorCores run as one device ("megacore"), as on a real pod
     megacore = {"chip_config_name": "megacore"} if generation in ("v4", "v5p") else {}
@@ -525,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         devices = jax.devices()
         hbm, target = local_hbm_bytes(devices[0]), f"the {len(devices)} {devices[0].platform} devices present"
     result = plan(config, devices, target=target, hbm_bytes=hbm, preset=args.model, prompt_length=args.prompt_length,
-                  on_program=lambda memory: print(program_line(memory), file=sys.stderr, flush=True))
+                  on_program=lambda memory: print(program_line(memory), file=sys.stderr, flush=True),
+                  preset_overrides=architecture_overrides(config, args.overrides))
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_plan(result))
     return 0 if not result.overflowing else 1

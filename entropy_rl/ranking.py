@@ -31,7 +31,7 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -41,17 +41,17 @@ from pydantic import Field
 from tqdm import tqdm
 
 from entropy_rl.configuration import Section, add_config_arguments, command_config, one_of
-from entropy_rl.data import (DEFAULT_LEVELS, INSTRUCTION, Problem, deduplicate, default_instruction, format_prompt,
+from entropy_rl.data import (INSTRUCTION, Problem, deduplicate, default_instruction, format_prompt,
                              load_problems, synthetic_problems)
 from entropy_rl.data.curriculum import parse_ranking_line
-from entropy_rl.data.synthetic import LEVELS
+from entropy_rl.data.synthetic import LEVELS, problem_set_id
 from entropy_rl.eval.cli import command_mesh, evaluated_checkpoint, load_checkpoint, mesh_flag
 from entropy_rl.jsonl import append_rows, read_rows, rewrite_rows, write_text_atomic
 from entropy_rl.parallel import MeshConfig
 from entropy_rl.parallel.hosts import is_multiprocess
 from entropy_rl.rollout import SamplingConfig, scoring
 from entropy_rl.semantic_entropy import cluster_answer_groups, cluster_entropy
-from entropy_rl.train.config import DataConfig, Mesh, ModelConfig, RolloutConfig
+from entropy_rl.train.config import DataConfig, Mesh, ModelConfig, RolloutConfig, dataset_file_defaults
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +199,8 @@ def rank_problems(
     key = jax.random.PRNGKey(settings.seed)
     total = sum(len(batch) for _, batch in mine)
     done = sum(str(p.id) in finished for _, batch in mine for p in batch)
-    with tqdm(total=total, initial=done, unit="prompt", disable=not progress or process != 0, desc="rank") as bar:
+    label = "rank" if processes == 1 else f"rank (process 0's {total} of {len(problems)})"  # the others: alike
+    with tqdm(total=total, initial=done, unit="prompt", disable=not progress or process != 0, desc=label) as bar:
         for index, batch in mine:
             if all(str(p.id) in finished for p in batch):
                 continue
@@ -249,9 +250,6 @@ def _merge_parts(output: Path, order: dict[str, int]) -> None:
 
 
 # -- command line --------------------------------------------------------------------------
-_DEFAULT_LEVELS = tuple(list(LEVELS).index(name) + 1 for name in DEFAULT_LEVELS)  # as data.synthetic_levels numbers
-
-
 class RankCommandConfig(Section):
     """What `entropy-rl rank` ranks and how. The model, data, rollout and mesh sections are
     training's: rollout.n is K (responses per prompt), data.* the problems, prompt style,
@@ -262,7 +260,7 @@ class RankCommandConfig(Section):
     output: str
     sorted: Optional[str] = None  # default: <output>.sorted.jsonl
     step: Optional[int] = Field(None, ge=0)
-    limit: Optional[int] = Field(None, gt=0)
+    max_problems: Optional[int] = Field(None, gt=0)  # the first N problems (as `entropy-rl eval --max-problems`)
     split: str = "train"
     data_seed: int = 0
     seed: int = 0
@@ -271,9 +269,13 @@ class RankCommandConfig(Section):
     exact_match_only: bool = False
     progress: bool = True
     model: ModelConfig = ModelConfig()
-    data: DataConfig = DataConfig(synthetic_levels=_DEFAULT_LEVELS)
+    data: DataConfig = DataConfig()
     rollout: RolloutConfig = RolloutConfig(n=8, max_new_tokens=256, prompt_bucket=64, response_bucket=64)
     mesh: Mesh = MeshConfig()
+
+    @classmethod
+    def implied_defaults(cls, given: Mapping[str, Any]) -> Mapping[str, Any]:
+        return dataset_file_defaults(cls, given)
 
     def settings(self) -> RankingSettings:
         """The settings that decide the ranking's numbers."""
@@ -287,8 +289,8 @@ class RankCommandConfig(Section):
 
 
 def _data_flag(value: str) -> list[str]:
-    """= data.dataset=VALUE; a dataset file/directory also sets data.verifier=math (unless --verifier)"""
-    return [f"data.dataset={value}"] + ([] if value == "synthetic" else ["data.verifier=math"])
+    """= data.dataset=VALUE; a dataset file/directory implies data.verifier=math (unless --verifier)"""
+    return [f"data.dataset={value}"]
 
 
 def _levels_flag(value: str) -> list[str]:
@@ -302,7 +304,8 @@ ALIASES = {"--policy": "policy", "--data": _data_flag, "--output": "output", "--
            "--dtype": "model.dtype", "--tokenizer": "model.tokenizer", "--problem-key": "data.problem_key",
            "--answer-key": "data.answer_key", "--num-synthetic": "data.num_synthetic_problems",
            "--data-seed": "data_seed", "--synthetic-levels": _levels_flag, "--split": "split",
-           "--on-bad-row": "data.on_bad_row", "--limit": "limit", "--verifier": "data.verifier", "--mesh": mesh_flag,
+           "--on-bad-row": "data.on_bad_row", "--max-problems": "max_problems",
+           "--limit": "max_problems", "--verifier": "data.verifier", "--mesh": mesh_flag,
            "--samples": "rollout.n", "--max-new-tokens": "rollout.max_new_tokens", "--temperature": "rollout.temperature",
            "--top-p": "rollout.top_p", "--top-k": "rollout.top_k", "--seed": "seed", "--batch-prompts": "batch_prompts",
            "--weighting": "weighting", "--prompt-style": "data.prompt_style", "--instruction": "data.instruction",
@@ -322,6 +325,15 @@ def load_dataset(config: RankCommandConfig) -> list[Problem]:
             print(f"data: {removed} repeated problems removed from {d.dataset} ({len(problems)} distinct kept; "
                   "data.deduplicate=false keeps them)", file=sys.stderr)
     return problems
+
+
+def ranked_problem_set(config: RankCommandConfig) -> str:
+    """What decides the ranked problems (recorded in the meta file, checked by training): the
+    built-in set's `problem_set_id`, or the dataset path."""
+    d = config.data
+    if d.dataset != "synthetic":
+        return d.dataset
+    return problem_set_id(levels=d.level_names, seed=config.data_seed, split=config.split)
 
 
 def host_output(output: Path, process_index: int, process_count: int) -> Path:
@@ -345,14 +357,14 @@ def main(argv: list[str] | None = None) -> int:
 
     initialize_distributed()  # before any other jax call; a no-op on one process
     settings = config.settings()
-    problems = load_dataset(config)[: config.limit]
+    problems = load_dataset(config)[: config.max_problems]
     mesh = command_mesh(config.mesh, jax.local_devices())  # each process ranks whole batches on its own devices
     policy = evaluated_checkpoint(config.policy, config.step, config.model.dtype)
     model, tokenizer = load_checkpoint(config.policy, tokenizer=config.model.tokenizer, step=policy["step"],
                                        dtype=policy["dtype"], mesh=mesh)
     output = Path(config.output)
     run_info = {"policy": policy["checkpoint"], "step": policy["step"], "dtype": policy["dtype"],
-                "data": config.data.dataset, "tokenizer": config.model.tokenizer}
+                "data": config.data.dataset, "problem_set": ranked_problem_set(config), "tokenizer": config.model.tokenizer}
     started = time.perf_counter()
     rows = rank_problems(model, tokenizer, problems, output, settings, mesh=mesh, run_info=run_info,
                          progress=config.progress)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from entropy_rl.data.iterator import problems_fingerprint
+from entropy_rl.data.loading import DataError
 
 RANKING_FIELDS = ("id", "semantic_entropy", "n_clusters", "accuracy")
 
@@ -39,6 +40,23 @@ def parse_ranking_line(line: str, *, path: str | Path, line_number: int) -> dict
         raise ValueError(f"{path}:{line_number}: missing field(s) {missing}")
     row["id"] = str(row["id"])
     return row
+
+
+def check_ranked_problem_set(path: str | Path, problem_set: str) -> None:
+    """Raise DataError naming both when the ranking's `<path>.meta.json` (written by `entropy-rl
+    rank`) records another problem set than `problem_set` (the training data's: a built-in
+    set's `problem_set_id`, or a dataset path) and either of them is built-in; no check
+    without a meta file or for two dataset files (their ids decide)."""
+    meta_path = Path(f"{path}.meta.json")
+    if not meta_path.exists():
+        return
+    ranked = json.loads(meta_path.read_text()).get("problem_set")
+    built_in = [name for name in (ranked, problem_set) if str(name).startswith("synthetic-")]
+    if ranked is None or ranked == problem_set or not built_in:
+        return
+    raise DataError(f"{path} ranks the problems {ranked!r} (its .meta.json), but this run trains on {problem_set!r}: "
+                     "rank the training problems (entropy-rl rank with the run's data.* settings and "
+                     "--data-seed = the run's seed), or train on the ranked ones")
 
 
 def read_ranking(path: str | Path) -> list[dict[str, Any]]:
@@ -104,7 +122,7 @@ class CurriculumIterator:
             entropy_by_id = {str(key): float(value) for key, value in ranking.items()}
         unranked = [p.id for p in problems if str(p.id) not in entropy_by_id]
         if unranked and on_missing == "error":
-            raise ValueError(
+            raise DataError(
                 f"{len(unranked)} of {len(problems)} problems have no ranking row (e.g. {unranked[:5]}); "
                 "rank them (`entropy-rl rank`) or leave them out (data.curriculum.on_missing=drop)"
             )

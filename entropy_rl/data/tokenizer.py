@@ -63,6 +63,22 @@ class BuiltinTokenizer:
         text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
         return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
+    def save_pretrained(self, directory: str) -> None:
+        """Write this tokenizer as Hugging Face tokenizer files (`AutoTokenizer.from_pretrained`
+        loads it: the same ids both ways, the same specials and ChatML template)."""
+        from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer = Tokenizer(models.WordLevel(dict(self._ids), unk_token="<unk>"))
+        tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one token a character
+        tokenizer.decoder = decoders.Fuse()
+        tokenizer.add_special_tokens([AddedToken(t, normalized=False) for t in BUILTIN_SPECIAL_TOKENS])
+        tokenizer.add_tokens([AddedToken("\\boxed{", normalized=False)])
+        chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+        PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<pad>",
+                                unk_token="<unk>", chat_template=chat_template).save_pretrained(directory)
+
 
 # Any one of these makes a directory loadable by transformers' AutoTokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")

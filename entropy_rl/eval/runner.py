@@ -249,7 +249,8 @@ def evaluate(
             mesh=mesh, save_responses=save_responses,
         )
         chunk_size = max(1, batch_size // bench_n)
-        with tqdm(total=len(problems), desc=benchmark, disable=not progress, initial=len(rows)) as bar:
+        with tqdm(total=len(problems), desc=benchmark, disable=not progress or jax.process_index() != 0,
+                  initial=len(rows)) as bar:
             for chunk_index, start in enumerate(range(0, len(problems), chunk_size)):
                 chunk = problems[start : start + chunk_size]
                 if all(str(p.id) in rows for p in chunk):

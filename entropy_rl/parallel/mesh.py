@@ -73,7 +73,7 @@ def distributed_arguments(env: Mapping[str, str] | None = None) -> dict[str, Any
     """The keyword arguments of jax.distributed.initialize for the launcher that started this
     process, or None when it runs alone (env: default os.environ).
 
-    - a plain launcher (tools/launch_local.py, a GPU cluster script): JAX_COORDINATOR_ADDRESS
+    - a plain launcher (`entropy-rl launch`, a GPU cluster script): JAX_COORDINATOR_ADDRESS
       ("host:port" of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID, passed explicitly
       (jax reads only the address from the environment);
     - SLURM (srun: SLURM_NTASKS > 1), Open MPI (mpirun: OMPI_COMM_WORLD_SIZE > 1) and TPU pod

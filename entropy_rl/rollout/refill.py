@@ -74,6 +74,7 @@ from tqdm.auto import tqdm
 from entropy_rl.model import KVCache
 from entropy_rl.parallel import ROLLOUT_COMPILER_OPTIONS, constrain
 from entropy_rl.parallel.hosts import addressable_rows
+from entropy_rl.parallel.watchdog import beat
 from entropy_rl.rollout.config import SamplingConfig
 from entropy_rl.rollout.decoding import (
     MIN_ROWS_PER_SHARD,
@@ -347,8 +348,9 @@ def generate_refill(
     (the block's batch shards). Returns the global device arrays tokens [padded_rows, R]
     int32, logprobs [padded_rows, R] float32, lengths [padded_rows] int32, stopped
     [padded_rows] bool, as the static sampler's: this process's rows are the block's first
-    num_rows. Runs under the caller's mesh context. progress=True shows this process's
-    finished rows / total and tokens/s (all processes'); `schedule`, when given, is filled in."""
+    num_rows. Runs under the caller's mesh context. progress=True shows (on process 0) this
+    process's finished rows / total and tokens/s (all processes'); `schedule`, when given, is
+    filled in."""
     prompt_slots = prompt_ids.shape[1]
     n = config.n
     block_slots = slots // blocks
@@ -360,7 +362,7 @@ def generate_refill(
     queue = _Schedule(deque(range(num_rows)), np.zeros(block_slots, bool))
     chunk = config.progress_chunk if progress else np.iinfo(np.int32).max
     start, finished, prefill_calls, decode_calls = time.perf_counter(), 0, 0, 0
-    with tqdm(total=num_rows, desc="rollout", unit="row", disable=not progress) as bar:
+    with tqdm(total=num_rows, desc="rollout", unit="row", disable=not progress or jax.process_index() != 0) as bar:
         while True:
             pairs = queue.admit()
             free_to_stop = np.zeros(blocks, np.int64)  # 0 for other blocks: the maximum is theirs
@@ -380,6 +382,7 @@ def generate_refill(
             state = _refill_decode(graphdef, params, state, jnp.int32(chunk), jnp.asarray(free_to_stop, jnp.int32),
                                    program=program, prompt_slots=prompt_slots)
             decode_calls += 1
+            beat(f"decode segment {decode_calls} of a rollout")
             queue.live = addressable_rows(state.live).astype(bool)
             generated, decode_steps = jax.device_get((state.generated, state.decode_steps))
             now_finished = num_rows - len(queue.waiting) - int(queue.live.sum())

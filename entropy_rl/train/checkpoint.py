@@ -65,7 +65,7 @@ CHECKSUMS_ITEM = "checksums"  # the fifth item of a checkpoint: {"params/<path>"
 # Config keys (a trailing "." covers a whole section) that may change when a run resumes: they
 # change neither the arrays, nor the data, nor what the run computes.
 HARMLESS_CHANGES = ("run_dir", "total_steps", "resume", "resume_allow_changes", "max_consecutive_nonfinite",
-                    "logging.", "eval.every_steps", "checkpoint.", "mesh.")
+                    "stall_timeout_s", "logging.", "eval.every_steps", "checkpoint.", "mesh.")
 
 
 def _say(text: str) -> None:

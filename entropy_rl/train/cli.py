@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     from entropy_rl.parallel import initialize_distributed
 
     initialize_distributed()  # before any other jax call; a no-op on one host
+    if jax.process_count() > 1:  # a collective that cannot complete ends the run (parallel/watchdog.py)
+        from entropy_rl.parallel import watchdog
+
+        watchdog.arm(config.stall_timeout_s)
     try:
         validate_for_devices(config, jax.device_count())
         check_lengths(config)
@@ -80,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"entropy-rl train: invalid config for {jax.device_count()} devices:\n{e}", file=sys.stderr)
         return 2
+    from entropy_rl.data import DataError
     from entropy_rl.train.checkpoint import CheckpointError
     from entropy_rl.train.loop import train
     from entropy_rl.train.metrics import LogWriteError
@@ -98,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as e:
         print(f"entropy-rl train: {e}", file=sys.stderr)
         return e.exit_code
-    except (CheckpointError, FloatingPointError, LogWriteError) as e:
+    except (CheckpointError, DataError, FloatingPointError, LogWriteError) as e:  # a message naming the file
         print(f"entropy-rl train: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - bad data, a path that cannot be written, ...: one line

@@ -10,7 +10,7 @@ algorithm.loss is the loss library's `PolicyLossConfig` and mesh is `MeshConfig`
 
 Sections: model, data (with data.curriculum), rollout, algorithm (with algorithm.loss),
 optimizer, mesh, checkpoint, logging, eval, warmstart; run-level fields: seed, run_dir,
-total_steps, resume, resume_allow_changes, max_consecutive_nonfinite.
+total_steps, resume, resume_allow_changes, max_consecutive_nonfinite, stall_timeout_s.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from entropy_rl.configuration import (
 from entropy_rl.configuration import config_from_dict as _config_from_dict
 from entropy_rl.data.loading import BENCHMARK_FILES
 from entropy_rl.data.prompts import STYLES as PROMPT_STYLES
+from entropy_rl.data.synthetic import DEFAULT_LEVELS
 from entropy_rl.data.synthetic import LEVELS as SYNTHETIC_LEVELS
 from entropy_rl.losses import ADVANTAGE_ESTIMATORS, PolicyLossConfig, get_policy_loss, policy_loss_names
 from entropy_rl.model.config import QwenConfig, dtype_name
@@ -179,7 +180,7 @@ class DataConfig(Section):
 
     dataset: str = "synthetic"
     num_synthetic_problems: Positive = 20000
-    synthetic_levels: tuple[int, ...] = (1, 2)
+    synthetic_levels: tuple[int, ...] = tuple(list(SYNTHETIC_LEVELS).index(name) + 1 for name in DEFAULT_LEVELS)
     problem_key: Optional[str] = None
     answer_key: Optional[str] = None
     verifier: str = "synthetic"
@@ -340,6 +341,23 @@ def check_run_dir(run_dir: str) -> None:
         raise ValueError(f"{run_dir!r} cannot be written ({existing!r} is not a writable directory)")
 
 
+# what a dataset file (data.dataset other than "synthetic") implies for the keys not given
+DATASET_FILE_DEFAULTS = {("data", "verifier"): "math", ("eval", "benchmark"): "math500", ("warmstart", "enabled"): False}
+
+
+def dataset_file_defaults(cls: type[Section], given: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`given` plus `DATASET_FILE_DEFAULTS` of `cls`'s sections for the keys not given, when
+    data.dataset names a file; `given` itself for the synthetic task."""
+    data = given.get("data")
+    if not isinstance(data, Mapping) or data.get("dataset", "synthetic") == "synthetic":
+        return given
+    values = {name: dict(section) if isinstance(section, Mapping) else section for name, section in given.items()}
+    for (section, key), value in DATASET_FILE_DEFAULTS.items():
+        if section in cls.model_fields and isinstance(values.get(section, {}), Mapping):
+            values.setdefault(section, {}).setdefault(key, value)
+    return values
+
+
 class TrainConfig(Section):
     """The whole run. `run_dir` holds checkpoints, metrics.jsonl, TensorBoard events, config.yaml;
     `resume` continues from its latest checkpoint when there is one; training stops after
@@ -351,6 +369,7 @@ class TrainConfig(Section):
     resume: bool = True  # continue from RUN_DIR's latest checkpoint when there is one; false: move the old run aside
     resume_allow_changes: bool = False  # resume although the config changed beyond total_steps, logging, cadences
     max_consecutive_nonfinite: Positive = 5
+    stall_timeout_s: NonNegative = 900  # several processes: end one that makes no progress this long (0: never)
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     rollout: RolloutConfig = RolloutConfig()
@@ -361,6 +380,10 @@ class TrainConfig(Section):
     logging: LoggingConfig = LoggingConfig()
     eval: EvalConfig = EvalConfig()
     warmstart: WarmStartConfig = WarmStartConfig()
+
+    @classmethod
+    def implied_defaults(cls, given: Mapping[str, Any]) -> Mapping[str, Any]:
+        return dataset_file_defaults(cls, given)
 
     @field_validator("run_dir")
     @classmethod

@@ -2,8 +2,8 @@
 
 Writes config.json + safetensors (transformers' Qwen3ForCausalLM / Qwen2ForCausalLM loads
 it), generation_config.json with the tokenizer's stop tokens (so `generate` stops at
-`<|im_end|>` as the sampler does) and, when the run used an HF tokenizer, its tokenizer files,
-so OUT_DIR is a complete model directory for transformers, vLLM or `entropy-rl eval`. The
+`<|im_end|>` as the sampler does) and the tokenizer files (the run's HF tokenizer, or the
+built-in one written as an HF tokenizer), so OUT_DIR is a complete model directory for transformers, vLLM or `entropy-rl eval`. The
 checkpoint may come from any topology (mesh, device or process count); it is restored whole
 onto one local device. On several processes each restores it and process 0 writes.
 `--dtype bfloat16` halves the files (default: the parameters' dtype).
@@ -34,8 +34,8 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, step: int 
     policy, tokenizer = load_policy(run_dir, step=step)
     save_hf(policy, os.fspath(out_dir), dtype=dtype, eos_token_ids=tokenizer.stop_token_ids,
             pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
-    hf_tokenizer = getattr(tokenizer, "tokenizer", None)  # the transformers tokenizer of an HFTokenizer
-    if hf_tokenizer is not None and jax.process_index() == 0:
+    hf_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # the transformers tokenizer of an HFTokenizer
+    if jax.process_index() == 0:
         hf_tokenizer.save_pretrained(os.fspath(out_dir))
     return step
 

@@ -44,9 +44,11 @@ from flax import nnx
 from entropy_rl import losses
 from entropy_rl.data import (LEVELS, Problem, PromptIterator, deduplicate, default_instruction, format_prompt,
                              load_problems, synthetic_problems)
+from entropy_rl.data.synthetic import problem_set_id
 from entropy_rl.eval.heldout import bootstrap_interval, eval_log, heldout_eval
 from entropy_rl.parallel import batch_sharding, make_mesh, mesh_compiler_options
 from entropy_rl.parallel.hosts import allgather_host_values, global_from_host_rows, is_multiprocess, mesh_process_count
+from entropy_rl.parallel.watchdog import beat
 from entropy_rl.rollout import Rollout
 from entropy_rl.rollout.batching import geometric_bucket
 from entropy_rl.rollout.scoring import gather_scores, score_batch
@@ -54,7 +56,7 @@ from entropy_rl.train.checkpoint import Checkpointer, all_finite, build_policy, 
 from entropy_rl.train.config import TrainConfig
 from entropy_rl.train.limits import check_lengths
 from entropy_rl.train.metrics import METRICS_FILE, TENSORBOARD_SUBDIR, MetricsLogger, read_metrics
-from entropy_rl.train.progress import say
+from entropy_rl.train.progress import loss_reporter, say
 from entropy_rl.train.samples import SamplesWriter, sample_records, sample_rows_of
 from entropy_rl.train.signals import StopSignals
 from entropy_rl.train.step import (StepConfig, TrainState, UpdateBatch, create_train_state, no_grad_logprobs,
@@ -97,6 +99,25 @@ def training_problems(config: TrainConfig) -> list[Problem]:
     return problems
 
 
+def training_problem_set(config: TrainConfig) -> str:
+    """What decides the training problems: the built-in set's `problem_set_id`, or the dataset path."""
+    d = config.data
+    if d.dataset != "synthetic":
+        return d.dataset
+    return problem_set_id(levels=synthetic_levels(d.synthetic_levels), seed=config.seed, split="train")
+
+
+def settings_line(config: TrainConfig, num_problems: int) -> str:
+    """The data-dependent settings the run uses, as printed at its start (a dataset file
+    changes their defaults: `train.config.DATASET_FILE_DEFAULTS`)."""
+    d, e, w = config.data, config.eval, config.warmstart
+    source = (f"the built-in task (levels {'+'.join(synthetic_levels(d.synthetic_levels))})" if d.dataset == "synthetic"
+              else d.dataset)
+    warm = f"{w.steps} steps" if w.enabled and config.model.hf_path is None and w.steps > 0 else "off"
+    return (f"data: {num_problems} problems from {source}; verifier {d.verifier}; prompts {d.prompt_style}; "
+            f"held-out {e.benchmark} ({e.num_problems} problems x {e.n}); warm start {warm}")
+
+
 def drop_long_prompts(problems: Sequence[Problem], encode, max_length: int) -> list[Problem]:
     """The problems whose prompt has at most max_length tokens; the others are named in a
     warning (id and length). Raises when none is left."""
@@ -130,8 +151,9 @@ def make_iterator(config: TrainConfig, problems: Sequence[Problem]):
     c = config.data.curriculum
     if c.ranking_file is None:
         return PromptIterator(problems, config.data.batch_size, seed=config.seed)
-    from entropy_rl.data.curriculum import CurriculumIterator
+    from entropy_rl.data.curriculum import CurriculumIterator, check_ranked_problem_set
 
+    check_ranked_problem_set(c.ranking_file, training_problem_set(config))
     return CurriculumIterator(problems, c.ranking_file, config.data.batch_size, seed=config.seed,
                               num_stages=c.num_stages, epochs_per_stage=c.epochs_per_stage, on_missing=c.on_missing)
 
@@ -455,6 +477,7 @@ def set_up(config: TrainConfig, devices: Sequence[jax.Device] | None = None) -> 
         problems = drop_long_prompts(problems, encode, config.data.max_prompt_length)
     check_lengths(config, longest_prompt=max(((p.id, len(encode(p))) for p in problems), key=lambda x: x[1],
                                              default=None))
+    say(settings_line(config, len(problems)))
     sampling = config.rollout.sampling_config(stop_token_ids=tokenizer.stop_token_ids,
                                               pad_token_id=tokenizer.pad_token_id)
     a = config.algorithm
@@ -499,9 +522,11 @@ def restore_or_initialize(trainer: Trainer, policy: nnx.Module) -> tuple[TrainSt
     run = Run()
     if config.warmstart.enabled and config.model.hf_path is None and config.warmstart.steps > 0:
         w = config.warmstart
+        report = loss_reporter(label="warm start", total=w.steps, every_s=config.logging.log_every_s,
+                               live=config.logging.progress_bar)
         run.warmstart = warm_start(policy, trainer.problems, trainer.encode, trainer.tokenizer, steps=w.steps,
                                    batch_size=w.batch_size, learning_rate=w.learning_rate, seed=config.seed,
-                                   mesh=trainer.mesh)
+                                   mesh=trainer.mesh, report=report)
         state = create_train_state(policy, trainer.optimizer, trainer.mesh)
         ref_params = _copy(state.params) if ref_params is not None else None
     run.before = trainer.evaluate(state, "before training")
@@ -706,6 +731,7 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
         for step in range(start_step, config.total_steps):
             trainer.checkpointer.check()  # a failed background save stops the run here
             state, metrics = rl_step(trainer, programs, state, ref_params, step, samples)
+            beat(f"rl step {step + 1}")
             stage = _announce_stage(trainer.iterator, stage, step + 1, config.data.curriculum.num_stages, logger.write)
             scalars = logger.log(step + 1, metrics)
             count_step(run, scalars, state, step=step + 1, config=config, checkpointer=trainer.checkpointer)
@@ -752,6 +778,13 @@ def save_summary(summary: dict[str, Any], run_dir: str) -> None:
     write_text_atomic(os.path.join(run_dir, SUMMARY_TABLE_FILE), summary["table"] + "\n")
 
 
+def method_label(config: TrainConfig) -> str:
+    """The loss with what makes it a method (GRPO: "ppo_clip, grpo advantages, seq-mean-token-mean")."""
+    a = config.algorithm
+    return (f"{a.name}, {a.advantage_estimator} advantages, {a.loss.loss_agg_mode}"
+            f"{', dynamic sampling' if a.dynamic_sampling else ''}")
+
+
 def summarize(config: TrainConfig, run: Run, after: dict, checkpointer: Checkpointer, seconds: float) -> dict[str, Any]:
     """The run's summary dict; its "table" entry is the text the CLI prints."""
     before = run.before
@@ -784,7 +817,8 @@ def summary_table(s: dict[str, Any], config: TrainConfig) -> str:
     separated = s["accuracy_gain_ci"][0] > 0 or s["accuracy_gain_ci"][1] < 0
     flag = losses.get_policy_loss(config.algorithm.name).flag_metric
     rows = [
-        ("method", f"{s['method']} on {config.data.dataset}, {s['steps']} steps, {s['wall_clock_s'] / 60:.1f} min"),
+        ("method", f"{method_label(config)} on {config.data.dataset}, {s['steps']} steps, "
+                   f"{s['wall_clock_s'] / 60:.1f} min"),
         (f"held-out accuracy ({s['heldout_problems']} problems ({s['heldout_distinct_problems']} distinct) x "
          f"{s['heldout_samples_per_problem']} samples, T={config.eval.temperature:g})", ""),
         ("  before", f"{pct(s['accuracy_before'])}  95% CI {ci(s['accuracy_before_ci'])}"),
@@ -793,7 +827,7 @@ def summary_table(s: dict[str, Any], config: TrainConfig) -> str:
                             f"{'  (significant)' if separated else '  (not significant)'}"),
         ("entropy start -> end", "none (no RL step)" if s["entropy_start"] is None
                                  else f"{s['entropy_start']:.4f} -> {s['entropy_end']:.4f}"),
-        ("masked-token fraction", f"{s['masked_fraction']:.5f}" + (f" (loss/{flag}, mean over steps)" if flag else " (none)")),
+        ("masked-token fraction", f"{s['masked_fraction']:.3g}" + (f" (loss/{flag}, mean over steps)" if flag else " (none)")),
         ("skipped updates", str(s["skipped_updates"])),
         ("checkpoints", f"{s['checkpoints']} (steps {s['checkpoint_steps']})"),
         ("metrics", s["metrics"] + (f", TensorBoard {s['tensorboard']}" if s["tensorboard"] else "")),

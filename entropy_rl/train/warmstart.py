@@ -9,6 +9,10 @@ the answer format and some arithmetic, leaving room for RL to improve the accura
 
 with AdamW (constant lr after a short warm-up). Deterministic: the batches are drawn from
 `numpy.random.default_rng(seed)` and the update is one compiled function.
+
+Each update finishes before the next is dispatched: queued without bound by asynchronous
+dispatch, hundreds of updates whose collectives span the mesh stop making progress on CPU
+devices (over gloo between processes: `tests/multiprocess/test_multiprocess_warmstart.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from flax import nnx
 
 from entropy_rl.data import Problem
 from entropy_rl.parallel import MeshBound, mesh_compiler_options
+from entropy_rl.parallel.watchdog import beat
 from entropy_rl.train.step import UpdateBatch, make_schedule, response_logprobs, tree_shardings
 
 
@@ -57,10 +62,11 @@ def target_batch(problems: Sequence[Problem], encode_prompt: Callable[[Problem],
 
 def warm_start(model: nnx.Module, problems: Sequence[Problem], encode_prompt: Callable[[Problem], list[int]],
                tokenizer, *, steps: int, batch_size: int, learning_rate: float, seed: int,
-               mesh: jax.sharding.Mesh) -> dict[str, float]:
+               mesh: jax.sharding.Mesh, report: Callable[[int, float], None] | None = None) -> dict[str, float]:
     """Fine-tune `model` in place for `steps` AdamW updates of `batch_size` problems on their
-    target texts (one compiled update, traced and run under `jax.set_mesh(mesh)`). Returns
-    {"warmstart/loss_first", "warmstart/loss_last"} (mean of the first and last 10 updates)."""
+    target texts (one compiled update, traced and run under `jax.set_mesh(mesh)`), calling
+    `report(updates done, loss)` after each. Returns {"warmstart/loss_first",
+    "warmstart/loss_last"} (mean of the first and last 10 updates)."""
     data = target_batch(problems, encode_prompt, tokenizer)
     graphdef, params = nnx.split(model)
     optimizer = optax.adamw(make_schedule(learning_rate=learning_rate, warmup_steps=min(20, steps // 10),
@@ -82,12 +88,15 @@ def warm_start(model: nnx.Module, problems: Sequence[Problem], encode_prompt: Ca
     opt_state = optimizer.init(params)
     rng = np.random.default_rng(seed)
     losses = []
-    for _ in range(steps):
+    for step in range(steps):
         rows = rng.integers(0, len(problems), size=batch_size)
         params, opt_state, loss = update(params, opt_state, jax.tree.map(lambda x: x[rows], data))
-        losses.append(loss)
+        losses.append(float(jax.block_until_ready((params, loss))[1]))
+        beat(f"warm start update {step + 1}")
+        if report is not None:
+            report(step + 1, losses[-1])
     nnx.update(model, params)
-    losses = np.asarray(jax.device_get(losses), np.float64)
+    losses = np.asarray(losses, np.float64)
     window = max(1, min(10, len(losses)))
     return {"warmstart/loss_first": float(losses[:window].mean()) if len(losses) else float("nan"),
             "warmstart/loss_last": float(losses[-window:].mean()) if len(losses) else float("nan")}

@@ -1,4 +1,4 @@
-"""`launch`: run a command as 2 JAX processes x 4 CPU devices on 127.0.0.1 (tools/launch_local.py).
+"""`launch`: run a command as 2 JAX processes x 4 CPU devices on 127.0.0.1 (`entropy_rl.launch`).
 
 The processes import this checkout's entropy_rl (PYTHONPATH = the repository root) and are
 killed, all of them, when one fails or the time bound passes; a failure shows every
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.launch_local import LaunchResult, launch as launch_processes
+from entropy_rl.launch import LaunchResult, launch as launch_processes
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 TAIL_LINES = 40
@@ -32,7 +32,7 @@ def run_processes(args: list[str], *, num_processes: int = 2, devices: int = 4, 
                   kill_when=None) -> LaunchResult:
     """Run `python <args>` as num_processes JAX processes (extra environment `env`); fails
     the test (with their output) unless all exit 0 within timeout_s, when check=True.
-    kill_when: see `tools.launch_local.launch` (check then only fails on a timeout)."""
+    kill_when: see `entropy_rl.launch.launch` (check then only fails on a timeout)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPOSITORY), os.environ.get("PYTHONPATH", "")]),
                TOKENIZERS_PARALLELISM="false", **(env or {}))
     result = launch_processes([sys.executable, *args], num_processes=num_processes, devices=devices,

@@ -43,7 +43,7 @@ def test_two_processes_give_the_one_process_numbers(launch, tiny_policy, tmp_pat
     launch(_eval(tiny_policy, tmp_path / "single", tmp_path / "single_counts"), num_processes=1, devices=8)
     result = launch(_eval(tiny_policy, tmp_path / "hosts", tmp_path / "hosts_counts"))
     expected = _rows(tmp_path / "single" / "results.jsonl")
-    assert [row["id"] for row in expected] == [f"synthetic-test-0-{i}" for i in range(6)]
+    assert [row["id"] for row in expected] == [f"synthetic-add1+add2-test-0-{i}" for i in range(6)]
     assert len({response for row in expected for response in row["responses"]}) > 12  # varied samples
     assert _rows(tmp_path / "hosts" / "results.jsonl") == expected
     summaries = [json.loads((tmp_path / run / "summary.json").read_text()) for run in ("single", "hosts")]

@@ -1,11 +1,13 @@
 """Start-up of several processes: the launcher and `initialize_distributed`'s arguments."""
 
+import io
+import sys
 import textwrap
 
 import pytest
 
+from entropy_rl.launch import LaunchResult, launch as launch_processes, process_environment
 from entropy_rl.parallel.mesh import distributed_arguments
-from tools.launch_local import LaunchResult, process_environment
 
 # one multi-process test at a time (`--dist loadgroup`): two would oversubscribe the cores
 pytestmark = pytest.mark.xdist_group("processes")
@@ -92,3 +94,29 @@ def test_timeout_kills_every_process(launch, tmp_path):
     script.write_text("import time\ntime.sleep(600)\n")
     result = launch([str(script)], timeout_s=2, check=False)
     assert result.timed_out and result.returncode == 124 and all(code < 0 for code in result.returncodes)
+
+
+def test_the_launcher_names_the_failed_process_and_hides_chatter(tmp_path):
+    """One line names the process that ended; library chatter reaches only the log files."""
+    script = tmp_path / "fail.py"
+    ready = tmp_path / "printed"
+    script.write_text(textwrap.dedent(f"""
+        import os, pathlib, sys, time
+        print('[Gloo] Rank 3 is connected to 7 peer ranks. Expected number of connected peer ranks is : 7')
+        print('step 1/2', flush=True)
+        if os.environ['JAX_PROCESS_ID'] == '1':
+            while not pathlib.Path({str(ready)!r}).exists():  # process 0 has printed
+                time.sleep(0.01)
+            sys.exit(3)
+        pathlib.Path({str(ready)!r}).touch()
+        time.sleep(600)
+    """))
+    echo = io.StringIO()
+    result = launch_processes([sys.executable, str(script)], num_processes=2, devices=1, timeout_s=60, echo=echo,
+                              log_dir=str(tmp_path / "logs"))
+    assert result.returncode == 3
+    shown = echo.getvalue().splitlines()
+    assert sorted(shown) == ["[0] step 1/2", "[1] step 1/2",
+                             "entropy-rl launch: process 1 exited with code 3; stopping the 1 still running"]
+    for process in (0, 1):
+        assert "[Gloo] Rank 3 is connected" in (tmp_path / "logs" / f"process-{process}.log").read_text()

@@ -49,7 +49,7 @@ def test_two_processes_write_the_one_process_ranking(launch, tiny_policy, tmp_pa
     launch(_rank(tiny_policy, single, tmp_path / "single_counts"), num_processes=1)
     result = launch(_rank(tiny_policy, hosts, tmp_path / "hosts_counts"))
     expected = _rows(single)
-    assert [row["id"] for row in expected] == [f"synthetic-train-0-{i}" for i in range(12)]
+    assert [row["id"] for row in expected] == [f"synthetic-add1+add2-train-0-{i}" for i in range(12)]
     # likelihood-weighted entropies: a float per problem that any other sample would change
     assert len({row["semantic_entropy"] for row in expected}) == 12
     assert _rows(hosts) == expected  # 3 batches: process 0 ranked batches 0 and 2, process 1 batch 1

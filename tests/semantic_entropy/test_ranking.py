@@ -48,7 +48,7 @@ def test_rank_run_killed_and_resumed_matches_uninterrupted_run(tiny_policy, tmp_
     full = tmp_path / "full" / "ranking.jsonl"
     assert ranking.main(rank_args(tiny_policy, full)) == 0
     rows = read_rows(full)
-    assert [r["id"] for r in rows] == [f"synthetic-train-0-{i}" for i in range(12)]
+    assert [r["id"] for r in rows] == [f"synthetic-add1+add2-train-0-{i}" for i in range(12)]
     for row in rows:
         assert set(row) == {"id", "semantic_entropy", "n_clusters", "accuracy"}
         assert 0.0 <= row["semantic_entropy"] <= math.log(4) + 1e-9 and 1 <= row["n_clusters"] <= 4
@@ -72,7 +72,7 @@ def test_rank_run_killed_and_resumed_matches_uninterrupted_run(tiny_policy, tmp_
         ranking.main(rank_args(tiny_policy, resumed))
     assert len(read_rows(resumed)) == 4
     with open(resumed, "a") as file:  # ... mid-way through writing a row
-        file.write('{"id": "synthetic-train-0-4", "semantic_en')
+        file.write('{"id": "synthetic-add1+add2-train-0-4", "semantic_en')
     # ... and restarted: only the two unfinished batches are sampled, and the numbers match.
     calls.clear()
     kill_at_call.clear()
@@ -158,7 +158,7 @@ def test_two_hosts_rank_whole_batches_round_robin_and_host_zero_merges(tiny_poli
     monkeypatch.setattr(ranking.jax, "process_index", lambda: 1)
     assert ranking.main(rank_args(tiny_policy, output, *args)) == 0
     part = read_rows(tmp_path / "hosts" / "ranking.jsonl.part-00001-of-00002")
-    assert [r["id"] for r in part] == [f"synthetic-train-0-{i}" for i in (*range(4, 8), *range(12, 16))]
+    assert [r["id"] for r in part] == [f"synthetic-add1+add2-train-0-{i}" for i in (*range(4, 8), *range(12, 16))]
     assert not output.exists()
     monkeypatch.setattr(ranking.jax, "process_index", lambda: 0)
     assert ranking.main(rank_args(tiny_policy, output, *args)) == 0

@@ -54,7 +54,15 @@ def test_export_writes_an_hf_checkpoint_with_the_same_logits(tmp_path, capsys):
         expected = hf(torch.from_numpy(ids).long()).logits.numpy()
     logits = nnx.jit(lambda model, x: model(x))(policy, jnp.asarray(ids))  # one compiled program
     np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4, rtol=1e-4)
-    assert not (out / "tokenizer.json").exists()  # the built-in tokenizer is not an HF one
+    # the built-in tokenizer travels as HF tokenizer files: the same ids, specials and chat text
+    reloaded = transformers.AutoTokenizer.from_pretrained(out)
+    text = "<|im_start|>user\nCompute 12+34. \u00e9<|im_end|>\n\\boxed{46}<|im_end|><pad>"
+    assert reloaded.encode(text) == tokenizer.encode(text) and len(reloaded) == tokenizer.vocab_size
+    assert (reloaded.eos_token_id, reloaded.pad_token_id) == (tokenizer.eos_token_id, tokenizer.pad_token_id)
+    assert reloaded.decode(tokenizer.encode(text)) == tokenizer.decode(tokenizer.encode(text))
+    chat = [{"role": "user", "content": "Compute 1+2."}]
+    assert reloaded.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == \
+        tokenizer.apply_chat_template(chat)
 
 
 def test_export_copies_an_hf_tokenizer(tmp_path):
