@@ -234,3 +234,18 @@ def test_no_token_attends_across_a_segment_boundary(implementation, runnable_cud
         before, after = np.asarray(before), np.asarray(after)
         assert not np.array_equal(before[own], after[own])
         np.testing.assert_array_equal(before[others], after[others])
+
+
+@pytest.mark.slow
+def test_compiles_of_the_packed_forward_over_varying_lengths_are_bounded():
+    """12 batches of random lengths through one jitted packed forward: it compiles once per
+    distinct layout shape, at most 3 here (the padded forward: once)."""
+    graphdef, params = nnx.split(Qwen(model_config("dense"), rngs=nnx.Rngs(0)))
+    forward = jax.jit(lambda p, b, lay: packed_logprobs(graphdef, p, b, lay))
+    shapes = set()
+    for seed in range(12):
+        batch = make_batch(seed, ref=False)
+        layout = layout_of(batch, micro_tokens=64)
+        shapes.add(layout.source.shape)
+        jax.block_until_ready(forward(params, batch, layout))
+    assert forward._cache_size() == len(shapes) <= 3, shapes
