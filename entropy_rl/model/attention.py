@@ -1,25 +1,34 @@
 """Causal self-attention by backend: dense, blockwise, Pallas splash (TPU), cuDNN and Pallas (GPU).
 
-`causal_attention(q, k, v, attention_mask, block_size, implementation, interpret)` is the
-attention of a forward pass without a KV cache (training, scoring, prefill); decoding keeps
-`layers.cached_attention`'s single-query path. The implementations
-(QwenConfig.attention_implementation):
+`causal_attention(q, k, v, attention_mask, block_size, implementation, interpret, segment_ids)`
+is the attention of a forward pass without a KV cache (training, scoring, prefill); decoding
+keeps `layers.cached_attention`'s single-query path. Every implementation takes the same two
+int32 [B, T] segment arrays: a query t sees key s iff s <= t, key_segments[s] != 0 and
+query_segments[t] == key_segments[s]. Without `segment_ids` (a padded batch) every query is
+segment 1 and a key is segment 1 iff it is real; with them (packed rows, see
+entropy_rl.train.packing: several sequences per row, contiguous runs numbered 1, 2, ... and
+0 on padding) both are `segment_ids`, so no token attends across a sequence boundary. The
+implementations (QwenConfig.attention_implementation):
 
 - "dense": `grouped_attention`, which keeps the [B, H, T, T] probabilities for the backward.
 - "blockwise": `blockwise.blockwise_causal_attention`, flash attention in plain JAX with a
-  hand-written backward (memory O(T * block_size)); the fastest choice on XLA:CPU.
+  hand-written backward (memory O(T * block_size)); the fastest choice on XLA:CPU. With
+  segment ids it also skips the block pairs no segment spans.
 - "splash": Pallas splash attention for TPU (jax.experimental.pallas.ops.tpu.splash_attention,
   as in MaxText and Tunix): one MQA kernel per kv head, vmapped over kv heads and rows;
-  padding is `SegmentIds` (every query is segment 1, a key is segment 1 iff it is real).
+  the segments are its `SegmentIds`.
 - "cudnn": cuDNN flash attention (`jax.nn.dot_product_attention(implementation="cudnn")`,
   bfloat16/float16 only). It masks padding only through per-row `query_seq_lengths` and
   `key_value_seq_lengths` (a boolean mask would become a dense [B, 1, T, S] bias), i.e. for
   right-padded rows. Each row's real tokens are therefore packed to its front (a stable
   gather that keeps their order, hence causality), attended with length = number of real
   tokens, and scattered back: any layout (left-padded prompt + right-padded response, holes)
-  in, the same layout out, so the losses see what they always saw.
+  in, the same layout out, so the losses see what they always saw. Packed rows (segment
+  ids) go through the same function's boolean `mask` (same segment), which it documents as
+  a dense [B, 1, T, T] bias: correct, but not O(T) memory; prefer "pallas_gpu" for packing.
 - "pallas_gpu": the Pallas Triton kernel (jax.experimental.pallas.ops.gpu.attention.mha),
-  kv heads repeated to the query heads, padding as segment 0.
+  kv heads repeated to the query heads; its segment ids are shared by queries and keys
+  (the key segments: padding, segment 0, sees only padding and is zeroed).
 - "auto": splash on TPU; cuDNN on GPU for bfloat16/float16 (the XLA choice below for
   float32, which cuDNN's flash attention does not take); elsewhere dense up to `block_size`
   tokens and blockwise beyond.
@@ -92,40 +101,62 @@ def resolve_implementation(implementation: str, length: int, block_size: int, dt
 
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, attention_mask: jax.Array,
-                     block_size: int, implementation: str = "auto", interpret: bool = False) -> jax.Array:
+                     block_size: int, implementation: str = "auto", interpret: bool = False,
+                     segment_ids: jax.Array | None = None) -> jax.Array:
     """Causal self-attention of T tokens: q [B, T, H, D], k/v [B, T, KV, D], attention_mask
-    [B, T] (1 = real token) -> [B, T, H, D]; a real query t sees key s iff s <= t and s is
-    real, with softmax(q k^T / sqrt(D)) in float32 (see the module docstring for padding rows).
+    [B, T] (1 = real token) -> [B, T, H, D]; a real query t sees key s iff s <= t, s is real
+    and, given segment_ids int [B, T] (packed rows), s is in t's segment; softmax(q k^T /
+    sqrt(D)) in float32 (see the module docstring for padding rows).
 
     `block_size` is the blockwise kernel's block and the splash kernel's (rounded up to a
     multiple of 128); `implementation` and `interpret` as in QwenConfig.
     """
     chex.assert_rank([q, k, v, attention_mask], [4, 4, 4, 2])
+    query_segments, key_segments = attention_segments(attention_mask, segment_ids)
     name = resolve_implementation(implementation, q.shape[1], block_size, q.dtype)
     if name == "dense":
-        return grouped_attention(q, k, v, causal_padding_mask(attention_mask))
+        return grouped_attention(q, k, v, segment_causal_mask(query_segments, key_segments))
     if name == "blockwise":
-        return blockwise_causal_attention(q, k, v, attention_mask, block_size)
+        return blockwise_causal_attention(q, k, v, key_segments != 0, block_size, segment_ids=segment_ids)
     kernels = {
         "splash": functools.partial(splash_attention, block_size=block_size, interpret=interpret),
         "pallas_gpu": functools.partial(pallas_gpu_attention, interpret=interpret),
-        "cudnn": packed_lengths_attention,
+        "cudnn": packed_lengths_attention if segment_ids is None else segment_mask_attention,
     }
-    return _over_batch_and_heads(kernels[name], q, k, v, attention_mask.astype(bool))
+    return _over_batch_and_heads(kernels[name], q, k, v, query_segments, key_segments)
 
 
-def _over_batch_and_heads(kernel, q, k, v, real):
-    """kernel(q, k, v, real) under jax.shard_map over the batch and kv-head mesh axes when
-    tracing under a mesh with our axes (a dimension they do not divide stays whole);
-    the plain call otherwise."""
+def attention_segments(attention_mask: jax.Array, segment_ids: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """(query_segments, key_segments) int32 [B, T]: (1, mask) for a padded batch, both
+    `segment_ids` for packed rows."""
+    if segment_ids is None:
+        return jnp.ones(attention_mask.shape, jnp.int32), attention_mask.astype(jnp.int32)
+    chex.assert_equal_shape([attention_mask, segment_ids])
+    segment_ids = segment_ids.astype(jnp.int32)
+    return segment_ids, segment_ids
+
+
+def segment_causal_mask(query_segments: jax.Array, key_segments: jax.Array) -> jax.Array:
+    """bool [B, T, T]: query t sees key s iff s <= t, key s is real (segment != 0) and in t's segment."""
+    length = key_segments.shape[1]
+    causal = jnp.tril(jnp.ones((length, length), bool))
+    same = query_segments[:, :, None] == key_segments[:, None, :]
+    return causal[None] & same & (key_segments != 0)[:, None, :]
+
+
+def _over_batch_and_heads(kernel, q, k, v, query_segments, key_segments):
+    """kernel(q, k, v, query_segments, key_segments) under jax.shard_map over the batch and
+    kv-head mesh axes when tracing under a mesh with our axes (a dimension they do not
+    divide stays whole); the plain call otherwise."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
-        return kernel(q, k, v, real)
-    batch_axes = logical_to_mesh(("batch",), mesh, real.shape[:1])[0]
+        return kernel(q, k, v, query_segments, key_segments)
+    batch_axes = logical_to_mesh(("batch",), mesh, key_segments.shape[:1])[0]
     head_axes = logical_to_mesh(("kv_heads",), mesh, k.shape[2:3])[0]
     heads = PartitionSpec(batch_axes, None, head_axes, None)
-    return jax.shard_map(kernel, in_specs=(heads, heads, heads, PartitionSpec(batch_axes, None)),
-                         out_specs=heads, check_vma=False)(q, k, v, real)
+    rows = PartitionSpec(batch_axes, None)
+    return jax.shard_map(kernel, in_specs=(heads, heads, heads, rows, rows),
+                         out_specs=heads, check_vma=False)(q, k, v, query_segments, key_segments)
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -144,11 +175,12 @@ def _zero_padding_queries(out: jax.Array, real: jax.Array) -> jax.Array:
     return jnp.where(real[:, :, None, None], out, jnp.zeros((), out.dtype))
 
 
-def splash_attention(q, k, v, real, *, block_size: int, interpret: bool) -> jax.Array:
-    """Pallas splash attention: q [B, T, H, D], k/v [B, T, KV, D], real bool [B, T] -> [B, T, H, D].
+def splash_attention(q, k, v, query_segments, key_segments, *, block_size: int, interpret: bool) -> jax.Array:
+    """Pallas splash attention: q [B, T, H, D], k/v [B, T, KV, D], segments int32 [B, T]
+    (`attention_segments`) -> [B, T, H, D], zeros at padding queries.
 
     T is padded to a multiple of the block (min(block_size, T) rounded up to 128); the
-    padded keys are segment 0 and seen by no query. Splash has no softmax scale: q is
+    padded keys are segment 0 and seen by no real query. Splash has no softmax scale: q is
     multiplied by 1/sqrt(D) first (as MaxText does). On TPU, bfloat16 inputs need the
     default matmul precision: Mosaic rejects jax_default_matmul_precision="highest" there.
     """
@@ -160,13 +192,12 @@ def splash_attention(q, k, v, real, *, block_size: int, interpret: bool) -> jax.
     q_heads = _pad_length(scaled, padded).reshape(batch, padded, kv_heads, heads // kv_heads, head_dim)
     q_heads = q_heads.transpose(0, 2, 3, 1, 4)  # [B, KV, G, T, D]
     k_heads, v_heads = (_pad_length(x, padded).transpose(0, 2, 1, 3) for x in (k, v))  # [B, KV, T, D]
-    key_segment = _pad_length(real, padded).astype(jnp.int32)
-    segments = splash.SegmentIds(q=jnp.ones_like(key_segment), kv=key_segment)
+    segments = splash.SegmentIds(q=_pad_length(query_segments, padded), kv=_pad_length(key_segments, padded))
     kernel = _splash_kernel(padded, heads // kv_heads, block, interpret)
     per_kv_head = jax.vmap(kernel, in_axes=(0, 0, 0, None))
     out = jax.vmap(per_kv_head)(q_heads, k_heads, v_heads, segments)  # [B, KV, G, T, D]
     out = out.transpose(0, 3, 1, 2, 4).reshape(batch, padded, heads, head_dim)[:, :length]
-    return _zero_padding_queries(out, real)
+    return _zero_padding_queries(out, key_segments != 0)
 
 
 def _splash_kernel(length: int, groups: int, block: int, interpret: bool):
@@ -180,29 +211,35 @@ def _splash_kernel(length: int, groups: int, block: int, interpret: bool):
                                   interpret=interpret)
 
 
-def pallas_gpu_attention(q, k, v, real, *, interpret: bool) -> jax.Array:
-    """The Pallas Triton flash-attention kernel: q [B, T, H, D], k/v [B, T, KV, D], real bool
-    [B, T] -> [B, T, H, D]. Its segment ids are shared by queries and keys: real tokens are
-    segment 1 and see only each other; padding (and T padded to a multiple of 128) is 0."""
+def pallas_gpu_attention(q, k, v, query_segments, key_segments, *, interpret: bool) -> jax.Array:
+    """The Pallas Triton flash-attention kernel: q [B, T, H, D], k/v [B, T, KV, D], segments
+    int32 [B, T] (`attention_segments`) -> [B, T, H, D]. Its segment ids are shared by
+    queries and keys, the key segments: a real token sees the real tokens of its segment;
+    padding (and T padded to a multiple of 128) is segment 0, its rows zeroed."""
+    del query_segments  # equal to key_segments at every real query
     length, heads, head_dim = q.shape[1:]
     groups = heads // k.shape[2]
     padded = _round_up(length, PALLAS_GPU_BLOCK)
     k_rows, v_rows = (_pad_length(jnp.repeat(x, groups, axis=2), padded) for x in (k, v))
-    segments = _pad_length(real, padded).astype(jnp.int32)
+    segments = _pad_length(key_segments, padded)
     out = pallas_gpu.mha(_pad_length(q, padded), k_rows, v_rows, segments, sm_scale=head_dim ** -0.5,
                          causal=True, interpret=interpret)
-    return _zero_padding_queries(out[:, :length], real)
+    return _zero_padding_queries(out[:, :length], key_segments != 0)
 
 
-def packed_lengths_attention(q, k, v, real, implementation: str | None = None) -> jax.Array:
+def packed_lengths_attention(q, k, v, query_segments, key_segments, implementation: str | None = None
+                             ) -> jax.Array:
     """Attention through `jax.nn.dot_product_attention`'s per-row lengths: q [B, T, H, D],
-    k/v [B, T, KV, D], real bool [B, T] -> [B, T, H, D].
+    k/v [B, T, KV, D], the segments of a padded batch (query segments all 1, `real` =
+    key_segments != 0) -> [B, T, H, D].
 
     Each row's real tokens are moved to its front in their order (`order`, a stable sort
     of the padding flags), so row b is right-padded with lengths[b] real tokens; causal
     attention with query/key lengths, then the inverse gather restores the layout.
     `implementation` defaults to CUDNN_IMPLEMENTATION ("xla" computes the same on any backend).
     """
+    del query_segments
+    real = key_segments != 0
     order = jnp.argsort(~real, axis=1, stable=True)  # [B, T]: real positions first
     restore = jnp.argsort(order, axis=1)
     lengths = jnp.sum(real, axis=1, dtype=jnp.int32)
@@ -215,6 +252,18 @@ def packed_lengths_attention(q, k, v, real, implementation: str | None = None) -
         query_seq_lengths=lengths, key_value_seq_lengths=lengths,
         implementation=implementation or CUDNN_IMPLEMENTATION)
     return _zero_padding_queries(gather(out, restore), real)
+
+
+def segment_mask_attention(q, k, v, query_segments, key_segments, implementation: str | None = None
+                           ) -> jax.Array:
+    """Packed rows through `jax.nn.dot_product_attention` (is_causal, and the boolean
+    same-segment mask of `segment_causal_mask`, a dense bias): q [B, T, H, D], k/v
+    [B, T, KV, D], segments int32 [B, T] -> [B, T, H, D], zeros at padding queries.
+    `implementation` defaults to CUDNN_IMPLEMENTATION."""
+    mask = segment_causal_mask(query_segments, key_segments)[:, None]
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=q.shape[-1] ** -0.5, is_causal=True,
+                                       implementation=implementation or CUDNN_IMPLEMENTATION)
+    return _zero_padding_queries(out, key_segments != 0)
 
 
 def causal_padding_mask(attention_mask: jax.Array) -> jax.Array:

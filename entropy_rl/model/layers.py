@@ -271,9 +271,10 @@ class Attention(nnx.Module):
             y = y + bias[...].astype(self.dtype)
         return y if norm is None else norm(y)
 
-    def __call__(self, x, cos, sin, attention_mask, cache=None):
+    def __call__(self, x, cos, sin, attention_mask, cache=None, segment_ids=None):
         """x [B, T, D]; cos/sin [B, T, 1, head_dim]; attention_mask [B, T] (1 = real token):
-        each token sees the real tokens of x up to itself.
+        each token sees the real tokens of x up to itself (of its own segment, given
+        segment_ids int32 [B, T]: packed rows, see `causal_attention`; not with a cache).
 
         cache: None, or (k_cache, v_cache, cache_mask, slot): this layer's cache (KVCache
         layouts), the cached slots every token sees (bool [B, S]) and the slot where this
@@ -285,7 +286,8 @@ class Attention(nnx.Module):
         k = apply_rope(self._project(x, self.k_proj, self.k_bias, self.k_norm), cos, sin)
         v = self._project(x, self.v_proj, self.v_bias, None)
         if cache is None:
-            out = causal_attention(q, k, v, attention_mask, self.block_size, self.implementation, self.interpret)
+            out = causal_attention(q, k, v, attention_mask, self.block_size, self.implementation, self.interpret,
+                                   segment_ids)
             new_cache = (k, v)
         else:
             k_cache, v_cache, cache_mask, slot = cache
@@ -359,8 +361,8 @@ class DecoderLayer(nnx.Module):
                                                 axis="norm", param_dtype=pd)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, cos, sin, attention_mask, cache=None):
-        attn_out, cache = self.self_attn(self.input_layernorm(x), cos, sin, attention_mask, cache)
+    def __call__(self, x, cos, sin, attention_mask, cache=None, segment_ids=None):
+        attn_out, cache = self.self_attn(self.input_layernorm(x), cos, sin, attention_mask, cache, segment_ids)
         x = x + attn_out
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, cache

@@ -31,8 +31,8 @@ def default_positions(attention_mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def _run_layer(layer, x, cos, sin, attention_mask):
-    return layer(x, cos, sin, attention_mask)
+def _run_layer(layer, x, cos, sin, attention_mask, segment_ids):
+    return layer(x, cos, sin, attention_mask, segment_ids=segment_ids)
 
 
 def stack_layers(layers) -> tuple[nnx.GraphDef, nnx.State]:
@@ -92,13 +92,15 @@ class Qwen(nnx.Module):
         return rope_tables(positions, self.config.head_dim, self.config.rope_theta)
 
     def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
-                      positions: jax.Array | None = None) -> jax.Array:
+                      positions: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
         """Final RMS-normed hidden states [B, T, D] (compute dtype) for input_ids [B, T].
 
         logits = hidden_states @ unembedding().T; the chunked losses use this to avoid
-        materialising [B, T, V] at once.
+        materialising [B, T, V] at once. Packed rows (several sequences per row) pass
+        segment_ids int32 [B, T] (contiguous runs 1, 2, ..., 0 on padding: no token attends
+        outside its segment) and each sequence's own positions.
         """
-        return self._forward(input_ids, attention_mask, positions)[0]
+        return self._forward(input_ids, attention_mask, positions, segment_ids)[0]
 
     def prefill(self, input_ids: jax.Array, attention_mask: jax.Array, max_length: int
                 ) -> tuple[jax.Array, KVCache]:
@@ -117,7 +119,7 @@ class Qwen(nnx.Module):
             length=jnp.asarray(input_ids.shape[1], jnp.int32),
         )
 
-    def _forward(self, input_ids, attention_mask, positions):
+    def _forward(self, input_ids, attention_mask, positions, segment_ids=None):
         """(final normed hidden [B, T, D], each layer's (k, v) [B, T, KV, head_dim])."""
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
@@ -126,24 +128,24 @@ class Qwen(nnx.Module):
         cos, sin = self._rope(positions)
         x = self._embed(input_ids)
         if self.config.scan_layers:
-            x, (keys, values) = self._scan_layers(x, cos, sin, attention_mask)
+            x, (keys, values) = self._scan_layers(x, cos, sin, attention_mask, segment_ids)
             return self.norm(x), list(zip(keys, values))
         run_layer = nnx.remat(_run_layer, policy=self._remat_policy) if self.config.remat else _run_layer
         keys_values = []
         for layer in self.layers:
-            x, kv = run_layer(layer, x, cos, sin, attention_mask)
+            x, kv = run_layer(layer, x, cos, sin, attention_mask, segment_ids)
             x = constrain(x, BATCH_ACTIVATION)
             keys_values.append(kv)
         return self.norm(x), keys_values
 
-    def _scan_layers(self, x, cos, sin, attention_mask):
+    def _scan_layers(self, x, cos, sin, attention_mask, segment_ids):
         """(x after the L layers, (k, v) each [L, B, T, KV, head_dim]) with jax.lax.scan over
         the stacked layers (`stack_layers`): one compiled layer body whatever L, each layer
         rematerialised (config.remat_policy) when config.remat."""
         graphdef, stacked = stack_layers(self.layers)
 
         def body(h, layer_state):
-            h, kv = nnx.merge(graphdef, layer_state)(h, cos, sin, attention_mask)
+            h, kv = nnx.merge(graphdef, layer_state)(h, cos, sin, attention_mask, segment_ids=segment_ids)
             return constrain(h, BATCH_ACTIVATION), kv
 
         if self.config.remat:

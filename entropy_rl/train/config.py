@@ -242,6 +242,12 @@ class AlgorithmConfig(Section):
     ppo_epochs: Positive = 1
     mini_batch_size: Positive = 16
     micro_batch_size: Optional[Positive] = None
+    # Packed update (entropy_rl.train.packed_update): the old / reference log-probs and the
+    # train step on rows of pack_tokens tokens (None: the padded row's length) holding several
+    # sequences, in micro-batches of micro_batch_tokens tokens; "auto" where it saves work.
+    packing: Annotated[str, one_of(("auto", "on", "off"))] = "off"
+    pack_tokens: Optional[Positive] = None
+    micro_batch_tokens: Optional[Positive] = None
     loss: PolicyLossConfig = PolicyLossConfig(clip_low=0.2, clip_high=0.28)
 
 

@@ -55,6 +55,7 @@ from entropy_rl.rollout.scoring import gather_scores, score_batch
 from entropy_rl.train.checkpoint import Checkpointer, all_finite, build_policy, set_aside_previous_run
 from entropy_rl.train.config import TrainConfig
 from entropy_rl.train.limits import check_lengths
+from entropy_rl.train.packed_update import PackedUpdate
 from entropy_rl.train.metrics import METRICS_FILE, TENSORBOARD_SUBDIR, MetricsLogger, read_metrics
 from entropy_rl.train.progress import loss_reporter, say
 from entropy_rl.train.samples import SamplesWriter, sample_records, sample_rows_of
@@ -462,6 +463,7 @@ class Programs:
     train_step: Any
     logprobs: Any
     take_rows: Any
+    packed: PackedUpdate  # the same on packed rows (algorithm.packing)
 
 
 def set_up(config: TrainConfig, devices: Sequence[jax.Device] | None = None) -> tuple[Trainer, nnx.Module]:
@@ -544,6 +546,9 @@ def compile_programs(trainer: Trainer, state: TrainState) -> Programs:
         # a mini-batch: rows of the update batch gathered on the devices, split as the batch
         take_rows=jax.jit(lambda batch, rows: jax.tree.map(lambda x: x[rows], batch),
                           out_shardings=batch_sharding(mesh)),
+        packed=PackedUpdate.create(state, mesh, algorithm=trainer.config.algorithm, optimizer=trainer.optimizer,
+                                   schedule=trainer.schedule, step_config=step_config,
+                                   micro_rows=trainer.mini_rows // step_config.num_micro_batches),
     )
 
 
@@ -562,8 +567,12 @@ def rl_step(trainer: Trainer, programs: Programs, state: TrainState, ref_params,
     batch = update_batch(groups, advantages, trainer.mesh)
     rollout_time = time.time() - step_start
 
-    old_logp, entropy = programs.logprobs(state.params, batch)
-    ref_logp = None if ref_params is None else programs.logprobs(ref_params, batch)[0]
+    packed, mesh = programs.packed, trainer.mesh
+    lengths = None if packed.mode == "off" else packed.lengths(batch)
+    layout = None if lengths is None else packed.layout(batch, lengths)
+    logprobs = programs.logprobs if layout is None else lambda p, b: packed.run_logprobs(p, b, layout, mesh)
+    old_logp, entropy = logprobs(state.params, batch)
+    ref_logp = None if ref_params is None else logprobs(ref_params, batch)[0]
     batch = batch.replace(old_logp=old_logp, ref_logp=ref_logp)  # stays on the devices
     metrics = dict(_token_statistics(trainer.mesh)(old_logp, entropy, batch.advantages, batch.mask))
     metrics["rollout/logp_mismatch"], tokens = _rollout_checks(old_logp, _place_rows(groups.rollout.logprobs,
@@ -585,14 +594,19 @@ def rl_step(trainer: Trainer, programs: Programs, state: TrainState, ref_params,
     for epoch in range(a.ppo_epochs):
         order = np.asarray(jax.random.permutation(jax.random.fold_in(update_key, epoch), len(advantages)))
         for k in range(trainer.mini_batches):
-            mini = programs.take_rows(batch, order[k * trainer.mini_rows:(k + 1) * trainer.mini_rows])
-            state, update_metrics = programs.train_step(state, mini, jax.random.fold_in(update_key, 1000 * epoch + k))
+            rows = order[k * trainer.mini_rows:(k + 1) * trainer.mini_rows]
+            mini, mini_key = programs.take_rows(batch, rows), jax.random.fold_in(update_key, 1000 * epoch + k)
+            mini_layout = None if layout is None else packed.layout(mini, lengths, rows)
+            if mini_layout is None:
+                state, update_metrics = programs.train_step(state, mini, mini_key)
+            else:
+                state, update_metrics = packed.run_train_step(state, mini, mini_layout, mini_key, mesh)
             per_update.append(update_metrics)
     update_metrics = _mean_metrics(per_update)
     jax.block_until_ready(state.params)
     step_time = time.time() - step_start
 
-    metrics |= update_metrics
+    metrics |= update_metrics | ({} if lengths is None else packed.token_metrics(batch, lengths, layout))
     if flag_metric is not None:
         metrics["loss/masked_fraction"] = update_metrics[f"loss/{flag_metric}"]
     metrics |= rollout_metrics(groups, sampled, sampling.n)

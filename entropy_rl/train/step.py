@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from entropy_rl import losses
 from entropy_rl.parallel import MeshBound, batch_sharding, mesh_compiler_options, variable_sharding
+from entropy_rl.train.packing import PackedLayout
 
 # Quantiles of the token entropy reported each step.
 ENTROPY_QUANTILES = (0.1, 0.5, 0.9)
@@ -325,6 +326,13 @@ def train_step(state: TrainState, batch: UpdateBatch, rng: jax.Array, *, optimiz
     caller's, once per rollout batch (`token_statistics`).
     """
     gradients = _whole_batch_gradients if config.num_micro_batches == 1 else _accumulated_gradients
+    return _apply_gradients(state, batch, rng, gradients, optimizer=optimizer, schedule=schedule, config=config)
+
+
+def _apply_gradients(state: TrainState, batch: UpdateBatch, rng: jax.Array, gradients, *, optimizer, schedule,
+                     config: StepConfig) -> tuple[TrainState, dict[str, jax.Array]]:
+    """The optimizer update of `train_step` with grads from gradients(params, batch, rng,
+    graphdef=..., config=...) -> (loss, grads, loss metrics)."""
     loss, grads, loss_metrics = gradients(state.params, batch, rng, graphdef=state.graphdef, config=config)
     schedule_state = optax.tree_utils.tree_get(state.opt_state, "ScaleByScheduleState")
     lr = schedule(0 if schedule_state is None else schedule_state.count)
@@ -386,3 +394,150 @@ def no_grad_logprobs(graphdef: nnx.GraphDef, params: nnx.State, batch: UpdateBat
 
 
 _cached_no_grad_logprobs = functools.lru_cache(maxsize=16)(make_no_grad_logprobs)
+
+
+# --------------------------------------------------------------------------- packed rows
+
+
+def _packed_sharding(mesh: jax.sharding.Mesh) -> PackedLayout:
+    """A `PackedLayout`'s shardings: packed rows [M, R, S] split over the batch axes on R,
+    gather [B, T] and micro [B] split as the batch."""
+    rows = batch_sharding(mesh)
+    packed = NamedSharding(mesh, PartitionSpec(None, *rows.spec))
+    return PackedLayout(source=packed, segment_ids=packed, positions=packed, targets=packed, gather=rows,
+                        micro=rows)
+
+
+def _micro_part(layout: PackedLayout) -> tuple[jax.Array, ...]:
+    """The [M, R, S] arrays a micro-batch's forward reads (source, segment_ids, positions, targets)."""
+    return layout.source, layout.segment_ids, layout.positions, layout.targets
+
+
+def packed_micro_logprobs(graphdef: nnx.GraphDef, params: nnx.State, batch: UpdateBatch, part: tuple, *,
+                          temperature: float = 1.0, chunk_size: int = 0) -> tuple[jax.Array, jax.Array]:
+    """(logp, entropy) float32 [R, S] of one micro-batch of packed rows: at each packed token,
+    those of the response token its hidden state predicts (meaningless where it predicts none).
+
+    part = (source, segment_ids, positions, targets) [R, S] of a `PackedLayout`: the rows'
+    tokens are gathered from the batch's padded inputs on the devices, and the model attends
+    within each segment (`Qwen.hidden_states` with segment ids and per-sequence positions).
+    Precision and chunking as in `response_logprobs`.
+    """
+    source, segment_ids, positions, targets = part
+    model = nnx.merge(graphdef, params)
+    inputs = jnp.concatenate([batch.prompt_tokens, batch.tokens[:, :-1]], axis=1).reshape(-1)
+    hidden = model.hidden_states(jnp.take(inputs, source), (segment_ids != 0).astype(jnp.int32), positions=positions,
+                                 segment_ids=segment_ids)
+    unembedding = model.unembedding().astype(model.dtype)
+    return losses.chunked_logprobs_and_entropy(hidden, unembedding, jnp.take(batch.tokens.reshape(-1), targets),
+                                               chunk_size=chunk_size or unembedding.shape[0],
+                                               temperature=temperature or 1.0)
+
+
+def packed_logprobs(graphdef: nnx.GraphDef, params: nnx.State, batch: UpdateBatch, layout: PackedLayout, *,
+                    temperature: float = 1.0, chunk_size: int = 0) -> tuple[jax.Array, jax.Array]:
+    """`response_logprobs` computed on packed rows: (logp, entropy) float32 [B, T], the M
+    micro-batches of `layout` in sequence (jax.lax.map), each token's values gathered back
+    to its (row, column) of the batch."""
+    forward = functools.partial(packed_micro_logprobs, graphdef, params, batch, temperature=temperature,
+                                chunk_size=chunk_size)
+    part = _micro_part(layout)
+    per_micro = forward(tuple(x[0] for x in part)) if layout.num_micro_batches == 1 else jax.lax.map(forward, part)
+    return tuple(x.reshape(-1)[layout.gather] for x in per_micro)
+
+
+def _micro_rows(layout: PackedLayout, k, values: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    """Micro-batch k's [R, S] values gathered to [B, T] (rows of other micro-batches get
+    some value of micro-batch k: finite, and weighted 0 by the caller)."""
+    per_micro = layout.source[0].size
+    index = jnp.clip(layout.gather - k * per_micro, 0, per_micro - 1)
+    return tuple(x.reshape(-1)[index] for x in values)
+
+
+def _rows_of_micro(prepared: losses.PreparedLoss, batch: UpdateBatch, in_micro: jax.Array):
+    """(prepared, batch) with every row outside the micro-batch (in_micro [B] False) weighted 0:
+    its numerator and metric sums are exactly those of the micro-batch's rows alone."""
+    rows = in_micro.astype(jnp.float32)
+    prepared = dataclasses.replace(prepared, pg_weight=prepared.pg_weight * rows[:, None],
+                                   aux_weight=prepared.aux_weight * rows[:, None], row_share=prepared.row_share * rows)
+    return prepared, batch.replace(mask=batch.mask * in_micro[:, None].astype(batch.mask.dtype))
+
+
+def _packed_gradients(params, batch: UpdateBatch, rng, *, layout: PackedLayout, graphdef, config: StepConfig):
+    """(loss, grads, loss metrics) of the batch on packed rows: one pass when the layout has
+    one micro-batch, else `_accumulated_gradients`' scheme over its M token-budget
+    micro-batches (whole-batch no-grad forward -> `prepare_policy_loss`; micro-batch k adds
+    d(numerator_k / denominator)/dparams, its rows' values gathered to [B, T] and the other
+    rows weighted 0)."""
+    forward = functools.partial(packed_logprobs, graphdef, temperature=config.temperature,
+                                chunk_size=config.chunk_size)
+    if layout.num_micro_batches == 1:
+        def loss_fn(p):
+            logp, entropy = forward(p, batch, layout)
+            return losses.policy_loss(config.loss_name, loss_inputs(batch, logp, entropy), config=config.loss, rng=rng)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, grads, metrics
+    logp, entropy = forward(jax.lax.stop_gradient(params), batch, layout)
+    prepared = losses.prepare_policy_loss(config.loss_name, loss_inputs(batch, logp, entropy), config=config.loss,
+                                          rng=rng)
+    denominator = prepared.denominator[0]
+    micro_forward = functools.partial(packed_micro_logprobs, graphdef, temperature=config.temperature,
+                                      chunk_size=config.chunk_size)
+
+    def micro_loss(p, k, part):
+        micro_logp, micro_entropy = _micro_rows(layout, k, micro_forward(p, batch, part))
+        micro_prepared, micro_batch = _rows_of_micro(prepared, batch, layout.micro == k)
+        numerator, metric_sums = losses.policy_loss_terms(
+            config.loss_name, micro_prepared, loss_inputs(micro_batch, micro_logp, micro_entropy), config=config.loss)
+        return losses.safe_divide(numerator, denominator), metric_sums
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def body(carry, xs):
+        return jax.tree.map(jnp.add, carry, grad_fn(params, *xs)), None
+
+    xs = (jnp.arange(layout.num_micro_batches), _micro_part(layout))
+    first = jax.tree.map(lambda x: x[0], xs)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, *first))
+    (loss, metric_sums), grads = jax.lax.scan(body, zeros, xs)[0]
+    return loss, grads, losses.metric_means(metric_sums)
+
+
+def packed_train_step(state: TrainState, batch: UpdateBatch, layout: PackedLayout, rng: jax.Array, *,
+                      optimizer: optax.GradientTransformation, schedule: optax.Schedule, config: StepConfig
+                      ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """`train_step` with the forwards and backwards on the packed rows of `layout` (its
+    micro-batches replace config.num_micro_batches); the same loss, gradients and metrics."""
+    gradients = functools.partial(_packed_gradients, layout=layout)
+    return _apply_gradients(state, batch, rng, gradients, optimizer=optimizer, schedule=schedule, config=config)
+
+
+def make_packed_train_step(state: TrainState, mesh: jax.sharding.Mesh, *, optimizer: optax.GradientTransformation,
+                           schedule: optax.Schedule, config: StepConfig) -> MeshBound:
+    """`packed_train_step` compiled as `make_train_step` (one program per layout shape)."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    shardings = state_sharding(state, mesh)
+    step = functools.partial(packed_train_step, optimizer=optimizer, schedule=schedule, config=config)
+    return MeshBound(jax.jit(step, in_shardings=(shardings, batch_sharding(mesh), _packed_sharding(mesh), replicated),
+                             out_shardings=(shardings, replicated), donate_argnums=0,
+                             compiler_options=mesh_compiler_options(mesh)), mesh)
+
+
+def make_packed_no_grad_logprobs(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, *, temperature: float = 1.0,
+                                 chunk_size: int = 0) -> MeshBound:
+    """Compiled no-grad `packed_logprobs` (params, batch, layout) -> (logp, entropy) [B, T]:
+    the old and reference log-probs of a rollout on packed rows."""
+    def forward(params, batch, layout):
+        return packed_logprobs(graphdef, jax.lax.stop_gradient(params), batch, layout, temperature=temperature,
+                               chunk_size=chunk_size)
+
+    rows = batch_sharding(mesh)
+    return MeshBound(jax.jit(forward, in_shardings=(None, rows, _packed_sharding(mesh)), out_shardings=(rows, rows),
+                             compiler_options=mesh_compiler_options(mesh)), mesh)
+
+
+def place_layout(layout: PackedLayout, mesh: jax.sharding.Mesh) -> PackedLayout:
+    """The host layout (the same on every process) as global arrays split as `_packed_sharding`."""
+    return jax.tree.map(lambda x, sharding: jax.make_array_from_callback(x.shape, sharding, lambda index: x[index]),
+                        layout, _packed_sharding(mesh))

@@ -75,17 +75,19 @@ def test_train_on_two_processes_resumes_bitwise_after_sigkill(launch, tmp_path, 
     """mesh data=2 x fsdp=4 (each process one data replica), DAPO's dynamic sampling (the
     random policy's groups all have reward 0, so every step samples max_sampling_rounds=2
     batches and picks groups across them), rollouts and held-out evals decoding their 16 rows
-    through 16 refill slots (8 per host, 2 per batch shard: the fewest). An uninterrupted run
+    through 16 refill slots (8 per host, 2 per batch shard: the fewest), the update on packed
+    rows (algorithm.packing=on, entropy_rl.train.packed_update). An uninterrupted run
     logs each step once and each host verifies half of what one process would; a run whose
     processes are SIGKILLed after checkpoint 1 and started again ends with equal metrics and
     parameters."""
     mesh = ["mesh.data=2", "mesh.fsdp=4", "algorithm.dynamic_sampling=true", "algorithm.max_sampling_rounds=2",
-            "rollout.max_slots=16"]
+            "rollout.max_slots=16", "algorithm.packing=on"]
     uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
     result = _train(launch, uninterrupted, mesh, compile_cache)
     _check_run(result, uninterrupted)
     assert [row["sampling/rounds"] for row in read_metrics(uninterrupted) if "loss" in row] == [2] * STEPS
     assert "eval/accuracy" in json.dumps(read_metrics(uninterrupted)[-1])
+    assert all(0 < row["update/useful_token_fraction"] <= 1 for row in read_metrics(uninterrupted) if "loss" in row)
     compiled = [json.loads(line.split("compiled ", 1)[1]) for lines in result.output for line in lines
                 if "compiled {" in line]  # the sampler's programs of each process (counting_train.py)
     assert len(compiled) == 2 and all(c["refill_decode"] >= 1 and c["decode"] == 0 for c in compiled), compiled
