@@ -11,6 +11,8 @@ import logging
 import os
 import sys
 
+from entropy_rl.failures import report_failure
+
 # command -> ("module", "function taking argv and returning an exit code", "one-line help")
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("entropy_rl.train.cli", "main", "run RL training (built-in STAPO default, or a YAML config)"),
@@ -59,7 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     module_name, function_name, _ = COMMANDS[command]
     run = getattr(importlib.import_module(module_name), function_name)
-    return int(run(rest) or 0)
+    debug = "--debug" in rest
+    if command != "train":  # train reads --debug itself (its traceback goes to RUN_DIR/error.log)
+        rest = [arg for arg in rest if arg != "--debug"]
+    try:
+        return int(run(rest) or 0)
+    except Exception as error:  # noqa: BLE001 - every command's unexpected failure: one line
+        if debug:
+            raise
+        return report_failure(f"entropy-rl {command}", error)
 
 
 if __name__ == "__main__":

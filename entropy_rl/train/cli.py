@@ -8,14 +8,13 @@ is computed; a run directory that already holds checkpoints is resumed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-import traceback
 from collections.abc import Mapping
 from typing import Any
 
 from entropy_rl.configuration import add_config_arguments, command_config
+from entropy_rl.failures import report_failure
 from entropy_rl.train.config import ConfigError, TrainConfig, validate_for_devices
 from entropy_rl.train.limits import check_lengths, check_memory
 
@@ -37,19 +36,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show a failure's traceback (else one line, the traceback in RUN_DIR/error.log)")
     return parser
-
-
-def _report_failure(error: Exception, run_dir: str) -> int:
-    """One line for an unexpected failure; its traceback appended to RUN_DIR/error.log."""
-    where = " (--debug shows the traceback)"
-    with contextlib.suppress(OSError):
-        path = os.path.join(run_dir, "error.log")
-        with open(path, "a") as f:
-            f.write(traceback.format_exc())
-        where = f" (traceback in {path}; --debug shows it)"
-    first = (str(error).strip() or type(error).__name__).splitlines()
-    print(f"entropy-rl train: {type(error).__name__}: " + "\n  ".join(first[:8]) + where, file=sys.stderr)
-    return 1
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
@@ -109,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - bad data, a path that cannot be written, ...: one line
         if "--debug" in (sys.argv[1:] if argv is None else argv):
             raise
-        return _report_failure(e, config.run_dir)
+        return report_failure("entropy-rl train", e, os.path.join(config.run_dir, "error.log"))
     if jax.process_index() == 0:  # one summary for a multi-host run
         print(format_summary(summary))
     return 0

@@ -59,3 +59,21 @@ def test_lost_periodic_eval_is_redone_and_a_finished_run_does_nothing(tmp_path, 
     resumed = train(config)
     assert _eval_rows(config.run_dir) == complete  # step 1's eval redone, each eval logged once
     assert resumed["accuracy_after"] == first["accuracy_after"]
+
+
+@pytest.mark.slow
+def test_a_dataset_that_changed_since_the_checkpoint_names_it_and_the_remedies(tmp_path):
+    from entropy_rl.data import synthetic_problems
+
+    dataset = tmp_path / "problems.jsonl"
+    rows = [{"problem": p.problem, "answer": p.answer} for p in synthetic_problems(33, seed=0)]
+    dataset.write_text("".join(json.dumps(row) + "\n" for row in rows[:32]))
+    args = [*RUN, f"run_dir={tmp_path / 'run'}", f"data.dataset={dataset}", "data.verifier=synthetic",
+            "eval.benchmark=synthetic"]
+    train(load_config(overrides=[*args, "total_steps=1"]))
+    with dataset.open("a") as f:  # the dataset gained a row since checkpoint 1
+        f.write(json.dumps(rows[32]) + "\n")
+    with pytest.raises(ValueError, match=rf"checkpoint 1 in .* was saved over other problems than "
+                                         rf"data.dataset={dataset} holds now .*restore the dataset as it was, or "
+                                         r"resume=false to start over"):
+        train(load_config(overrides=[*args, "total_steps=2"]))
