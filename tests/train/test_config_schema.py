@@ -78,8 +78,8 @@ def test_an_unknown_loss_key_is_named_with_the_closest_one():
 def test_verifier_and_synthetic_levels_are_checked_before_any_compute():
     assert "data.verifier: 'mathh' is not one of" in _error("data.verifier=mathh")
     assert "did you mean 'math'" in _error("data.verifier=mathh")
-    message = _error("data.synthetic_levels=1,11")
-    assert "data.synthetic_levels: [11]: levels are numbered 1..10 (1 add1, 2 add2" in message
+    message = _error("data.synthetic_levels=1,12")
+    assert "data.synthetic_levels: [12]: levels are numbered 1..11 (1 add1, 2 add2" in message
     assert load_config(overrides=["data.synthetic_levels=3,6"]).data.level_names == ("sub2", "linear")
 
 
