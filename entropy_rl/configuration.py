@@ -260,19 +260,21 @@ def validate_config(config: BaseModel, *, check_paths: bool = True) -> None:
     config_from_dict(type(config), config_to_dict(config), check_paths=check_paths)
 
 
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a.b": 1} of {"a": {"b": 1}}: nested mappings as dotted keys."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def config_diff(old: BaseModel, new: BaseModel) -> list[str]:
     """`["key: old -> new", ...]` for every dotted key whose value differs."""
 
-    def flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-        items: dict[str, Any] = {}
-        for key, value in values.items():
-            if isinstance(value, Mapping):
-                items |= flat(value, f"{prefix}{key}.")
-            else:
-                items[prefix + key] = value
-        return items
-
-    before, after = flat(config_to_dict(old)), flat(config_to_dict(new))
+    before, after = flatten(config_to_dict(old)), flatten(config_to_dict(new))
     return [f"{key}: {before[key]!r} -> {after[key]!r}" for key in before if before[key] != after[key]]
 
 

@@ -21,10 +21,9 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-import numpy as np
 
-from entropy_rl.rewards.extract import parse_integer
 from entropy_rl.rewards.registry import RewardResult, register_verifier
+from entropy_rl.rewards.synthetic import integer_rewards
 
 _NUMBER = r"(0|[1-9][0-9]*)"
 CHAIN_PATTERN = re.compile(
@@ -63,15 +62,4 @@ def chain_rewards(
     `timeout_s` is accepted for the common verifier signature and unused (no workers). A
     ground truth that is not an integer gives 0.0 and counts as an error.
     """
-    if len(responses) != len(ground_truths):
-        raise ValueError(f"{len(responses)} responses but {len(ground_truths)} ground truths")
-    rewards = np.zeros(len(responses), np.float32)
-    num_errors = 0
-    for index, (response, truth) in enumerate(zip(responses, ground_truths)):
-        expected = parse_integer(str(truth))
-        if expected is None:
-            num_errors += 1
-            continue
-        answer = chain_answer(response)
-        rewards[index] = float(answer is not None and answer == expected)
-    return RewardResult(rewards, num_errors)
+    return integer_rewards(responses, ground_truths, chain_answer)

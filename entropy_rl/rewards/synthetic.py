@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -20,6 +20,13 @@ def synthetic_rewards(
     No sympy, no workers, so `timeout_s` is accepted for the common verifier signature and
     unused. A ground truth that is not an integer gives 0.0 and counts as an error.
     """
+    return integer_rewards(responses, ground_truths, lambda response: parse_integer(extract_boxed(response)))
+
+
+def integer_rewards(responses: Sequence[str], ground_truths: Sequence[str],
+                    answer_of: Callable[[str], int | None]) -> RewardResult:
+    """Rewards [N] float32: 1.0 exactly when `answer_of(responses[i])` equals the integer
+    `ground_truths[i]`; a ground truth that is not an integer gives 0.0 and counts as an error."""
     if len(responses) != len(ground_truths):
         raise ValueError(f"{len(responses)} responses but {len(ground_truths)} ground truths")
     rewards = np.zeros(len(responses), np.float32)
@@ -29,5 +36,6 @@ def synthetic_rewards(
         if expected is None:
             num_errors += 1
             continue
-        rewards[index] = float(parse_integer(extract_boxed(response)) == expected)
+        answer = answer_of(response)
+        rewards[index] = float(answer is not None and answer == expected)
     return RewardResult(rewards, num_errors)

@@ -41,6 +41,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import yaml
 
+from entropy_rl.configuration import flatten
 from entropy_rl.eval.plot import _grid_columns, _series, read_metrics  # also selects the Agg backend
 from entropy_rl.losses import get_policy_loss
 from entropy_rl.sweep import mechanism, stats
@@ -75,17 +76,6 @@ class Run:
 
 
 # --------------------------------------------------------------------------- reading runs
-
-def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a.b": 1} of {"a": {"b": 1}}."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            flat |= flatten(value, f"{prefix}{key}.")
-        else:
-            flat[prefix + key] = value
-    return flat
-
 
 def _is_run(path: Path) -> bool:
     return (path / "config.yaml").is_file() and (path / "metrics.jsonl").is_file()
