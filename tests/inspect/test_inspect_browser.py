@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("inspect-browser")]
 H_EDGES, P_EDGES = [0.1, 0.5, 1, 2], [0.1, 0.3, 0.6, 0.9]  # the page's entropy / probability classes
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: other modules interleave on a worker
 def page(tmp_path_factory):
     """(the page of a tiny real run, its samples.jsonl rows, a folder for artifacts)."""
     directory = tmp_path_factory.mktemp("inspect")
@@ -37,7 +37,7 @@ def page(tmp_path_factory):
     return out, rows, directory
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: other modules interleave on a worker
 def browser(page):
     """(chromium at the page, the performance log of loading it)."""
     chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")

@@ -27,7 +27,7 @@ from tests.train.test_resume import REPO, TINY_RUN, TOTAL_STEPS, _params, _witho
 RUN = [a for a in TINY_RUN if not a.startswith("eval.num_problems=")] + ["eval.num_problems=4", "eval.n=2"]
 SWEEP = ["--methods", "grpo,stapo", "--seeds", "0,1", *RUN]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sweep-runs")]
 
 
 def _env(cache: Path) -> dict:
@@ -53,7 +53,7 @@ def _stop_inside(process: subprocess.Popen, run_dir: Path) -> str:
     return output
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: other modules interleave on a worker
 def sweep(tmp_path_factory):
     """(sweep dir, output of the stopped sweep, output of the resumed one, files of the finished
     first run before the rerun, the uninterrupted twin of the stopped run)."""

@@ -42,7 +42,7 @@ def _float64_grad_sq(batch, rows, state, temperature):
     return 1 - 2 * p + np.exp(2 * log_probs).sum(-1), picked.mask
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: other modules interleave on a worker
 def stapo_run(tmp_path_factory):
     """(run dir, {step: (float64 grad_sq [R, T], mask [R, T])} recomputed while the run wrote its rows)."""
     tmp_path = tmp_path_factory.mktemp("mechanism")
