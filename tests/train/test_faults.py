@@ -36,14 +36,18 @@ def _flip_bytes(step_dir, count=64):
 def test_flipped_bytes_are_a_damaged_checkpoint_for_training_and_readers(tmp_path, policy, capsys):  # noqa: F811
     config, params, train_state = _two_steps(tmp_path, policy)
     _flip_bytes(tmp_path / "checkpoints" / "2")
-    with ck.Checkpointer(tmp_path, read_only=True) as reader, pytest.raises(ck.CheckpointCorrupt, match="checksum"):
+    # the flipped bytes decode to other values (the checksum catches them) or, when they land in a
+    # chunk's encoding (Orbax's file layout varies from save to save), fail to decode: damaged either way
+    with ck.Checkpointer(tmp_path, read_only=True) as reader, \
+            pytest.raises(ck.CheckpointCorrupt, match="checksum|damaged"):
         reader.restore_params(params, step=2)
     ck.load_policy(tmp_path)  # a reader skips it, naming it
     assert "checkpoint 2 in" in capsys.readouterr().err
     messages = []
     with ck.Checkpointer(tmp_path, max_to_keep=5) as loader:
         restored = loader.resume(params=params, train_state=train_state, config=config, log=messages.append)
-    assert restored.step == 1 and "checksum mismatch" in messages[0] and "corrupt-2-" in messages[0]
+    assert restored.step == 1 and "corrupt-2-" in messages[0]
+    assert "checksum mismatch" in messages[0] or "damaged" in messages[0]
 
 
 def test_checksums_are_the_same_from_the_host_and_from_shards_on_a_mesh():
