@@ -10,12 +10,14 @@ last beat, e.g.
     entropy-rl: process 1 of 2 made no progress for 900 s after "rl step 12" (a collective
     that cannot complete: another process died or is stuck); ending it with exit code 75
 
-and ends the process (`os._exit`: a thread waiting in a collective cannot be interrupted).
+followed by every thread's Python stack (where each waits), and ends the process (`os._exit`:
+a thread waiting in a collective cannot be interrupted).
 Until armed, `beat` only records.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 import threading
@@ -71,8 +73,21 @@ class Watchdog:
         print(f"entropy-rl: process {jax.process_index()} of {jax.process_count()} made no progress for "
               f"{idle:.0f} s after {self.where!r} (a collective that cannot complete: another process died or is "
               f"stuck); ending it with exit code {STALLED_EXIT_CODE}", file=self._file or sys.stderr, flush=True)
+        self._dump_stacks()
         self._exit(STALLED_EXIT_CODE)
         return True
+
+    def _dump_stacks(self) -> None:
+        """Every thread's Python stack on the report's file (faulthandler needs a real file)."""
+        file = self._file or sys.stderr
+        try:
+            faulthandler.dump_traceback(file=file, all_threads=True)
+        except (AttributeError, ValueError, OSError):  # a file without a descriptor (a test's StringIO)
+            import traceback
+
+            for thread_id, frame in sys._current_frames().items():
+                file.write(f"Thread {thread_id:#x}:\n{''.join(traceback.format_stack(frame))}")
+        file.flush()
 
     def _watch(self, poll_s: float) -> None:
         while not self._stop.wait(poll_s):

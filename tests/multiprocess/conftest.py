@@ -16,7 +16,7 @@ import pytest
 from entropy_rl.launch import LaunchResult, launch as launch_processes
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-TAIL_LINES = 40
+TAIL_LINES = 80  # a stall report: one line and every thread's stack
 
 
 def _failure_report(result: LaunchResult) -> str:

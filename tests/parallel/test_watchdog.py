@@ -16,8 +16,10 @@ def test_a_stall_past_the_timeout_ends_the_process_with_one_line():
     now[0] = 61.0
     assert watchdog.check()
     assert exits == [STALLED_EXIT_CODE]
-    assert out.getvalue() == ("entropy-rl: process 0 of 1 made no progress for 61 s after 'rl step 3' (a collective "
-                              "that cannot complete: another process died or is stuck); ending it with exit code 75\n")
+    line, stacks = out.getvalue().split("\n", 1)
+    assert line == ("entropy-rl: process 0 of 1 made no progress for 61 s after 'rl step 3' (a collective "
+                    "that cannot complete: another process died or is stuck); ending it with exit code 75")
+    assert "test_a_stall_past_the_timeout_ends_the_process_with_one_line" in stacks  # where each thread waits
     watchdog.disarm()
 
 
@@ -39,3 +41,14 @@ def test_unarmed_or_zero_timeout_never_fires():
     assert not watchdog.check()
     watchdog.arm(0)
     assert not watchdog.check() and exits == []
+
+
+def test_the_stacks_go_to_a_real_file_through_faulthandler(tmp_path):
+    now, exits = [0.0], []
+    with open(tmp_path / "stderr", "w") as out:
+        watchdog = Watchdog(clock=lambda: now[0], exit=exits.append, file=out)
+        watchdog.arm(1, poll_s=3600)
+        now[0] = 2.0
+        assert watchdog.check()
+    report = (tmp_path / "stderr").read_text()
+    assert exits == [STALLED_EXIT_CODE] and "Current thread" in report and "test_watchdog.py" in report
