@@ -763,7 +763,7 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
             trainer.checkpointer.close()
         finally:
             stop.uninstall()  # after the last checkpoint is written: a SIGTERM meanwhile waits for it
-    summary = summarize(config, run, after, trainer.checkpointer, time.time() - start_time)
+    summary = summarize(config, run, after, trainer.checkpointer, logger.run_seconds(since=start_time))
     if jax.process_index() == 0:
         save_summary(summary, config.run_dir)
     return summary

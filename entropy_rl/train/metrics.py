@@ -136,6 +136,9 @@ class MetricsLogger:
     logger = MetricsLogger(run_dir, config.logging, total_steps=..., start_step=resumed_step, config=config)
     logger.log(step, {"reward/mean": r, "entropy/mean": h, ...})   # jax arrays are fine
     logger.write("a message that does not break the progress bar")
+
+    Each row also gets "time/run_s": the run's wall-clock seconds so far, across resumes (the
+    resumed row's value, then this process's clock from `started`; `run_seconds`).
     """
 
     def __init__(self, run_dir: str | os.PathLike, logging: LoggingConfig = LoggingConfig(), *,
@@ -144,6 +147,7 @@ class MetricsLogger:
         self.run_dir = os.fspath(run_dir)
         self.progress_keys = tuple(progress_keys)
         self.enabled = jax.process_index() == 0
+        self.started, self.earlier_s = time.time(), 0.0
         self._tensorboard = self._wandb = self._progress = None
         self._jsonl = None
         if not self.enabled:
@@ -153,6 +157,7 @@ class MetricsLogger:
             save_config(config, os.path.join(self.run_dir, CONFIG_FILE))
         path = os.path.join(self.run_dir, METRICS_FILE)
         _drop_rows_after(path, start_step if start_step else -1)  # a fresh start (step 0) rewrites the log
+        self.earlier_s = max((row.get("time/run_s", 0.0) for row in read_metrics(self.run_dir)), default=0.0)
         self._jsonl = open(path, "a")
         if logging.tensorboard:
             self._tensorboard = _TensorBoard(_open_tensorboard(self.run_dir, start_step, config))
@@ -168,7 +173,7 @@ class MetricsLogger:
         scalars = to_scalars(metrics)
         if not self.enabled:
             return scalars
-        row = {"step": int(step), "time": time.time(), **scalars}  # NaN/inf as JSON's NaN/Infinity
+        row = {"step": int(step), "time": time.time(), **scalars, "time/run_s": self.run_seconds()}
         try:
             self._jsonl.write(json.dumps(row) + "\n")
             self._jsonl.flush()
@@ -183,6 +188,12 @@ class MetricsLogger:
             self._progress.set_postfix(shown, refresh=False)
             self._progress.update(step - self._progress.n)
         return scalars
+
+    def run_seconds(self, since: float | None = None) -> float:
+        """Wall-clock seconds of the run: the earlier processes' (up to the last row kept on
+        resume) and this one's since `since` (default: when the logger was made). Process 0's
+        figure (the others start from 0)."""
+        return self.earlier_s + time.time() - (self.started if since is None else since)
 
     def write(self, text: str) -> None:
         """Print a line without breaking the progress bar."""
