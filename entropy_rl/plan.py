@@ -45,6 +45,54 @@ def count_sharding_constraints(jaxpr) -> int:
     return sum(eqn.primitive.name == "sharding_constraint" for sub in _jaxprs(root) for eqn in sub.eqns)
 
 
+def _unrolled_param(value: Any) -> Any:
+    """An equation parameter with the scans of any jaxpr in it unrolled (`_unrolled`)."""
+    if isinstance(value, jex.core.ClosedJaxpr):
+        return jex.core.ClosedJaxpr(_unrolled(value.jaxpr), value.consts)
+    if isinstance(value, jex.core.Jaxpr):
+        return _unrolled(value)
+    if isinstance(value, tuple) and any(isinstance(v, (jex.core.Jaxpr, jex.core.ClosedJaxpr)) for v in value):
+        return tuple(_unrolled_param(v) for v in value)
+    return value
+
+
+def _unrolled(jaxpr: jex.core.Jaxpr) -> jex.core.Jaxpr:
+    """`jaxpr` with every `scan` (also `lax.map`, static `fori_loop`), nested ones included,
+    marked fully unrolled, and without its sharding constraints (identities, to count
+    operations on any backend): lowered, it has no loop left but those with run-time bounds."""
+    eqns, renamed = [], {}
+    for eqn in jaxpr.eqns:
+        invars = [renamed.get(v, v) if isinstance(v, jex.core.Var) else v for v in eqn.invars]
+        if eqn.primitive.name == "sharding_constraint":
+            renamed[eqn.outvars[0]] = invars[0]
+            continue
+        params = {name: _unrolled_param(value) for name, value in eqn.params.items()}
+        if eqn.primitive.name == "scan":
+            params["unroll"] = max(1, params["length"])
+        eqns.append(eqn.replace(invars=invars, params=params))
+    outvars = [renamed.get(v, v) if isinstance(v, jex.core.Var) else v for v in jaxpr.outvars]
+    return jaxpr.replace(eqns=eqns, outvars=outvars)
+
+
+def program_flops(program, *args) -> float | None:
+    """Floating-point operations of one call of `program` (a `MeshBound`) on `args`, all chips
+    together: XLA's cost analysis of its HLO before partitioning, lowered for this machine's
+    CPU (operation counts do not depend on the devices), with every scan unrolled first: the
+    analysis counts a loop body once, whatever its trip count (the layers under scan_layers,
+    the micro-batches, the vocabulary chunks). Loops whose bounds are known only at run time
+    (blockwise attention's) still count once. None for a program with a Pallas kernel
+    (splash, Pallas GPU attention: plan with model.attention_implementation=dense to count
+    attention as full score matrices)."""
+    closed = program.trace(*args).jaxpr
+    if any(eqn.primitive.name == "pallas_call" for sub in _jaxprs(closed.jaxpr) for eqn in sub.eqns):
+        return None
+    closed = jex.core.ClosedJaxpr(_unrolled(closed.jaxpr), closed.consts)
+    host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    inputs = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=host) for a in closed.in_avals]
+    cost = jax.jit(jex.core.jaxpr_as_fun(closed)).lower(*inputs).cost_analysis()
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
 def collective_bytes(hlo_text: str) -> int:
     """Bytes produced by the collectives (all-gather, all-reduce, reduce-scatter, all-to-all,
     collective-permute) of an optimized HLO module's text, per device and per execution of
@@ -143,6 +191,8 @@ class ProgramMemory:
     resident: int = 0
     error: str | None = None
     cache_copies: int | None = None  # decode loop: copies of >= one layer's cache per step (None: not checked)
+    flops: float | None = None  # update programs: one call, all chips (`program_flops`); None: not counted
+    lengths: str | None = None  # packed programs: the response-length model they are planned for
 
     @property
     def peak(self) -> int:
@@ -165,6 +215,7 @@ class Plan:
     kv_cache: int
     shapes: dict[str, int]
     programs: list[ProgramMemory]
+    packing: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # per length model (`_packed_layouts`)
 
     @property
     def overflowing(self) -> list[str]:
@@ -252,15 +303,19 @@ def architecture_overrides(config, overrides: Sequence[str]) -> dict[str, Any]:
 def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int | None,
          preset: str | None = None, prompt_length: int | None = None,
          on_program: Callable[[ProgramMemory], None] | None = None,
-         preset_overrides: Mapping[str, Any] | None = None) -> Plan:
+         preset_overrides: Mapping[str, Any] | None = None, response_medians: Sequence[float] = (),
+         update_only: bool = False) -> Plan:
     """Compile the run's programs for `devices` on abstract inputs and collect their memory.
 
     Shapes: prompts of `prompt_length` tokens (default rollout.prompt_bucket), responses of
     rollout.max_new_tokens; the sampler's programs as `generate` runs them for one rollout
-    (data.batch_size prompts x rollout.n samples; see `_sampler_programs`); the no-grad
-    forward over the whole rollout in the train loop's micro-batches; the train step on one
-    mini-batch. `on_program` is called with each program's memory as soon as it is compiled
-    (a 36-layer plan takes about 25 minutes on a loaded 2-core machine).
+    (data.batch_size prompts x rollout.n samples; see `_sampler_programs`; left out with
+    update_only); the no-grad forward over the whole rollout in the train loop's
+    micro-batches; the train step on one mini-batch; their packed versions for each of
+    `response_medians` (`_packed_layouts`: responses of lognormal lengths with that median;
+    with none given, 0.2 x rollout.max_new_tokens when algorithm.packing is on or auto). The
+    update programs' FLOPs come from `program_flops` on their twins with dense attention. `on_program` is called with each program's memory as soon as
+    it is compiled (a 36-layer plan takes about 25 minutes on a loaded 2-core machine).
     """
     from flax import nnx
 
@@ -268,8 +323,7 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
     from entropy_rl.model import Qwen
     from entropy_rl.parallel import batch_sharding, make_mesh
     from entropy_rl.parallel.sharding import state_shardings
-    from entropy_rl.train.step import (StepConfig, TrainState, UpdateBatch, make_no_grad_logprobs, make_optimizer,
-                                       make_train_step, state_sharding)
+    from entropy_rl.train.step import StepConfig, TrainState, UpdateBatch, make_optimizer, state_sharding
 
     mesh = make_mesh(config.mesh, devices=devices)
     model_config = _policy_config(config, preset, preset_overrides)
@@ -302,30 +356,98 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
 
     step_config = StepConfig(a.name, a.loss, temperature=r.temperature or 1.0,
                              chunk_size=config.model.logprob_chunk_size, num_micro_batches=num_micro)
-    train_step = make_train_step(state, mesh, optimizer=optimizer, schedule=schedule, config=step_config)
-    no_grad = make_no_grad_logprobs(graphdef, mesh, temperature=step_config.temperature,
-                                    chunk_size=step_config.chunk_size, num_micro_batches=num_micro * mini_batches)
     report = on_program or (lambda memory: None)
     parameters, optimizer_state = _shard_bytes(params), _shard_bytes(state.opt_state)
     sampler_params = _sampling_view(params, model_config, mesh) if r.sampling_copy else params
     # while sampling, the training parameters (when the sampler reads its view) and Adam stay
     sampler_resident = optimizer_state + (parameters if sampler_params is not params else 0)
-    sampler_programs, sampler_shapes, kv_cache = _sampler_programs(
-        config, model_config, graphdef, sampler_params, mesh, prompt_length, sampler_resident, report)
+    sampler_programs, sampler_shapes, kv_cache = [], {}, 0
+    if not update_only:
+        sampler_programs, sampler_shapes, kv_cache = _sampler_programs(
+            config, model_config, graphdef, sampler_params, mesh, prompt_length, sampler_resident, report)
+
+    # The update programs as the run compiles them, and their twins with dense attention on
+    # which the FLOPs are counted (`program_flops`: a Pallas kernel's work is not visible).
+    dense = dataclasses.replace(model_config, attention_implementation="dense")
+    twin = state.replace(graphdef=nnx.split(nnx.eval_shape(lambda: Qwen(dense, rngs=nnx.Rngs(0))))[0])
+    programs, twins = (_update_programs(s, mesh, optimizer=optimizer, schedule=schedule, step_config=step_config,
+                                        forward_micro_batches=num_micro * mini_batches) for s in (state, twin))
     key = _replicated(jax.eval_shape(lambda: jax.random.key(0)), mesh)
     train_programs = []
-    for name, lower, resident in (
-            ("no_grad_logprobs", lambda: no_grad.lower(params, update_batch(all_rows)), optimizer_state),
-            ("train_step", lambda: train_step.lower(state, update_batch(mini_rows), key), 0)):
-        train_programs.append(dataclasses.replace(_compile(name, lower)[0], resident=resident))
-        report(train_programs[-1])
+
+    def update_program(name, arguments, resident, lengths=None):
+        """Compile program `name` on arguments(state) and count its twin's FLOPs."""
+        memory, _ = _compile(name, lambda: programs[name].lower(*arguments(state)))
+        memory = dataclasses.replace(memory, resident=resident, lengths=lengths,
+                                     flops=program_flops(twins[name], *arguments(twin)))
+        train_programs.append(memory)
+        report(memory)
+        return memory
+
+    padded = [update_program("no_grad_logprobs", lambda s: (s.params, update_batch(all_rows)), optimizer_state),
+              update_program("train_step", lambda s: (s, update_batch(mini_rows), key), 0)]
+    packing = []
+    for median in (response_medians or ([0.2 * response_length] if a.packing != "off" else [])):
+        summary, layouts = _packed_layouts(config, mesh, prompt_length=prompt_length,
+                                           micro_rows=mini_rows // num_micro, median=median)
+        lengths = f"median {median:g}"
+        packed = [update_program("packed_no_grad_logprobs",
+                                 lambda s: (s.params, update_batch(all_rows), layouts[0]), optimizer_state, lengths),
+                  update_program("packed_train_step", lambda s: (s, update_batch(mini_rows), layouts[1], key), 0,
+                                 lengths)]
+        packing.append(summary | {"flops_ratio": {p.name: (q.flops / p.flops if q.flops and p.flops else None)
+                                                  for p, q in zip(padded, packed)}})
     return Plan(target=target, device_kind=devices[0].device_kind, chips=len(devices), mesh=dict(mesh.shape),
                 hbm_bytes=hbm_bytes, parameters=parameters, optimizer_state=optimizer_state,
                 sampling_view=_shard_bytes(sampler_params) if sampler_params is not params else 0, kv_cache=kv_cache,
                 shapes={"layers": model_config.num_hidden_layers, "prompt_length": prompt_length,
                         "response_length": response_length, **sampler_shapes,
                         "mini_batch_rows": mini_rows, "micro_batches": num_micro},
-                programs=sampler_programs + train_programs)
+                programs=sampler_programs + train_programs, packing=packing)
+
+
+def _update_programs(state, mesh, *, optimizer, schedule, step_config, forward_micro_batches: int) -> dict:
+    """{name: MeshBound} of the update programs the loop compiles for `state`'s model: the
+    no-grad forward over a rollout (in forward_micro_batches), the train step, and both on
+    packed rows."""
+    from entropy_rl.train.step import (make_no_grad_logprobs, make_packed_no_grad_logprobs, make_packed_train_step,
+                                       make_train_step)
+
+    sampling = {"temperature": step_config.temperature, "chunk_size": step_config.chunk_size}
+    step = {"optimizer": optimizer, "schedule": schedule, "config": step_config}
+    return {"no_grad_logprobs": make_no_grad_logprobs(state.graphdef, mesh, **sampling,
+                                                      num_micro_batches=forward_micro_batches),
+            "train_step": make_train_step(state, mesh, **step),
+            "packed_no_grad_logprobs": make_packed_no_grad_logprobs(state.graphdef, mesh, **sampling),
+            "packed_train_step": make_packed_train_step(state, mesh, **step)}
+
+
+LENGTH_SIGMA = 0.8  # the lognormal length model's spread (`entropy_rl.train.packing.lognormal_lengths`)
+
+
+def _packed_layouts(config, mesh, *, prompt_length: int, micro_rows: int, median: float):
+    """(the packing summary, abstract layouts of the whole rollout and of one mini-batch) of a
+    rollout whose responses have lognormal lengths (`lognormal_lengths`, seed 0, sigma
+    LENGTH_SIGMA) and whose prompts fill prompt_length, laid out under the run's budgets as
+    the loop lays them out (`budgeted_layout`)."""
+    from entropy_rl.rollout.decoding import batch_shards
+    from entropy_rl.train.packed_update import budgeted_layout
+    from entropy_rl.train.packing import lognormal_lengths, padded_tokens
+    from entropy_rl.train.step import packed_layout_sharding
+
+    a, cap = config.algorithm, config.rollout.max_new_tokens
+    rows, mini_rows = config.data.batch_size * config.rollout.n, a.mini_batch_size * config.rollout.n
+    responses = lognormal_lengths(np.random.default_rng(0), rows, cap, median=median, sigma=LENGTH_SIGMA)
+    prompts = np.full(rows, prompt_length)
+    layouts = [budgeted_layout(prompts[:n], responses[:n], prompt_columns=prompt_length, response_columns=cap,
+                               pack_tokens=a.pack_tokens, micro_batch_tokens=a.micro_batch_tokens,
+                               micro_rows=micro_rows, row_multiple=batch_shards(mesh)) for n in (rows, mini_rows)]
+    real = int(np.sum(prompts + responses - 1))
+    summary = {"response_median": median, "response_sigma": LENGTH_SIGMA, "rows": rows,
+               "useful_fraction_padded": real / padded_tokens(rows, prompt_length, cap),
+               "useful_fraction_packed": real / layouts[0].packed_tokens,
+               "rollout_layout": list(layouts[0].source.shape), "mini_batch_layout": list(layouts[1].source.shape)}
+    return summary, [_abstract(layout, packed_layout_sharding(mesh)) for layout in layouts]
 
 
 def _sampling_view(params, model_config, mesh):
@@ -468,7 +590,8 @@ def local_hbm_bytes(device) -> int | None:
 
 
 def format_plan(p: Plan) -> str:
-    """The plan as a per-chip table (GiB) and a verdict line."""
+    """The plan as a per-chip table (GiB; the update programs' TFLOP per call, all chips),
+    the packed update's summary when planned, and a verdict line."""
     gib = lambda n: f"{n / GIB:8.2f}" if n >= 0 else "       ?"  # noqa: E731
     hbm = f"{p.hbm_bytes / GIB:.2f} GiB HBM each" if p.hbm_bytes else "memory limit unknown"
     mesh = " x ".join(f"{k}={v}" for k, v in p.mesh.items())
@@ -478,23 +601,39 @@ def format_plan(p: Plan) -> str:
              f"  parameters        {gib(p.parameters)}",
              f"  optimizer state   {gib(p.optimizer_state)}",
              f"  sampling view     {gib(p.sampling_view)}",
-             f"  KV cache (sampler){gib(p.kv_cache)}   ({p.shapes['slots']} slots in all)",
-             f"  {'program':<18}{'arguments':>10}{'outputs':>10}{'aliased':>10}{'temps':>10}{'total':>10}"
-             f"{'resident':>10}{'peak':>10}  fits",]
+             *([f"  KV cache (sampler){gib(p.kv_cache)}   ({p.shapes['slots']} slots in all)"] if "slots" in p.shapes
+               else []),
+             f"  {'program':<24}{'arguments':>10}{'outputs':>10}{'aliased':>10}{'temps':>10}{'total':>10}"
+             f"{'resident':>10}{'peak':>10}  fits{'TFLOP':>10}"]
     for m in p.programs:
         fits = "no" if m.name in p.overflowing else ("yes" if p.hbm_bytes else "?")
-        lines.append(f"  {m.name:<18}  {gib(m.arguments)}  {gib(m.outputs)}  {gib(m.aliased)}  "
-                     f"{gib(m.temporaries)}  {gib(m.total)}  {gib(m.resident)}  {gib(m.peak)}  {fits}" + (f"  ({m.error})" if m.error else "")
-                     + (f"  ({m.cache_copies} copies of a layer's cache)" if m.cache_copies else ""))
+        flops = f"{m.flops / 1e12:10.4g}" if m.flops is not None else ""
+        lines.append(f"  {m.name:<24}  {gib(m.arguments)}  {gib(m.outputs)}  {gib(m.aliased)}  "
+                     f"{gib(m.temporaries)}  {gib(m.total)}  {gib(m.resident)}  {gib(m.peak)}  {fits:<4}{flops}"
+                     + (f"  ({m.error})" if m.error else "")
+                     + (f"  ({m.cache_copies} copies of a layer's cache)" if m.cache_copies else "")
+                     + (f"  ({m.lengths})" if m.lengths else ""))
+    lines += [packing_line(k) for k in p.packing]
     lines.append(f"verdict: {p.verdict}")
     return "\n".join(lines)
+
+
+def packing_line(k: dict[str, Any]) -> str:
+    """One length model's packed update against the padded one: useful tokens, FLOP ratios."""
+    ratios = ", ".join(f"{name.replace('_', ' ')} {ratio:.2f}" if ratio else f"{name.replace('_', ' ')} ?"
+                       for name, ratio in k["flops_ratio"].items())
+    return (f"packing: {k['rows']} responses of lognormal length (median {k['response_median']:g}, sigma "
+            f"{k['response_sigma']:g}), rows {'x'.join(map(str, k['rollout_layout']))} (mini-batch "
+            f"{'x'.join(map(str, k['mini_batch_layout']))}); useful tokens {k['useful_fraction_padded']:.2f} padded, "
+            f"{k['useful_fraction_packed']:.2f} packed; FLOPs packed / padded: {ratios}")
 
 
 def program_line(memory: ProgramMemory) -> str:
     """One compiled program's memory in a line (progress of a long plan)."""
     return (f"{memory.name}: peak {memory.peak / GIB:.2f} GiB (temporaries {memory.temporaries / GIB:.2f}, "
             f"resident {memory.resident / GIB:.2f}), "
-            f"compiled in {memory.compile_s:.0f} s" + (f", {memory.error}" if memory.error else ""))
+            f"compiled in {memory.compile_s:.0f} s" + (f", {memory.flops / 1e12:.1f} TFLOP" if memory.flops else "")
+            + (f", {memory.error}" if memory.error else ""))
 
 
 def _parser():
@@ -514,6 +653,11 @@ def _parser():
     parser.add_argument("--model", metavar="PRESET", help="the policy's architecture by preset name (e.g. qwen3-8b) "
                         "when model.hf_path is not on this machine")
     parser.add_argument("--prompt-length", type=int, help="prompt tokens (default rollout.prompt_bucket)")
+    parser.add_argument("--response-median", type=float, metavar="TOKENS", action="append", default=[],
+                        help="plan the packed update for responses of lognormal length (sigma 0.8) with this median; "
+                        "repeat for several (default with algorithm.packing on or auto: 0.2 x rollout.max_new_tokens)")
+    parser.add_argument("--update-only", action="store_true",
+                        help="plan the update programs only (no-grad log-probs, train step), not the sampler's")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override any config field")
     return parser
@@ -539,6 +683,7 @@ def main(argv: list[str] | None = None) -> int:
         hbm, target = local_hbm_bytes(devices[0]), f"the {len(devices)} {devices[0].platform} devices present"
     result = plan(config, devices, target=target, hbm_bytes=hbm, preset=args.model, prompt_length=args.prompt_length,
                   on_program=lambda memory: print(program_line(memory), file=sys.stderr, flush=True),
-                  preset_overrides=architecture_overrides(config, args.overrides))
+                  preset_overrides=architecture_overrides(config, args.overrides),
+                  response_medians=args.response_median, update_only=args.update_only)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_plan(result))
     return 0 if not result.overflowing else 1

@@ -69,6 +69,8 @@ def test_plan_for_a_tpu_topology(tpu_plan):
     # (the CPU's elementwise attention made 4 here: each layer's keys as float32 and its values).
     assert programs["refill_decode"].cache_copies == 0
     assert p.verdict == "fits" and p.to_dict()["fits"]
+    assert all(m.flops > 0 for m in p.programs if m.name in planning.TRAIN_PROGRAMS)
+    assert all(m.flops is None for m in p.programs if m.name in planning.REFILL_PROGRAMS)  # loops of run-time length
     text = planning.format_plan(p)
     assert "verdict: fits" in text and "train_step" in text and "(8 slots in all)" in text
     small = dataclasses.replace(p, hbm_bytes=int(np.median([m.peak for m in p.programs])) - 1)
@@ -201,3 +203,62 @@ def test_auto_attention_follows_the_planned_platform():
     with jax.set_mesh(make_mesh(MeshConfig(), devices=devices)):
         assert resolve_implementation("auto", 1024, 512, "bfloat16") == "splash"
     assert resolve_implementation("auto", 1024, 512, "bfloat16") == "blockwise"  # this CPU host
+
+
+def test_program_flops_counts_every_iteration_of_a_scan():
+    """XLA's cost analysis counts a loop body once; `program_flops` unrolls the scans first:
+    3 iterations of a 64 x 64 matrix product are 3 x 2 x 64^3 operations."""
+    import jax
+    import jax.numpy as jnp
+
+    from entropy_rl.parallel import MeshConfig, make_mesh
+    from entropy_rl.parallel.sharding import MeshBound
+
+    def cubes(x):
+        return jax.lax.scan(lambda c, _: (c @ c, None), x, None, length=3)[0]
+
+    program = MeshBound(jax.jit(cubes), make_mesh(MeshConfig(), devices=jax.devices()[:1]))
+    x = jax.ShapeDtypeStruct((64, 64), jnp.float32)
+    assert program.lower(x).cost_analysis()["flops"] == pytest.approx(2 * 64**3, rel=1e-4)  # the body once
+    assert planning.program_flops(program, x) == pytest.approx(3 * 2 * 64**3, rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def packed_plan():
+    """The update programs of the small run with packing on and responses of median 16 and 64
+    tokens (cap 256, prompts of 8), so most of the padded update is padding."""
+    devices, hbm = planning.topology_devices("v5p:2x2x1")
+    config = load_config(None, [*OVERRIDES, "rollout.max_new_tokens=256", "rollout.response_bucket=256",
+                                "algorithm.packing=auto"], check_paths=False)
+    return planning.plan(config, devices, target="v5p:2x2x1", hbm_bytes=hbm, response_medians=[16, 64],
+                         update_only=True)
+
+
+def test_plan_compiles_the_packed_update_beside_the_padded_one(packed_plan):
+    """The padded programs once, the packed ones per length model, all with their memory and
+    FLOPs (counted on dense-attention twins: splash is a Pallas kernel)."""
+    p = packed_plan
+    packed = [f"packed_{name}" for name in planning.TRAIN_PROGRAMS]
+    assert [m.name for m in p.programs] == [*planning.TRAIN_PROGRAMS, *packed, *packed]  # update_only: no sampler
+    assert [m.lengths for m in p.programs] == [None, None, "median 16", "median 16", "median 64", "median 64"]
+    for m in p.programs:
+        assert m.error is None and 0 < m.total < 2**30 and m.flops > 0, m
+    short, long = p.packing
+    assert (short["rows"], short["response_median"], short["response_sigma"]) == (32, 16, planning.LENGTH_SIGMA)
+    assert short["useful_fraction_padded"] < long["useful_fraction_padded"] < 0.5
+    for k in p.packing:
+        assert k["useful_fraction_padded"] < k["useful_fraction_packed"] <= 1
+        # the rows: micro-batches x rows x tokens, the padded row's 263 tokens rounded up to
+        # whole 128-token blocks, rows split over the 4 chips
+        micro, rows, tokens = k["rollout_layout"]
+        assert tokens == 384 and rows % 4 == 0
+    # fewer FLOPs packed; the rows (8 x 384 tokens: a micro-batch's budget of 8 padded rows of
+    # 263, rounded up to the 4 chips) hold either length model's 32 responses
+    assert all(0 < short["flops_ratio"][name] <= long["flops_ratio"][name] < 1 for name in planning.TRAIN_PROGRAMS)
+    assert short["rollout_layout"] == long["rollout_layout"] == [1, 8, 384]
+    flops = {(m.name, m.lengths): m.flops for m in p.programs}
+    assert short["flops_ratio"]["train_step"] == flops[("packed_train_step", "median 16")] / flops[("train_step", None)]
+    text = planning.format_plan(p)
+    assert "packing: 32 responses of lognormal length (median 16, sigma 0.8)" in text
+    assert "FLOPs packed / padded: no grad logprobs 0." in text and "TFLOP" in text and "(median 64)" in text
+    assert json.loads(json.dumps(p.to_dict()))["packing"] == p.packing

@@ -19,11 +19,24 @@ import jax
 import numpy as np
 
 from entropy_rl.parallel.hosts import allgather_host_values
+from entropy_rl.rollout.decoding import batch_shards
 from entropy_rl.train.packing import PackedLayout, pack_update_batch, padded_tokens
 from entropy_rl.train.step import (UpdateBatch, make_packed_no_grad_logprobs, make_packed_train_step,
                                    place_layout)
 
 PACK_MULTIPLE = 128  # a row budget is whole splash / Pallas GPU blocks
+
+
+def budgeted_layout(prompts: np.ndarray, responses: np.ndarray, *, prompt_columns: int, response_columns: int,
+                    pack_tokens: int | None, micro_batch_tokens: int | None, micro_rows: int, row_multiple: int
+                    ) -> PackedLayout:
+    """`pack_update_batch` of rows with these prompt / response lengths under the run's budgets
+    (the module docstring: None = the padded row's width rounded up to PACK_MULTIPLE, and a
+    padded micro-batch's tokens), R a multiple of row_multiple (the mesh's batch shards)."""
+    width = prompt_columns + response_columns - 1
+    return pack_update_batch(prompts, responses, prompt_columns=prompt_columns, response_columns=response_columns,
+                             pack_tokens=pack_tokens or -(-width // PACK_MULTIPLE) * PACK_MULTIPLE,
+                             micro_tokens=micro_batch_tokens or micro_rows * width, row_multiple=row_multiple)
 
 
 @jax.jit
@@ -48,8 +61,8 @@ class PackedUpdate:
 
     @classmethod
     def create(cls, state, mesh, *, algorithm, optimizer, schedule, step_config, micro_rows: int) -> "PackedUpdate":
-        shards = mesh.shape["data"] * mesh.shape["fsdp"]
-        return cls(algorithm.packing, algorithm.pack_tokens, algorithm.micro_batch_tokens, micro_rows, shards,
+        return cls(algorithm.packing, algorithm.pack_tokens, algorithm.micro_batch_tokens, micro_rows,
+                   batch_shards(mesh),
                    make_packed_train_step(state, mesh, optimizer=optimizer, schedule=schedule, config=step_config),
                    make_packed_no_grad_logprobs(state.graphdef, mesh, temperature=step_config.temperature,
                                                 chunk_size=step_config.chunk_size))
@@ -63,12 +76,9 @@ class PackedUpdate:
         save work (`lengths` from `lengths`, of every row of the update batch)."""
         prompts, responses = (x if rows is None else x[rows] for x in lengths)
         prompt_columns, response_columns = batch.prompt_tokens.shape[1], batch.tokens.shape[1]
-        width = prompt_columns + response_columns - 1
-        layout = pack_update_batch(prompts, responses, prompt_columns=prompt_columns,
-                                   response_columns=response_columns,
-                                   pack_tokens=self.pack_tokens or -(-width // PACK_MULTIPLE) * PACK_MULTIPLE,
-                                   micro_tokens=self.micro_batch_tokens or self.micro_rows * width,
-                                   row_multiple=self.row_multiple)
+        layout = budgeted_layout(prompts, responses, prompt_columns=prompt_columns, response_columns=response_columns,
+                                 pack_tokens=self.pack_tokens, micro_batch_tokens=self.micro_batch_tokens,
+                                 micro_rows=self.micro_rows, row_multiple=self.row_multiple)
         saves = layout.packed_tokens < padded_tokens(len(prompts), prompt_columns, response_columns)
         return layout if saves or self.mode == "on" else None
 

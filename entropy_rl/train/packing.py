@@ -153,6 +153,14 @@ def pack_update_batch(prompt_lengths: np.ndarray, response_lengths: np.ndarray, 
                         micro)
 
 
+def lognormal_lengths(rng: np.random.Generator, rows: int, cap: int, *, median: float, sigma: float = 0.8
+                      ) -> np.ndarray:
+    """int [rows] response lengths ~ ceil(LogNormal(log median, sigma)) clipped to [1, cap]: the
+    long-tailed RLVR length model of `entropy-rl plan` and tools/bench/packing.py (median
+    0.2 x cap, sigma 0.8: median 3k of the paper configs' 15,360-token cap)."""
+    return np.clip(np.ceil(rng.lognormal(np.log(median), sigma, rows)), 1, cap).astype(np.int64)
+
+
 def padded_tokens(batch_rows: int, prompt_columns: int, response_columns: int) -> int:
     """B * W: the tokens the padded forward computes on."""
     return batch_rows * (prompt_columns + response_columns - 1)

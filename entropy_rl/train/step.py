@@ -399,7 +399,7 @@ _cached_no_grad_logprobs = functools.lru_cache(maxsize=16)(make_no_grad_logprobs
 # --------------------------------------------------------------------------- packed rows
 
 
-def _packed_sharding(mesh: jax.sharding.Mesh) -> PackedLayout:
+def packed_layout_sharding(mesh: jax.sharding.Mesh) -> PackedLayout:
     """A `PackedLayout`'s shardings: packed rows [M, R, S] split over the batch axes on R,
     gather [B, T] and micro [B] split as the batch."""
     rows = batch_sharding(mesh)
@@ -519,7 +519,7 @@ def make_packed_train_step(state: TrainState, mesh: jax.sharding.Mesh, *, optimi
     replicated = NamedSharding(mesh, PartitionSpec())
     shardings = state_sharding(state, mesh)
     step = functools.partial(packed_train_step, optimizer=optimizer, schedule=schedule, config=config)
-    return MeshBound(jax.jit(step, in_shardings=(shardings, batch_sharding(mesh), _packed_sharding(mesh), replicated),
+    return MeshBound(jax.jit(step, in_shardings=(shardings, batch_sharding(mesh), packed_layout_sharding(mesh), replicated),
                              out_shardings=(shardings, replicated), donate_argnums=0,
                              compiler_options=mesh_compiler_options(mesh)), mesh)
 
@@ -533,11 +533,11 @@ def make_packed_no_grad_logprobs(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh
                                chunk_size=chunk_size)
 
     rows = batch_sharding(mesh)
-    return MeshBound(jax.jit(forward, in_shardings=(None, rows, _packed_sharding(mesh)), out_shardings=(rows, rows),
+    return MeshBound(jax.jit(forward, in_shardings=(None, rows, packed_layout_sharding(mesh)), out_shardings=(rows, rows),
                              compiler_options=mesh_compiler_options(mesh)), mesh)
 
 
 def place_layout(layout: PackedLayout, mesh: jax.sharding.Mesh) -> PackedLayout:
-    """The host layout (the same on every process) as global arrays split as `_packed_sharding`."""
+    """The host layout (the same on every process) as global arrays split as `packed_layout_sharding`."""
     return jax.tree.map(lambda x, sharding: jax.make_array_from_callback(x.shape, sharding, lambda index: x[index]),
-                        layout, _packed_sharding(mesh))
+                        layout, packed_layout_sharding(mesh))

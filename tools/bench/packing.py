@@ -32,8 +32,8 @@ from flax import nnx
 from entropy_rl import losses
 from entropy_rl.model import Qwen, tiny_config
 from entropy_rl.parallel import MeshConfig, make_mesh, shard_model
-from entropy_rl.train.packed_update import PACK_MULTIPLE
-from entropy_rl.train.packing import pack_update_batch, padded_tokens
+from entropy_rl.train.packed_update import budgeted_layout
+from entropy_rl.train.packing import lognormal_lengths, padded_tokens
 from entropy_rl.train.step import (StepConfig, UpdateBatch, create_train_state, make_no_grad_logprobs,
                                    make_packed_no_grad_logprobs, make_packed_train_step, make_train_step,
                                    skip_non_finite)
@@ -43,7 +43,7 @@ from timing import best_times
 def response_lengths(kind: str, rows: int, cap: int, rng) -> np.ndarray:
     if kind == "skewed":
         return np.minimum(rng.geometric(4 / cap, rows), cap)
-    return np.clip(np.ceil(rng.lognormal(np.log(0.2 * cap), 0.8, rows)), 1, cap).astype(int)
+    return lognormal_lengths(rng, rows, cap, median=0.2 * cap)
 
 
 def make_batch(args, rng) -> UpdateBatch:
@@ -94,10 +94,9 @@ def main() -> None:
     packed_forward = make_packed_no_grad_logprobs(state.graphdef, mesh, chunk_size=1024)
 
     batch = make_batch(args, rng)
-    width = args.prompt + args.new_tokens - 1
-    layout = pack_update_batch(batch.prompt_mask.sum(1), batch.mask.sum(1), prompt_columns=args.prompt,
-                               response_columns=args.new_tokens,
-                               pack_tokens=-(-width // PACK_MULTIPLE) * PACK_MULTIPLE, micro_tokens=args.micro * width)
+    layout = budgeted_layout(batch.prompt_mask.sum(1), batch.mask.sum(1), prompt_columns=args.prompt,
+                             response_columns=args.new_tokens, pack_tokens=None, micro_batch_tokens=None,
+                             micro_rows=args.micro, row_multiple=1)
     states = {"padded": state, "packed": jax.jit(lambda s: jax.tree.map(jnp.copy, s))(state)}  # each donated
 
     def padded():
