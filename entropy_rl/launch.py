@@ -49,11 +49,19 @@ def free_port() -> int:
 
 def process_environment(process_id: int, num_processes: int, port: int, devices: int,
                         base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of process `process_id` of `num_processes` (base: os.environ)."""
+    """The environment of process `process_id` of `num_processes` (base: os.environ).
+
+    NPROC sizes the thread pool on which XLA's CPU client runs each device's part of a
+    program (default: the machine's cores). A cross-process collective needs all `devices`
+    local parts running at once; with about as many pool threads as devices, one thread
+    busy elsewhere leaves a part unscheduled and every process waits in the collective
+    forever (seen on 2 cores with 4 devices: 3 of the 4 local parts entered the last
+    all-reduce). At least 4 threads per device (unless NPROC is set) leave room."""
     env = dict(os.environ if base is None else base)
     env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(num_processes),
                JAX_PROCESS_ID=str(process_id), JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env.setdefault("NPROC", str(max(os.cpu_count() or 1, 4 * devices)))
     return env
 
 

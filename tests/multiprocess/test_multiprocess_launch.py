@@ -1,6 +1,7 @@
 """Start-up of several processes: the launcher and `initialize_distributed`'s arguments."""
 
 import io
+import os
 import sys
 import textwrap
 
@@ -52,7 +53,9 @@ def test_launcher_environment_of_each_process():
     env = process_environment(1, 2, 4321, 4, base={"PATH": "/bin", "XLA_FLAGS": "--other"})
     assert env == {"PATH": "/bin", "JAX_COORDINATOR_ADDRESS": "127.0.0.1:4321", "JAX_NUM_PROCESSES": "2",
                    "JAX_PROCESS_ID": "1", "JAX_PLATFORMS": "cpu",
-                   "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+                   "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+                   "NPROC": str(max(os.cpu_count(), 16))}  # XLA's CPU pool: 4 threads per device at least
+    assert process_environment(1, 2, 4321, 4, base={"NPROC": "3"})["NPROC"] == "3"  # the user's own
     assert distributed_arguments(env) == {"coordinator_address": "127.0.0.1:4321", "num_processes": 2,
                                           "process_id": 1}
 

@@ -29,7 +29,7 @@ TINY_RUN = [
     "model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=1",
     "model.num_attention_heads=2", "model.num_key_value_heads=1", "model.head_dim=16",
     "warmstart.enabled=false", f"eval.num_problems={HELDOUT}", f"eval.n={EVAL_N}", "logging.progress_bar=false",
-    "logging.tensorboard=false",
+    "logging.tensorboard=false", "stall_timeout_s=300",  # a stall fails with every process's stacks
 ]
 
 
