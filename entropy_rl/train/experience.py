@@ -4,7 +4,7 @@ rollout's metrics, and the rows placed on the mesh as the step's `UpdateBatch`.
 
 On several JAX processes each host samples, decodes and verifies its share of the prompts
 (`entropy_rl.rollout.scoring`); the small per-row results are gathered so every host takes
-the same decisions, and the rows stay on the devices of the host that sampled them.
+the same decisions, and each host's rows are built on its own devices.
 """
 
 from __future__ import annotations
