@@ -65,7 +65,7 @@ def warm_started_policy(config, out: Path, num_problems: int):
     from entropy_rl.model import load_hf, save_hf
     from entropy_rl.parallel import make_mesh
     from entropy_rl.train.checkpoint import build_policy, load_policy_tokenizer
-    from entropy_rl.train.loop import PromptEncoder, training_problems
+    from entropy_rl.train.data_setup import PromptEncoder, training_problems
     from entropy_rl.train.warmstart import warm_start
 
     mesh = make_mesh(config.mesh)
@@ -83,7 +83,7 @@ def warm_started_policy(config, out: Path, num_problems: int):
 
 def rank(config, policy, tokenizer, problems, mesh, out: Path, samples: int) -> Path:
     from entropy_rl.ranking import RankingSettings, rank_problems
-    from entropy_rl.train.loop import prompt_instruction
+    from entropy_rl.train.data_setup import prompt_instruction
 
     r, d = config.rollout, config.data
     settings = RankingSettings(samples=samples, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
@@ -109,7 +109,8 @@ def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def run_seed(args: argparse.Namespace, seed: int) -> dict:
     from entropy_rl.data.curriculum import CurriculumIterator, read_ranking
     from entropy_rl.train.config import load_config
-    from entropy_rl.train.loop import train, training_problems
+    from entropy_rl.train.data_setup import training_problems
+    from entropy_rl.train.loop import train
 
     out = Path(args.out) / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)

@@ -158,10 +158,10 @@ def test_unreadable_input_exits_nonzero_naming_the_file_and_line(tmp_path, capsy
 
 
 def test_file_names_agree_with_the_trainer():
-    from entropy_rl.train import loop, metrics, samples
+    from entropy_rl.train import metrics, samples, summary
 
     assert (inspect_runs.SAMPLES_FILE, inspect_runs.SUMMARY_FILE, inspect_runs.CONFIG_FILE,
-            inspect_runs.METRICS_FILE) == (samples.SAMPLES_FILE, loop.SUMMARY_FILE, metrics.CONFIG_FILE,
+            inspect_runs.METRICS_FILE) == (samples.SAMPLES_FILE, summary.SUMMARY_FILE, metrics.CONFIG_FILE,
                                            metrics.METRICS_FILE)
 
 

@@ -26,7 +26,7 @@ def score(out_dir: str) -> None:
     from entropy_rl.rollout.scoring import gather_scores, score_batch
     from entropy_rl.train.checkpoint import build_policy
     from entropy_rl.train.config import load_config
-    from entropy_rl.train.loop import PromptEncoder
+    from entropy_rl.train.data_setup import PromptEncoder
 
     config = load_config(overrides=OVERRIDES)
     mesh = make_mesh(MeshConfig(data=1, fsdp=-1))

@@ -12,7 +12,7 @@ from entropy_rl import ranking
 from entropy_rl.configuration import config_from_dict as command_config_from_dict
 from entropy_rl.data import synthetic_problems
 from entropy_rl.data.curriculum import check_ranked_problem_set
-from entropy_rl.train import loop
+from entropy_rl.train import data_setup
 from entropy_rl.train.config import config_from_dict
 
 DATASET = str(Path(__file__).resolve().parents[1] / "data" / "verifier_pairs.jsonl")  # any existing file
@@ -40,10 +40,10 @@ def test_rank_with_a_dataset_file_uses_the_math_verifier():
 
 
 def test_settings_line_names_what_the_run_uses():
-    line = loop.settings_line(config_from_dict({"data": {"dataset": DATASET}}), 7)
+    line = data_setup.settings_line(config_from_dict({"data": {"dataset": DATASET}}), 7)
     assert line == (f"data: 7 problems from {DATASET}; verifier math; prompts plain; held-out math500 "
                     "(256 problems x 4); warm start off")
-    assert "the built-in task (levels add1+add2)" in loop.settings_line(config_from_dict({}), 7)
+    assert "the built-in task (levels add1+add2)" in data_setup.settings_line(config_from_dict({}), 7)
 
 
 def test_rank_and_train_build_the_same_problems_under_the_same_ids():
@@ -51,8 +51,8 @@ def test_rank_and_train_build_the_same_problems_under_the_same_ids():
     rank = command_config_from_dict(ranking.RankCommandConfig,
                                     {"policy": "p", "output": "o", "data": {"num_synthetic_problems": 50}},
                                     check_paths=False)
-    assert ranking.load_dataset(rank) == loop.training_problems(train)
-    assert ranking.ranked_problem_set(rank) == loop.training_problem_set(train) == "synthetic-add1+add2-train-0"
+    assert ranking.load_dataset(rank) == data_setup.training_problems(train)
+    assert ranking.ranked_problem_set(rank) == data_setup.training_problem_set(train) == "synthetic-add1+add2-train-0"
 
 
 def test_ids_name_the_problem_set():

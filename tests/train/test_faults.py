@@ -181,7 +181,7 @@ def test_non_finite_parameters_stop_the_run_in_one_line_and_are_never_checkpoint
                                                                                    capsys):
     from types import SimpleNamespace
 
-    from entropy_rl.train import cli, loop
+    from entropy_rl.train import cli, step_checks
 
     config, params, train_state = _two_steps(tmp_path, policy)
     overflowed = jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.inf) if x.ndim else x, params)
@@ -196,7 +196,8 @@ def test_non_finite_parameters_stop_the_run_in_one_line_and_are_never_checkpoint
     checkpointer = SimpleNamespace(latest_step=lambda: 2, directory=str(tmp_path / "checkpoints"))
     with pytest.raises(FloatingPointError, match="step 3 made the parameters non-finite .* last good checkpoint is "
                                                  "step 2"):
-        loop.count_step(loop.Run(), {"entropy/mean": 1.0}, state, step=3, config=config, checkpointer=checkpointer)
+        step_checks.count_step(step_checks.Run(), {"entropy/mean": 1.0}, state, step=3, config=config,
+                               checkpointer=checkpointer)
 
     def stopped(config):
         raise FloatingPointError("step 3 made the parameters non-finite")
@@ -208,16 +209,16 @@ def test_non_finite_parameters_stop_the_run_in_one_line_and_are_never_checkpoint
 
 
 def test_a_collapse_to_uniform_is_reported_once():
-    from entropy_rl.train import loop
+    from entropy_rl.train import step_checks
 
-    run, lines, uniform = loop.Run(entropy_start=2.0), [], float(np.log(102))
-    loop.warn_if_uniform(run, {"entropy/mean": 2.5}, 1, 102, lines.append)
+    run, lines, uniform = step_checks.Run(entropy_start=2.0), [], float(np.log(102))
+    step_checks.warn_if_uniform(run, {"entropy/mean": 2.5}, 1, 102, lines.append)
     assert lines == []
     for step in (2, 3):
-        loop.warn_if_uniform(run, {"entropy/mean": uniform - 1e-3}, step, 102, lines.append)
+        step_checks.warn_if_uniform(run, {"entropy/mean": uniform - 1e-3}, step, 102, lines.append)
     assert len(lines) == 1 and "step 2: the policy has collapsed to uniform" in lines[0] and "4.625" in lines[0]
-    started_uniform = loop.Run(entropy_start=uniform)  # a fresh random policy: not a collapse
-    loop.warn_if_uniform(started_uniform, {"entropy/mean": uniform}, 1, 102, lines.append)
+    started_uniform = step_checks.Run(entropy_start=uniform)  # a fresh random policy: not a collapse
+    step_checks.warn_if_uniform(started_uniform, {"entropy/mean": uniform}, 1, 102, lines.append)
     assert len(lines) == 1
 
 
@@ -267,7 +268,7 @@ def test_a_missing_step_is_named_with_the_steps_there_are_and_inf_is_refused_lik
 
 
 def test_garbage_lines_in_metrics_and_samples_and_a_garbage_summary_are_set_aside_not_fatal(tmp_path):
-    from entropy_rl.train import loop
+    from entropy_rl.train import summary
     from entropy_rl.train.config import LoggingConfig
     from entropy_rl.train.metrics import MetricsLogger, read_metrics
     from entropy_rl.train.samples import SamplesWriter
@@ -288,7 +289,7 @@ def test_garbage_lines_in_metrics_and_samples_and_a_garbage_summary_are_set_asid
     (tmp_path / "summary.json").write_text("{garbage")
     (tmp_path / "summary.txt").write_text("table\n")
     config = load_config(overrides=[f"run_dir={tmp_path}", "total_steps=2"])
-    assert loop._finished_summary(config) is None  # the run writes it again
+    assert summary.finished_summary(config) is None  # the run writes it again
 
 
 def test_lengths_beyond_the_models_positions_are_refused_naming_the_key_and_the_remedy(capsys):

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from entropy_rl.data import INSTRUCTION, Problem
+from entropy_rl.eval.heldout import bootstrap_interval
 from entropy_rl.rollout import Rollout
-from entropy_rl.train import loop
+from entropy_rl.train import data_setup, experience
 from entropy_rl.train.config import TrainConfig, replace
 
 N = 4  # samples per prompt
@@ -24,7 +25,7 @@ def _groups(rewards_per_group, tag):
                       tokens=np.zeros((rows, 3), np.int32), mask=np.ones((rows, 3), np.int32),
                       logprobs=np.zeros((rows, 3), np.float32), lengths=np.full(rows, 3, np.int32),
                       stopped=np.ones(rows, bool), prompt_index=np.repeat(np.arange(rows // N), N))
-    return loop.Groups(rollout, rewards.copy(), rewards.copy(), [None] * rows)
+    return experience.Groups(rollout, rewards.copy(), rewards.copy(), [None] * rows)
 
 
 class _Iterator:
@@ -34,10 +35,11 @@ class _Iterator:
 
 def _collect(monkeypatch, rounds_of_rewards, **algorithm):
     batches = iter([_groups(r, tag) for tag, r in enumerate(rounds_of_rewards)])
-    monkeypatch.setattr(loop, "sample_groups", lambda *args, **kwargs: next(batches))
+    monkeypatch.setattr(experience, "sample_groups", lambda *args, **kwargs: next(batches))
     config = replace(TrainConfig(), **{"data.batch_size": 2, **{f"algorithm.{k}": v for k, v in algorithm.items()}})
     sampling = dataclasses.replace(config.rollout.sampling_config(stop_token_ids=(1,), pad_token_id=0), n=N)
-    return loop.collect_groups(None, _Iterator(), None, None, sampling, jax.random.key(0), config=config, mesh=None)
+    return experience.collect_groups(None, _Iterator(), None, None, sampling, jax.random.key(0), config=config,
+                                     mesh=None)
 
 
 def test_without_dynamic_sampling_one_batch_is_used(monkeypatch):
@@ -64,15 +66,15 @@ def test_dynamic_sampling_fills_with_zero_variance_groups_after_k_rounds(monkeyp
 
 def test_overlong_penalty_is_dapo_soft_punishment():
     lengths = np.array([4, 6, 7, 8, 10])
-    got = loop.overlong_penalty(lengths, max_length=10, buffer=4, factor=2.0)
+    got = experience.overlong_penalty(lengths, max_length=10, buffer=4, factor=2.0)
     np.testing.assert_allclose(got, [0.0, 0.0, -0.5, -1.0, -2.0])
-    assert not loop.overlong_penalty(lengths, max_length=10, buffer=0, factor=1.0).any()
+    assert not experience.overlong_penalty(lengths, max_length=10, buffer=0, factor=1.0).any()
 
 
 def test_group_advantages_grpo():
     config = TrainConfig()
     rewards = np.array([1, 0, 0, 1, 1, 1, 1, 1], np.float32)
-    got = loop.group_advantages(rewards, 4, config)
+    got = experience.group_advantages(rewards, 4, config)
     first = rewards[:4]
     np.testing.assert_allclose(got[:4], (first - first.mean()) / (first.std(ddof=1) + 1e-6), rtol=1e-5)
     np.testing.assert_allclose(got[4:], 0.0)
@@ -81,24 +83,24 @@ def test_group_advantages_grpo():
 def test_bootstrap_interval_covers_the_mean_like_the_normal_approximation():
     rng = np.random.default_rng(0)
     per_problem = (rng.random(400) < 0.3).astype(float)
-    low, high = loop.bootstrap_interval(per_problem)
+    low, high = bootstrap_interval(per_problem)
     mean, half = per_problem.mean(), 1.96 * per_problem.std(ddof=1) / np.sqrt(len(per_problem))
     assert low < mean < high
     assert abs(low - (mean - half)) < 0.01 and abs(high - (mean + half)) < 0.01
-    low, high = loop.bootstrap_interval(per_problem, paired_with=per_problem)
+    low, high = bootstrap_interval(per_problem, paired_with=per_problem)
     assert low == high == 0.0
 
 
 def test_synthetic_levels_and_instruction():
-    assert loop.synthetic_levels((1, 2, 6)) == ("add1", "add2", "linear")
+    assert data_setup.synthetic_levels((1, 2, 6)) == ("add1", "add2", "linear")
     with pytest.raises(ValueError, match="out of range"):
-        loop.synthetic_levels((0,))
+        data_setup.synthetic_levels((0,))
     config = TrainConfig()
-    assert loop.prompt_instruction(config) == ""
-    assert loop.prompt_instruction(replace(config, **{"data.dataset": "x.jsonl"})) == INSTRUCTION
-    assert loop.prompt_instruction(replace(config, **{"data.instruction": "Be brief."})) == "Be brief."
+    assert data_setup.prompt_instruction(config) == ""
+    assert data_setup.prompt_instruction(replace(config, **{"data.dataset": "x.jsonl"})) == INSTRUCTION
+    assert data_setup.prompt_instruction(replace(config, **{"data.instruction": "Be brief."})) == "Be brief."
     problem = Problem("p", "Compute 1+2.", "3")
-    assert loop.PromptEncoder(config, _CharTokenizer())(problem) == [ord(c) for c in "Compute 1+2."]
+    assert data_setup.PromptEncoder(config, _CharTokenizer())(problem) == [ord(c) for c in "Compute 1+2."]
 
 
 class _CharTokenizer:

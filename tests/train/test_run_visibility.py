@@ -19,12 +19,13 @@ import pytest
 from entropy_rl.data import Problem, PromptIterator, deduplicate, load_problems
 from entropy_rl.rewards import RewardResult, register_verifier
 from entropy_rl.rollout.batching import geometric_bucket
-from entropy_rl.train import loop
+from entropy_rl.train import data_setup, experience, loop, step_checks
 from entropy_rl.train.checkpoint import build_policy, load_policy_tokenizer
 from entropy_rl.train.config import ConfigError, ModelConfig, TrainConfig, config_from_dict, replace
 from entropy_rl.train.metrics import read_metrics
 from entropy_rl.train.progress import PlainProgress
 from entropy_rl.train.samples import SAMPLES_FILE
+from entropy_rl.train.summary import SUMMARY_FILE, SUMMARY_TABLE_FILE
 
 # one worker builds the module's compiled fixture (`--dist loadgroup`), not both
 pytestmark = pytest.mark.xdist_group("run-visibility")
@@ -75,7 +76,7 @@ def finished_run(tmp_path_factory):
     first, second = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(first):
         summary = loop.train(config)
-    for name in (loop.SUMMARY_FILE, loop.SUMMARY_TABLE_FILE):  # as if stopped before the summary was written
+    for name in (SUMMARY_FILE, SUMMARY_TABLE_FILE):  # as if stopped before the summary was written
         (pathlib.Path(config.run_dir) / name).unlink()
     with contextlib.redirect_stdout(second):
         resumed = loop.train(config)  # every step is done: restores the last, evaluates, summarises
@@ -86,7 +87,7 @@ def test_each_batch_is_padded_to_its_own_bucket(finished_run):
     config, _, printed, _, _ = finished_run
     assert "1 repeated problems removed" in printed
     tokenizer = load_policy_tokenizer(config.model)
-    encode = loop.PromptEncoder(config, tokenizer)
+    encode = data_setup.PromptEncoder(config, tokenizer)
     problems = deduplicate(load_problems(config.data.dataset))[0]
     iterator = PromptIterator(problems, config.data.batch_size, seed=config.seed)  # replays the run's batches
     used = [row["rollout/prompt_length"] for row in read_metrics(config.run_dir) if "rollout/prompt_length" in row]
@@ -126,10 +127,10 @@ def test_step_zero_eval_summary_files_and_resume_line(finished_run):
     rows = read_metrics(config.run_dir)
     zero = [row for row in rows if row["step"] == 0]
     assert len(zero) == 1 and zero[0]["eval/accuracy"] == summary["accuracy_before"]
-    saved = json.loads((pathlib.Path(config.run_dir) / loop.SUMMARY_FILE).read_text())  # the latest (re)start's
+    saved = json.loads((pathlib.Path(config.run_dir) / SUMMARY_FILE).read_text())  # the latest (re)start's
     assert saved == json.loads(json.dumps({k: v for k, v in resumed_summary.items() if k != "table"}))
     assert saved["accuracy_after"] == summary["accuracy_after"]  # the same policy and held-out samples
-    assert (pathlib.Path(config.run_dir) / loop.SUMMARY_TABLE_FILE).read_text() == resumed_summary["table"] + "\n"
+    assert (pathlib.Path(config.run_dir) / SUMMARY_TABLE_FILE).read_text() == resumed_summary["table"] + "\n"
     assert "held-out eval (before training)" in printed and "held-out eval (final)" in printed
     assert f"resuming from step 2 of 2 ({config.run_dir}" in resumed and "before training" not in resumed
     assert "\r" not in printed and "step 2/2 (100%)" in printed  # plain lines, not a redrawn bar
@@ -137,14 +138,14 @@ def test_step_zero_eval_summary_files_and_resume_line(finished_run):
 
 def test_max_prompt_length_drops_and_names_long_prompts(tmp_path):
     config = _config(tmp_path, **{"data.max_prompt_length": 64})
-    encode = loop.PromptEncoder(config, load_policy_tokenizer(config.model))
-    problems = loop.training_problems(config)
+    encode = data_setup.PromptEncoder(config, load_policy_tokenizer(config.model))
+    problems = data_setup.training_problems(config)
     long_length = len(encode(next(p for p in problems if p.id == LONG_ID)))
     with pytest.warns(UserWarning, match=rf"1 of 8 prompts are longer and left out: '{LONG_ID}' \({long_length} tokens\)"):
-        kept = loop.drop_long_prompts(problems, encode, config.data.max_prompt_length)
+        kept = data_setup.drop_long_prompts(problems, encode, config.data.max_prompt_length)
     assert [p.id for p in kept] == [p.id for p in problems if p.id != LONG_ID]
     with pytest.raises(ValueError, match="every prompt is longer"), pytest.warns(UserWarning, match="8 of 8"):
-        loop.drop_long_prompts(problems, encode, 2)
+        data_setup.drop_long_prompts(problems, encode, 2)
 
 
 def test_plain_progress_prints_lines_at_an_interval():
@@ -177,10 +178,10 @@ def test_curriculum_keys_ranking_file_and_on_missing(tmp_path):
     problems = [Problem(f"p{i}", f"q{i}", "1") for i in range(5)]  # p4 has no ranking row
     config = config_from_dict({"data": {"batch_size": 2, "curriculum": {"ranking_file": str(ranking), "on_missing": "drop"}},
                                "algorithm": {"mini_batch_size": 2}})
-    iterator = loop.make_iterator(config, problems)
+    iterator = data_setup.make_iterator(config, problems)
     assert {p.id for _ in range(2) for p in iterator.next_batch()} == {"p0", "p1"}  # stage 1: low entropy
     with pytest.raises(ValueError, match="on_missing=drop"):
-        loop.make_iterator(replace(config, **{"data.curriculum.on_missing": "error"}), problems)
+        data_setup.make_iterator(replace(config, **{"data.curriculum.on_missing": "error"}), problems)
 
 
 def test_rank_deduplicates_like_training(tmp_path, capsys):
@@ -196,11 +197,11 @@ def test_rank_deduplicates_like_training(tmp_path, capsys):
 
 
 def test_steps_without_learning_signal_or_answers_are_warned_then_counted():
-    run, lines = loop.Run(), []
+    run, lines = step_checks.Run(), []
     silent = {"groups/zero_variance_fraction": 1.0, "accuracy": 0.0, "reward/no_answer_fraction": 0.9}
     for step in range(1, 13):
-        loop.warn_without_signal(run, silent, step, verifier="math", write=lines.append)
-    loop.warn_without_signal(run, {**silent, "groups/zero_variance_fraction": 0.5, "reward/no_answer_fraction": 0.5},
+        step_checks.warn_without_signal(run, silent, step, verifier="math", write=lines.append)
+    step_checks.warn_without_signal(run, {**silent, "groups/zero_variance_fraction": 0.5, "reward/no_answer_fraction": 0.5},
                              13, verifier="math", write=lines.append)
     assert run.steps_without_signal == run.steps_without_answers == 12
     assert [line.split(":")[0] for line in lines] == ["warning"] * 4  # steps 1 and 11, each kind
@@ -217,9 +218,9 @@ def test_groups_of_different_prompt_buckets_concatenate_left_padded():
                           tokens=np.zeros((rows, 3), np.int32), mask=np.ones((rows, 3), np.int32),
                           logprobs=np.zeros((rows, 3), np.float32), lengths=np.full(rows, 3, np.int32),
                           stopped=np.ones(rows, bool), prompt_index=np.arange(rows))
-        return loop.Groups(rollout, np.zeros(rows, np.float32), np.zeros(rows, np.float32), [None] * rows)
+        return experience.Groups(rollout, np.zeros(rows, np.float32), np.zeros(rows, np.float32), [None] * rows)
 
-    joined = loop.Groups.concatenate([groups(2, 7), groups(4, 9)]).rollout
+    joined = experience.Groups.concatenate([groups(2, 7), groups(4, 9)]).rollout
     assert joined.prompt_tokens.tolist() == [[0, 0, 7, 7]] * 2 + [[9, 9, 9, 9]] * 2
     assert joined.prompt_mask.tolist() == [[0, 0, 1, 1]] * 2 + [[1, 1, 1, 1]] * 2
 
