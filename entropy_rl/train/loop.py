@@ -49,10 +49,11 @@ from entropy_rl.eval.heldout import bootstrap_interval, eval_log, heldout_eval
 from entropy_rl.parallel import batch_sharding, make_mesh, mesh_compiler_options
 from entropy_rl.parallel.hosts import allgather_host_values, global_from_host_rows, is_multiprocess, mesh_process_count
 from entropy_rl.parallel.watchdog import beat
+from entropy_rl.policy import build_policy
 from entropy_rl.rollout import Rollout
 from entropy_rl.rollout.batching import geometric_bucket
 from entropy_rl.rollout.scoring import gather_scores, score_batch
-from entropy_rl.train.checkpoint import Checkpointer, all_finite, build_policy, set_aside_previous_run
+from entropy_rl.train.checkpoint import Checkpointer, all_finite, set_aside_previous_run
 from entropy_rl.train.config import TrainConfig
 from entropy_rl.train.limits import check_lengths
 from entropy_rl.train.packed_update import PackedUpdate
