@@ -151,8 +151,8 @@ class Checkpointer(CheckpointReader):
 
     def __init__(self, run_dir: str | os.PathLike, *, max_to_keep: int = 2, async_save: bool = True,
                  read_only: bool = False):
-        """read_only: for readers (eval, export) of a run that may still be training: they
-        neither create the directory nor remove a writer's unfinished temporary checkpoint."""
+        """read_only: opened as a `CheckpointReader` is (no directory created, no unfinished
+        temporary checkpoint removed); `resume` then skips a damaged step without moving it."""
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if read_only else max_to_keep,
             save_interval_steps=0 if read_only else 1,

@@ -22,8 +22,8 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, step: int 
     stop, pad and bos ids, tensors in `dtype` (default: as trained); returns the step."""
     import jax
 
-    from entropy_rl.model import save_hf
     from entropy_rl.checkpoints import CheckpointReader, locate_checkpoint
+    from entropy_rl.model import save_hf
     from entropy_rl.policy import load_policy
 
     run_dir, path_step = locate_checkpoint(run_dir)
