@@ -7,11 +7,9 @@ for the libraries it uses.
 from __future__ import annotations
 
 import importlib
-import logging
-import os
 import sys
 
-from entropy_rl.failures import report_failure
+from entropy_rl.failures import quiet_library_noise, report_failure
 
 # command -> ("module", "function taking argv and returning an exit code", "one-line help")
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -35,20 +33,6 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def quiet_libraries() -> None:
-    """Drop library lines that tell a user nothing: transformers' "PyTorch was not found"
-    advice (the tokenizers need no torch) and orbax's "Given directory is read only"
-    (checkpoints are opened read-only to evaluate, rank or export them)."""
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    absl = logging.getLogger("absl")
-    if not any(getattr(f, "__name__", "") == "_not_read_only_notice" for f in absl.filters):
-        absl.addFilter(_not_read_only_notice)
-
-
-def _not_read_only_notice(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("Given directory is read only")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -58,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"entropy-rl: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    quiet_libraries()
+    quiet_library_noise()
     module_name, function_name, _ = COMMANDS[command]
     run = getattr(importlib.import_module(module_name), function_name)
     debug = "--debug" in rest

@@ -10,7 +10,8 @@ closest valid one. Checks that need files (`check_paths`) can be skipped for a c
 written for another machine. `add_config_arguments` and `command_config` give a command
 `--config`, `--print-config` and the overrides, with its old flags kept as aliases.
 
-The sections of training, evaluation and ranking are in `entropy_rl.train.config`.
+The sections every command shares are in `entropy_rl.config`, training's own in
+`entropy_rl.train.config`.
 """
 
 from __future__ import annotations

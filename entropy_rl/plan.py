@@ -279,7 +279,7 @@ def _policy_config(config, preset: str | None, preset_overrides: Mapping[str, An
     machine) with `preset_overrides` of its architecture, the checkpoint's config.json, or the
     built-in architecture."""
     from entropy_rl.model import QwenConfig
-    from entropy_rl.train.checkpoint import load_policy_tokenizer, qwen_config
+    from entropy_rl.policy import load_policy_tokenizer, qwen_config
 
     m = config.model
     if preset is not None:
@@ -294,7 +294,7 @@ def _policy_config(config, preset: str | None, preset_overrides: Mapping[str, An
 def architecture_overrides(config, overrides: Sequence[str]) -> dict[str, Any]:
     """{field: validated value} of the `model.<architecture field>=...` command-line overrides
     (e.g. model.num_hidden_layers=4): what `--model PRESET` takes over from the preset."""
-    from entropy_rl.train.config import ARCHITECTURE_FIELDS
+    from entropy_rl.config import ARCHITECTURE_FIELDS
 
     keys = {override.split("=", 1)[0].strip() for override in overrides}
     return {name: getattr(config.model, name) for name in ARCHITECTURE_FIELDS if f"model.{name}" in keys}

@@ -40,6 +40,7 @@ import numpy as np
 from pydantic import Field
 from tqdm import tqdm
 
+from entropy_rl.config import DataConfig, Mesh, ModelConfig, RolloutConfig, dataset_file_defaults
 from entropy_rl.configuration import Section, add_config_arguments, command_config, one_of
 from entropy_rl.data import (INSTRUCTION, Problem, deduplicate, default_instruction, format_prompt,
                              load_problems, synthetic_problems)
@@ -51,7 +52,6 @@ from entropy_rl.parallel import MeshConfig
 from entropy_rl.parallel.hosts import is_multiprocess
 from entropy_rl.rollout import SamplingConfig, scoring
 from entropy_rl.semantic_entropy import cluster_answer_groups, cluster_entropy
-from entropy_rl.train.config import DataConfig, Mesh, ModelConfig, RolloutConfig, dataset_file_defaults
 
 
 @dataclasses.dataclass(frozen=True)

@@ -75,7 +75,7 @@ def test_a_kill_during_the_metrics_resume_rewrite_keeps_every_row(tmp_path):
     before = path.read_bytes()
     script = textwrap.dedent(f"""
         import resource, signal
-        from entropy_rl.train.config import LoggingConfig
+        from entropy_rl.config import LoggingConfig
         from entropy_rl.train.metrics import MetricsLogger
         signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it; the default kills
         resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))

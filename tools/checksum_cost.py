@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from entropy_rl import checkpoints
+from entropy_rl.policy import build_policy
 from entropy_rl.train import checkpoint as ck
 from entropy_rl.train.config import load_config
 
@@ -26,7 +28,7 @@ def _timed(fn):
 
 def measure(name: str, params, config) -> None:
     digests = {"n": 0, "wall": 0.0, "cpu": 0.0}
-    original = ck.array_digests
+    original = checkpoints.array_digests
 
     def counted(items):
         result, wall, cpu = _timed(lambda: original(items))
@@ -35,7 +37,7 @@ def measure(name: str, params, config) -> None:
         digests["cpu"] += cpu
         return result
 
-    ck.array_digests = counted
+    ck.array_digests = checkpoints.array_digests = counted  # save's and restore's
     size = sum(x.nbytes for x in jax.tree.leaves(params)) / 2**20
     with tempfile.TemporaryDirectory() as run_dir, ck.Checkpointer(run_dir, async_save=False) as saver:
         state = {"step": jnp.int32(1)}
@@ -44,7 +46,7 @@ def measure(name: str, params, config) -> None:
         at_save = dict(digests)
         digests.update(n=0, wall=0.0, cpu=0.0)
         _, restore_wall, restore_cpu = _timed(lambda: saver.restore_params(params, step=1))
-    ck.array_digests = original
+    ck.array_digests = checkpoints.array_digests = original
     print(f"{name}: {len(jax.tree.leaves(params))} arrays, {size:.1f} MiB")
     print(f"  save    {save_wall:6.2f} s wall {save_cpu:6.2f} s CPU, of which checksums {at_save['wall']:5.2f} s wall "
           f"{at_save['cpu']:5.2f} s CPU ({100 * at_save['wall'] / save_wall:.0f}% of the wall time)")
@@ -57,7 +59,7 @@ def main() -> None:
     parser.add_argument("--large-mb", type=int, default=1024, help="size of the larger random tree (float32)")
     args = parser.parse_args()
     config = load_config(overrides=["run_dir=unused"])
-    _, params = nnx.split(ck.build_policy(config.model, seed=0)[0])
+    _, params = nnx.split(build_policy(config.model, seed=0)[0])
     measure("default tiny policy", params, config)
     rng = np.random.default_rng(0)
     rows = args.large_mb * 2**20 // 4 // 4096 // 16

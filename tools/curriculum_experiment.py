@@ -64,7 +64,7 @@ def warm_started_policy(config, out: Path, num_problems: int):
     problems, saved once as HF; the RL problems are the first `num_problems` of them."""
     from entropy_rl.model import load_hf, save_hf
     from entropy_rl.parallel import make_mesh
-    from entropy_rl.train.checkpoint import build_policy, load_policy_tokenizer
+    from entropy_rl.policy import build_policy, load_policy_tokenizer
     from entropy_rl.train.data_setup import PromptEncoder, training_problems
     from entropy_rl.train.warmstart import warm_start
 

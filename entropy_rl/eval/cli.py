@@ -28,11 +28,11 @@ from typing import Annotated, Any, Optional
 
 from pydantic import Field
 
+from entropy_rl.config import DataConfig, Mesh, ModelConfig, RolloutConfig
 from entropy_rl.configuration import Section, add_config_arguments, command_config, one_of
 from entropy_rl.data.prompts import STYLES as PROMPT_STYLES
 from entropy_rl.eval.metrics import DEFAULT_KS
 from entropy_rl.parallel import MESH_AXES, MeshConfig, make_mesh
-from entropy_rl.train.config import DataConfig, Mesh, ModelConfig, RolloutConfig
 
 DEFAULT_BENCHMARKS = "aime24,aime25,amc23,math500,minerva,olympiadbench"
 RESULTS_FILE = "results.jsonl"
@@ -122,7 +122,7 @@ def load_checkpoint(path: str, *, tokenizer: str | None, step: int | None, dtype
             raise FileNotFoundError(f"{path} has no tokenizer ({', '.join(TOKENIZER_FILES)}); pass --tokenizer")
         model = load_hf(path, dtype=getattr(jnp, dtype), mesh=mesh)
         return model, load_tokenizer(tokenizer or path)
-    from entropy_rl.train.checkpoint import load_policy  # the trainer only for run directories
+    from entropy_rl.policy import load_policy
 
     model, run_tokenizer = load_policy(path, step=step, mesh=mesh)
     return model, (load_tokenizer(tokenizer) if tokenizer else run_tokenizer)
@@ -132,7 +132,7 @@ def evaluated_checkpoint(path: str, step: int | None, dtype: str) -> dict[str, A
     """What is evaluated, recorded with the results: {"checkpoint": absolute path (a run's
     directory), "step": the step (a run's latest when None; None for an HF directory),
     "dtype": the compute dtype, "synthetic_seed"/"synthetic_levels": a run's own synthetic task,
-    "fingerprint": the content identity of a run checkpoint's weights (`train.checkpoint.fingerprint`),
+    "fingerprint": the content identity of a run checkpoint's weights (`entropy_rl.checkpoints.fingerprint`),
     so that results of other weights saved at the same path and step are never reused}."""
     from entropy_rl.data import DEFAULT_LEVELS
     from entropy_rl.eval.runner import SYNTHETIC_SEED
@@ -141,10 +141,10 @@ def evaluated_checkpoint(path: str, step: int | None, dtype: str) -> dict[str, A
     if os.path.isfile(os.path.join(path, "config.json")):
         return {"checkpoint": path, "step": None, "dtype": dtype, "synthetic_seed": SYNTHETIC_SEED,
                 "synthetic_levels": list(DEFAULT_LEVELS)}
-    from entropy_rl.train.checkpoint import Checkpointer, locate_checkpoint
+    from entropy_rl.checkpoints import CheckpointReader, locate_checkpoint
 
     run_dir, path_step = locate_checkpoint(path)
-    checkpointer = Checkpointer(run_dir, async_save=False, read_only=True)
+    checkpointer = CheckpointReader(run_dir)
     try:
         step = next((s for s in (step, path_step) if s is not None), None)
         step = checkpointer.latest_step() if step is None else step

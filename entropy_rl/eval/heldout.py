@@ -10,20 +10,28 @@ results are gathered, so every host returns the same numbers.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import jax
 import numpy as np
 
+from entropy_rl.config import DataConfig, EvalConfig, RolloutConfig
 from entropy_rl.data import Problem
 from entropy_rl.eval.metrics import benchmark_metrics
 from entropy_rl.rollout.scoring import gather_scores, score_batch
 
-if TYPE_CHECKING:
-    from entropy_rl.train.config import TrainConfig
-
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
+
+
+class HeldoutSettings(Protocol):
+    """The sections a held-out evaluation reads (a training config has them): `eval` (samples,
+    temperature, top-p, length), `rollout` (the rest of the sampling) and `data` (the verifier
+    and its timeout)."""
+
+    eval: EvalConfig
+    rollout: RolloutConfig
+    data: DataConfig
 
 
 def bootstrap_interval(per_problem: np.ndarray, *, seed: int = 0, paired_with: np.ndarray | None = None
@@ -38,7 +46,7 @@ def bootstrap_interval(per_problem: np.ndarray, *, seed: int = 0, paired_with: n
 
 
 def heldout_eval(model, tokenizer, problems: Sequence[Problem], encode: Callable[[Problem], list[int]],
-                 key: jax.Array, *, config: "TrainConfig", mesh: jax.sharding.Mesh | None) -> dict[str, Any]:
+                 key: jax.Array, *, config: HeldoutSettings, mesh: jax.sharding.Mesh | None) -> dict[str, Any]:
     """Held-out accuracy: eval.n samples per problem at eval.temperature, prompts encoded as
     in training. {"accuracy", "ci" (95% bootstrap over problems), "per_problem", "scores"
     (avg@k / pass@k), "num_problems", "distinct_problems", "n", "temperature",

@@ -5,13 +5,12 @@ by the trainer process itself."""
 from __future__ import annotations
 
 import functools
-import logging
 
 from math_verify import parse, verify
 
 # The worker bounds each item with its own timer (see pool.py), so math-verify's signal-based
-# timeouts are switched off; its warning about that is expected and silenced.
-logging.getLogger("math_verify").setLevel(logging.ERROR)
+# timeouts are switched off; its warning about that is silenced by the worker's
+# `entropy_rl.failures.quiet_library_noise`.
 
 
 # One answer of each kind sympy and latex2sympy set up lazily (sets, intervals, matrices,

@@ -19,6 +19,8 @@ import signal
 from multiprocessing.connection import Connection
 from typing import Any
 
+from entropy_rl.failures import quiet_library_noise
+
 OK, ERROR, TIMEOUT = "ok", "error", "timeout"
 PRELOAD_MODULES = ("entropy_rl.rewards.math_check",)  # the pool's default
 _PR_SET_PDEATHSIG = 1
@@ -79,6 +81,7 @@ def _isolate_process(memory_limit_mb: int) -> tuple[Connection, Connection]:
 def main(argv: list[str]) -> int:
     memory_limit_mb, warm_up, preload = int(argv[0]), int(argv[1]), argv[2]
     reader, writer = _isolate_process(memory_limit_mb)
+    quiet_library_noise()
     for module_name in filter(None, preload.split(",")):
         module = importlib.import_module(module_name)
         if warm_up and hasattr(module, "warm_up"):

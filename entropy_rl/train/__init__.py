@@ -13,8 +13,6 @@ from entropy_rl.train.config import ConfigError, TrainConfig, load_config, valid
 _LAZY = {
     "train": "entropy_rl.train.loop",
     "Checkpointer": "entropy_rl.train.checkpoint",
-    "build_policy": "entropy_rl.train.checkpoint",
-    "load_policy": "entropy_rl.train.checkpoint",
     "MetricsLogger": "entropy_rl.train.metrics",
 }
 

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"entropy-rl train: invalid config for {jax.device_count()} devices:\n{e}", file=sys.stderr)
         return 2
     from entropy_rl.data import DataError
-    from entropy_rl.train.checkpoint import CheckpointError
+    from entropy_rl.checkpoints import CheckpointError
     from entropy_rl.train.loop import train
     from entropy_rl.train.metrics import LogWriteError
     from entropy_rl.train.rundir import RunDirLocked, hold_run_dir

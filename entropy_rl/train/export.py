@@ -22,12 +22,13 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, step: int 
     stop, pad and bos ids, tensors in `dtype` (default: as trained); returns the step."""
     import jax
 
+    from entropy_rl.checkpoints import CheckpointReader, locate_checkpoint
     from entropy_rl.model import save_hf
-    from entropy_rl.train.checkpoint import Checkpointer, locate_checkpoint, load_policy
+    from entropy_rl.policy import load_policy
 
     run_dir, path_step = locate_checkpoint(run_dir)
     step = path_step if step is None else step
-    with Checkpointer(run_dir, async_save=False, read_only=True) as checkpointer:
+    with CheckpointReader(run_dir) as checkpointer:
         step = checkpointer.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"{run_dir}: the run has no checkpoint yet")

@@ -29,8 +29,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from entropy_rl.config import LoggingConfig
 from entropy_rl.jsonl import read_rows, rewrite_rows
-from entropy_rl.train.config import LoggingConfig, TrainConfig, config_to_dict, save_config, to_yaml
+from entropy_rl.train.config import TrainConfig, config_to_dict, save_config, to_yaml
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"  # the config of the latest (re)start, readable by `entropy-rl train --config`

@@ -17,7 +17,8 @@ from entropy_rl.data import Problem
 from entropy_rl.eval.heldout import heldout_eval
 from entropy_rl.parallel import batch_sharding, make_mesh
 from entropy_rl.parallel.hosts import mesh_process_count
-from entropy_rl.train.checkpoint import Checkpointer, build_policy, set_aside_previous_run
+from entropy_rl.policy import build_policy
+from entropy_rl.train.checkpoint import Checkpointer, set_aside_previous_run
 from entropy_rl.train.config import TrainConfig
 from entropy_rl.train.data_setup import (PromptEncoder, drop_long_prompts, heldout_problems, make_iterator,
                                          settings_line, training_problems)

@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from entropy_rl.eval import cli
+from entropy_rl.policy import build_policy
 from entropy_rl.train import checkpoint as ck
 from entropy_rl.train.config import load_config
 
@@ -24,7 +25,7 @@ def _run_with_two_steps(tmp_path):
     """A run directory with checkpoints 25 and 30 of two different random policies (levels 3, 4).
     Weights are drawn with numpy into the abstract model (an eager init compiles for long)."""
     config = load_config(overrides=[f"run_dir={tmp_path / 'run'}", *SMALL_MODEL, "data.synthetic_levels=3,4", "seed=5"])
-    _, shapes = nnx.split(ck.build_policy(config.model, seed=0, abstract=True)[0])
+    _, shapes = nnx.split(build_policy(config.model, seed=0, abstract=True)[0])
     with ck.Checkpointer(config.run_dir, async_save=False) as saver:
         for step in (25, 30):
             rng = np.random.default_rng(step)
@@ -66,7 +67,7 @@ def test_a_retrained_checkpoint_at_the_same_path_and_step_never_reuses_the_old_r
     folder = tmp_path / "eval_results" / "run-step30-float32-t1-p1-len4"
     before = (folder / "results.jsonl").read_bytes()
     config = load_config(overrides=[f"run_dir={run}", *SMALL_MODEL, "data.synthetic_levels=3,4", "seed=5"])
-    _, shapes = nnx.split(ck.build_policy(config.model, seed=0, abstract=True)[0])
+    _, shapes = nnx.split(build_policy(config.model, seed=0, abstract=True)[0])
     rng = np.random.default_rng(99)  # the run retrained: step 30 again, other weights
     params = jax.tree.map(lambda s: jnp.asarray(0.1 * rng.standard_normal(s.shape), s.dtype), shapes)
     ck.set_aside_previous_run(run)  # as resume=false does

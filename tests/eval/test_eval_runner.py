@@ -179,7 +179,7 @@ def test_benchmark_problems():
 
 
 def test_checkpoint_dispatch_hf_directory_or_run_directory(tiny_checkpoint, tmp_path, monkeypatch):
-    from entropy_rl.train import checkpoint
+    from entropy_rl import policy
 
     model, tokenizer = cli.load_checkpoint(str(tiny_checkpoint), tokenizer="builtin", step=None, dtype="float32", mesh=None)
     assert model.config.vocab_size == TOKENIZER.vocab_size and tokenizer.vocab_size == TOKENIZER.vocab_size
@@ -189,7 +189,7 @@ def test_checkpoint_dispatch_hf_directory_or_run_directory(tiny_checkpoint, tmp_
         calls.append((path, step, mesh))
         return model, "run tokenizer"
 
-    monkeypatch.setattr(checkpoint, "load_policy", load_policy)
+    monkeypatch.setattr(policy, "load_policy", load_policy)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     assert cli.load_checkpoint(str(run_dir), tokenizer=None, step=7, dtype="float32", mesh=None) == (model, "run tokenizer")

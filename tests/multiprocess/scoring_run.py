@@ -24,7 +24,7 @@ def score(out_dir: str) -> None:
     from entropy_rl.parallel import MeshConfig, make_mesh
     from entropy_rl.parallel.hosts import host_block
     from entropy_rl.rollout.scoring import gather_scores, score_batch
-    from entropy_rl.train.checkpoint import build_policy
+    from entropy_rl.policy import build_policy
     from entropy_rl.train.config import load_config
     from entropy_rl.train.data_setup import PromptEncoder
 

@@ -20,6 +20,7 @@ import transformers
 from flax import nnx
 
 from entropy_rl.parallel import MeshConfig, make_mesh, state_shardings
+from entropy_rl.policy import build_policy, load_policy, load_policy_tokenizer
 from entropy_rl.train import checkpoint as ck
 from entropy_rl.train.config import load_config
 
@@ -33,7 +34,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def random_params(config):
     """(graphdef, numpy parameters ~ 0.1 N(0, 1) drawn with seed 3) of the run's policy."""
-    graphdef, shapes = nnx.split(ck.build_policy(config.model, seed=0, abstract=True)[0])
+    graphdef, shapes = nnx.split(build_policy(config.model, seed=0, abstract=True)[0])
     rng = np.random.default_rng(3)
     return graphdef, jax.tree.map(lambda s: (0.1 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
 
@@ -47,10 +48,11 @@ WRITER = textwrap.dedent("""
     from flax import nnx
     from entropy_rl.parallel import MeshConfig, initialize_distributed, make_mesh, state_shardings
     assert initialize_distributed() and jax.device_count() == 8 and jax.local_device_count() == 4
+    from entropy_rl.policy import build_policy
     from entropy_rl.train import checkpoint as ck
     from entropy_rl.train.config import load_config
     config = load_config(overrides=[f"run_dir={sys.argv[1]}", *sys.argv[3:]])
-    shapes = nnx.split(ck.build_policy(config.model, seed=0, abstract=True)[0])[1]
+    shapes = nnx.split(build_policy(config.model, seed=0, abstract=True)[0])[1]
     leaves = np.load(sys.argv[2])
     values = jax.tree.unflatten(jax.tree.structure(shapes), [leaves[str(i)] for i in range(len(leaves.files))])
     shardings = state_shardings(values, make_mesh(MeshConfig(fsdp=8)))
@@ -83,7 +85,7 @@ def test_load_policy_without_a_mesh_restores_an_fsdp8_checkpoint_onto_one_device
     assert {len(leaf.sharding.device_set) for leaf in jax.tree.leaves(params)} == {8}
     with ck.Checkpointer(config.run_dir, async_save=False) as saver:
         saver.save(3, params=params, train_state={"step": np.int32(3)}, data_state={}, config=config)
-    loaded, _ = ck.load_policy(config.run_dir)
+    loaded, _ = load_policy(config.run_dir)
     restored = nnx.split(loaded)[1]
     assert all(leaf.sharding.device_set == {jax.local_devices()[0]} for leaf in jax.tree.leaves(restored))
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), restored, values)
@@ -97,7 +99,7 @@ def test_checkpoint_written_by_two_processes_exports_on_one_device(launch, tmp_p
     launch([str(tmp_path / "writer.py"), str(run_dir), str(tmp_path / "params.npz"), *SMALL_MODEL], timeout_s=180)
     _export_on_one_device(run_dir, tmp_path / "hf", step=5)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", torch_dtype=torch.float32).eval()
-    tokenizer = ck.load_policy_tokenizer(_config(run_dir).model)
+    tokenizer = load_policy_tokenizer(_config(run_dir).model)
     ids = np.asarray([tokenizer.encode("12+34=46")], np.int32)
     with torch.no_grad():
         expected = hf(torch.from_numpy(ids).long()).logits.numpy()

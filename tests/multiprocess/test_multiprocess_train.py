@@ -14,6 +14,7 @@ import pytest
 from flax import nnx
 
 from entropy_rl.parallel import MeshConfig, make_mesh
+from entropy_rl.policy import load_policy
 from entropy_rl.train import checkpoint as ck
 from entropy_rl.train.metrics import read_metrics
 
@@ -52,7 +53,7 @@ def _verified(run_dir: Path, process: int) -> int:
 
 def _params(run_dir: Path, step: int) -> list[np.ndarray]:
     one_device = make_mesh(MeshConfig(), devices=jax.devices()[:1])
-    policy, _ = ck.load_policy(run_dir, step=step, mesh=one_device)
+    policy, _ = load_policy(run_dir, step=step, mesh=one_device)
     return [np.asarray(x) for x in jax.tree.leaves(nnx.state(policy))]
 
 

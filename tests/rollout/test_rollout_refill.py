@@ -16,7 +16,7 @@ from entropy_rl.parallel import MeshConfig, make_mesh
 from entropy_rl.rollout import SamplingConfig, compile_counts, generate, sampler
 from entropy_rl.rollout.decoding import Program
 from entropy_rl.rollout.refill import kv_bytes_per_slot, slot_count
-from entropy_rl.train.config import RolloutConfig
+from entropy_rl.config import RolloutConfig
 
 VOCAB = 128
 # 7 prompts x 4 samples, and 28 prompts x 1: 28 rows either way, so both share the decode programs.

@@ -10,7 +10,7 @@ from flax import nnx
 
 from entropy_rl import cli as top_cli
 from entropy_rl.model import load_hf
-from entropy_rl.train.checkpoint import load_policy
+from entropy_rl.policy import load_policy
 from entropy_rl.train.config import load_config
 from entropy_rl.train.loop import train
 from tests.train.test_resume import TINY_RUN

@@ -11,8 +11,11 @@ import optax
 import pytest
 from flax import nnx
 
+from entropy_rl.checkpoints import CheckpointCorrupt
+from entropy_rl.failures import _drop_late_write_callbacks, quiet_library_noise
 from entropy_rl.model import save_hf
 from entropy_rl.parallel import MeshConfig, make_mesh, state_shardings
+from entropy_rl.policy import build_policy, load_policy
 from entropy_rl.train import checkpoint as ck
 from entropy_rl.train.config import TrainConfig, load_config
 from entropy_rl.train.config import replace as replace_config
@@ -28,7 +31,7 @@ def _config(run_dir, *extra) -> TrainConfig:
 @pytest.fixture(scope="module")
 def policy():
     """One small built-in policy for the whole module (model building is the slow part)."""
-    return ck.build_policy(_config("unused").model, seed=0)
+    return build_policy(_config("unused").model, seed=0)
 
 
 @jax.jit
@@ -146,12 +149,12 @@ def test_load_policy_rebuilds_the_model_from_the_run(tmp_path, policy):
     ids = jnp.asarray([tokenizer.encode("12+7=")], jnp.int32)
     expected = np.asarray(forward(nnx.merge(graphdef, params), ids))
     for path in (config.run_dir, f"{config.run_dir}/checkpoints", f"{config.run_dir}/checkpoints/3"):
-        loaded, loaded_tokenizer = ck.load_policy(path)
+        loaded, loaded_tokenizer = load_policy(path)
         assert loaded_tokenizer.vocab_size == tokenizer.vocab_size
         _assert_bitwise_equal(nnx.state(loaded), params)
     np.testing.assert_array_equal(np.asarray(forward(loaded, ids)), expected)
     with pytest.raises(FileNotFoundError, match="not a run directory"):
-        ck.load_policy(tmp_path / "nowhere")
+        load_policy(tmp_path / "nowhere")
 
 
 def test_build_policy_from_an_hf_directory_and_with_a_mesh(tmp_path, policy):
@@ -165,12 +168,12 @@ def test_build_policy_from_an_hf_directory_and_with_a_mesh(tmp_path, policy):
                                       "model.remat_policy=dots_saveable", "model.attention_implementation=blockwise",
                                       "model.scan_layers=true"]).model
     mesh = make_mesh(MeshConfig(fsdp=8))
-    loaded, _ = ck.build_policy(hf_model, seed=1, mesh=mesh)
+    loaded, _ = build_policy(hf_model, seed=1, mesh=mesh)
     # every non-architecture field of the model section reaches a checkpoint's config
     assert {k: getattr(loaded.config, k) for k in hf_model.runtime_options()} == hf_model.runtime_options()
     assert loaded.config.attention_implementation == "blockwise" and loaded.config.remat_policy == "dots_saveable"
     _assert_bitwise_equal(nnx.state(loaded), nnx.state(model))
-    sharded, _ = ck.build_policy(config.model, seed=0, mesh=mesh)  # same seed: same weights, distributed
+    sharded, _ = build_policy(config.model, seed=0, mesh=mesh)  # same seed: same weights, distributed
     _assert_bitwise_equal(nnx.state(sharded), nnx.state(model))
     assert all(len(a.sharding.device_set) == 8 for a in jax.tree.leaves(nnx.state(sharded)))
 
@@ -269,12 +272,12 @@ def test_readers_skip_a_damaged_latest_step_and_name_a_damaged_requested_one(tmp
     config = _config(tmp_path / "run")
     _two_steps(tmp_path / "run", policy, config)
     _truncate_arrays(tmp_path / "run" / "checkpoints" / "2")
-    loaded, _ = ck.load_policy(config.run_dir)
+    loaded, _ = load_policy(config.run_dir)
     _assert_bitwise_equal(nnx.state(loaded), _run_state(policy, seed=0)[0])
     assert "checkpoint 2 in" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["1", "2"]  # nothing moved
-    with pytest.raises(ck.CheckpointCorrupt, match=r"checkpoint 2 in .* is damaged: .*Other steps on disk: \[1\]"):
-        ck.load_policy(config.run_dir, step=2)
+    with pytest.raises(CheckpointCorrupt, match=r"checkpoint 2 in .* is damaged: .*Other steps on disk: \[1\]"):
+        load_policy(config.run_dir, step=2)
 
 
 def test_an_array_mismatch_is_not_reported_as_damage(tmp_path, policy):
@@ -284,7 +287,7 @@ def test_an_array_mismatch_is_not_reported_as_damage(tmp_path, policy):
     with ck.Checkpointer(tmp_path) as loader, pytest.raises(ValueError) as info:
         loader.resume(params=wider, train_state=train_state, config=replace_config(other, resume_allow_changes=True))
     assert "model.hidden_size: 32 -> 64" in str(info.value) and "saved (" in str(info.value)
-    assert not isinstance(info.value, ck.CheckpointCorrupt)
+    assert not isinstance(info.value, CheckpointCorrupt)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
 
 
@@ -327,6 +330,8 @@ def test_a_failed_save_is_one_error_naming_step_path_and_cause(tmp_path, policy,
     import resource
     import signal
 
+    quiet_library_noise()  # as `entropy-rl` does at start: Orbax's own tracebacks of the failure dropped
+
     config, params, train_state = _two_steps(tmp_path, policy)
     before = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "checkpoints").rglob("*") if p.is_file()}
     limits = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -368,7 +373,7 @@ def test_late_write_callbacks_of_a_failed_save_are_not_printed():
         late = error
     other = RuntimeError("Event loop is closed")  # same text, not from a late callback
     seen = []
-    hook = ck._drop_late_write_callbacks(seen.append)
+    hook = _drop_late_write_callbacks(seen.append)
     for error in (late, other, ValueError("x")):
         hook(types.SimpleNamespace(exc_value=error))
     assert [unraisable.exc_value for unraisable in seen] == [other, seen[1].exc_value]

@@ -13,6 +13,7 @@ from flax import nnx
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from entropy_rl import cli as top_cli
+from entropy_rl.policy import build_policy
 from entropy_rl.train import checkpoint as ck
 from entropy_rl.train import export
 from entropy_rl.train.config import load_config
@@ -34,7 +35,7 @@ def _hf_tokenizer_dir(path) -> str:
 
 def _saved_run(tmp_path, *overrides):
     config = load_config(overrides=[f"run_dir={tmp_path / 'run'}", *SMALL_MODEL, *overrides])
-    policy, tokenizer = ck.build_policy(config.model, seed=1)
+    policy, tokenizer = build_policy(config.model, seed=1)
     _, params = nnx.split(policy)
     with ck.Checkpointer(config.run_dir, async_save=False) as saver:
         for step in (2, 4):

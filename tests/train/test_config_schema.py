@@ -6,10 +6,11 @@ import dataclasses
 import pydantic
 import pytest
 
+from entropy_rl import config as shared
+from entropy_rl import configuration
 from entropy_rl.losses import PolicyLossConfig
 from entropy_rl.model import QwenConfig
 from entropy_rl.rollout import SamplingConfig
-from entropy_rl.train import config as cfg
 from entropy_rl.train.config import ConfigError, load_config
 
 
@@ -20,10 +21,10 @@ def _error(*overrides, **kwargs) -> str:
 
 
 def test_model_and_rollout_sections_are_the_owner_classes_fields():
-    model_fields, rollout_fields = set(cfg.ModelConfig.model_fields), set(cfg.RolloutConfig.model_fields)
+    model_fields, rollout_fields = set(shared.ModelConfig.model_fields), set(shared.RolloutConfig.model_fields)
     assert {f.name for f in dataclasses.fields(QwenConfig)} <= model_fields
-    assert {f.name for f in dataclasses.fields(SamplingConfig)} - set(cfg.ENGINE_FIELDS) == rollout_fields
-    assert set(cfg.ARCHITECTURE_FIELDS) <= model_fields
+    assert {f.name for f in dataclasses.fields(SamplingConfig)} - set(shared.ENGINE_FIELDS) == rollout_fields
+    assert set(shared.ARCHITECTURE_FIELDS) <= model_fields
 
 
 def test_a_field_added_to_an_owner_dataclass_appears_in_its_section():
@@ -33,7 +34,7 @@ def test_a_field_added_to_an_owner_dataclass_appears_in_its_section():
         slots: int = 4
         scheduler: str = "static"
 
-    Section = pydantic.create_model("OwnerFields", __base__=cfg.Section, **cfg.derived_fields(Owner, {"n": 8}))
+    Section = pydantic.create_model("OwnerFields", __base__=configuration.Section, **configuration.derived_fields(Owner, {"n": 8}))
     assert Section().model_dump() == {"n": 8, "slots": 4, "scheduler": "static"}
     assert Section.model_validate({"slots": "16"}).slots == 16
     with pytest.raises(pydantic.ValidationError):

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from entropy_rl import jsonl
+from entropy_rl import checkpoints, jsonl
+from entropy_rl.policy import load_policy
 from entropy_rl.train import checkpoint as ck
 from entropy_rl.train.config import load_config
 from entropy_rl.train.config import replace as replace_config
@@ -39,9 +40,9 @@ def test_flipped_bytes_are_a_damaged_checkpoint_for_training_and_readers(tmp_pat
     # the flipped bytes decode to other values (the checksum catches them) or, when they land in a
     # chunk's encoding (Orbax's file layout varies from save to save), fail to decode: damaged either way
     with ck.Checkpointer(tmp_path, read_only=True) as reader, \
-            pytest.raises(ck.CheckpointCorrupt, match="checksum|damaged"):
+            pytest.raises(checkpoints.CheckpointCorrupt, match="checksum|damaged"):
         reader.restore_params(params, step=2)
-    ck.load_policy(tmp_path)  # a reader skips it, naming it
+    load_policy(tmp_path)  # a reader skips it, naming it
     assert "checkpoint 2 in" in capsys.readouterr().err
     messages = []
     with ck.Checkpointer(tmp_path, max_to_keep=5) as loader:
@@ -55,13 +56,13 @@ def test_checksums_are_the_same_from_the_host_and_from_shards_on_a_mesh():
     values = np.random.default_rng(0).standard_normal((16, 12)).astype(np.float32)
     sharded = jax.device_put(values, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp")))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    lanes, finite = ck._device_digest_program(replicated)(sharded)
-    assert ck._digest(values) == (f"{int(lanes[0]):08x}{int(lanes[1]):08x}", bool(finite))
+    lanes, finite = checkpoints._device_digest_program(replicated)(sharded)
+    assert checkpoints._digest(values) == (f"{int(lanes[0]):08x}{int(lanes[1]):08x}", bool(finite))
     changed = values.copy()
     changed.view(np.uint32)[3, 4] ^= 1  # one bit
-    assert ck._digest(changed)[0] != ck._digest(values)[0]
+    assert checkpoints._digest(changed)[0] != checkpoints._digest(values)[0]
     bf16 = jnp.asarray(values, jnp.bfloat16)
-    assert ck._digest(bf16)[0] != ck._digest(values)[0] and ck._digest(np.asarray(bf16))[0] == ck._digest(bf16)[0]
+    assert checkpoints._digest(bf16)[0] != checkpoints._digest(values)[0] and checkpoints._digest(np.asarray(bf16))[0] == checkpoints._digest(bf16)[0]
 
 
 def test_total_steps_below_the_latest_checkpoint_is_refused_with_its_step(tmp_path, policy):  # noqa: F811
@@ -228,7 +229,7 @@ def test_a_failing_tensorboard_writer_thread_stops_the_run_with_one_line_not_a_h
 
     from tensorboardX.event_file_writer import EventsWriter
 
-    from entropy_rl.train.config import LoggingConfig
+    from entropy_rl.config import LoggingConfig
     from entropy_rl.train.metrics import LogWriteError, MetricsLogger
 
     logger = MetricsLogger(tmp_path, LoggingConfig(tensorboard=True, progress_bar=False), total_steps=100)
@@ -261,15 +262,15 @@ def test_a_missing_step_is_named_with_the_steps_there_are_and_inf_is_refused_lik
 
     _two_steps(tmp_path / "run", policy, _config(tmp_path / "run"))
     with pytest.raises(FileNotFoundError, match=r"no checkpoint 5 in .*checkpoints \(have: \[1, 2\]\)"):
-        ck.load_policy(tmp_path / "run", step=5)
+        load_policy(tmp_path / "run", step=5)
     for value in ("nan", "inf", "-inf"):
         with pytest.raises(ConfigError, match="optimizer.learning_rate: Input should be a finite number"):
             load_config(overrides=[f"optimizer.learning_rate={value}"])
 
 
 def test_garbage_lines_in_metrics_and_samples_and_a_garbage_summary_are_set_aside_not_fatal(tmp_path):
+    from entropy_rl.config import LoggingConfig
     from entropy_rl.train import summary
-    from entropy_rl.train.config import LoggingConfig
     from entropy_rl.train.metrics import MetricsLogger, read_metrics
     from entropy_rl.train.samples import SamplesWriter
 

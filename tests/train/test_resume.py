@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from entropy_rl.policy import load_policy
 from entropy_rl.train import checkpoint as ck
 from entropy_rl.train.config import load_config, save_config
 from entropy_rl.train.metrics import read_metrics
@@ -66,7 +67,7 @@ def _kill_after_first_checkpoint(process: subprocess.Popen, run_dir: Path) -> No
 
 
 def _params(run_dir: Path, step: int) -> list[np.ndarray]:
-    policy, _ = ck.load_policy(run_dir, step=step)
+    policy, _ = load_policy(run_dir, step=step)
     return [np.asarray(x) for x in jax.tree.leaves(nnx.state(policy))]
 
 

@@ -11,7 +11,8 @@ import pytest
 from tensorboardX.proto import event_pb2
 
 from entropy_rl.train import metrics as mt
-from entropy_rl.train.config import LoggingConfig, TrainConfig, load_config
+from entropy_rl.config import LoggingConfig
+from entropy_rl.train.config import TrainConfig, load_config
 
 QUIET = LoggingConfig(tensorboard=False, progress_bar=False)
 

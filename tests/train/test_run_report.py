@@ -14,7 +14,7 @@ def test_method_label_names_the_method_of_a_config_file():
 def test_run_time_counts_the_earlier_processes_across_a_resume(tmp_path):
     """Each metrics row holds the run's seconds so far; a resumed logger starts from the last
     row it keeps (the rows after the resumed step are dropped) and adds its own clock."""
-    from entropy_rl.train.config import LoggingConfig
+    from entropy_rl.config import LoggingConfig
     from entropy_rl.train.metrics import MetricsLogger, read_metrics
 
     quiet = LoggingConfig(tensorboard=False, progress_bar=False)

@@ -16,12 +16,13 @@ import pathlib
 import numpy as np
 import pytest
 
+from entropy_rl.config import ModelConfig
 from entropy_rl.data import Problem, PromptIterator, deduplicate, load_problems
+from entropy_rl.policy import build_policy, load_policy_tokenizer
 from entropy_rl.rewards import RewardResult, register_verifier
 from entropy_rl.rollout.batching import geometric_bucket
 from entropy_rl.train import data_setup, experience, loop, step_checks
-from entropy_rl.train.checkpoint import build_policy, load_policy_tokenizer
-from entropy_rl.train.config import ConfigError, ModelConfig, TrainConfig, config_from_dict, replace
+from entropy_rl.train.config import ConfigError, TrainConfig, config_from_dict, replace
 from entropy_rl.train.metrics import read_metrics
 from entropy_rl.train.progress import PlainProgress
 from entropy_rl.train.samples import SAMPLES_FILE
@@ -226,7 +227,7 @@ def test_groups_of_different_prompt_buckets_concatenate_left_padded():
 
 
 def test_a_fresh_start_rewrites_the_log_so_step_zero_is_logged_once(tmp_path):
-    from entropy_rl.train.config import LoggingConfig
+    from entropy_rl.config import LoggingConfig
     from entropy_rl.train.metrics import MetricsLogger
 
     quiet = LoggingConfig(tensorboard=False, progress_bar=False)
