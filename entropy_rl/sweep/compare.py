@@ -129,17 +129,20 @@ def check_same_task(runs: Sequence[Run]) -> None:
             raise CompareError(f"runs {first.path} and {run.path} are of different tasks ({differences})")
 
 
-def group_methods(runs: Sequence[Run]) -> dict[str, list[Run]]:
+def group_methods(runs: Sequence[Run], per_seed_keys: Sequence[str] = ()) -> dict[str, list[Run]]:
     """{method label: runs in seed order}. Runs without a label are grouped by their configs
-    minus BOOKKEEPING_KEYS, labelled by the first one's directory name without `-seed<N>`."""
+    minus BOOKKEEPING_KEYS and `per_seed_keys` (keys whose values follow the seed, e.g.
+    model.hf_path of a per-seed warm start), labelled by the first one's directory name
+    without `-seed<N>` / `-s<N>`."""
+    ignored = (*BOOKKEEPING_KEYS, *per_seed_keys)
     groups: dict[str, list[Run]] = {}
     by_config: dict[str, str] = {}
     for run in runs:
         if not run.method:
-            key = json.dumps({k: v for k, v in run.config.items() if not _is_key(k, BOOKKEEPING_KEYS)},
+            key = json.dumps({k: v for k, v in run.config.items() if not _is_key(k, ignored)},
                              sort_keys=True, default=str)
             if key not in by_config:
-                label = re.sub(r"[-_]?seed\d+$", "", run.path.name) or run.path.name
+                label = re.sub(r"[-_]?(seed|s)\d+$", "", run.path.name) or run.path.name
                 by_config[key] = label if label not in groups else f"{label} ({len(groups) + 1})"
             run.method = by_config[key]
         groups.setdefault(run.method, []).append(run)
@@ -334,8 +337,10 @@ def write_html(groups: Mapping[str, Sequence[Run]], report: str, out: Path) -> P
 
 
 def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None, *, collapse_fraction: float = 0.5,
-            html_page: bool = False, warn=lambda line: print(line, file=sys.stderr)) -> dict[str, Any]:
-    """Write the report of the runs in `paths` (module docstring); returns what compare.json holds."""
+            html_page: bool = False, per_seed_keys: Sequence[str] = (),
+            warn=lambda line: print(line, file=sys.stderr)) -> dict[str, Any]:
+    """Write the report of the runs in `paths` (module docstring; `group_methods` for
+    per_seed_keys); returns what compare.json holds."""
     run_dirs, labels = find_runs(paths)
     runs, excluded = [], []
     for path in run_dirs:
@@ -348,7 +353,7 @@ def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None, *, c
     if not runs:
         raise CompareError(f"no finished runs among {', '.join(map(str, run_dirs))}")
     check_same_task(runs)
-    groups = group_methods(runs)
+    groups = group_methods(runs, per_seed_keys)
     values = {m: [run_values(r, collapse_fraction) for r in rs] for m, rs in groups.items()}
     intervals = method_intervals(values)
     tests = paired_gain_tests(groups, values)
@@ -384,11 +389,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("-o", "--output", help="the report's folder (default: SWEEP_DIR/compare or compare/ beside the runs)")
     parser.add_argument("--collapse-fraction", type=float, default=0.5,
                         help="collapse: mean entropy below this fraction of the first step's (default 0.5)")
+    parser.add_argument("--per-seed", action="append", default=[], metavar="KEY",
+                        help="a config key whose value follows the seed and does not make another method (e.g. "
+                        "model.hf_path of a per-seed warm start); repeatable")
     parser.add_argument("--html", action="store_true",
                         help="also write report.html: the report on the runs' inspect page (token browser included)")
     args = parser.parse_args(argv)
     try:
-        result = compare(args.runs, args.output, collapse_fraction=args.collapse_fraction, html_page=args.html)
+        result = compare(args.runs, args.output, collapse_fraction=args.collapse_fraction, html_page=args.html,
+                         per_seed_keys=args.per_seed)
     except CompareError as e:
         print(f"entropy-rl compare: {e}", file=sys.stderr)
         return 2

@@ -107,6 +107,22 @@ def test_entropy_percentile_figure_has_one_panel_per_percentile(runs):
     assert len(made["entropy"].axes[0].lines) == 2 and len(made["entropy"].axes[0].collections) == 2
 
 
+def test_keys_that_follow_the_seed_do_not_split_a_method(tmp_path):
+    """Runs of one method from per-seed warm starts (model.hf_path differs with the seed) are
+    two methods by their configs, one with --per-seed model.hf_path; `-s<N>` is a seed suffix."""
+    rng = np.random.default_rng(2)
+    for seed in (0, 1):
+        write_run(tmp_path / f"grpo-s{seed}", "ppo_clip", seed, rng)
+        config = yaml.safe_load((tmp_path / f"grpo-s{seed}" / "config.yaml").read_text())
+        config["model"] = {"hf_path": f"/warm/s{seed}/hf"}
+        (tmp_path / f"grpo-s{seed}" / "config.yaml").write_text(yaml.safe_dump(config))
+    runs = [compare.load_run(p) for p in sorted(tmp_path.iterdir())]
+    assert list(compare.group_methods(runs)) == ["grpo", "grpo (2)"]
+    runs = [compare.load_run(p) for p in sorted(tmp_path.iterdir())]
+    grouped = compare.group_methods(runs, per_seed_keys=["model.hf_path"])
+    assert list(grouped) == ["grpo"] and [r.seed for r in grouped["grpo"]] == [0, 1]
+
+
 def _refused(argv, capsys) -> str:
     assert compare.main(argv) == 2
     err = capsys.readouterr().err.strip()
