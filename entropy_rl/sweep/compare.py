@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import html
 import itertools
 import json
@@ -41,7 +42,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import yaml
 
-from entropy_rl.configuration import flatten
+from entropy_rl.configuration import config_to_dict, flatten
 from entropy_rl.eval.plot import _grid_columns, _series, read_metrics  # also selects the Agg backend
 from entropy_rl.losses import get_policy_loss
 from entropy_rl.sweep import mechanism, stats
@@ -104,12 +105,22 @@ def find_runs(paths: Sequence[str | Path]) -> tuple[list[Path], dict[Path, str]]
     return paths, {}
 
 
+@functools.cache
+def _default_config() -> dict[str, Any]:
+    """The flat default config: the values of keys a run's config.yaml predates."""
+    from entropy_rl.train.config import load_config
+
+    return flatten(config_to_dict(load_config(None)))
+
+
 def load_run(path: Path, method: str = "") -> Run | None:
-    """The finished run in `path`, or None when it has not finished."""
+    """The finished run in `path`, or None when it has not finished. Its flat config holds
+    the defaults of keys added after it was written (a run older than `stall_timeout_s`
+    groups with a newer one that leaves it at its default)."""
     summary = finished_summary(path)
     if summary is None:
         return None
-    config = flatten(yaml.safe_load((path / "config.yaml").read_text()))
+    config = _default_config() | flatten(yaml.safe_load((path / "config.yaml").read_text()))
     return Run(path, method, int(config.get("seed", 0)), config, summary, read_metrics(path))
 
 

@@ -121,6 +121,11 @@ def test_keys_that_follow_the_seed_do_not_split_a_method(tmp_path):
     runs = [compare.load_run(p) for p in sorted(tmp_path.iterdir())]
     grouped = compare.group_methods(runs, per_seed_keys=["model.hf_path"])
     assert list(grouped) == ["grpo"] and [r.seed for r in grouped["grpo"]] == [0, 1]
+    # a key the older run's config predates counts as its default, not as another method
+    config = yaml.safe_load((tmp_path / "grpo-s1" / "config.yaml").read_text())
+    (tmp_path / "grpo-s1" / "config.yaml").write_text(yaml.safe_dump(config | {"stall_timeout_s": 900}))
+    runs = [compare.load_run(p) for p in sorted(tmp_path.iterdir())]
+    assert list(compare.group_methods(runs, per_seed_keys=["model.hf_path"])) == ["grpo"]
 
 
 def _refused(argv, capsys) -> str:
