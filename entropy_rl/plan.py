@@ -81,8 +81,8 @@ def program_flops(program, *args) -> float | None:
     analysis counts a loop body once, whatever its trip count (the layers under scan_layers,
     the micro-batches, the vocabulary chunks). Loops whose bounds are known only at run time
     (blockwise attention's) still count once. None for a program with a Pallas kernel
-    (splash, Pallas GPU attention: plan with model.attention_implementation=dense to count
-    attention as full score matrices)."""
+    (splash, Pallas GPU attention), whose work the analysis cannot see: `plan` counts a twin
+    of the program with dense attention instead."""
     closed = program.trace(*args).jaxpr
     if any(eqn.primitive.name == "pallas_call" for sub in _jaxprs(closed.jaxpr) for eqn in sub.eqns):
         return None
@@ -314,8 +314,9 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
     micro-batches; the train step on one mini-batch; their packed versions for each of
     `response_medians` (`_packed_layouts`: responses of lognormal lengths with that median;
     with none given, 0.2 x rollout.max_new_tokens when algorithm.packing is on or auto). The
-    update programs' FLOPs come from `program_flops` on their twins with dense attention. `on_program` is called with each program's memory as soon as
-    it is compiled (a 36-layer plan takes about 25 minutes on a loaded 2-core machine).
+    update programs' FLOPs come from `program_flops` on their twins with dense attention.
+    `on_program` is called with each program's memory as soon as it is compiled (a 36-layer
+    plan takes about 25 minutes on a loaded 2-core machine).
     """
     from flax import nnx
 
