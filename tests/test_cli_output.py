@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from entropy_rl.failures import quiet_library_noise
 
 
@@ -24,6 +26,7 @@ def test_quiet_library_noise_drops_the_read_only_notice_only(monkeypatch, caplog
     assert os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] == "1"
 
 
+@pytest.mark.slow
 def test_importing_the_package_changes_nothing_process_wide():
     """Every module imported, in a fresh interpreter: the loggers, the unraisable hook and the
     environment are as before (only the entry points call `quiet_library_noise`)."""

@@ -31,6 +31,7 @@ def tpu_plan():
     return planning.plan(config, devices, target="v5p:2x2x1", hbm_bytes=hbm)
 
 
+@pytest.mark.slow
 def test_plan_for_a_tpu_topology(tpu_plan):
     p = tpu_plan
     assert (p.chips, p.mesh, p.hbm_bytes) == (4, {"data": 1, "fsdp": 4, "tensor": 1}, planning.TPU_HBM_BYTES["v5p"])
@@ -78,6 +79,7 @@ def test_plan_for_a_tpu_topology(tpu_plan):
     assert small.verdict == f"does not fit: {first} overflows first"
 
 
+@pytest.mark.slow
 def test_static_schedule_plans_prefill_growth_and_decode():
     """Without a slot limit all 32 rows decode at once: the static sampler's programs, the
     cache grown between its decode segments (rollout.decode_segments=4 of the 128 response
@@ -145,6 +147,7 @@ def test_large_copies_reads_hlo_shapes():
     assert planning.large_copies(hlo, 16) == 2
 
 
+@pytest.mark.slow
 def test_plan_command_line(capsys, monkeypatch, tpu_plan):
     monkeypatch.setattr(planning, "plan", lambda *args, **kwargs: tpu_plan)
     assert planning.main(["--topology", "v5p:2x2x1", "--json", *OVERRIDES]) == 0
@@ -234,6 +237,7 @@ def packed_plan():
                          update_only=True)
 
 
+@pytest.mark.slow
 def test_plan_compiles_the_packed_update_beside_the_padded_one(packed_plan):
     """The padded programs once, the packed ones per length model, all with their memory and
     FLOPs (counted on dense-attention twins: splash is a Pallas kernel)."""

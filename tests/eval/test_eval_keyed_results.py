@@ -38,6 +38,7 @@ def _responses(folder):
     return [row["responses"] for row in map(json.loads, (folder / "results.jsonl").read_text().splitlines())]
 
 
+@pytest.mark.slow
 def test_eval_of_the_latest_step_never_reuses_another_steps_results(tmp_path, monkeypatch, capsys):
     run = _run_with_two_steps(tmp_path)
     monkeypatch.chdir(tmp_path)

@@ -104,6 +104,7 @@ def test_missing_run_is_a_clear_error(tmp_path, capsys):
     assert "no metrics file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_plot_of_a_recorded_training_run(tmp_path):
     """The metrics.jsonl of a real 6-step STAPO run (tests/data/PROVENANCE.md)."""
     recorded = Path(__file__).parents[1] / "data" / "eval_metrics_stapo_tiny.jsonl"

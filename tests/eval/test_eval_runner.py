@@ -53,6 +53,7 @@ def rows_by_id(path):
     return {row["id"]: row for row in map(json.loads, path.read_text().splitlines())}
 
 
+@pytest.mark.slow
 def test_eval_cli_end_to_end_then_resume_after_interruption(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     out = tmp_path / "eval"
     args = ["--checkpoint", str(tiny_checkpoint), "--output", str(out), *EVAL_ARGS]

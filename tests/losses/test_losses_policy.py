@@ -142,6 +142,7 @@ def jit_logp_grad(name, config, batch):
 
 
 @pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.slow
 def test_matches_numpy_reference_every_mode(loss):
     mask = np.asarray(BATCH["mask"]) > 0
     for mode, (((value, metrics), _), _, flagged) in results(loss).items():
@@ -154,6 +155,7 @@ def test_matches_numpy_reference_every_mode(loss):
 
 
 @pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.slow
 def test_microbatches_accumulate_exactly_every_mode(loss):
     for mode, (whole, accumulated, _) in results(loss).items():
         ((value, metrics), grads), ((acc_value, acc_metrics), acc_grads) = whole, accumulated

@@ -46,6 +46,7 @@ def test_grouped_attention_matches_reference_with_masked_rows():
 
 
 @pytest.mark.parametrize("length", [1, 4])
+@pytest.mark.slow
 def test_cached_attention_equals_attention_over_cache_then_new_tokens(length):
     rng = np.random.default_rng(length)
     q, k, v, mask, k_cache, v_cache, cache_mask = random_case(rng, length=length)
@@ -120,6 +121,7 @@ def padded_case(rng, batch=3, length=21, heads=4, kv_heads=2, head_dim=8):
 
 
 @pytest.mark.parametrize("block", [4, 7, 16, 32])
+@pytest.mark.slow
 def test_blockwise_attention_matches_reference_and_dense_gradients(block):
     """Block sizes that divide T = 21 or not, one block covering it all, G = 2 query heads
     per kv head. Queries that see no key (row 0's left padding) get zeros and no gradient."""

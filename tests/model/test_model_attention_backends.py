@@ -208,6 +208,7 @@ def dense_model_results():
 
 
 @pytest.mark.parametrize("implementation", KERNELS)
+@pytest.mark.slow
 def test_model_logits_and_gradients_equal_dense(implementation, dense_model_results, runnable_cudnn):
     """The same random Qwen3 weights under each implementation: logits at real tokens and
     every parameter gradient of a loss over real tokens equal dense attention's."""
@@ -221,6 +222,7 @@ def test_model_logits_and_gradients_equal_dense(implementation, dense_model_resu
                                    atol=2e-5, err_msg=str(path))
 
 
+@pytest.mark.slow
 def test_sharded_splash_model_equals_one_device(dense_model_results):
     """fsdp=4 x tensor=2 on 8 simulated devices: the splash kernel under shard_map (rows over
     fsdp, the 2 kv heads over tensor) gives one device's (dense attention) logits and gradients."""

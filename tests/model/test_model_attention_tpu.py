@@ -2,6 +2,7 @@
 at 16k tokens, under shard_map on a 4-chip v5p mesh, with memory linear in T."""
 
 
+import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,6 +41,7 @@ def compiled_gradient(mesh: jax.sharding.Mesh, length: int):
         return jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, kv, kv, mask).compile()
 
 
+@pytest.mark.slow
 def test_splash_attention_compiles_for_tpu_with_memory_linear_in_length():
     mesh = tpu_mesh()
     temp = {}

@@ -16,6 +16,7 @@ def model():
 
 
 @pytest.mark.parametrize("prefill", ["cached call", "model.prefill"])
+@pytest.mark.slow
 def test_prefill_then_decode_steps_equal_full_forward(model, prefill):
     rng = np.random.default_rng(0)
     prompt_len, steps = 6, 5
@@ -47,6 +48,7 @@ def test_prefill_then_decode_steps_equal_full_forward(model, prefill):
     assert not np.asarray(cache.valid)[:, prompt_len + steps:].any()
 
 
+@pytest.mark.slow
 def test_prompt_prefilled_in_chunks_equals_one_prefill(model):
     rng = np.random.default_rng(1)
     ids = rng.integers(1, 256, (2, 9)).astype(np.int32)

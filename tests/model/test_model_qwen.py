@@ -31,6 +31,7 @@ def _loss_and_grads(config, input_ids, attention_mask):
     return jax.jit(jax.value_and_grad(loss))(state)
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_loss_and_gradients(batch):
     plain = _loss_and_grads(tiny_config(tie_word_embeddings=True), *batch)
     remat = _loss_and_grads(tiny_config(tie_word_embeddings=True, remat=True), *batch)
@@ -51,6 +52,7 @@ def _checkpoint_policies(config, input_ids, attention_mask) -> list:
 
 @pytest.mark.parametrize(("policy", "scan_layers"), [("dots_saveable", False),
                                                      ("dots_with_no_batch_dims_saveable", True)])
+@pytest.mark.slow
 def test_remat_policy_is_the_configured_one_and_keeps_gradients(batch, policy, scan_layers):
     config = tiny_config(tie_word_embeddings=True, remat=True, remat_policy=policy, scan_layers=scan_layers)
     assert set(_checkpoint_policies(config, *batch)) == {getattr(jax.checkpoint_policies, policy)}
@@ -66,6 +68,7 @@ def test_an_unknown_remat_policy_is_refused():
         tiny_config(remat_policy="save_everything")
 
 
+@pytest.mark.slow
 def test_blockwise_attention_gives_the_same_loss_and_gradients(batch):
     """7 tokens in blocks of 2 (padded to 8 inside), rematerialised, against dense attention,
     with left and right padding."""

@@ -39,6 +39,7 @@ def _verified(directory, process):
     return sum(int(line) for line in open(Path(directory) / f"verified.{process}"))
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_one_process_numbers(launch, tiny_policy, tmp_path):
     launch(_eval(tiny_policy, tmp_path / "single", tmp_path / "single_counts"), num_processes=1, devices=8)
     result = launch(_eval(tiny_policy, tmp_path / "hosts", tmp_path / "hosts_counts"))

@@ -91,6 +91,7 @@ def test_load_policy_without_a_mesh_restores_an_fsdp8_checkpoint_onto_one_device
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), restored, values)
 
 
+@pytest.mark.slow
 def test_checkpoint_written_by_two_processes_exports_on_one_device(launch, tmp_path):
     run_dir = tmp_path / "run"
     graphdef, values = random_params(_config(run_dir))

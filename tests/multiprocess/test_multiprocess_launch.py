@@ -66,6 +66,7 @@ def test_exit_code_is_the_worst(codes, timed_out, worst):
     assert LaunchResult(codes, [[], []], timed_out).returncode == worst
 
 
+@pytest.mark.slow
 def test_two_processes_form_one_runtime_and_sum_across_hosts(launch, tmp_path):
     """initialize_distributed on each process, 8 global devices, a psum over both hosts' rows."""
     script = tmp_path / "allsum.py"

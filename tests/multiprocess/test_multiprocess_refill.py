@@ -62,6 +62,7 @@ def checkpoint(tmp_path_factory):
     return save_tiny_policy(tmp_path_factory.mktemp("policy"), seed=3, vocab_size=VOCAB)
 
 
+@pytest.mark.slow
 def test_two_hosts_refill_their_rows_as_the_one_process_static_sampler(launch, checkpoint, tmp_path):
     import jax
 

@@ -44,6 +44,7 @@ def _verified(directory, process):
     return sum(int(line) for line in open(Path(directory) / f"verified.{process}"))
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_one_process_ranking(launch, tiny_policy, tmp_path):
     single, hosts = tmp_path / "single" / "ranking.jsonl", tmp_path / "hosts" / "ranking.jsonl"
     launch(_rank(tiny_policy, single, tmp_path / "single_counts"), num_processes=1)

@@ -2,6 +2,7 @@
 the train step's jaxpr, and on 8 simulated CPU devices they cut the step's collective bytes;
 the micro-batched no-grad forward equals the whole-batch one."""
 
+import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,6 +28,7 @@ def _batch(vocab):
                        old_logp=np.full((B, T), -1.0, np.float32))
 
 
+@pytest.mark.slow
 def test_train_step_traced_under_mesh_has_constraints_and_fewer_collective_bytes():
     mesh = make_mesh(MeshConfig(fsdp=8))
     config = tiny_config(num_hidden_layers=1, vocab_size=128, hidden_size=32, intermediate_size=64)
@@ -45,6 +47,7 @@ def test_train_step_traced_under_mesh_has_constraints_and_fewer_collective_bytes
     assert 0 < constrained < 0.5 * unconstrained
 
 
+@pytest.mark.slow
 def test_micro_batched_no_grad_logprobs_equal_whole_batch_forward():
     mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
     config = tiny_config(num_hidden_layers=1)

@@ -1,6 +1,7 @@
 """Layers under jax.lax.scan: the same values, gradients and prefill cache as the unrolled
 layers, and a traced program whose size does not grow with depth."""
 
+import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,6 +29,7 @@ def _loss_grads_and_prefill(config):
     return value, grads, prefill
 
 
+@pytest.mark.slow
 def test_scanned_layers_equal_unrolled_layers():
     # remat on: the scan body under jax.checkpoint, the unrolled layers under nnx.remat.
     config = tiny_config(num_hidden_layers=2, hidden_size=32, intermediate_size=64, remat=True)

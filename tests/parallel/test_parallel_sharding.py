@@ -61,6 +61,7 @@ def _shard_shapes(model):
 
 
 @pytest.mark.parametrize("fsdp,tensor", [(8, 1), (4, 2)])
+@pytest.mark.slow
 def test_sharded_forward_equals_single_device(checkpoint, fsdp, tensor):
     assert jax.device_count() == 8
     input_ids, attention_mask = _batch()

@@ -5,6 +5,7 @@ non-equivalent forms) and on the integer answers of the AIME/AMC layouts."""
 import json
 import pathlib
 
+import pytest
 import numpy as np
 
 from entropy_rl.rewards import (
@@ -22,6 +23,7 @@ DATA = pathlib.Path(__file__).parents[1] / "data"
 PAIRS = [json.loads(line) for line in (DATA / "verifier_pairs.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_real_pairs_with_text_around_the_answer():
     responses = [f"Let me think. Hence the answer is $\\boxed{{{row['answer']}}}$. Done." for row in PAIRS]
     result = math_rewards(responses, [row["gold"] for row in PAIRS], num_workers=2)

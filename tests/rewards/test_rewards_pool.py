@@ -178,6 +178,7 @@ print(json.dumps(report))
 """
 
 
+@pytest.mark.slow
 def test_pool_from_threads_in_a_fresh_process():
     repo = pathlib.Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", THREADS_SCRIPT], cwd=repo, capture_output=True, text=True, timeout=120)

@@ -57,6 +57,7 @@ def _greedy(model):
     return generate(model, PROMPTS, GREEDY, jax.random.key(0))
 
 
+@pytest.mark.slow
 def test_greedy_equals_stepwise_argmax_of_full_forward(model):
     rollout = _greedy(model)
     width = 16 + GREEDY.max_new_tokens
@@ -86,6 +87,7 @@ def test_greedy_equals_transformers_generate(model, checkpoint):
         np.testing.assert_array_equal(rollout.tokens[row], out[0, len(prompt) :].numpy())
 
 
+@pytest.mark.slow
 def test_logprobs_equal_a_forward_pass_over_prompt_and_response(model):
     config = SAMPLED
     rollout = generate(model, PROMPTS, config, jax.random.key(1))
@@ -102,6 +104,7 @@ def test_logprobs_equal_a_forward_pass_over_prompt_and_response(model):
     assert np.all(rollout.logprobs[rollout.mask == 1] < 0.0)
 
 
+@pytest.mark.slow
 def test_first_token_frequencies_match_softmax_of_logits_over_temperature(model):
     prompt, temperature, num = [5, 17, 99, 3], 1.5, 2000
     config = SamplingConfig(max_new_tokens=1, temperature=temperature, n=num, prompt_bucket=16, response_bucket=8)
@@ -136,6 +139,7 @@ def test_stop_tokens_end_sequences_and_mask_after_them(model):
     assert rollout.stopped[0] and rollout.lengths[0] <= 3
 
 
+@pytest.mark.slow
 def test_left_padding_does_not_change_outputs(model):
     narrow = generate(model, PROMPTS, SAMPLED, jax.random.key(3))
     padded = generate(model, PROMPTS, SamplingConfig(**{**SAMPLED.__dict__, "prompt_bucket": 32}), jax.random.key(3))
@@ -178,6 +182,7 @@ def test_one_compilation_per_bucket(model):
     assert after["decode"] - before["decode"] == 1
 
 
+@pytest.mark.slow
 def test_decode_segments_compile_once_each_and_equal_one_segment(model):
     """120 new tokens in 3 segments (caches of 64, 128 and 192 slots): one decode program
     each, two growths, and the rows of one 192-slot segment (log-probs to float32 rounding:
@@ -212,6 +217,7 @@ def test_progress_chunks_give_the_same_rollout_without_recompiling(model):
     np.testing.assert_array_equal(chunked.logprobs, plain.logprobs)
 
 
+@pytest.mark.slow
 def test_sharded_over_8_devices_equals_one_device(model, checkpoint):
     assert jax.device_count() == 8
     mesh = make_mesh(MeshConfig(data=2, fsdp=4))

@@ -62,6 +62,7 @@ def assert_same_rows(refill, static):
 
 
 @pytest.mark.parametrize("prompts, n", [(PROMPTS, 4), (MORE_PROMPTS, 1)], ids=["n4", "n1"])
+@pytest.mark.slow
 def test_refill_equals_static_for_every_row(model, prompts, n, monkeypatch):
     static = generate(model, prompts, dataclasses.replace(STATIC, n=n), jax.random.key(1))
     # Stops at different steps, and long rows: slots are freed and refilled many times.
@@ -75,6 +76,7 @@ def test_refill_equals_static_for_every_row(model, prompts, n, monkeypatch):
     assert_same_rows(refill, static)
 
 
+@pytest.mark.slow
 def test_refill_equals_static_over_several_attention_chunks(model):
     """Responses of up to 120 tokens in 192-slot caches: a step's attention reads 1 to 3
     chunks of 64 slots, up to the longest live row's (which differs between the slot batch
@@ -86,6 +88,7 @@ def test_refill_equals_static_over_several_attention_chunks(model):
     assert_same_rows(generate(model, PROMPTS, _refill(config, max_slots=6), jax.random.key(5)), static)
 
 
+@pytest.mark.slow
 def test_progress_chunks_give_the_same_rows_without_recompiling(model):
     """progress=True ends a decode call every 2 steps (rows are admitted at other steps than
     without it): the same rows, and no new program."""
@@ -113,6 +116,7 @@ def test_compile_counts_bounded_over_varied_prompt_and_response_lengths(model):
     assert compiled["prefill"] == compiled["decode"] == 0  # the static path did not run
 
 
+@pytest.mark.slow
 def test_refill_over_8_devices_equals_static_on_them(model, checkpoint):
     """On a data=2 x fsdp=4 mesh refill equals static on the same mesh bitwise; against one
     device the log-probs agree to float32 rounding (the sampling view splits the MLP over
@@ -156,6 +160,7 @@ def test_slot_count_respects_the_kv_cache_budget(model):
 
 
 @pytest.mark.parametrize("slots", [2, 3])
+@pytest.mark.slow
 def test_the_fewest_slots_and_lone_prompt_admissions_give_the_static_bits(model, slots):
     """Two slots (the fewest) and three (admissions of a single prompt, n = 1): prefill and
     decode batches are padded to two rows at least (`MIN_ROWS_PER_SHARD`), whose bits a

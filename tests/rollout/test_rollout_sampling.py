@@ -85,6 +85,7 @@ def test_sampled_frequencies_match_the_sampling_distribution(temperature, top_k,
     np.testing.assert_allclose(np.asarray(logprobs), np.log(expected[np.asarray(tokens)]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_rows_with_their_own_keys_do_not_depend_on_other_rows():
     z = jax.random.normal(jax.random.key(0), (4, 50))
     keys = jax.random.split(jax.random.key(3), 4)

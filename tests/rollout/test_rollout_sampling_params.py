@@ -83,6 +83,7 @@ def sampled(model, mesh):
     return generate(model, PROMPTS, SAMPLED, jax.random.key(3), mesh=mesh), before
 
 
+@pytest.mark.slow
 def test_rollout_logprobs_equal_a_recomputation_with_the_view(model, mesh, sampled):
     rollout, _ = sampled
     graphdef, params = nnx.split(model)
@@ -119,6 +120,7 @@ def _largest_all_gather(hlo_text: str) -> int:
                 for result in results for dims in re.findall(r"\w+\[([\d,]*)\]", result)), default=0)
 
 
+@pytest.mark.slow
 def test_decode_step_moves_activations_not_weights(model, mesh):
     """The decode program (one while loop) compiled for the training parameters and for the
     view: the view's gathers only activations (smaller than any weight), and its collective

@@ -44,6 +44,7 @@ def read_rows(path):
     return [json.loads(line) for line in open(path)]
 
 
+@pytest.mark.slow
 def test_rank_run_killed_and_resumed_matches_uninterrupted_run(tiny_policy, tmp_path, monkeypatch):
     full = tmp_path / "full" / "ranking.jsonl"
     assert ranking.main(rank_args(tiny_policy, full)) == 0
@@ -142,6 +143,7 @@ def test_rank_problems_scores_scripted_samples_by_hand(tmp_path, monkeypatch):
     assert rows[0]["semantic_entropy"] == pytest.approx(float(-(p * np.log(p)).sum()))
 
 
+@pytest.mark.slow
 def test_two_hosts_rank_whole_batches_round_robin_and_host_zero_merges(tiny_policy, tmp_path, monkeypatch):
     """Two hosts simulated one after the other: host 1 ranks batches 1 and 3 into its part,
     host 0 batches 0 and 2, then merges: the one-host file, row for row (tests/multiprocess

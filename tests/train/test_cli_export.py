@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 
+import pytest
 import jax.numpy as jnp
 import numpy as np
 import torch
@@ -101,6 +102,7 @@ def _always_says(hf: transformers.PreTrainedModel, token_id: int) -> None:
         hf.lm_head.weight[token_id] = 1.0
 
 
+@pytest.mark.slow
 def test_export_is_ready_to_serve(tmp_path):
     config, _, tokenizer = _saved_run(tmp_path, f"model.tokenizer={QWEN3_TOKENIZER}", "model.tie_word_embeddings=false")
     out = tmp_path / "hf"

@@ -84,6 +84,7 @@ def finished_run(tmp_path_factory):
     return config, summary, first.getvalue(), second.getvalue(), resumed
 
 
+@pytest.mark.slow
 def test_each_batch_is_padded_to_its_own_bucket(finished_run):
     config, _, printed, _, _ = finished_run
     assert "1 repeated problems removed" in printed
@@ -123,6 +124,7 @@ def test_samples_carry_the_fields_and_stapo_flags_match_the_loss(finished_run):
     assert flagged_total > 0  # the comparison is not vacuous
 
 
+@pytest.mark.slow
 def test_step_zero_eval_summary_files_and_resume_line(finished_run):
     config, summary, printed, resumed, resumed_summary = finished_run
     rows = read_metrics(config.run_dir)

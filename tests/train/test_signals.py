@@ -72,6 +72,7 @@ def _train(run_dir: Path, *overrides: str) -> subprocess.Popen:
                             text=True)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_current_step_and_resume_refuses_a_changed_config(tmp_path):
     run_dir = tmp_path / "run"
     process = _train(run_dir)

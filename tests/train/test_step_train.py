@@ -56,6 +56,7 @@ def _assert_params_close(a, b, atol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
 
 
+@pytest.mark.slow
 def test_response_logprobs_match_full_logits():
     mesh = _one_device_mesh()
     model = _model(mesh)
@@ -75,6 +76,7 @@ def test_response_logprobs_match_full_logits():
     np.testing.assert_allclose(np.asarray(entropy)[valid], want_entropy[valid], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device_step():
     config = StepConfig("stapo", losses.PolicyLossConfig(clip_high=0.28, stapo_prob_threshold=0.05),
                         temperature=1.0)
@@ -87,6 +89,7 @@ def test_sharded_step_equals_single_device_step():
         np.testing.assert_allclose(single_metrics[key], sharded_metrics[key], atol=1e-5, err_msg=key)
 
 
+@pytest.mark.slow
 def test_sharded_blockwise_attention_step_equals_dense_step():
     """Prompt + response = 11 tokens in blocks of 4, rematerialised, on data=2 x fsdp=2 x
     tensor=2, against the dense-attention step on one device."""
@@ -103,6 +106,7 @@ def test_sharded_blockwise_attention_step_equals_dense_step():
 
 
 @pytest.mark.parametrize("agg_mode", losses.AGG_MODES)
+@pytest.mark.slow
 def test_micro_batches_equal_whole_batch(agg_mode):
     mesh = _one_device_mesh()
     loss_config = losses.PolicyLossConfig(loss_agg_mode=agg_mode, stapo_prob_threshold=0.05, ref_kl_coef=0.01,
@@ -115,6 +119,7 @@ def test_micro_batches_equal_whole_batch(agg_mode):
         np.testing.assert_allclose(whole_metrics[key], micro_metrics[key], atol=1e-6, err_msg=key)
 
 
+@pytest.mark.slow
 def test_non_finite_updates_are_skipped_and_counted_until_a_finite_one():
     mesh = _one_device_mesh()
     finite = _batch(2)
@@ -140,6 +145,7 @@ def test_non_finite_updates_are_skipped_and_counted_until_a_finite_one():
         create_train_state(_model(mesh), optax.adamw(1e-2), mesh)
 
 
+@pytest.mark.slow
 def test_bfloat16_first_moment_halves_it_and_follows_the_float32_update():
     """optimizer.mu_dtype=bfloat16: Adam's first moment is stored in bfloat16, the second
     moment and the master weights stay float32, and the update matches float32 moments to

@@ -1,5 +1,6 @@
 """The supervised warm start: teacher-forcing arrays, determinism, and accuracy above chance."""
 
+import pytest
 import jax
 import numpy as np
 from flax import nnx
@@ -36,6 +37,7 @@ def test_target_batch_layout():
         assert batch.mask[i, 0] == 1  # right-padded
 
 
+@pytest.mark.slow
 def test_warm_start_learns_the_task_and_is_deterministic():
     problems = synthetic_problems(400, seed=0, levels=("add1",))
     heldout = synthetic_problems(64, seed=0, levels=("add1",), split="test")
