@@ -124,11 +124,14 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return read_rows(os.path.join(run_dir, METRICS_FILE), bad_lines="skip")
 
 
-def _drop_rows_after(path: str, step: int) -> None:
+def _drop_rows_after(path: str, step: int) -> list[dict[str, Any]]:
     """Keep only the rows of a metrics.jsonl with row["step"] <= step, rewritten atomically
-    (a kill during the rewrite leaves the old file whole)."""
-    if os.path.exists(path):
-        rewrite_rows(path, [row for row in read_rows(path, bad_lines="set_aside") if row.get("step", -1) <= step])
+    (a kill during the rewrite leaves the old file whole); returns the rows kept."""
+    if not os.path.exists(path):
+        return []
+    kept = [row for row in read_rows(path, bad_lines="set_aside") if row.get("step", -1) <= step]
+    rewrite_rows(path, kept)
+    return kept
 
 
 class MetricsLogger:
@@ -157,8 +160,8 @@ class MetricsLogger:
         if config is not None:
             save_config(config, os.path.join(self.run_dir, CONFIG_FILE))
         path = os.path.join(self.run_dir, METRICS_FILE)
-        _drop_rows_after(path, start_step if start_step else -1)  # a fresh start (step 0) rewrites the log
-        self.earlier_s = max((row.get("time/run_s", 0.0) for row in read_metrics(self.run_dir)), default=0.0)
+        kept = _drop_rows_after(path, start_step if start_step else -1)  # a fresh start (step 0) rewrites the log
+        self.earlier_s = max((row.get("time/run_s", 0.0) for row in kept), default=0.0)
         self._jsonl = open(path, "a")
         if logging.tensorboard:
             self._tensorboard = _TensorBoard(_open_tensorboard(self.run_dir, start_step, config))
