@@ -10,6 +10,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from entropy_rl.parallel.peers import watch_peers
+
 MESH_AXES = ("data", "fsdp", "tensor")
 _LAUNCHER_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
@@ -111,10 +113,13 @@ def initialize_distributed() -> bool:
     """Starts jax's distributed runtime when this process is one of several (see
     `distributed_arguments`); does nothing on one process or when it is already started.
 
-    Call it before any other jax call. Returns True when it started the runtime.
+    Call it before any other jax call. Returns True when it started the runtime; then every
+    process also watches the others' signs of life, so a dead one is named in one line by
+    the survivors (`parallel/peers.py`).
     """
     arguments = distributed_arguments()
     if arguments is None or jax.distributed.is_initialized():
         return False
     jax.distributed.initialize(**arguments)
+    watch_peers()
     return True
