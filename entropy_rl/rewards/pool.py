@@ -154,12 +154,8 @@ class VerifierPool:
     worker's address space (a check that needs more fails as one error). Use as a context
     manager or call `close()`; open pools are closed at exit.
 
-    Thread-safe: calls from several threads share the workers. A call holds a worker while one
-    of its items runs; calls waiting for workers get them one at a time in turn, so up to
-    `num_workers` items of concurrent calls run at once and a small call waits for at most
-    one item of each other call (each bounded by its `timeout_s + grace_s`), never for a
-    large call's whole batch. The workers belong to the process, not to the thread that
-    started them (`_Spawner`).
+    One call at a time holds every worker; calls from other threads wait for it to end. The
+    workers belong to the process, not to the thread that started them (`_Spawner`).
     """
 
     def __init__(
@@ -176,18 +172,15 @@ class VerifierPool:
         self.memory_limit_mb = memory_limit_mb
         self.warm_up = warm_up
         self.preload = tuple(preload)
-        self._workers: list[_Worker] = []  # every live worker, idle or held by a call
-        self._idle: list[_Worker] = []  # the ones no call holds (ready or still starting)
-        self._waiting: collections.deque[_Call] = collections.deque()  # calls waiting for a worker, in turn
+        self._workers: list[_Worker] = []  # every live worker (ready or still starting)
         self._owner_pid = os.getpid()
-        self._released = threading.Condition()
+        self._lock = threading.Lock()  # held by the running call, and while the worker list changes
         _OPEN_POOLS.add(self)
 
     @property
     def pids(self) -> list[int]:
         """Process ids of the current workers (empty before first use and after close)."""
-        with self._released:
-            return [worker.process.pid for worker in self._workers]
+        return [worker.process.pid for worker in self._workers]
 
     def _new_worker(self) -> _Worker:
         return _spawn(lambda: _Worker(self.memory_limit_mb, self.warm_up, self.preload))
@@ -196,43 +189,17 @@ class VerifierPool:
         """Kill `worker`; its replacement (starting in the background) goes to the caller."""
         worker.kill()
         replacement = self._new_worker()
-        with self._released:
-            self._workers[self._workers.index(worker)] = replacement
+        self._workers[self._workers.index(worker)] = replacement
         return replacement
 
-    def _acquire(self, call: "_Call") -> _Worker | None:
-        """An idle worker for `call` when it is its turn, else None (it keeps its place).
-
-        Calls that want workers queue up and get one worker per turn, so concurrent calls
-        share the pool: a small call is never stuck behind a large one. Workers start on
-        first use."""
-        with self._released:
-            if self._owner_pid != os.getpid():  # a forked copy: the workers are the parent's
-                self._workers, self._idle, self._waiting, self._owner_pid = [], [], collections.deque(), os.getpid()
-            if not self._workers:
-                self._workers = [self._new_worker() for _ in range(self.num_workers)]
-                self._idle = list(self._workers)
-            if call not in self._waiting:
-                self._waiting.append(call)
-            if not self._idle or self._waiting[0] is not call:
-                return None
-            self._waiting.popleft()
-            return self._idle.pop(0)
-
-    def _withdraw(self, call: "_Call") -> None:
-        """`call` wants no more workers."""
-        with self._released:
-            if call in self._waiting:
-                self._waiting.remove(call)
-
-    def _others_waiting(self, call: "_Call") -> bool:
-        with self._released:
-            return any(waiting is not call for waiting in self._waiting)
-
-    def _release(self, workers) -> None:
-        with self._released:
-            self._idle.extend(worker for worker in workers if worker in self._workers)
-            self._released.notify_all()
+    def _take_workers(self) -> list[_Worker]:
+        """Every worker, started on first use (and afresh in a forked copy: the workers are
+        the parent's). Called with the lock held."""
+        if self._owner_pid != os.getpid():
+            self._workers, self._owner_pid = [], os.getpid()
+        if not self._workers:
+            self._workers = [self._new_worker() for _ in range(self.num_workers)]
+        return list(self._workers)
 
     def _mark_ready(self, worker: _Worker) -> None:
         """Read a starting worker's hello; a worker that cannot even start is a real error."""
@@ -249,24 +216,22 @@ class VerifierPool:
 
         `timeout_s` (finite, > 0) bounds each item once a worker has it (plus `grace_s`)."""
         timeout_s = check_timeout(timeout_s)
-        call = _Call(self, target, args_list, timeout_s)
-        try:
-            while call.queue or call.busy:
-                call.step()
-        except BaseException:
-            for worker in list(call.busy):  # interrupted (Ctrl-C): their late answers must not leak
-                call.held[call.held.index(worker)] = self._replace(worker)
-            raise
-        finally:
-            self._withdraw(call)
-            self._release(call.held)
+        with self._lock:
+            call = _Call(self, self._take_workers(), target, args_list, timeout_s)
+            try:
+                while call.queue or call.busy:
+                    call.step()
+            except BaseException:
+                for worker in list(call.busy):  # interrupted (Ctrl-C): their late answers must not leak
+                    self._replace(worker)
+                raise
         return call.outcomes
 
     def close(self) -> None:
         """Stop every worker and wait for it; idempotent."""
-        with self._released:
+        with self._lock:
             workers = self._workers if self._owner_pid == os.getpid() else []
-            self._workers, self._idle, self._waiting = [], [], collections.deque()
+            self._workers = []
         for worker in workers:
             worker.stop()
         _OPEN_POOLS.discard(self)
@@ -279,43 +244,23 @@ class VerifierPool:
 
 
 class _Call:
-    """One `VerifierPool.map` call: its queue of items, the workers it holds, their deadlines."""
+    """One `VerifierPool.map` call: its queue of items, the pool's workers, their deadlines."""
 
-    _POLL_S = 0.05  # how often a call with queued items looks for workers freed by other calls
-
-    def __init__(self, pool: VerifierPool, target: str, args_list: Sequence[tuple], timeout_s: float):
+    def __init__(self, pool: VerifierPool, workers: list[_Worker], target: str, args_list: Sequence[tuple],
+                 timeout_s: float):
         self.pool, self.target, self.args_list, self.timeout_s = pool, target, args_list, timeout_s
         self.outcomes: list[tuple[str, Any]] = [(ERROR, None)] * len(args_list)
         self.queue = collections.deque(range(len(args_list)))
-        self.held: list[_Worker] = []  # workers this call holds: starting, idle or busy
+        self.held = workers  # starting, idle or busy
         self.busy: dict[_Worker, tuple[int, float]] = {}  # worker -> (item index, kill deadline)
 
     def step(self) -> None:
-        """Hand back spare workers, take free ones in turn, dispatch, wait for the first answer
-        or deadline, collect, expire."""
-        idle = [worker for worker in self.held if worker not in self.busy]
-        if not self.queue or self.pool._others_waiting(self):  # spare, or owed to a waiting call
-            spare = idle if not self.queue else [worker for worker in idle if worker.ready]
-            self.held = [worker for worker in self.held if worker not in spare]
-            self.pool._release(spare)
-        while len(self.queue) > len(self.held) - len(self.busy):
-            worker = self.pool._acquire(self)
-            if worker is None:
-                break
-            self.held.append(worker)
-        if len(self.queue) <= len(self.held) - len(self.busy):
-            self.pool._withdraw(self)
+        """Dispatch, wait for the first answer, start-up or deadline, collect, expire."""
         self._dispatch()
         watched = {worker.receiver: worker for worker in self.held if worker in self.busy or not worker.ready}
         deadlines = [deadline for _, deadline in self.busy.values()]
         deadlines += [w.started_at + _STARTUP_TIMEOUT_S for w in self.held if not w.ready]
-        if self.queue:
-            deadlines.append(time.monotonic() + self._POLL_S)
         wait_s = max(0.0, min(deadlines) - time.monotonic())
-        if not watched:  # every worker is held by other calls: wait until one comes back
-            with self.pool._released:
-                self.pool._released.wait(wait_s)
-            return
         for connection in multiprocessing.connection.wait(list(watched), wait_s):
             worker = watched[connection]
             if not worker.ready:
