@@ -37,19 +37,9 @@ RENAMED_FIELDS = {field: f"{method}.{key}" for method, fields in METHOD_FIELDS.i
 RUN_DEFAULTS = {"clip_high": 0.28}  # DAPO's clip-higher, the run's default (the library's is 0.2)
 
 
-def _checked_by_owner(fields: Mapping[str, Any], keys: Mapping[str, str]) -> None:
-    """Raise `PolicyLossConfig`'s ValueError for `fields` (the others at their defaults), its
-    field names replaced by `keys` {field: key}."""
-    try:
-        PolicyLossConfig(**fields)
-    except ValueError as error:
-        names = "|".join(map(re.escape, keys))
-        raise ValueError(re.sub(rf"\b({names})\b", lambda m: keys[m[1]], str(error))) from None
-
-
-def _named_by_keys(message: str) -> str:
-    """A registry message with each method field named by its dotted key (`sent.kl_kind`)."""
-    return re.sub(rf"\b({'|'.join(RENAMED_FIELDS)})\b", lambda m: RENAMED_FIELDS[m[1]], message)
+def _renamed(message: str, names: Mapping[str, str]) -> str:
+    """`message` with each `PolicyLossConfig` field of `names` {field: name} called by its name."""
+    return re.sub(rf"\b({'|'.join(map(re.escape, names))})\b", lambda m: names[m[1]], message)
 
 
 class MethodSettings(Section):
@@ -70,7 +60,10 @@ class MethodSettings(Section):
 
     @model_validator(mode="after")
     def _owner_checks(self) -> "MethodSettings":
-        _checked_by_owner(self.policy_loss_fields(), {field: key for key, field in self.fields_of.items()})
+        try:
+            PolicyLossConfig(**self.policy_loss_fields())
+        except ValueError as error:
+            raise ValueError(_renamed(str(error), {field: key for key, field in self.fields_of.items()})) from None
         return self
 
 
@@ -82,9 +75,9 @@ def _method_section(method: str, fields_of: Mapping[str, str]) -> type[MethodSet
     return section
 
 
-METHOD_SECTIONS = {method: _method_section(method, fields) for method, fields in METHOD_FIELDS.items()}
+_SECTIONS = {method: _method_section(method, fields) for method, fields in METHOD_FIELDS.items()}
 _SHARED_FIELDS = derived_fields(PolicyLossConfig, RUN_DEFAULTS, exclude=RENAMED_FIELDS)
-_SUB_SECTIONS = {method: (section, section()) for method, section in METHOD_SECTIONS.items()}
+_SUB_SECTIONS = {method: (section, section()) for method, section in _SECTIONS.items()}
 
 
 class LossConfig(pydantic.create_model("LossFields", __base__=Section, **_SHARED_FIELDS, **_SUB_SECTIONS)):
@@ -98,7 +91,7 @@ class LossConfig(pydantic.create_model("LossFields", __base__=Section, **_SHARED
     def policy_loss(self, method: str) -> PolicyLossConfig:
         """The flat config of loss `method`: the shared fields and its own sub-section (the other
         methods' fields at the library's defaults)."""
-        own = getattr(self, method).policy_loss_fields() if method in METHOD_SECTIONS else {}
+        own = getattr(self, method).policy_loss_fields() if method in _SECTIONS else {}
         return PolicyLossConfig(**self.shared_fields(), **own)
 
     def errors(self, method: str) -> list[str]:
@@ -108,11 +101,11 @@ class LossConfig(pydantic.create_model("LossFields", __base__=Section, **_SHARED
         kl_kind, "paper" no high_mult / low_mult)."""
         errors = [f"{other}.{key}: a setting of method {other!r}, but algorithm.name is {method!r} "
                   f"(got {value!r}; leave it at its default {default!r})"
-                  for other in METHOD_SECTIONS if other != method
+                  for other in _SECTIONS if other != method
                   for key, value, default in getattr(self, other).changed()]
-        return errors + [_named_by_keys(e) for e in get_policy_loss(method).config_errors(self.policy_loss(method))]
+        return errors + [_renamed(e, RENAMED_FIELDS) for e in get_policy_loss(method).config_errors(self.policy_loss(method))]
 
     @model_validator(mode="after")
     def _owner_checks(self) -> "LossConfig":
-        _checked_by_owner(self.shared_fields(), {field: field for field in _SHARED_FIELDS})
+        PolicyLossConfig(**self.shared_fields())
         return self
