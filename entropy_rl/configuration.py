@@ -6,8 +6,9 @@ models' defaults, YAML files (each may name base files under `defaults:`, merged
 order; paths relative to the file, `.yaml` optional) and `key.sub=value` overrides.
 `load_command_config` validates the whole tree before any compute and raises one
 `ConfigError` with a `dotted.key: what is wrong` line per problem; an unknown key names the
-closest valid one. Checks that need files (`check_paths`) can be skipped for a config
-written for another machine. `add_config_arguments` and `command_config` give a command
+closest valid one. A key renamed in the schema (`Section.renamed_keys`) is still read under
+its old name, with a FutureWarning naming both. Checks that need files (`check_paths`) can be
+skipped for a config written for another machine. `add_config_arguments` and `command_config` give a command
 `--config`, `--print-config` and the overrides, with its old flags kept as aliases.
 
 The sections every command shares are in `entropy_rl.config`, training's own in
@@ -23,8 +24,9 @@ import os
 import re
 import sys
 import typing
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import pydantic
 import yaml
@@ -68,6 +70,9 @@ class Section(BaseModel):
     (lax pydantic mode; a tuple field also takes "1,2,3")."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # inf refused like nan
+    # {old dotted key: its new dotted key} of a root config class: what configs written before a
+    # rename (YAML files, overrides, a run's saved config) set under the old name
+    renamed_keys: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def implied_defaults(cls, given: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -243,17 +248,43 @@ def _defaults(cls: type[BaseModel]) -> dict[str, Any]:
 
 def config_from_dict(cls: type[Config], values: Mapping[str, Any], *, check_paths: bool = True) -> Config:
     """A validated config from a nested mapping; missing keys keep their defaults (also inside
-    a section, e.g. algorithm.loss's clip_high 0.28). ConfigError lists every problem.
+    a section, e.g. algorithm.loss's clip_high 0.28); an old name of `cls.renamed_keys` is read
+    as its new key, with a FutureWarning. ConfigError lists every problem.
 
     check_paths=False skips the checks that model, tokenizer, data and run paths exist.
     """
     if not isinstance(values, Mapping):
         raise ConfigError(f"config: expected a mapping of keys, got {values!r}")
+    clashes: list[str] = []
+    if issubclass(cls, Section):
+        values, moved, clashes = move_renamed_keys(values, cls.renamed_keys)
+        for old, new in moved:
+            warnings.warn(f"{old} is deprecated: it is now {new}", FutureWarning, stacklevel=2)
+        values = cls.implied_defaults(values)
     try:
-        given = cls.implied_defaults(values) if issubclass(cls, Section) else values
-        return cls.model_validate(_deep_merge(_defaults(cls), given), context={"check_paths": check_paths})
+        config = cls.model_validate(_deep_merge(_defaults(cls), values), context={"check_paths": check_paths})
     except pydantic.ValidationError as e:
-        raise ConfigError("\n".join(_messages(cls, e))) from None
+        raise ConfigError("\n".join(clashes + _messages(cls, e))) from None
+    if clashes:
+        raise ConfigError("\n".join(clashes))
+    return config
+
+
+def move_renamed_keys(values: Mapping[str, Any], renamed: Mapping[str, str]) -> tuple[dict, list[tuple[str, str]], list[str]]:
+    """(`values` with each old dotted key of `renamed` {old: new} moved to its new key, the
+    (old, new) pairs moved, one error line per old key given beside its new key). `values` is
+    not changed."""
+    values, moved, clashes = dict(values), [], []
+    for old, new in renamed.items():
+        value = _pop_dotted(values, old)
+        if value is _ABSENT:
+            continue
+        if _get_dotted(values, new) is _ABSENT:
+            _set_dotted(values, new, value)
+            moved.append((old, new))
+        else:
+            clashes.append(f"{old}: the old name of {new}, which is set too; keep only {new}")
+    return values, moved, clashes
 
 
 def validate_config(config: BaseModel, *, check_paths: bool = True) -> None:
@@ -352,6 +383,31 @@ def _set_dotted(values: dict, key: str, value: Any) -> None:
         node[section] = child = dict(child) if isinstance(child, Mapping) else {}
         node = child
     node[leaf] = value
+
+
+_ABSENT = object()  # a dotted key that a mapping does not set
+
+
+def _get_dotted(values: Mapping, key: str) -> Any:
+    node: Any = values
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node
+
+
+def _pop_dotted(values: dict, key: str) -> Any:
+    """Remove `key` from `values` (copying the sections on its path) and return its value."""
+    *sections, leaf = key.split(".")
+    node = values
+    for section in sections:
+        child = node.get(section)
+        if not isinstance(child, Mapping):
+            return _ABSENT
+        node[section] = dict(child)
+        node = node[section]
+    return node.pop(leaf, _ABSENT)
 
 
 _NONE = {"none", "null", "~"}

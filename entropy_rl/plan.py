@@ -344,7 +344,7 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
     all_rows, mini_rows = config.data.batch_size * r.n, a.mini_batch_size * r.n
     num_micro = mini_rows // a.micro_batch_size if a.micro_batch_size else 1
 
-    needs_reference = get_policy_loss(a.name).needs_reference(a.loss)
+    needs_reference = get_policy_loss(a.name).needs_reference(a.policy_loss())
 
     def update_batch(rows):
         def array(shape, dtype):
@@ -355,7 +355,7 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
                            advantages=array((rows,), np.float32), old_logp=logp,
                            ref_logp=logp if needs_reference else None)
 
-    step_config = StepConfig(a.name, a.loss, temperature=r.temperature or 1.0,
+    step_config = StepConfig(a.name, a.policy_loss(), temperature=r.temperature or 1.0,
                              chunk_size=config.model.logprob_chunk_size, num_micro_batches=num_micro)
     report = on_program or (lambda memory: None)
     parameters, optimizer_state = _shard_bytes(params), _shard_bytes(state.opt_state)

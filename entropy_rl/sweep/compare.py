@@ -42,7 +42,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import yaml
 
-from entropy_rl.configuration import config_to_dict, flatten
+from entropy_rl.configuration import config_to_dict, flatten, move_renamed_keys
 from entropy_rl.eval.plot import _grid_columns, _series, read_metrics  # also selects the Agg backend
 from entropy_rl.losses import get_policy_loss
 from entropy_rl.sweep import mechanism, stats
@@ -113,14 +113,24 @@ def _default_config() -> dict[str, Any]:
     return flatten(config_to_dict(load_config(None)))
 
 
+@functools.cache
+def _renamed_keys() -> dict[str, str]:
+    """{old dotted key: new} of the keys renamed since a run's config.yaml may have been written."""
+    from entropy_rl.train.config import TrainConfig
+
+    return dict(TrainConfig.renamed_keys)
+
+
 def load_run(path: Path, method: str = "") -> Run | None:
     """The finished run in `path`, or None when it has not finished. Its flat config holds
     the defaults of keys added after it was written (a run older than `stall_timeout_s`
-    groups with a newer one that leaves it at its default)."""
+    groups with a newer one that leaves it at its default) and today's names of keys renamed
+    since (`TrainConfig.renamed_keys`)."""
     summary = finished_summary(path)
     if summary is None:
         return None
-    config = _default_config() | flatten(yaml.safe_load((path / "config.yaml").read_text()))
+    saved, _, _ = move_renamed_keys(yaml.safe_load((path / "config.yaml").read_text()), _renamed_keys())
+    config = _default_config() | flatten(saved)
     return Run(path, method, int(config.get("seed", 0)), config, summary, read_metrics(path))
 
 
@@ -144,8 +154,8 @@ def group_methods(runs: Sequence[Run], per_seed_keys: Sequence[str] = ()) -> dic
     """{method label: runs in seed order}. Runs without a label are grouped by their configs
     minus BOOKKEEPING_KEYS and `per_seed_keys` (keys whose values follow the seed, e.g.
     model.hf_path of a per-seed warm start), labelled by the first one's directory name
-    without `-seed<N>` / `-s<N>`."""
-    ignored = (*BOOKKEEPING_KEYS, *per_seed_keys)
+    without `-seed<N>` / `-s<N>`. A key's name before a rename stands for its new one."""
+    ignored = (*BOOKKEEPING_KEYS, *(_renamed_keys().get(key, key) for key in per_seed_keys))
     groups: dict[str, list[Run]] = {}
     by_config: dict[str, str] = {}
     for run in runs:

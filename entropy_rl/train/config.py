@@ -5,10 +5,12 @@ The defaults ARE the main job: STAPO on the built-in synthetic task with a tiny
 Qwen3-architecture policy, sized for a 2-core CPU. YAML files (with `defaults:` bases) and
 `key.sub=value` overrides change them (`entropy_rl.configuration`); `load_config` checks the
 whole tree before any compute. A constraint lives once, in the class that owns it:
-algorithm.loss is the loss library's `PolicyLossConfig`, the shared sections check themselves
-(`entropy_rl.config`); the checks across sections are `TrainConfig`'s.
+algorithm.loss is the loss library's `PolicyLossConfig` grouped by method
+(`entropy_rl.train.loss_config`), the shared sections check themselves (`entropy_rl.config`);
+the checks across sections are `TrainConfig`'s.
 
-Sections: model, data (with data.curriculum), rollout, algorithm (with algorithm.loss),
+Sections: model, data (with data.curriculum), rollout, algorithm (with algorithm.loss and its
+per-method sub-sections),
 optimizer, mesh, checkpoint, logging, eval, warmstart; run-level fields: seed, run_dir,
 total_steps, resume, resume_allow_changes, max_consecutive_nonfinite, stall_timeout_s.
 """
@@ -37,8 +39,9 @@ from entropy_rl.configuration import (
     validate_config,
 )
 from entropy_rl.configuration import config_from_dict as _config_from_dict
-from entropy_rl.losses import ADVANTAGE_ESTIMATORS, PolicyLossConfig, get_policy_loss, policy_loss_names
+from entropy_rl.losses import ADVANTAGE_ESTIMATORS, PolicyLossConfig, policy_loss_names
 from entropy_rl.parallel import MeshConfig
+from entropy_rl.train.loss_config import RENAMED_FIELDS, LossConfig
 
 __all__ = ["ConfigError", "TrainConfig", "config_diff", "config_from_dict", "config_to_dict", "load_config", "replace",
            "save_config", "to_yaml", "validate_config", "validate_for_devices"]
@@ -52,7 +55,8 @@ class AlgorithmConfig(Section):
     `mini_batch_size` counts prompts per optimizer update (its `rollout.n` responses each,
     the verl convention); `micro_batch_size` counts responses per forward/backward pass
     (exact gradient accumulation; None = the whole mini-batch at once).
-    `overlong_buffer_len` > 0 turns on DAPO's soft overlong penalty.
+    `overlong_buffer_len` > 0 turns on DAPO's soft overlong penalty. `loss` holds the
+    policy loss's settings, `policy_loss()` is them as the loss library's config.
     """
 
     name: Annotated[str, one_of(policy_loss_names)] = "stapo"
@@ -71,7 +75,11 @@ class AlgorithmConfig(Section):
     packing: Annotated[str, one_of(("auto", "on", "off"))] = "off"
     pack_tokens: Optional[Positive] = None
     micro_batch_tokens: Optional[Positive] = None
-    loss: PolicyLossConfig = PolicyLossConfig(clip_low=0.2, clip_high=0.28)
+    loss: LossConfig = LossConfig()
+
+    def policy_loss(self) -> PolicyLossConfig:
+        """The flat `PolicyLossConfig` of loss `name` (what the train step takes)."""
+        return self.loss.policy_loss(self.name)
 
 
 class OptimizerConfig(Section):
@@ -144,6 +152,8 @@ class TrainConfig(Section):
     eval: EvalConfig = EvalConfig()
     warmstart: WarmStartConfig = WarmStartConfig()
 
+    renamed_keys = {f"algorithm.loss.{field}": f"algorithm.loss.{key}" for field, key in RENAMED_FIELDS.items()}
+
     @classmethod
     def implied_defaults(cls, given: Mapping[str, Any]) -> Mapping[str, Any]:
         return dataset_file_defaults(cls, given)
@@ -158,8 +168,7 @@ class TrainConfig(Section):
     @model_validator(mode="after")
     def _sections_agree(self) -> "TrainConfig":
         a, data, rollout = self.algorithm, self.data, self.rollout
-        # loss fields another method reads, set here where the chosen loss would ignore them
-        errors = [f"algorithm.loss.{error}" for error in get_policy_loss(a.name).config_errors(a.loss)]
+        errors = [f"algorithm.loss.{error}" for error in a.loss.errors(a.name)]
         if a.overlong_buffer_len >= rollout.max_new_tokens:
             errors.append(f"algorithm.overlong_buffer_len: must be < rollout.max_new_tokens={rollout.max_new_tokens}, "
                           f"got {a.overlong_buffer_len}")

@@ -88,7 +88,7 @@ def restore_or_initialize(trainer: Trainer, policy: nnx.Module) -> tuple[TrainSt
     and the held-out accuracy before training."""
     config = trainer.config
     state = create_train_state(policy, trainer.optimizer, trainer.mesh)
-    needs_reference = losses.get_policy_loss(config.algorithm.name).needs_reference(config.algorithm.loss)
+    needs_reference = losses.get_policy_loss(config.algorithm.name).needs_reference(config.algorithm.policy_loss())
     ref_params = _copy(state.params) if needs_reference else None
     restored = trainer.checkpointer.resume(params=state.params, train_state=_train_state_tree(state, ref_params),
                                            config=config) if config.resume else None

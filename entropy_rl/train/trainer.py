@@ -92,7 +92,7 @@ def set_up(config: TrainConfig, devices: Sequence[jax.Device] | None = None) -> 
     mini_batches = config.data.batch_size // a.mini_batch_size
     optimizer, schedule = make_optimizer(config.optimizer, config.total_steps * a.ppo_epochs * mini_batches)
     mini_rows = a.mini_batch_size * sampling.n
-    step_config = StepConfig(a.name, a.loss, temperature=sampling.temperature or 1.0,
+    step_config = StepConfig(a.name, a.policy_loss(), temperature=sampling.temperature or 1.0,
                              chunk_size=config.model.logprob_chunk_size,
                              num_micro_batches=mini_rows // a.micro_batch_size if a.micro_batch_size else 1)
     seed_key = jax.random.key(config.seed)

@@ -30,7 +30,7 @@ def tiny_run(directory: pathlib.Path, steps: int = 2) -> pathlib.Path:
     run_dir = directory / "run"
     overrides = {
         "run_dir": run_dir, "total_steps": steps, "data.dataset": problems, "data.verifier": "inspect_odd_length",
-        "data.batch_size": 4, "algorithm.mini_batch_size": 4, "algorithm.loss.stapo_prob_threshold": 0.5,
+        "data.batch_size": 4, "algorithm.mini_batch_size": 4, "algorithm.loss.stapo.prob_threshold": 0.5,
         "rollout.n": 4, "rollout.temperature": 0.02, "rollout.max_new_tokens": 12, "rollout.response_bucket": 12, "rollout.prompt_bucket": 32,
         "model.tokenizer": QWEN3_TOKENIZER, "model.hidden_size": 32, "model.intermediate_size": 64,
         "model.num_hidden_layers": 1, "model.num_attention_heads": 2, "model.num_key_value_heads": 1,

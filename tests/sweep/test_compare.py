@@ -128,6 +128,26 @@ def test_keys_that_follow_the_seed_do_not_split_a_method(tmp_path):
     assert list(compare.group_methods(runs, per_seed_keys=["model.hf_path"])) == ["grpo"]
 
 
+def test_a_run_written_before_the_loss_keys_were_grouped_reads_them_by_their_new_names(tmp_path):
+    """An older run's config.yaml sets algorithm.loss.stapo_prob_threshold, a newer one's
+    algorithm.loss.stapo.prob_threshold: one setting, so one method; --per-seed takes either name."""
+    rng = np.random.default_rng(3)
+    for seed, loss in ((0, {"stapo_prob_threshold": 0.01}), (1, {"stapo": {"prob_threshold": 0.01}})):
+        write_run(tmp_path / f"stapo-s{seed}", "stapo", seed, rng)
+        config = yaml.safe_load((tmp_path / f"stapo-s{seed}" / "config.yaml").read_text())
+        config["algorithm"]["loss"] = loss
+        (tmp_path / f"stapo-s{seed}" / "config.yaml").write_text(yaml.safe_dump(config))
+    runs = [compare.load_run(p) for p in sorted(tmp_path.iterdir())]
+    assert [r.config["algorithm.loss.stapo.prob_threshold"] for r in runs] == [0.01, 0.01]
+    assert "algorithm.loss.stapo_prob_threshold" not in runs[0].config
+    assert list(compare.group_methods(runs)) == ["stapo"]
+    runs[1].config["algorithm.loss.stapo.prob_threshold"], runs[1].method = 0.02, ""
+    runs[0].method = ""
+    assert list(compare.group_methods(runs)) == ["stapo", "stapo (2)"]
+    runs[0].method = runs[1].method = ""
+    assert list(compare.group_methods(runs, per_seed_keys=["algorithm.loss.stapo_prob_threshold"])) == ["stapo"]
+
+
 def _refused(argv, capsys) -> str:
     assert compare.main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -24,8 +24,10 @@ def test_defaults_are_the_stapo_tiny_main_job_and_valid():
 def test_config_is_frozen():
     with pytest.raises(pydantic.ValidationError, match="frozen"):
         TrainConfig().optimizer.learning_rate = 1.0
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        TrainConfig().algorithm.loss.stapo.prob_threshold = 1.0
     with pytest.raises(dataclasses.FrozenInstanceError):  # the loss library's own frozen dataclass
-        TrainConfig().algorithm.loss.clip_low = 1.0
+        TrainConfig().algorithm.policy_loss().clip_low = 1.0
 
 
 def test_yaml_round_trip_is_exact(tmp_path):

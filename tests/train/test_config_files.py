@@ -44,8 +44,8 @@ def test_method_settings_follow_algorithms_md():
     assert loss["justrl"].dual_clip_c == 10 and not tiny["justrl"].algorithm.dynamic_sampling
     assert tiny["drgrpo"].algorithm.advantage_estimator == "drgrpo"
     assert loss["drgrpo"].loss_agg_mode == "seq-mean-token-sum-norm"
-    assert (loss["sent"].sent_beta, loss["sent"].ref_kl_coef, loss["sent"].ref_kl_kind) == (0.1, 0.001, "k3")
-    assert tiny["entropy20"].algorithm.name == "entropy_topk" and loss["entropy20"].entropy_top_ratio == 0.2
+    assert (loss["sent"].sent.beta, loss["sent"].ref_kl_coef, loss["sent"].ref_kl_kind) == (0.1, 0.001, "k3")
+    assert tiny["entropy20"].algorithm.name == "entropy_topk" and loss["entropy20"].entropy_topk.top_ratio == 0.2
     assert loss["entropy_bonus"].entropy_coef == 0.001
     assert tiny["kl_cov"].algorithm.name == "kl_cov" and tiny["clip_cov"].algorithm.name == "clip_cov"
 
@@ -56,7 +56,7 @@ def test_stapo_paper_settings():
         a = config.algorithm
         assert a.name == "stapo" and a.mini_batch_size == 64 and a.micro_batch_size == micro
         assert (a.loss.clip_low, a.loss.clip_high, a.loss.ref_kl_coef) == (0.2, 0.28, 0.0)
-        assert (a.loss.stapo_prob_threshold, a.loss.stapo_entropy_quantile) == (0.002, 0.8)
+        assert (a.loss.stapo.prob_threshold, a.loss.stapo.entropy_quantile) == (0.002, 0.8)
         assert config.optimizer.warmup_steps == 10 and config.rollout.max_new_tokens == 15360
         assert size.upper() in config.model.hf_path
 

@@ -61,10 +61,10 @@ def test_qwen_config_of_the_built_in_policy_and_of_an_hf_checkpoint(tmp_path):
     ("model.dtype=float8", "model.dtype: data type 'float8' not understood"),
     ("model.param_dtype=int8", "model.param_dtype: unsupported dtype 'int8'"),
     ("algorithm.loss.clip_low=-0.1", "algorithm.loss.clip_low: must be >= 0"),  # PolicyLossConfig's
-    ("algorithm.loss.stapo_entropy_quantile=2", "algorithm.loss.stapo_entropy_quantile: must be in [0, 1]"),
+    ("algorithm.loss.stapo.entropy_quantile=2", "algorithm.loss.stapo.entropy_quantile: must be in [0, 1]"),
     ("algorithm.loss.clip_low=1.5", "algorithm.loss.clip_low: must be <= 1"),
-    ("algorithm.loss.sent_beta=-1", "algorithm.loss.sent_beta: must be >= 0"),
-    ("algorithm.loss.clip_cov_lb=5", "algorithm.loss.clip_cov_lb: must be < clip_cov_ub=5.0"),
+    ("algorithm.loss.sent.beta=-1", "algorithm.loss.sent.beta: must be >= 0"),
+    ("algorithm.loss.clip_cov.lb=5", "algorithm.loss.clip_cov.lb: must be < ub=5.0"),
     ("mesh.data=-1", "mesh: mesh sizes must be positive or one -1"),  # MeshConfig.axis_sizes' rule
 ])
 def test_each_constraint_comes_from_the_class_that_owns_it(override, expected):
@@ -120,8 +120,8 @@ def test_type_errors_bounds_and_cross_section_errors_are_all_reported():
 
 def test_loss_section_keeps_the_run_defaults_and_the_library_class():
     config = load_config(overrides=["algorithm.loss.dual_clip_c=none", "algorithm.loss.horizon=null"])
-    assert isinstance(config.algorithm.loss, PolicyLossConfig) and config.algorithm.loss.dual_clip_c is None
-    assert config.algorithm.loss.clip_high == 0.28
+    assert isinstance(config.algorithm.policy_loss(), PolicyLossConfig) and config.algorithm.policy_loss().dual_clip_c is None
+    assert config.algorithm.policy_loss().clip_high == 0.28
     assert hash(config) == hash(load_config(overrides=["algorithm.loss.dual_clip_c=null"]))
 
 

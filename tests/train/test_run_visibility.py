@@ -58,7 +58,7 @@ def _config(tmp_path: pathlib.Path, **overrides) -> TrainConfig:
     values = {
         "run_dir": str(tmp_path / "run"), "total_steps": 2,
         "data.dataset": str(_problem_file(tmp_path)), "data.verifier": "test_odd_length", "data.batch_size": 2,
-        "algorithm.mini_batch_size": 2, "algorithm.loss.stapo_prob_threshold": 0.5,
+        "algorithm.mini_batch_size": 2, "algorithm.loss.stapo.prob_threshold": 0.5,
         "rollout.n": 4, "rollout.max_new_tokens": 4, "rollout.response_bucket": 4, "rollout.prompt_bucket": BUCKET,
         "model.tokenizer": QWEN3_TOKENIZER, "model.hidden_size": 32, "model.intermediate_size": 64,
         "model.num_hidden_layers": 1, "model.num_attention_heads": 2, "model.num_key_value_heads": 1,
