@@ -82,6 +82,8 @@ def summary_table(s: dict[str, Any], config: TrainConfig) -> str:
                                  else f"{s['entropy_start']:.4f} -> {s['entropy_end']:.4f}"),
         ("masked-token fraction", f"{s['masked_fraction']:.3g}" + (f" (loss/{flag}, mean over steps)" if flag else " (none)")),
         ("skipped updates", str(s["skipped_updates"])),
+        ("seed", f"{config.seed}, one run; over seeds (mean, 95% interval, paired tests): "
+                 f"entropy-rl sweep DIR --methods {config.algorithm.name} --seeds 0,1,2, then entropy-rl compare DIR"),
         ("checkpoints", f"{s['checkpoints']} (steps {s['checkpoint_steps']})"),
         ("metrics", s["metrics"] + (f", TensorBoard {s['tensorboard']}" if s["tensorboard"] else "")),
     ]
