@@ -14,6 +14,10 @@ zeros, nothing before or after but surrounding whitespace), every step is arithm
 true (line 2 = line 1 evaluated, line 3 copies line 2, line 4 is an exact division, the box
 copies line 4) and the boxed integer equals the ground truth. Anything else, a right answer
 after a wrong or malformed step included, earns 0.0.
+
+Line 1 is not compared with the problem: a verifier sees the response and the answer only,
+so a chain that miscopies a coefficient yet reaches the right answer (any coefficients when
+x = 0) earns 1.0.
 """
 
 from __future__ import annotations

@@ -75,6 +75,7 @@ CORRECT = "7x-3x=43-15\n4x=28\nx=28/4\nx=7\n\\boxed{7}"
     ("7x-3x=43-15\n4x=28\nx=28/4\nx=7\n\\boxed{7", 0.0),            # unclosed box
     ("2x-2x=5-5\n0x=0\nx=0/0\nx=7\n\\boxed{7}", 0.0),               # division by zero
     ("7x-3x=43-15 4x=28 x=28/4 x=7 \\boxed{7}", 0.0),               # steps not on lines
+    ("11x-3x=71-15\n8x=56\nx=56/8\nx=7\n\\boxed{7}", 1.0),          # line 1 is not checked against the problem
 ])
 def test_verifier_on_hand_written_chains(response, reward):
     result = VERIFIER([response], ["7"])
