@@ -69,7 +69,7 @@ def test_refill_equals_static_for_every_row(model, prompts, n, monkeypatch):
     assert len(set(static.lengths.tolist())) >= 5 and static.stopped.any() and not static.stopped.all()
     slots_used = []
     refill_path = sampler.generate_refill
-    monkeypatch.setattr(sampler, "generate_refill", lambda *args, **kw: slots_used.append(kw["slots"]) or refill_path(*args, **kw))
+    monkeypatch.setattr(sampler, "generate_refill", lambda *args, **kw: slots_used.append(args[0].slots) or refill_path(*args, **kw))
     # 5 slots for 28 rows: with n = 4 a prompt's samples are also split over two admissions.
     refill = generate(model, prompts, _refill(STATIC, n=n, max_slots=5), jax.random.key(1))
     assert slots_used == [5]
