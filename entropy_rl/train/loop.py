@@ -2,6 +2,7 @@
 
     set_up                  mesh, policy, data, sampling and update settings (`train.trainer`)
     restore_or_initialize   the last checkpoint, or a fresh state and the held-out "before"
+    compile_programs        the update's programs, built once (`train.programs`)
     for each step, rl_step:
         prompts (iterator / curriculum) -> rollout: n responses per prompt
           -> rewards (verifier, DAPO overlong penalty) -> group advantages (`train.experience`)
