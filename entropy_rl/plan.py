@@ -324,16 +324,16 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
     from entropy_rl.model import Qwen
     from entropy_rl.parallel import batch_sharding, make_mesh
     from entropy_rl.parallel.sharding import state_shardings
-    from entropy_rl.train.step import StepConfig, TrainState, UpdateBatch, make_optimizer, state_sharding
+    from entropy_rl.train.programs import UpdateSettings, compile_programs
+    from entropy_rl.train.step import TrainState, UpdateBatch, state_sharding
 
     mesh = make_mesh(config.mesh, devices=devices)
     model_config = _policy_config(config, preset, preset_overrides)
     graphdef, params = nnx.split(nnx.eval_shape(lambda: Qwen(model_config, rngs=nnx.Rngs(0))))
     params = _abstract(params, state_shardings(params, mesh))
     a, r = config.algorithm, config.rollout
-    mini_batches = config.data.batch_size // a.mini_batch_size
-    optimizer, schedule = make_optimizer(config.optimizer, config.total_steps * a.ppo_epochs * mini_batches)
-    opt_state = jax.eval_shape(optimizer.init, params)
+    settings = UpdateSettings.from_config(config)
+    opt_state = jax.eval_shape(settings.optimizer.init, params)
     scalar = jax.ShapeDtypeStruct((), np.int32)
     state = TrainState(graphdef=graphdef, params=params, opt_state=opt_state, step=scalar)
     state = _abstract(state, state_sharding(state, mesh))
@@ -341,9 +341,6 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
 
     prompt_length = prompt_length or r.prompt_bucket
     response_length = r.max_new_tokens
-    all_rows, mini_rows = config.data.batch_size * r.n, a.mini_batch_size * r.n
-    num_micro = mini_rows // a.micro_batch_size if a.micro_batch_size else 1
-
     needs_reference = get_policy_loss(a.name).needs_reference(a.policy_loss())
 
     def update_batch(rows):
@@ -355,8 +352,6 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
                            advantages=array((rows,), np.float32), old_logp=logp,
                            ref_logp=logp if needs_reference else None)
 
-    step_config = StepConfig(a.name, a.policy_loss(), temperature=r.temperature or 1.0,
-                             chunk_size=config.model.logprob_chunk_size, num_micro_batches=num_micro)
     report = on_program or (lambda memory: None)
     parameters, optimizer_state = _shard_bytes(params), _shard_bytes(state.opt_state)
     sampler_params = _sampling_view(params, model_config, mesh) if r.sampling_copy else params
@@ -371,8 +366,8 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
     # which the FLOPs are counted (`program_flops`: a Pallas kernel's work is not visible).
     dense = dataclasses.replace(model_config, attention_implementation="dense")
     twin = state.replace(graphdef=nnx.split(nnx.eval_shape(lambda: Qwen(dense, rngs=nnx.Rngs(0))))[0])
-    programs, twins = (_update_programs(s, mesh, optimizer=optimizer, schedule=schedule, step_config=step_config,
-                                        forward_micro_batches=num_micro * mini_batches) for s in (state, twin))
+    compiled = compile_programs(state, mesh, settings)
+    programs, twins = (_update_programs(p) for p in (compiled, compile_programs(twin, mesh, settings)))
     key = _replicated(jax.eval_shape(lambda: jax.random.key(0)), mesh)
     train_programs = []
 
@@ -385,12 +380,14 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
         report(memory)
         return memory
 
+    all_rows, mini_rows = settings.rows, settings.mini_rows
     padded = [update_program("no_grad_logprobs", lambda s: (s.params, update_batch(all_rows)), optimizer_state),
               update_program("train_step", lambda s: (s, update_batch(mini_rows), key), 0)]
     packing = []
     for median in (response_medians or ([0.2 * response_length] if a.packing != "off" else [])):
-        summary, layouts = _packed_layouts(config, mesh, prompt_length=prompt_length,
-                                           micro_rows=mini_rows // num_micro, median=median)
+        summary, layouts = _packed_layouts(compiled.packed, mesh, rows=all_rows, mini_rows=mini_rows,
+                                           prompt_length=prompt_length, response_length=response_length,
+                                           median=median)
         lengths = f"median {median:g}"
         packed = [update_program("packed_no_grad_logprobs",
                                  lambda s: (s.params, update_batch(all_rows), layouts[0]), optimizer_state, lengths),
@@ -403,49 +400,36 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
                 sampling_view=_shard_bytes(sampler_params) if sampler_params is not params else 0, kv_cache=kv_cache,
                 shapes={"layers": model_config.num_hidden_layers, "prompt_length": prompt_length,
                         "response_length": response_length, **sampler_shapes,
-                        "mini_batch_rows": mini_rows, "micro_batches": num_micro},
+                        "mini_batch_rows": mini_rows, "micro_batches": settings.step_config.num_micro_batches},
                 programs=sampler_programs + train_programs, packing=packing)
 
 
-def _update_programs(state, mesh, *, optimizer, schedule, step_config, forward_micro_batches: int) -> dict:
-    """{name: MeshBound} of the update programs the loop compiles for `state`'s model: the
-    no-grad forward over a rollout (in forward_micro_batches), the train step, and both on
-    packed rows."""
-    from entropy_rl.train.step import (make_no_grad_logprobs, make_packed_no_grad_logprobs, make_packed_train_step,
-                                       make_train_step)
-
-    sampling = {"temperature": step_config.temperature, "chunk_size": step_config.chunk_size}
-    step = {"optimizer": optimizer, "schedule": schedule, "config": step_config}
-    return {"no_grad_logprobs": make_no_grad_logprobs(state.graphdef, mesh, **sampling,
-                                                      num_micro_batches=forward_micro_batches),
-            "train_step": make_train_step(state, mesh, **step),
-            "packed_no_grad_logprobs": make_packed_no_grad_logprobs(state.graphdef, mesh, **sampling),
-            "packed_train_step": make_packed_train_step(state, mesh, **step)}
+def _update_programs(programs) -> dict:
+    """{name: MeshBound} of the update's `Programs` a plan compiles: the no-grad forward over
+    a rollout, the train step, and both on packed rows."""
+    return {"no_grad_logprobs": programs.logprobs, "train_step": programs.train_step,
+            "packed_no_grad_logprobs": programs.packed.logprobs, "packed_train_step": programs.packed.train_step}
 
 
 LENGTH_SIGMA = 0.8  # the lognormal length model's spread (`entropy_rl.train.packing.lognormal_lengths`)
 
 
-def _packed_layouts(config, mesh, *, prompt_length: int, micro_rows: int, median: float):
+def _packed_layouts(packed, mesh, *, rows: int, mini_rows: int, prompt_length: int, response_length: int,
+                    median: float):
     """(the packing summary, abstract layouts of the whole rollout and of one mini-batch) of a
-    rollout whose responses have lognormal lengths (`lognormal_lengths`, seed 0, sigma
-    LENGTH_SIGMA) and whose prompts fill prompt_length, laid out under the run's budgets as
-    the loop lays them out (`budgeted_layout`)."""
-    from entropy_rl.rollout.decoding import batch_shards
-    from entropy_rl.train.packed_update import budgeted_layout
+    rollout of `rows` responses of lognormal lengths (`lognormal_lengths`, seed 0, sigma
+    LENGTH_SIGMA, at most response_length) whose prompts fill prompt_length, laid out under
+    the run's budgets as the loop lays them out (`packed`: the run's `PackedUpdate`)."""
     from entropy_rl.train.packing import lognormal_lengths, padded_tokens
     from entropy_rl.train.step import packed_layout_sharding
 
-    a, cap = config.algorithm, config.rollout.max_new_tokens
-    rows, mini_rows = config.data.batch_size * config.rollout.n, a.mini_batch_size * config.rollout.n
-    responses = lognormal_lengths(np.random.default_rng(0), rows, cap, median=median, sigma=LENGTH_SIGMA)
+    responses = lognormal_lengths(np.random.default_rng(0), rows, response_length, median=median, sigma=LENGTH_SIGMA)
     prompts = np.full(rows, prompt_length)
-    layouts = [budgeted_layout(prompts[:n], responses[:n], prompt_columns=prompt_length, response_columns=cap,
-                               pack_tokens=a.pack_tokens, micro_batch_tokens=a.micro_batch_tokens,
-                               micro_rows=micro_rows, row_multiple=batch_shards(mesh)) for n in (rows, mini_rows)]
+    layouts = [packed.packed_layout(prompts[:n], responses[:n], prompt_columns=prompt_length,
+                                    response_columns=response_length) for n in (rows, mini_rows)]
     real = int(np.sum(prompts + responses - 1))
     summary = {"response_median": median, "response_sigma": LENGTH_SIGMA, "rows": rows,
-               "useful_fraction_padded": real / padded_tokens(rows, prompt_length, cap),
+               "useful_fraction_padded": real / padded_tokens(rows, prompt_length, response_length),
                "useful_fraction_packed": real / layouts[0].packed_tokens,
                "rollout_layout": list(layouts[0].source.shape), "mini_batch_layout": list(layouts[1].source.shape)}
     return summary, [_abstract(layout, packed_layout_sharding(mesh)) for layout in layouts]
@@ -477,30 +461,24 @@ def _grown(state, slots: int):
 
 def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_length, resident: int,
                       report=lambda memory: None) -> tuple[list[ProgramMemory], dict[str, Any], int]:
-    """Compile the sampler's own jitted programs as `generate` calls them for one rollout of
-    rows = data.batch_size x rollout.n (rounded up to the batch shards), under the mesh.
+    """Compile the sampler's programs (`rollout_programs`) as `generate` runs them for one
+    rollout of data.batch_size prompts x rollout.n samples, under the mesh.
 
-    Refill scheduler with S = `slot_count` < rows slots: `_empty_slots`, `_refill_prefill`
-    of the first (largest) admission and `_refill_decode` on the S slots' state. Otherwise
-    the static schedule: `_prefill`, one layer's last (largest) growth (`_grow_cache` grows
-    the cache layer by layer) and `_decode` on the whole cache. Each program's input state
-    is its predecessor's compiled output.
+    Refill scheduler: empty_slots, refill_prefill of the first (largest) admission and
+    refill_decode on the slots' state. Otherwise the static schedule: prefill, one layer's
+    last (largest) growth (the cache grows layer by layer) and decode on the whole cache.
+    Each program's input state is its predecessor's compiled output.
     Returns (the programs' memory, each with `resident` bytes beside it, their shapes, the
     decode cache's bytes per chip); each program's memory also goes to `report` once compiled.
     """
     from entropy_rl.parallel import batch_sharding
-    from entropy_rl.rollout import refill, sampler
-    from entropy_rl.rollout.decoding import Program, batch_rows, batch_shards, stop_token_array
+    from entropy_rl.rollout.decoding import stop_token_array
+    from entropy_rl.rollout.sampler import request_rows, rollout_programs
 
     r = config.rollout
     sampling = r.sampling_config(stop_token_ids=(0,), pad_token_id=0)
-    program = Program.from_config(sampling, mesh)
-    row_multiple = batch_shards(mesh)
-    rows = batch_rows(config.data.batch_size * r.n, row_multiple)
-    cache_slots = program.cache_slots(prompt_length)
-    slots = refill.slot_count(sampling, model_config, cache_slots, rows, row_multiple)
-    refilling = sampling.scheduler == "refill" and slots < rows
-    slots = slots if refilling else rows
+    prompt_rows, rows = request_rows(config.data.batch_size, r.n, mesh)
+    sampler = rollout_programs(graphdef, model_config, sampling, mesh, prompt_slots=prompt_length, rows=rows)
 
     def by_rows(*shape):
         return jax.ShapeDtypeStruct(shape, np.int32, sharding=batch_sharding(mesh))
@@ -523,38 +501,31 @@ def _sampler_programs(config, model_config, graphdef, params, mesh, prompt_lengt
         report(memory)
         return outputs
 
-    if refilling:
-        program = dataclasses.replace(program, decode_segments=1)  # as generate_refill
-        state = run("empty_slots", lambda: refill._empty_slots.lower(
-            graphdef, params, stop_ids, scalar(), scalar(), slots=slots, cache_slots=cache_slots, rows=rows,
-            response_slots=program.response_slots))
-        # the first admission fills every slot: the largest prefill bucket
-        prefill_prompts = refill.prefill_bucket(-(-slots // r.n), row_multiple)
-        entries = by_rows(prefill_prompts * r.n)
-        prompts = by_rows(prefill_prompts, prompt_length)
+    if sampler.refilling:
+        refill = sampler.refill
+        state = run("empty_slots", lambda: refill.empty_slots.lower(params, stop_ids, scalar(), scalar()))
+        entries = by_rows(sampler.largest_prefill * sampler.n)
+        prompts = by_rows(sampler.largest_prefill, prompt_length)
         if state is not None:
-            state = run("refill_prefill", lambda: refill._refill_prefill.lower(
-                graphdef, params, state, prompts, prompts, entries, entries, entries, entries, rng, program=program))
-        hosts = len({device.process_index for device in mesh.devices.flat})  # a block of slots per host
-        free_to_stop = _replicated(jax.ShapeDtypeStruct((hosts,), np.int32), mesh)
-        decode_name, lower_decode = "refill_decode", lambda decode_state: refill._refill_decode.lower(
-            graphdef, params, decode_state, scalar(), free_to_stop, program=program, prompt_slots=prompt_length)
+            state = run("refill_prefill", lambda: refill.refill_prefill.lower(
+                params, state, prompts, prompts, entries, entries, entries, entries, rng))
+        free_to_stop = _replicated(jax.ShapeDtypeStruct((sampler.blocks,), np.int32), mesh)  # a block of slots per host
+        decode_name, lower_decode = "refill_decode", lambda decode_state: refill.refill_decode.lower(
+            params, decode_state, scalar(), free_to_stop)
     else:
-        prompts = by_rows(batch_rows(config.data.batch_size, row_multiple), prompt_length)
-        state = run("prefill", lambda: sampler._prefill.lower(
-            graphdef, params, prompts, prompts, rng, stop_ids, scalar(), program=program, n=r.n, batch=rows))
-        sizes = program.cache_sizes(prompt_length)
-        if state is not None and len(sizes) > 1:  # the last (largest) growth of one layer, as `_grow_cache` runs it
+        prompts = by_rows(prompt_rows, prompt_length)
+        state = run("prefill", lambda: sampler.prefill.lower(params, prompts, prompts, rng, stop_ids, scalar()))
+        sizes = sampler.cache_sizes
+        if state is not None and len(sizes) > 1:  # the last (largest) growth of one layer, as generate grows it
             state = _grown(state, sizes[-2])
-            run("grow_cache", lambda: sampler._grow_layer.lower(state.cache.k[0], state.cache.v[0], slots=sizes[-1]))
+            run("grow_cache", lambda: sampler.grow_layer.lower(state.cache.k[0], state.cache.v[0], slots=sizes[-1]))
             state = _grown(state, sizes[-1])
-        decode_name, lower_decode = "decode", lambda decode_state: sampler._decode.lower(
-            graphdef, params, decode_state, scalar(), program=program)
+        decode_name, lower_decode = "decode", lambda decode_state: sampler.decode.lower(params, decode_state, scalar())
     kv_cache = -1 if state is None else _shard_bytes(state.cache)
     if state is not None:
         run(decode_name, lambda: lower_decode(state), state)
-    shapes = {"scheduler": "refill" if refilling else "static", "rollout_rows": rows, "slots": slots,
-              "cache_slots": cache_slots}
+    shapes = {"scheduler": "refill" if sampler.refilling else "static", "rollout_rows": sampler.rows,
+              "slots": sampler.slots, "cache_slots": sampler.cache_slots}
     return programs, shapes, kv_cache
 
 

@@ -104,3 +104,48 @@ def test_no_cycle_between_parts():
 
 def test_imports_point_down_the_layers():
     assert upward_imports(import_edges(REPO / PACKAGE), layer_order()) == []
+
+
+def private_uses(root: Path) -> list[str]:
+    """`path:line module._name` for every use of another module's private name in the
+    package at `root`: `from module import _name`, or `alias._name` where alias is bound by
+    an import to a module (or a name) of the package. Dunder names are public."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root)
+        module = ".".join((PACKAGE, *relative.with_suffix("").parts)).removesuffix(".__init__")
+        tree = ast.parse(path.read_text(), str(path))
+        bound = {}  # local name -> the dotted name it was imported as
+        for local, name, line in _bindings(tree, module, relative.stem == "__init__"):
+            if name.startswith(f"{PACKAGE}.") and name.rsplit(".", 1)[0] != module:
+                bound[local] = name
+                if _private(name.rsplit(".", 1)[1]):
+                    found.append(f"{PACKAGE}/{relative}:{line} {name}")
+        found += [f"{PACKAGE}/{relative}:{node.lineno} {bound[node.value.id]}.{node.attr}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                  and node.value.id in bound and _private(node.attr)]
+    return found
+
+
+def _bindings(tree: ast.Module, module: str, is_package: bool) -> list[tuple[str, str, int]]:
+    """(local name, dotted name, line) of every name an import in `tree` binds (`import a.b`
+    without `as` binds only `a`, left out), relative imports resolved against `module`."""
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    bindings = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            bindings += [(alias.asname or alias.name, alias.name, node.lineno) for alias in node.names
+                         if alias.asname or "." not in alias.name]
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else [])) \
+                if node.level else node.module
+            bindings += [(alias.asname or alias.name, f"{base}.{alias.name}", node.lineno) for alias in node.names]
+    return bindings
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.endswith("__")
+
+
+def test_no_module_uses_another_modules_private_names():
+    assert private_uses(REPO / PACKAGE) == []

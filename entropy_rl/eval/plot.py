@@ -76,7 +76,7 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [by_step[step] for step in sorted(by_step)]
 
 
-def _series(rows: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
+def metric_series(rows: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
     """(steps, values) of the rows where `key` holds a finite number."""
     steps, values = [], []
     for index, row in enumerate(rows):
@@ -100,7 +100,7 @@ def _ema(values: list[float], smoothing: float) -> list[float]:
 def group_keys(runs: Mapping[str, Sequence[dict]]) -> dict[str, tuple[str, list[str]]]:
     """{family: (title, sorted metric keys)} over every numeric key of every run."""
     candidates = {(key, label) for label, rows in runs.items() for row in rows for key in row if key not in NOT_METRICS}
-    keys = sorted({key for key, label in candidates if _series(runs[label], key)[0]})
+    keys = sorted({key for key, label in candidates if metric_series(runs[label], key)[0]})
     groups: dict[str, tuple[str, list[str]]] = {}
     for key in keys:
         family, title = family_of(key)
@@ -121,7 +121,7 @@ def make_figures(runs: Mapping[str, Sequence[dict]], *, smoothing: float = 0.0, 
     """
     figures = {}
     for family, (title, keys) in group_keys(runs).items():
-        columns = _grid_columns(len(keys), max_columns)
+        columns = grid_columns(len(keys), max_columns)
         rows = math.ceil(len(keys) / columns)
         figure, axes = plt.subplots(rows, columns, figsize=(5.0 * columns, 3.6 * rows), squeeze=False)
         for ax, key in zip(axes.flat, keys):
@@ -134,7 +134,7 @@ def make_figures(runs: Mapping[str, Sequence[dict]], *, smoothing: float = 0.0, 
     return figures
 
 
-def _grid_columns(num_panels: int, max_columns: int) -> int:
+def grid_columns(num_panels: int, max_columns: int) -> int:
     """Columns of the panel grid: fewest rows, then fewest empty cells (4 panels -> 2 x 2)."""
 
     def cost(columns: int) -> tuple[int, int]:
@@ -146,7 +146,7 @@ def _grid_columns(num_panels: int, max_columns: int) -> int:
 
 def _draw_panel(ax, runs: Mapping[str, Sequence[dict]], key: str, smoothing: float) -> None:
     for run_index, (label, rows) in enumerate(runs.items()):
-        steps, values = _series(rows, key)
+        steps, values = metric_series(rows, key)
         if not steps:
             continue
         if smoothing > 0:

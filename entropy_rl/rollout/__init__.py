@@ -3,7 +3,7 @@
 from entropy_rl.rollout import refill, sampler
 from entropy_rl.rollout.config import SamplingConfig
 from entropy_rl.rollout.refill import RefillSchedule
-from entropy_rl.rollout.sampler import generate
+from entropy_rl.rollout.sampler import RolloutPrograms, generate, rollout_programs
 from entropy_rl.rollout.result import Rollout
 from entropy_rl.rollout.sampling import filter_logits, sample_tokens, sampling_logprobs
 
@@ -18,10 +18,12 @@ def compile_counts() -> dict[str, int]:
 __all__ = [
     "RefillSchedule",
     "Rollout",
+    "RolloutPrograms",
     "SamplingConfig",
     "compile_counts",
     "filter_logits",
     "generate",
+    "rollout_programs",
     "sample_tokens",
     "sampling_logprobs",
 ]

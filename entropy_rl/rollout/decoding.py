@@ -1,11 +1,13 @@
-"""What both schedulers of `generate` share: the compiled-program key, the per-row sampling
-keys, the cache's sharding and the prefill, and the counter of compiled programs."""
+"""What both schedulers of `generate` share: the compiled-program key, a jitted program with
+its static arguments bound, the per-row sampling keys, the cache's sharding and the prefill."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import math
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +70,24 @@ class Program:
     def mesh_context(self):
         """jax.set_mesh(mesh), under which `constrain` (here and in the model) shards by name."""
         return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundProgram:
+    """A jitted function with its leading arguments (the graphdef) and static keyword
+    arguments bound: `program(*rest)` runs `jitted(*args, *rest, **static)` and
+    `program.lower(*rest)` lowers that same call (on arrays or `jax.ShapeDtypeStruct`s),
+    so a run and a plan compile the one program."""
+
+    jitted: Callable
+    args: tuple = ()
+    static: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __call__(self, *args, **kwargs):
+        return self.jitted(*self.args, *args, **self.static, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        return self.jitted.lower(*self.args, *args, **self.static, **kwargs)
 
 
 # Every program of the sampler runs at least this many rows on each batch shard. XLA:CPU

@@ -63,6 +63,7 @@ import functools
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -78,6 +79,7 @@ from entropy_rl.parallel.watchdog import beat
 from entropy_rl.rollout.config import SamplingConfig
 from entropy_rl.rollout.decoding import (
     MIN_ROWS_PER_SHARD,
+    BoundProgram,
     Program,
     constrain_cache,
     prefill_logits,
@@ -85,6 +87,9 @@ from entropy_rl.rollout.decoding import (
     step_keys,
     stop_token_array,
 )
+
+if TYPE_CHECKING:
+    from entropy_rl.rollout.sampler import RolloutPrograms
 
 
 @struct.dataclass
@@ -283,6 +288,34 @@ def _refill_decode(graphdef, params, state: SlotState, max_steps, free_to_stop, 
 PROGRAMS = {"slots": _empty_slots, "refill_prefill": _refill_prefill, "refill_decode": _refill_decode}
 
 
+@dataclasses.dataclass(frozen=True)
+class RefillPrograms:
+    """The refill scheduler's programs for one request shape, each called (or lowered) on
+    the arguments after the graphdef, static arguments bound:
+
+    empty_slots (params, stop_token_ids, pad_token_id, max_new_tokens) -> SlotState;
+    refill_prefill (params, state, prompt_ids, prompt_mask, sources, slots, rows, row_ids,
+    rng) -> SlotState; refill_decode (params, state, max_steps, free_to_stop) -> SlotState.
+    """
+
+    empty_slots: BoundProgram
+    refill_prefill: BoundProgram
+    refill_decode: BoundProgram
+
+
+def refill_programs(graphdef, program: Program, *, slots: int, cache_slots: int, rows: int,
+                    prompt_slots: int) -> RefillPrograms:
+    """The programs decoding `rows` output rows through `slots` slots of `cache_slots` cache
+    slots, prompts of `prompt_slots` tokens; `program` with decode_segments=1 (the slots'
+    cache is whole from the start: one program for any decode_segments)."""
+    program = dataclasses.replace(program, decode_segments=1)
+    return RefillPrograms(
+        empty_slots=BoundProgram(_empty_slots, (graphdef,), {"slots": slots, "cache_slots": cache_slots, "rows": rows,
+                                                            "response_slots": program.response_slots}),
+        refill_prefill=BoundProgram(_refill_prefill, (graphdef,), {"program": program}),
+        refill_decode=BoundProgram(_refill_decode, (graphdef,), {"program": program, "prompt_slots": prompt_slots}))
+
+
 @dataclasses.dataclass
 class RefillSchedule:
     """What one refill run did, filled in by `generate_refill`: its slot batch (all processes'
@@ -320,45 +353,38 @@ class _Schedule:
 
 
 def generate_refill(
-    graphdef,
+    programs: RolloutPrograms,
     params,
     prompt_ids: np.ndarray,
     prompt_mask: np.ndarray,
     rng: jax.Array,
     config: SamplingConfig,
-    program: Program,
     *,
     num_rows: int,
-    padded_rows: int,
-    slots: int,
-    row_multiple: int,
     place: Callable[[np.ndarray], jax.Array],
     row_ids: np.ndarray | None = None,
     block: int = 0,
-    blocks: int = 1,
     agree: Callable[[np.ndarray], np.ndarray] = agree_across_processes,
     progress: bool = False,
     schedule: RefillSchedule | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Decode this process's rows 0..num_rows-1 (row r answers prompt_ids[r // config.n],
     left-padded [*, P]; it draws from fold_in(rng, row_ids[r]), row_ids None = r) through
-    its `slots / blocks` slots: this process is block `block` of `blocks` (one per process)
-    of the global slots, output rows and prefill batches (`place` builds a global array from
-    each process's block). Prefill batches hold a multiple of row_multiple prompts per block
-    (the block's batch shards). Returns the global device arrays tokens [padded_rows, R]
-    int32, logprobs [padded_rows, R] float32, lengths [padded_rows] int32, stopped
-    [padded_rows] bool, as the static sampler's: this process's rows are the block's first
-    num_rows. Runs under the caller's mesh context. progress=True shows (on process 0) this
-    process's finished rows / total and tokens/s (all processes'); `schedule`, when given, is
-    filled in."""
-    prompt_slots = prompt_ids.shape[1]
-    n = config.n
+    its `programs.slots / programs.blocks` slots: this process is block `block` of the
+    blocks (one per process) of the global slots, output rows and prefill batches (`place`
+    builds a global array from each process's block). Prefill batches hold
+    `programs.prefill_bucket` prompts per block. Returns the global device arrays tokens
+    [programs.rows, R] int32, logprobs [programs.rows, R] float32, lengths [programs.rows]
+    int32, stopped [programs.rows] bool, as the static sampler's: this process's rows are the
+    block's first num_rows. Runs under the caller's mesh context. progress=True shows (on
+    process 0) this process's finished rows / total and tokens/s (all processes');
+    `schedule`, when given, is filled in."""
+    n, slots, blocks = config.n, programs.slots, programs.blocks
     block_slots = slots // blocks
     row_ids = np.arange(num_rows, dtype=np.int32) if row_ids is None else row_ids
-    program = dataclasses.replace(program, decode_segments=1)  # unused here: one program for any value
-    state = _empty_slots(graphdef, params, stop_token_array(config), jnp.int32(config.pad_token_id),
-                         jnp.int32(config.max_new_tokens), slots=slots, cache_slots=program.cache_slots(prompt_slots),
-                         rows=padded_rows, response_slots=program.response_slots)
+    refill = programs.refill
+    state = refill.empty_slots(params, stop_token_array(config), jnp.int32(config.pad_token_id),
+                               jnp.int32(config.max_new_tokens))
     queue = _Schedule(deque(range(num_rows)), np.zeros(block_slots, bool))
     chunk = config.progress_chunk if progress else np.iinfo(np.int32).max
     start, finished, prefill_calls, decode_calls = time.perf_counter(), 0, 0, 0
@@ -369,18 +395,17 @@ def generate_refill(
             free_to_stop[block] = min(n, len(queue.waiting)) if queue.waiting else block_slots + 1
             agreed = agree(np.array([
                 queue.live.any() or bool(queue.waiting),
-                prefill_bucket(len({row // n for _, row in pairs}), row_multiple) if pairs else 0,
+                programs.prefill_bucket(len({row // n for _, row in pairs})) if pairs else 0,
                 *free_to_stop,
             ]))
             work, prefill_batch, free_to_stop = agreed[0], agreed[1], agreed[2:]
             if not work:
                 break
             if prefill_batch:
-                state = _admit(graphdef, params, state, pairs, prompt_ids, prompt_mask, row_ids, rng, prefill_batch, n,
-                               block, blocks, place, program)
+                state = _admit(refill.refill_prefill, params, state, pairs, prompt_ids, prompt_mask, row_ids, rng,
+                               prefill_batch, n, block, blocks, place)
                 prefill_calls += 1
-            state = _refill_decode(graphdef, params, state, jnp.int32(chunk), jnp.asarray(free_to_stop, jnp.int32),
-                                   program=program, prompt_slots=prompt_slots)
+            state = refill.refill_decode(params, state, jnp.int32(chunk), jnp.asarray(free_to_stop, jnp.int32))
             decode_calls += 1
             beat(f"decode segment {decode_calls} of a rollout")
             queue.live = addressable_rows(state.live).astype(bool)
@@ -395,9 +420,9 @@ def generate_refill(
     return state.tokens, state.logprobs, state.lengths, state.stopped
 
 
-def _admit(graphdef, params, state, pairs, prompt_ids, prompt_mask, row_ids, rng, prefill_batch, n, block, blocks,
-           place, program):
-    """Run the refill prefill for this process's (slot, row) pairs (indices within its block
+def _admit(refill_prefill: BoundProgram, params, state, pairs, prompt_ids, prompt_mask, row_ids, rng, prefill_batch,
+           n, block, blocks, place):
+    """Run `refill_prefill` for this process's (slot, row) pairs (indices within its block
     `block` of `blocks`): their prompts, each once, padded to prefill_batch prompts
     (repeating the first), and prefill_batch * n admission entries (the unused ones dropped:
     slot S, row N); sources, slots and rows offset to the block's first prompt, slot and row."""
@@ -414,5 +439,5 @@ def _admit(graphdef, params, state, pairs, prompt_ids, prompt_mask, row_ids, rng
     for index, (slot, row) in enumerate(pairs):
         sources[index], targets[index], rows[index] = position[row // n], first_slot + slot, first_row + row
         keys[index] = row_ids[row]
-    return _refill_prefill(graphdef, params, state, place(prompt_ids[batch_prompts]), place(prompt_mask[batch_prompts]),
-                           place(sources), place(targets), place(rows), place(keys), rng, program=program)
+    return refill_prefill(params, state, place(prompt_ids[batch_prompts]), place(prompt_mask[batch_prompts]),
+                          place(sources), place(targets), place(rows), place(keys), rng)

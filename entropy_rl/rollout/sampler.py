@@ -28,6 +28,7 @@ updates.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -45,6 +46,7 @@ from entropy_rl.parallel.hosts import (addressable_rows, allgather_rows, global_
 from entropy_rl.rollout.batching import left_pad_prompts, round_up
 from entropy_rl.rollout.config import SamplingConfig
 from entropy_rl.rollout.decoding import (
+    BoundProgram,
     Program,
     batch_rows,
     batch_shards,
@@ -55,7 +57,8 @@ from entropy_rl.rollout.decoding import (
     stop_token_array,
 )
 from entropy_rl.rollout.params import sampling_params
-from entropy_rl.rollout.refill import RefillSchedule, generate_refill, slot_count
+from entropy_rl.rollout.refill import (RefillPrograms, RefillSchedule, generate_refill, prefill_bucket, refill_programs,
+                                      slot_count)
 from entropy_rl.rollout.result import Rollout, assemble_rollout
 
 
@@ -153,19 +156,92 @@ def _grow_layer(keys: jax.Array, values: jax.Array, *, slots: int) -> tuple[jax.
 PROGRAMS = {"prefill": _prefill, "decode": _decode, "grow": _grow_layer}
 
 
-def _grow_cache(state: DecodeState, *, slots: int) -> DecodeState:
-    """The state with its cache grown to `slots` slots (the next decode segment's), layer
-    by layer, each old layer deleted once its grown copy exists: the peak is the cache and
-    one layer, not two caches (a growth cannot donate its input, its outputs have new
-    shapes). The state's old cache is unusable afterwards."""
+def _grow_cache(state: DecodeState, grow_layer: BoundProgram, *, slots: int) -> DecodeState:
+    """The state with its cache grown to `slots` slots (the next decode segment's) by
+    `grow_layer` (`_grow_layer`), layer by layer, each old layer deleted once its grown copy
+    exists: the peak is the cache and one layer, not two caches (a growth cannot donate its
+    input, its outputs have new shapes). The state's old cache is unusable afterwards."""
     cache, keys, values = state.cache, [], []
     for old_keys, old_values in zip(cache.k, cache.v):
-        grown_keys, grown_values = _grow_layer(old_keys, old_values, slots=slots)
+        grown_keys, grown_values = grow_layer(old_keys, old_values, slots=slots)
         old_keys.delete()
         old_values.delete()
         keys.append(grown_keys)
         values.append(grown_values)
     return state.replace(cache=cache.replace(k=tuple(keys), v=tuple(values), valid=grow_slots(cache.valid, slots, 1)))
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutPrograms:
+    """The compiled programs of one `generate` request and the counts that select them.
+
+    Counts: n samples per prompt; prompt_slots P; rows N, the padded output rows (all
+    processes'); slots S, the refill scheduler's slots (`slot_count`), else N; cache_slots C
+    (`Program.cache_slots`); cache_sizes, the static schedule's decode segments' caches
+    (`Program.cache_sizes`); row_multiple, the batch shards of one process (prefill
+    buckets); blocks, the processes; refilling, whether the refill scheduler decodes the
+    rows (scheduler "refill" and S < N).
+
+    Programs, each called (or lowered) on the arguments after the graphdef, static ones
+    bound: the static schedule's prefill (params, prompt_ids, prompt_mask, rng,
+    stop_token_ids, pad_token_id, row_ids) -> DecodeState, grow_layer (keys, values, *,
+    slots) and decode (params, state, stop_step) -> DecodeState; the refill scheduler's
+    `refill` (`RefillPrograms`).
+    """
+
+    program: Program
+    n: int
+    prompt_slots: int
+    rows: int
+    slots: int
+    cache_slots: int
+    cache_sizes: tuple[int, ...]
+    row_multiple: int
+    blocks: int
+    refilling: bool
+    prefill: BoundProgram
+    grow_layer: BoundProgram
+    decode: BoundProgram
+    refill: RefillPrograms
+
+    def prefill_bucket(self, prompts: int) -> int:
+        """The prompts of one process's refill prefill batch admitting `prompts` prompts."""
+        return prefill_bucket(prompts, self.row_multiple)
+
+    @property
+    def largest_prefill(self) -> int:
+        """The prompts (all processes') of the largest refill prefill: the first admission,
+        which fills every process's block of slots with whole prompts' n rows."""
+        return self.blocks * self.prefill_bucket(-(-(self.slots // self.blocks) // self.n))
+
+
+def request_rows(prompts: int, n: int, mesh) -> tuple[int, int]:
+    """(prompt rows, output rows) of a one-process request of `prompts` prompts x n samples:
+    each padded to the mesh's batch shards, at least MIN_ROWS_PER_SHARD on each (`batch_rows`)."""
+    shards = batch_shards(mesh)
+    return batch_rows(prompts, shards), batch_rows(prompts * n, shards)
+
+
+def rollout_programs(graphdef, model_config, config: SamplingConfig, mesh, *, prompt_slots: int,
+                     rows: int) -> RolloutPrograms:
+    """The programs `generate` runs to sample `rows` padded output rows (all processes') of
+    config.n samples per prompt, prompts of `prompt_slots` tokens, with the model
+    `graphdef` (of `model_config`) on `mesh` (None: the default device)."""
+    program = Program.from_config(config, mesh)
+    shards, blocks = batch_shards(mesh), mesh_process_count(mesh)
+    cache_slots = program.cache_slots(prompt_slots)
+    slots = slot_count(config, model_config, cache_slots, rows, shards)
+    refilling = config.scheduler == "refill" and slots < rows
+    slots = slots if refilling else rows
+    return RolloutPrograms(
+        program=program, n=config.n, prompt_slots=prompt_slots, rows=rows, slots=slots,
+        cache_slots=cache_slots, cache_sizes=tuple(program.cache_sizes(prompt_slots)), row_multiple=shards // blocks,
+        blocks=blocks, refilling=refilling,
+        prefill=BoundProgram(_prefill, (graphdef,), {"program": program, "n": config.n, "batch": rows}),
+        grow_layer=BoundProgram(_grow_layer),
+        decode=BoundProgram(_decode, (graphdef,), {"program": program}),
+        refill=refill_programs(graphdef, program, slots=slots, cache_slots=cache_slots, rows=rows,
+                               prompt_slots=prompt_slots))
 
 
 def generate(
@@ -198,34 +274,29 @@ def generate(
     kv_cache_budget_gb then bound the global slots (`slot_count` of the global rows), split
     evenly among the hosts: each host refills its own block of slots with its own rows.
     """
-    program = Program.from_config(config, mesh)
-    shards, hosts = batch_shards(mesh), mesh_process_count(mesh)
     if is_multiprocess(mesh):
         prompt_ids, prompt_mask, row_ids = _host_prompt_block(prompts, config, mesh)
-        batch = row_ids.shape[0] * hosts
+        batch = row_ids.shape[0] * mesh_process_count(mesh)
         place = functools.partial(global_from_host_rows, mesh=mesh)
     else:
+        prompt_rows, batch = request_rows(len(prompts), config.n, mesh)
         prompt_ids, prompt_mask = left_pad_prompts(prompts, pad_token_id=config.pad_token_id,
-                                                   prompt_bucket=config.prompt_bucket,
-                                                   rows=batch_rows(len(prompts), shards))
-        row_ids, batch = None, batch_rows(len(prompts) * config.n, shards)
-        place = functools.partial(_to_device, mesh=mesh)
-    slots = slot_count(config, model.config, program.cache_slots(prompt_ids.shape[1]), batch, shards)
-    _check_vocab(model, prompt_ids)
+                                                   prompt_bucket=config.prompt_bucket, rows=prompt_rows)
+        row_ids, place = None, functools.partial(_to_device, mesh=mesh)
     graphdef, params = nnx.split(model)
+    programs = rollout_programs(graphdef, model.config, config, mesh, prompt_slots=prompt_ids.shape[1], rows=batch)
+    _check_vocab(model, prompt_ids)
     if config.sampling_copy:
         params = sampling_params(params, model.dtype, mesh)
-    with program.mesh_context():
-        if config.scheduler == "refill" and slots < batch:
-            outputs = generate_refill(graphdef, params, prompt_ids, prompt_mask, rng, config, program,
-                                      num_rows=len(prompts) * config.n, padded_rows=batch, slots=slots,
-                                      row_multiple=shards // hosts, place=place, row_ids=row_ids,
-                                      block=host_block(mesh), blocks=hosts, progress=progress, schedule=schedule)
+    with programs.program.mesh_context():
+        if programs.refilling:
+            outputs = generate_refill(programs, params, prompt_ids, prompt_mask, rng, config,
+                                      num_rows=len(prompts) * config.n, place=place, row_ids=row_ids,
+                                      block=host_block(mesh), progress=progress, schedule=schedule)
         else:
-            state = _prefill(graphdef, params, place(prompt_ids), place(prompt_mask), rng, stop_token_array(config),
-                             jnp.int32(config.pad_token_id), None if row_ids is None else place(row_ids),
-                             program=program, n=config.n, batch=batch)
-            state = _decode_all(graphdef, params, state, program, config, prompt_ids.shape[1], progress)
+            state = programs.prefill(params, place(prompt_ids), place(prompt_mask), rng, stop_token_array(config),
+                                     jnp.int32(config.pad_token_id), None if row_ids is None else place(row_ids))
+            state = _decode_all(programs, params, state, config, progress)
             outputs = (state.tokens, state.logprobs, state.lengths, state.stopped)
     # each host reads back only its own rows
     tokens, logprobs, lengths, stopped = (addressable_rows(x) if isinstance(x, jax.Array) else np.asarray(x)
@@ -244,23 +315,23 @@ def generate(
     )
 
 
-def _decode_all(graphdef, params, state, program, config, prompt_slots, progress) -> DecodeState:
-    """Run the decode program to max_new_tokens, segment by segment (see `Program.cache_sizes`),
+def _decode_all(programs: RolloutPrograms, params, state, config, progress) -> DecodeState:
+    """Run the decode program to max_new_tokens, segment by segment (`programs.cache_sizes`),
     each in one call, or with progress=True in calls of config.progress_chunk steps between
     updates of a tqdm bar (these synchronise, and stop early once every row has stopped)."""
     chunk = config.progress_chunk if progress else config.max_new_tokens
     done = 1
     with tqdm(total=config.max_new_tokens, desc="rollout", unit="tok", disable=not progress) as bar:
         bar.update(done)
-        for slots in program.cache_sizes(prompt_slots):
-            segment_end = min(slots - prompt_slots + 1, config.max_new_tokens)
+        for slots in programs.cache_sizes:
+            segment_end = min(slots - programs.prompt_slots + 1, config.max_new_tokens)
             if done >= segment_end:
                 continue
             if slots > state.cache.max_length:
-                state = _grow_cache(state, slots=slots)
+                state = _grow_cache(state, programs.grow_layer, slots=slots)
             while done < segment_end:
                 stop_step = min(done + chunk, segment_end)
-                state = _decode(graphdef, params, state, jnp.int32(stop_step), program=program)
+                state = programs.decode(params, state, jnp.int32(stop_step))
                 if progress:
                     step, all_stopped = jax.device_get((state.step, jnp.all(state.stopped)))
                     bar.update(int(step) - done)

@@ -43,7 +43,7 @@ import matplotlib.pyplot as plt
 import yaml
 
 from entropy_rl.configuration import config_to_dict, flatten, move_renamed_keys
-from entropy_rl.eval.plot import _grid_columns, _series, read_metrics  # also selects the Agg backend
+from entropy_rl.eval.plot import grid_columns, metric_series, read_metrics  # also selects the Agg backend
 from entropy_rl.losses import get_policy_loss
 from entropy_rl.sweep import mechanism, stats
 from entropy_rl.sweep.runner import MANIFEST_FILE, finished_summary
@@ -73,7 +73,7 @@ class Run:
 
     def series(self, key: str) -> tuple[list[float], list[float]]:
         """(steps, values) of the rows holding a finite `key`."""
-        return _series(self.rows, key)
+        return metric_series(self.rows, key)
 
 
 # --------------------------------------------------------------------------- reading runs
@@ -287,7 +287,7 @@ def figures(groups: Mapping[str, Sequence[Run]]) -> dict[str, Any]:
     for name, keys in panels.items():
         if not keys:
             continue
-        columns = _grid_columns(len(keys), 3)
+        columns = grid_columns(len(keys), 3)
         rows = math.ceil(len(keys) / columns)
         figure, axes = plt.subplots(rows, columns, figsize=(5.0 * columns, 3.6 * rows), squeeze=False)
         for ax, key in zip(axes.flat, keys):

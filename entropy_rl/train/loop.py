@@ -2,6 +2,7 @@
 
     set_up                  mesh, policy, data, sampling and update settings (`train.trainer`)
     restore_or_initialize   the last checkpoint, or a fresh state and the held-out "before"
+    compile_programs        the update's programs, built once (`train.programs`)
     for each step, rl_step:
         prompts (iterator / curriculum) -> rollout: n responses per prompt
           -> rewards (verifier, DAPO overlong penalty) -> group advantages (`train.experience`)
@@ -47,13 +48,14 @@ from entropy_rl.parallel.watchdog import beat
 from entropy_rl.train.config import TrainConfig
 from entropy_rl.train.experience import collect_groups, group_advantages, rollout_checks, rollout_metrics, update_batch
 from entropy_rl.train.metrics import MetricsLogger
+from entropy_rl.train.programs import Programs, compile_programs
 from entropy_rl.train.progress import loss_reporter, say
 from entropy_rl.train.samples import SamplesWriter, sample_records, sample_rows_of
 from entropy_rl.train.signals import StopSignals
 from entropy_rl.train.step import TrainState, create_train_state, token_statistics
 from entropy_rl.train.step_checks import Run, count_step, warn_if_uniform, warn_without_signal
 from entropy_rl.train.summary import finished_summary, logged_eval_steps, save_summary, summarize
-from entropy_rl.train.trainer import Programs, Trainer, compile_programs, set_up
+from entropy_rl.train.trainer import Trainer, set_up
 from entropy_rl.train.warmstart import warm_start
 
 
@@ -87,7 +89,7 @@ def restore_or_initialize(trainer: Trainer, policy: nnx.Module) -> tuple[TrainSt
     when config.resume finds one; else a fresh state (after the warm start when configured)
     and the held-out accuracy before training."""
     config = trainer.config
-    state = create_train_state(policy, trainer.optimizer, trainer.mesh)
+    state = create_train_state(policy, trainer.update.optimizer, trainer.mesh)
     needs_reference = losses.get_policy_loss(config.algorithm.name).needs_reference(config.algorithm.policy_loss())
     ref_params = _copy(state.params) if needs_reference else None
     restored = trainer.checkpointer.resume(params=state.params, train_state=_train_state_tree(state, ref_params),
@@ -111,7 +113,7 @@ def restore_or_initialize(trainer: Trainer, policy: nnx.Module) -> tuple[TrainSt
         run.warmstart = warm_start(policy, trainer.problems, trainer.encode, trainer.tokenizer, steps=w.steps,
                                    batch_size=w.batch_size, learning_rate=w.learning_rate, seed=config.seed,
                                    mesh=trainer.mesh, report=report)
-        state = create_train_state(policy, trainer.optimizer, trainer.mesh)
+        state = create_train_state(policy, trainer.update.optimizer, trainer.mesh)
         ref_params = _copy(state.params) if ref_params is not None else None
     run.before = trainer.evaluate(state, "before training")
     return state, ref_params, run, 0
@@ -148,17 +150,17 @@ def rl_step(trainer: Trainer, programs: Programs, state: TrainState, ref_params,
         samples.write(sample_records(step + 1, batch, entropy, rows=rows, rewards=groups.rewards,
                                      correct=groups.correct, answers=groups.answers, references=groups.references,
                                      tokenizer=trainer.tokenizer,
-                                     loss_name=a.name, loss_config=trainer.step_config.loss,
+                                     loss_name=a.name, loss_config=trainer.update.step_config.loss,
                                      flag=flag_metric and f"loss/{flag_metric}", mesh=trainer.mesh, state=state,
-                                     temperature=trainer.step_config.temperature,
-                                     chunk_size=trainer.step_config.chunk_size))
+                                     temperature=trainer.update.step_config.temperature,
+                                     chunk_size=trainer.update.step_config.chunk_size))
 
     per_update = []
     update_key = jax.random.fold_in(step_key, 1)
     for epoch in range(a.ppo_epochs):
         order = np.asarray(jax.random.permutation(jax.random.fold_in(update_key, epoch), len(advantages)))
-        for k in range(trainer.mini_batches):
-            rows = order[k * trainer.mini_rows:(k + 1) * trainer.mini_rows]
+        for k in range(trainer.update.mini_batches):
+            rows = order[k * trainer.update.mini_rows:(k + 1) * trainer.update.mini_rows]
             mini, mini_key = programs.take_rows(batch, rows), jax.random.fold_in(update_key, 1000 * epoch + k)
             mini_layout = None if layout is None else packed.layout(mini, lengths, rows)
             if mini_layout is None:
@@ -215,7 +217,7 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
         return finished
     # rows past the checkpoint are dropped on resume (MetricsLogger): their evaluations are redone
     logged_evals = {s for s in logged_eval_steps(config.run_dir) if s <= start_step} if start_step else set()
-    programs = compile_programs(trainer, state)
+    programs = compile_programs(state, trainer.mesh, trainer.update)
     logger = MetricsLogger(config.run_dir, config.logging, total_steps=config.total_steps, start_step=start_step,
                            config=config)
     samples = SamplesWriter(config.run_dir, start_step=start_step, max_mb=config.logging.samples_max_mb,

@@ -71,14 +71,20 @@ class PackedUpdate:
         """(prompt lengths, response lengths) [B] of the batch's rows, on every host."""
         return tuple(allgather_host_values(x) for x in _row_lengths(batch))
 
+    def packed_layout(self, prompts: np.ndarray, responses: np.ndarray, *, prompt_columns: int,
+                      response_columns: int) -> PackedLayout:
+        """`budgeted_layout` of rows with these prompt / response lengths under this run's budgets."""
+        return budgeted_layout(prompts, responses, prompt_columns=prompt_columns, response_columns=response_columns,
+                               pack_tokens=self.pack_tokens, micro_batch_tokens=self.micro_batch_tokens,
+                               micro_rows=self.micro_rows, row_multiple=self.row_multiple)
+
     def layout(self, batch: UpdateBatch, lengths, rows=None) -> PackedLayout | None:
         """The packed layout of the batch's rows `rows` (None: all), or None when it would not
         save work (`lengths` from `lengths`, of every row of the update batch)."""
         prompts, responses = (x if rows is None else x[rows] for x in lengths)
         prompt_columns, response_columns = batch.prompt_tokens.shape[1], batch.tokens.shape[1]
-        layout = budgeted_layout(prompts, responses, prompt_columns=prompt_columns, response_columns=response_columns,
-                                 pack_tokens=self.pack_tokens, micro_batch_tokens=self.micro_batch_tokens,
-                                 micro_rows=self.micro_rows, row_multiple=self.row_multiple)
+        layout = self.packed_layout(prompts, responses, prompt_columns=prompt_columns,
+                                    response_columns=response_columns)
         saves = layout.packed_tokens < padded_tokens(len(prompts), prompt_columns, response_columns)
         return layout if saves or self.mode == "on" else None
 

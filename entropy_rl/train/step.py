@@ -388,12 +388,13 @@ def no_grad_logprobs(graphdef: nnx.GraphDef, params: nnx.State, batch: UpdateBat
                      ) -> tuple[jax.Array, jax.Array]:
     """`make_no_grad_logprobs(...)(params, batch)` (compiled once per graphdef, mesh and settings)."""
     batch = jax.device_put(batch, batch_sharding(mesh))
-    program = _cached_no_grad_logprobs(graphdef, mesh, temperature=temperature, chunk_size=chunk_size,
+    program = no_grad_logprobs_program(graphdef, mesh, temperature=temperature, chunk_size=chunk_size,
                                        num_micro_batches=num_micro_batches)
     return program(params, batch)
 
 
-_cached_no_grad_logprobs = functools.lru_cache(maxsize=16)(make_no_grad_logprobs)
+# `make_no_grad_logprobs`, one program per (graphdef, mesh, settings) in a process.
+no_grad_logprobs_program = functools.lru_cache(maxsize=16)(make_no_grad_logprobs)
 
 
 # --------------------------------------------------------------------------- packed rows

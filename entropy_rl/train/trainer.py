@@ -1,6 +1,6 @@
 """What a run sets up once: `set_up` builds the mesh, the policy, the problems and prompt
-iterator (`train.data_setup`), the sampling and update settings into a `Trainer`;
-`compile_programs` builds the update's compiled programs (`Programs`) for its state."""
+iterator (`train.data_setup`), the sampling and update settings (`train.programs`) into a
+`Trainer`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from flax import nnx
 
 from entropy_rl.data import Problem
 from entropy_rl.eval.heldout import heldout_eval
-from entropy_rl.parallel import batch_sharding, make_mesh
+from entropy_rl.parallel import make_mesh
 from entropy_rl.parallel.hosts import mesh_process_count
 from entropy_rl.policy import build_policy
 from entropy_rl.train.checkpoint import Checkpointer, set_aside_previous_run
@@ -23,9 +23,9 @@ from entropy_rl.train.config import TrainConfig
 from entropy_rl.train.data_setup import (PromptEncoder, drop_long_prompts, heldout_problems, make_iterator,
                                          settings_line, training_problems)
 from entropy_rl.train.limits import check_lengths
-from entropy_rl.train.packed_update import PackedUpdate
+from entropy_rl.train.programs import UpdateSettings
 from entropy_rl.train.progress import say
-from entropy_rl.train.step import StepConfig, TrainState, make_optimizer, make_train_step, no_grad_logprobs
+from entropy_rl.train.step import TrainState
 
 
 @dataclasses.dataclass
@@ -40,25 +40,15 @@ class Trainer:
     heldout: list[Problem]
     iterator: Any
     sampling: Any  # SamplingConfig of the rollouts (prompt_bucket: the base of each batch's bucket)
-    optimizer: Any
-    schedule: Any
-    step_config: StepConfig
+    update: UpdateSettings  # mini-batches, step config, optimizer: what the update's programs are built for
     checkpointer: Checkpointer
     seed_key: jax.Array
     eval_key: jax.Array  # the same held-out samples' randomness before, during and after
-
-    @property
-    def mini_batches(self) -> int:
-        return self.config.data.batch_size // self.config.algorithm.mini_batch_size
 
     @functools.cached_property
     def vocab_size(self) -> int:
         """The policy's vocabulary (its logits), at least the tokenizer's."""
         return self.config.model.qwen_config(self.tokenizer.vocab_size).vocab_size
-
-    @property
-    def mini_rows(self) -> int:
-        return self.config.algorithm.mini_batch_size * self.sampling.n
 
     def evaluate(self, state: TrainState, label: str) -> dict[str, Any]:
         """The held-out evaluation, announced before and after (it can take long)."""
@@ -88,47 +78,12 @@ def set_up(config: TrainConfig, devices: Sequence[jax.Device] | None = None) -> 
     say(settings_line(config, len(problems)))
     sampling = config.rollout.sampling_config(stop_token_ids=tokenizer.stop_token_ids,
                                               pad_token_id=tokenizer.pad_token_id)
-    a = config.algorithm
-    mini_batches = config.data.batch_size // a.mini_batch_size
-    optimizer, schedule = make_optimizer(config.optimizer, config.total_steps * a.ppo_epochs * mini_batches)
-    mini_rows = a.mini_batch_size * sampling.n
-    step_config = StepConfig(a.name, a.policy_loss(), temperature=sampling.temperature or 1.0,
-                             chunk_size=config.model.logprob_chunk_size,
-                             num_micro_batches=mini_rows // a.micro_batch_size if a.micro_batch_size else 1)
     seed_key = jax.random.key(config.seed)
     if not config.resume:  # a fresh run in a used run_dir: the old one is moved aside, never deleted
         set_aside_previous_run(config.run_dir)
     trainer = Trainer(config=config, mesh=mesh, tokenizer=tokenizer, encode=encode, problems=problems,
                       heldout=heldout_problems(config), iterator=make_iterator(config, problems), sampling=sampling,
-                      optimizer=optimizer, schedule=schedule, step_config=step_config,
+                      update=UpdateSettings.from_config(config),
                       checkpointer=Checkpointer.from_config(config), seed_key=seed_key,
                       eval_key=jax.random.fold_in(seed_key, 2**31 - 1))
     return trainer, policy
-
-
-@dataclasses.dataclass
-class Programs:
-    """The compiled programs of the update: the train step, no-grad log-probs, row selection."""
-
-    train_step: Any
-    logprobs: Any
-    take_rows: Any
-    packed: PackedUpdate  # the same on packed rows (algorithm.packing)
-
-
-def compile_programs(trainer: Trainer, state: TrainState) -> Programs:
-    """The update's programs for `state`'s model on the trainer's mesh, built once per run."""
-    mesh, step_config = trainer.mesh, trainer.step_config
-    return Programs(
-        train_step=make_train_step(state, mesh, optimizer=trainer.optimizer, schedule=trainer.schedule,
-                                   config=step_config),
-        logprobs=functools.partial(no_grad_logprobs, state.graphdef, mesh=mesh, temperature=step_config.temperature,
-                                   chunk_size=step_config.chunk_size,
-                                   num_micro_batches=step_config.num_micro_batches * trainer.mini_batches),
-        # a mini-batch: rows of the update batch gathered on the devices, split as the batch
-        take_rows=jax.jit(lambda batch, rows: jax.tree.map(lambda x: x[rows], batch),
-                          out_shardings=batch_sharding(mesh)),
-        packed=PackedUpdate.create(state, mesh, algorithm=trainer.config.algorithm, optimizer=trainer.optimizer,
-                                   schedule=trainer.schedule, step_config=step_config,
-                                   micro_rows=trainer.mini_rows // step_config.num_micro_batches),
-    )

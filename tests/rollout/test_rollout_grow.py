@@ -23,7 +23,7 @@ def _decode_state() -> sampler.DecodeState:
                                stop_token_ids=rows, pad_token_id=jnp.int32(0))
 
 
-def test_grow_cache_deletes_each_old_layer_once_grown(monkeypatch):
+def test_grow_cache_deletes_each_old_layer_once_grown():
     state = _decode_state()
     old = state.cache
     expected = jax.tree.map(np.asarray, old.grow(SLOTS + 8))
@@ -35,8 +35,7 @@ def test_grow_cache_deletes_each_old_layer_once_grown(monkeypatch):
         deleted_at_each_call.append([array.is_deleted() for array in old.k + old.v])
         return grow_layer(keys, values, slots=slots)
 
-    monkeypatch.setattr(sampler, "_grow_layer", recording_grow_layer)
-    grown = sampler._grow_cache(state, slots=SLOTS + 8)
+    grown = sampler._grow_cache(state, recording_grow_layer, slots=SLOTS + 8)
     # growing layer i, layers 0..i-1 (keys and values) are gone: never two caches at once
     assert deleted_at_each_call == [[layer < i for layer in range(LAYERS)] * 2 for i in range(LAYERS)]
     assert all(array.is_deleted() for array in old.k + old.v)

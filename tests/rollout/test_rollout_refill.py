@@ -1,7 +1,7 @@
 """The refill scheduler against the static one (the reference) on a random tiny Qwen3: the same
 tokens, log-probs, lengths and stop flags for every row with fewer slots than rows, n = 1 and
-n = 4, on one device and over 8; compile counts over varied shapes; the slot count under a
-KV-cache budget against XLA's own buffer sizes."""
+n = 4, on one device and over 8; compile counts over varied shapes; the counts of a request's
+programs; the slot count under a KV-cache budget against XLA's own buffer sizes."""
 
 import dataclasses
 
@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 
 from entropy_rl.model import load_hf
 from entropy_rl.parallel import MeshConfig, make_mesh
 from entropy_rl.rollout import SamplingConfig, compile_counts, generate, sampler
 from entropy_rl.rollout.decoding import Program
 from entropy_rl.rollout.refill import kv_bytes_per_slot, slot_count
+from entropy_rl.rollout.sampler import request_rows, rollout_programs
 from entropy_rl.config import RolloutConfig
 
 VOCAB = 128
@@ -69,7 +71,7 @@ def test_refill_equals_static_for_every_row(model, prompts, n, monkeypatch):
     assert len(set(static.lengths.tolist())) >= 5 and static.stopped.any() and not static.stopped.all()
     slots_used = []
     refill_path = sampler.generate_refill
-    monkeypatch.setattr(sampler, "generate_refill", lambda *args, **kw: slots_used.append(kw["slots"]) or refill_path(*args, **kw))
+    monkeypatch.setattr(sampler, "generate_refill", lambda *args, **kw: slots_used.append(args[0].slots) or refill_path(*args, **kw))
     # 5 slots for 28 rows: with n = 4 a prompt's samples are also split over two admissions.
     refill = generate(model, prompts, _refill(STATIC, n=n, max_slots=5), jax.random.key(1))
     assert slots_used == [5]
@@ -131,6 +133,18 @@ def test_refill_over_8_devices_equals_static_on_them(model, checkpoint):
     one_device = generate(model, PROMPTS, STATIC, jax.random.key(3))
     np.testing.assert_array_equal(refill.tokens, one_device.tokens)
     np.testing.assert_allclose(refill.logprobs, one_device.logprobs, atol=1e-5, rtol=0)
+
+
+def test_rollout_programs_count_a_request_once(model):
+    """The record generate runs and `entropy-rl plan` lowers, for 7 prompts x 4 samples of
+    32 prompt slots: 5 slots of 64 cache slots (32 + 24 in whole 64-slot chunks), the first
+    admission's 2 prompts padded to MIN_ROWS_PER_SHARD; or all 28 rows at once."""
+    graphdef = nnx.split(model)[0]
+    assert request_rows(7, 4, None) == (7, 28)
+    refill = rollout_programs(graphdef, model.config, _refill(STATIC, max_slots=5), None, prompt_slots=32, rows=28)
+    assert (refill.refilling, refill.slots, refill.cache_slots, refill.largest_prefill) == (True, 5, 64, 2)
+    static = rollout_programs(graphdef, model.config, STATIC, None, prompt_slots=32, rows=28)
+    assert (static.refilling, static.slots, static.cache_sizes) == (False, 28, (64,))
 
 
 def test_slot_count_respects_the_kv_cache_budget(model):
