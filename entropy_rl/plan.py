@@ -324,7 +324,7 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
     from entropy_rl.model import Qwen
     from entropy_rl.parallel import batch_sharding, make_mesh
     from entropy_rl.parallel.sharding import state_shardings
-    from entropy_rl.train.programs import UpdateSettings, compile_programs
+    from entropy_rl.train.programs import UpdateSettings, build_programs
     from entropy_rl.train.step import TrainState, UpdateBatch, state_sharding
 
     mesh = make_mesh(config.mesh, devices=devices)
@@ -366,8 +366,8 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
     # which the FLOPs are counted (`program_flops`: a Pallas kernel's work is not visible).
     dense = dataclasses.replace(model_config, attention_implementation="dense")
     twin = state.replace(graphdef=nnx.split(nnx.eval_shape(lambda: Qwen(dense, rngs=nnx.Rngs(0))))[0])
-    compiled = compile_programs(state, mesh, settings)
-    programs, twins = (_update_programs(p) for p in (compiled, compile_programs(twin, mesh, settings)))
+    built = build_programs(state, mesh, settings)
+    programs, twins = (_update_programs(p) for p in (built, build_programs(twin, mesh, settings)))
     key = _replicated(jax.eval_shape(lambda: jax.random.key(0)), mesh)
     train_programs = []
 
@@ -385,7 +385,7 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
               update_program("train_step", lambda s: (s, update_batch(mini_rows), key), 0)]
     packing = []
     for median in (response_medians or ([0.2 * response_length] if a.packing != "off" else [])):
-        summary, layouts = _packed_layouts(compiled.packed, mesh, rows=all_rows, mini_rows=mini_rows,
+        summary, layouts = _packed_layouts(built.packed, mesh, rows=all_rows, mini_rows=mini_rows,
                                            prompt_length=prompt_length, response_length=response_length,
                                            median=median)
         lengths = f"median {median:g}"

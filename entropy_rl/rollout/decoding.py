@@ -20,8 +20,8 @@ from entropy_rl.rollout.config import SamplingConfig
 from entropy_rl.rollout.sampling import sample_tokens
 
 # Each layer's KVCache.k [B, KV, head_dim, S] and .v [B, KV, S, head_dim] by logical axis.
-_KEYS_AXES = ("batch", "kv_heads", "head_dim", None)
-_VALUES_AXES = ("batch", "kv_heads", None, "head_dim")
+KEYS_AXES = ("batch", "kv_heads", "head_dim", None)
+VALUES_AXES = ("batch", "kv_heads", None, "head_dim")
 
 @dataclasses.dataclass(frozen=True)
 class Program:
@@ -89,6 +89,9 @@ class BoundProgram:
     def lower(self, *args, **kwargs):
         return self.jitted.lower(*self.args, *args, **self.static, **kwargs)
 
+    def eval_shape(self, *args, **kwargs):
+        return self.jitted.eval_shape(*self.args, *args, **self.static, **kwargs)
+
 
 # Every program of the sampler runs at least this many rows on each batch shard. XLA:CPU
 # compiles a one-row batch with kernels of its own (a vector-matrix product, degenerate
@@ -114,8 +117,8 @@ def batch_shards(mesh) -> int:
 
 def constrain_cache(cache: KVCache) -> KVCache:
     """The cache sharded by logical axes: batch as the activations, kv heads as the weights."""
-    return cache.replace(k=tuple(constrain(k, _KEYS_AXES) for k in cache.k),
-                         v=tuple(constrain(v, _VALUES_AXES) for v in cache.v),
+    return cache.replace(k=tuple(constrain(k, KEYS_AXES) for k in cache.k),
+                         v=tuple(constrain(v, VALUES_AXES) for v in cache.v),
                          valid=constrain(cache.valid, ("batch", None)))
 
 

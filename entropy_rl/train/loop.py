@@ -2,7 +2,7 @@
 
     set_up                  mesh, policy, data, sampling and update settings (`train.trainer`)
     restore_or_initialize   the last checkpoint, or a fresh state and the held-out "before"
-    compile_programs        the update's programs, built once (`train.programs`)
+    build_programs          the update's programs, built once (`train.programs`)
     for each step, rl_step:
         prompts (iterator / curriculum) -> rollout: n responses per prompt
           -> rewards (verifier, DAPO overlong penalty) -> group advantages (`train.experience`)
@@ -48,7 +48,7 @@ from entropy_rl.parallel.watchdog import beat
 from entropy_rl.train.config import TrainConfig
 from entropy_rl.train.experience import collect_groups, group_advantages, rollout_checks, rollout_metrics, update_batch
 from entropy_rl.train.metrics import MetricsLogger
-from entropy_rl.train.programs import Programs, compile_programs
+from entropy_rl.train.programs import Programs, build_programs
 from entropy_rl.train.progress import loss_reporter, say
 from entropy_rl.train.samples import SamplesWriter, sample_records, sample_rows_of
 from entropy_rl.train.signals import StopSignals
@@ -217,7 +217,7 @@ def train(config: TrainConfig, *, devices: Sequence[jax.Device] | None = None) -
         return finished
     # rows past the checkpoint are dropped on resume (MetricsLogger): their evaluations are redone
     logged_evals = {s for s in logged_eval_steps(config.run_dir) if s <= start_step} if start_step else set()
-    programs = compile_programs(state, trainer.mesh, trainer.update)
+    programs = build_programs(state, trainer.mesh, trainer.update)
     logger = MetricsLogger(config.run_dir, config.logging, total_steps=config.total_steps, start_step=start_step,
                            config=config)
     samples = SamplesWriter(config.run_dir, start_step=start_step, max_mb=config.logging.samples_max_mb,

@@ -1,5 +1,5 @@
-"""The update's compiled programs and the counts they are built for, in one place: the loop
-runs them (`compile_programs`), `entropy-rl plan` lowers the same programs on abstract
+"""The update's programs and the counts they are built for, in one place: the loop
+runs them (`build_programs`), `entropy-rl plan` lowers the same programs on abstract
 inputs."""
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class Programs:
     packed: PackedUpdate
 
 
-def compile_programs(state: TrainState, mesh: jax.sharding.Mesh, settings: UpdateSettings) -> Programs:
+def build_programs(state: TrainState, mesh: jax.sharding.Mesh, settings: UpdateSettings) -> Programs:
     """The update's programs for `state`'s model (its graphdef, and for the train steps its
     shardings; arrays or abstract) on `mesh`."""
     step_config = settings.step_config

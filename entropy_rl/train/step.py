@@ -383,16 +383,6 @@ def make_no_grad_logprobs(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, *, te
                              compiler_options=mesh_compiler_options(mesh)), mesh)
 
 
-def no_grad_logprobs(graphdef: nnx.GraphDef, params: nnx.State, batch: UpdateBatch, *, mesh: jax.sharding.Mesh,
-                     temperature: float = 1.0, chunk_size: int = 0, num_micro_batches: int = 1
-                     ) -> tuple[jax.Array, jax.Array]:
-    """`make_no_grad_logprobs(...)(params, batch)` (compiled once per graphdef, mesh and settings)."""
-    batch = jax.device_put(batch, batch_sharding(mesh))
-    program = no_grad_logprobs_program(graphdef, mesh, temperature=temperature, chunk_size=chunk_size,
-                                       num_micro_batches=num_micro_batches)
-    return program(params, batch)
-
-
 # `make_no_grad_logprobs`, one program per (graphdef, mesh, settings) in a process.
 no_grad_logprobs_program = functools.lru_cache(maxsize=16)(make_no_grad_logprobs)
 

@@ -15,13 +15,13 @@ from jax.sharding import PartitionSpec
 
 from entropy_rl.model import Qwen
 from entropy_rl.model.config import QwenConfig
-from entropy_rl.parallel import MeshConfig, make_mesh, shard_model
+from entropy_rl.parallel import MeshConfig, batch_sharding, make_mesh, shard_model
 from entropy_rl.plan import collective_bytes
 from entropy_rl.rollout import SamplingConfig, generate
-from entropy_rl.rollout.decoding import Program, stop_token_array
+from entropy_rl.rollout.decoding import stop_token_array
 from entropy_rl.rollout.params import sampling_params
-from entropy_rl.rollout.sampler import _decode, _prefill
-from entropy_rl.train.step import UpdateBatch, no_grad_logprobs, response_logprobs
+from entropy_rl.rollout.sampler import rollout_programs
+from entropy_rl.train.step import UpdateBatch, no_grad_logprobs_program, response_logprobs
 
 CONFIG = QwenConfig(vocab_size=128, hidden_size=64, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4,
                     num_key_value_heads=2, head_dim=16, dtype="bfloat16", param_dtype="float32")
@@ -107,8 +107,9 @@ def test_train_side_old_logprobs_are_unchanged(model, mesh, sampled):
     assert nnx.state(model)["embed_tokens"].get_value().sharding.spec == PartitionSpec("tensor", "fsdp")
     batch = _update_batch(rollout)
     restored = jax.tree.map(lambda x, y: jax.device_put(y, x.sharding), params, before)
-    after_sampling, as_before = (no_grad_logprobs(graphdef, p, batch, mesh=mesh, temperature=SAMPLED.temperature)
-                                 for p in (params, restored))
+    forward = no_grad_logprobs_program(graphdef, mesh, temperature=SAMPLED.temperature)
+    batch = jax.device_put(batch, batch_sharding(mesh))
+    after_sampling, as_before = (forward(p, batch) for p in (params, restored))
     for x, y in zip(after_sampling, as_before):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -128,12 +129,10 @@ def test_decode_step_moves_activations_not_weights(model, mesh):
     graphdef, params = nnx.split(model)
     view = sampling_params(params, CONFIG.dtype, mesh)
     ids = jnp.ones((4, 16), jnp.int32)
-    program = Program.from_config(SAMPLED, mesh)
+    programs = rollout_programs(graphdef, CONFIG, SAMPLED, mesh, prompt_slots=16, rows=8)
     with jax.set_mesh(mesh):
-        state = _prefill.eval_shape(graphdef, view, ids, ids, jax.random.key(0), stop_token_array(SAMPLED),
-                                    jnp.int32(0), program=program, n=2, batch=8)
-        trained, viewed = (_decode.lower(graphdef, p, state, jnp.int32(8), program=program).compile().as_text()
-                           for p in (params, view))
+        state = programs.prefill.eval_shape(view, ids, ids, jax.random.key(0), stop_token_array(SAMPLED), jnp.int32(0))
+        trained, viewed = (programs.decode.lower(p, state, jnp.int32(8)).compile().as_text() for p in (params, view))
     weight_sizes = [x.size for x in jax.tree.leaves(params) if x.ndim >= 2]
     assert _largest_all_gather(trained) >= min(weight_sizes)  # weights (FSDP-split) are all-gathered
     assert _largest_all_gather(viewed) < min(weight_sizes)

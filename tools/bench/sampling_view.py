@@ -40,7 +40,7 @@ def main() -> None:
     from entropy_rl.parallel import MeshConfig, batch_sharding, logical_to_mesh, make_mesh, state_shardings
     from entropy_rl.parallel.sharding import MeshBound
     from entropy_rl.plan import collective_bytes, topology_devices
-    from entropy_rl.rollout.decoding import _KEYS_AXES, _VALUES_AXES
+    from entropy_rl.rollout.decoding import KEYS_AXES, VALUES_AXES
     from entropy_rl.rollout.params import sampling_shardings, view_dtype
 
     devices = topology_devices(args.topology)[0] if args.topology else jax.devices()
@@ -57,8 +57,8 @@ def main() -> None:
     rows = batch_sharding(mesh)
     cache = jax.eval_shape(lambda: KVCache.zeros(config.num_hidden_layers, args.rows, args.slots,
                                                  config.num_key_value_heads, config.head_dim, config.dtype))
-    cache_shardings = KVCache(k=tuple(NamedSharding(mesh, logical_to_mesh(_KEYS_AXES, mesh, k.shape)) for k in cache.k),
-                              v=tuple(NamedSharding(mesh, logical_to_mesh(_VALUES_AXES, mesh, v.shape)) for v in cache.v),
+    cache_shardings = KVCache(k=tuple(NamedSharding(mesh, logical_to_mesh(KEYS_AXES, mesh, k.shape)) for k in cache.k),
+                              v=tuple(NamedSharding(mesh, logical_to_mesh(VALUES_AXES, mesh, v.shape)) for v in cache.v),
                               valid=rows, length=NamedSharding(mesh, PartitionSpec()))
     cache = abstract(cache, cache_shardings)
     last_tokens = jax.ShapeDtypeStruct((args.rows,), np.int32, sharding=rows)
