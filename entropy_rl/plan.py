@@ -320,28 +320,63 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
     """
     from flax import nnx
 
-    from entropy_rl.losses import get_policy_loss
     from entropy_rl.model import Qwen
-    from entropy_rl.parallel import batch_sharding, make_mesh
+    from entropy_rl.parallel import make_mesh
     from entropy_rl.parallel.sharding import state_shardings
-    from entropy_rl.train.programs import UpdateSettings, build_programs
-    from entropy_rl.train.step import TrainState, UpdateBatch, state_sharding
+    from entropy_rl.train.programs import UpdateSettings
+    from entropy_rl.train.step import TrainState, state_sharding
 
     mesh = make_mesh(config.mesh, devices=devices)
     model_config = _policy_config(config, preset, preset_overrides)
     graphdef, params = nnx.split(nnx.eval_shape(lambda: Qwen(model_config, rngs=nnx.Rngs(0))))
     params = _abstract(params, state_shardings(params, mesh))
-    a, r = config.algorithm, config.rollout
+    r = config.rollout
     settings = UpdateSettings.from_config(config)
     opt_state = jax.eval_shape(settings.optimizer.init, params)
     scalar = jax.ShapeDtypeStruct((), np.int32)
     state = TrainState(graphdef=graphdef, params=params, opt_state=opt_state, step=scalar)
     state = _abstract(state, state_sharding(state, mesh))
-    rows_sharding = batch_sharding(mesh)
 
     prompt_length = prompt_length or r.prompt_bucket
-    response_length = r.max_new_tokens
+    report = on_program or (lambda memory: None)
+    parameters, optimizer_state = _shard_bytes(params), _shard_bytes(state.opt_state)
+    sampler_params = _sampling_view(params, model_config, mesh) if r.sampling_copy else params
+    # while sampling, the training parameters (when the sampler reads its view) and Adam stay
+    sampler_resident = optimizer_state + (parameters if sampler_params is not params else 0)
+    sampler_programs, sampler_shapes, kv_cache = [], {}, 0
+    if not update_only:
+        sampler_programs, sampler_shapes, kv_cache = _sampler_programs(
+            config, model_config, graphdef, sampler_params, mesh, prompt_length, sampler_resident, report)
+    train_programs, packing = _update_plan(config, model_config, state, settings, mesh, prompt_length=prompt_length,
+                                           optimizer_state=optimizer_state, report=report,
+                                           response_medians=response_medians)
+    return Plan(target=target, device_kind=devices[0].device_kind, chips=len(devices), mesh=dict(mesh.shape),
+                hbm_bytes=hbm_bytes, parameters=parameters, optimizer_state=optimizer_state,
+                sampling_view=_shard_bytes(sampler_params) if sampler_params is not params else 0, kv_cache=kv_cache,
+                shapes={"layers": model_config.num_hidden_layers, "prompt_length": prompt_length,
+                        "response_length": r.max_new_tokens, **sampler_shapes,
+                        "mini_batch_rows": settings.mini_rows, "micro_batches": settings.step_config.num_micro_batches},
+                programs=sampler_programs + train_programs, packing=packing)
+
+
+def _update_plan(config, model_config, state, settings, mesh, *, prompt_length: int, optimizer_state: int,
+                 report: Callable[[ProgramMemory], None], response_medians: Sequence[float]):
+    """(memory of the update's programs, packed-layout summaries) for `plan`: the no-grad
+    forward over the whole rollout and the train step on one mini-batch, as the run builds
+    them (`build_programs`), then their packed versions for each response-length median.
+    Each program's FLOPs are counted on its twin with dense attention (`program_flops`: a
+    Pallas kernel's work is not visible)."""
+    from flax import nnx
+
+    from entropy_rl.losses import get_policy_loss
+    from entropy_rl.model import Qwen
+    from entropy_rl.parallel import batch_sharding
+    from entropy_rl.train.programs import build_programs
+    from entropy_rl.train.step import UpdateBatch
+
+    a, response_length = config.algorithm, config.rollout.max_new_tokens
     needs_reference = get_policy_loss(a.name).needs_reference(a.policy_loss())
+    rows_sharding = batch_sharding(mesh)
 
     def update_batch(rows):
         def array(shape, dtype):
@@ -352,18 +387,6 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
                            advantages=array((rows,), np.float32), old_logp=logp,
                            ref_logp=logp if needs_reference else None)
 
-    report = on_program or (lambda memory: None)
-    parameters, optimizer_state = _shard_bytes(params), _shard_bytes(state.opt_state)
-    sampler_params = _sampling_view(params, model_config, mesh) if r.sampling_copy else params
-    # while sampling, the training parameters (when the sampler reads its view) and Adam stay
-    sampler_resident = optimizer_state + (parameters if sampler_params is not params else 0)
-    sampler_programs, sampler_shapes, kv_cache = [], {}, 0
-    if not update_only:
-        sampler_programs, sampler_shapes, kv_cache = _sampler_programs(
-            config, model_config, graphdef, sampler_params, mesh, prompt_length, sampler_resident, report)
-
-    # The update programs as the run compiles them, and their twins with dense attention on
-    # which the FLOPs are counted (`program_flops`: a Pallas kernel's work is not visible).
     dense = dataclasses.replace(model_config, attention_implementation="dense")
     twin = state.replace(graphdef=nnx.split(nnx.eval_shape(lambda: Qwen(dense, rngs=nnx.Rngs(0))))[0])
     built = build_programs(state, mesh, settings)
@@ -395,13 +418,7 @@ def plan(config, devices: Sequence[jax.Device], *, target: str, hbm_bytes: int |
                                  lengths)]
         packing.append(summary | {"flops_ratio": {p.name: (q.flops / p.flops if q.flops and p.flops else None)
                                                   for p, q in zip(padded, packed)}})
-    return Plan(target=target, device_kind=devices[0].device_kind, chips=len(devices), mesh=dict(mesh.shape),
-                hbm_bytes=hbm_bytes, parameters=parameters, optimizer_state=optimizer_state,
-                sampling_view=_shard_bytes(sampler_params) if sampler_params is not params else 0, kv_cache=kv_cache,
-                shapes={"layers": model_config.num_hidden_layers, "prompt_length": prompt_length,
-                        "response_length": response_length, **sampler_shapes,
-                        "mini_batch_rows": mini_rows, "micro_batches": settings.step_config.num_micro_batches},
-                programs=sampler_programs + train_programs, packing=packing)
+    return train_programs, packing
 
 
 def _update_programs(programs) -> dict:
